@@ -1,0 +1,745 @@
+//! The safe Rust side of the ABI: status values, traits for backends, and the
+//! trampolines that turn a trait implementation into the C function tables.
+//!
+//! This module owns the only `unsafe` code a Rust plugin needs: converting raw
+//! pointers into borrowed slices, boxing instances and cursors behind opaque
+//! handles, and catching panics so that they never unwind into C. It does not
+//! know about SMTP, files or configuration; backends do.
+//!
+//! A backend implements [`Instance`] plus [`Credentials`] and/or [`Queue`] and
+//! names itself with [`crate::export_plugin!`]. Instances must be `Send + Sync`,
+//! so plugins built with this kit always declare `ODMR_F_THREADSAFE`.
+
+use crate::ffi::*;
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// A failure status, the non-success half of [`odmr_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `ODMR_NOT_FOUND`
+    NotFound,
+    /// `ODMR_DENIED`
+    Denied,
+    /// `ODMR_TEMPFAIL`
+    TempFail,
+    /// `ODMR_PERMFAIL`
+    PermFail,
+    /// `ODMR_BUFFER_TOO_SMALL`
+    BufferTooSmall,
+    /// `ODMR_INVALID_ARGUMENT`
+    InvalidArgument,
+    /// `ODMR_UNSUPPORTED`
+    Unsupported,
+    /// `ODMR_VERSION`
+    Version,
+    /// `ODMR_PANIC`
+    Panic,
+    /// `ODMR_INTERNAL`, and every value the host does not know.
+    Internal,
+}
+
+impl Status {
+    /// The C value of this status.
+    pub fn to_raw(self) -> odmr_status {
+        match self {
+            Status::NotFound => ODMR_NOT_FOUND,
+            Status::Denied => ODMR_DENIED,
+            Status::TempFail => ODMR_TEMPFAIL,
+            Status::PermFail => ODMR_PERMFAIL,
+            Status::BufferTooSmall => ODMR_BUFFER_TOO_SMALL,
+            Status::InvalidArgument => ODMR_INVALID_ARGUMENT,
+            Status::Unsupported => ODMR_UNSUPPORTED,
+            Status::Version => ODMR_VERSION,
+            Status::Panic => ODMR_PANIC,
+            Status::Internal => ODMR_INTERNAL,
+        }
+    }
+
+    /// The status for a C value that is neither `ODMR_OK` nor `ODMR_END`;
+    /// unknown values (and those two, if passed by mistake) become `Internal`.
+    pub fn from_raw(raw: odmr_status) -> Status {
+        match raw {
+            ODMR_NOT_FOUND => Status::NotFound,
+            ODMR_DENIED => Status::Denied,
+            ODMR_TEMPFAIL => Status::TempFail,
+            ODMR_PERMFAIL => Status::PermFail,
+            ODMR_BUFFER_TOO_SMALL => Status::BufferTooSmall,
+            ODMR_INVALID_ARGUMENT => Status::InvalidArgument,
+            ODMR_UNSUPPORTED => Status::Unsupported,
+            ODMR_VERSION => Status::Version,
+            ODMR_PANIC => Status::Panic,
+            _ => Status::Internal,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Status::NotFound => "not found",
+            Status::Denied => "denied",
+            Status::TempFail => "temporary failure",
+            Status::PermFail => "permanent failure",
+            Status::BufferTooSmall => "buffer too small",
+            Status::InvalidArgument => "invalid argument",
+            Status::Unsupported => "unsupported",
+            Status::Version => "ABI version mismatch",
+            Status::Panic => "plugin panicked",
+            Status::Internal => "internal plugin error",
+        };
+        f.write_str(text)
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// Log levels for [`Host::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// `ODMR_LOG_ERROR`
+    Error,
+    /// `ODMR_LOG_WARN`
+    Warn,
+    /// `ODMR_LOG_INFO`
+    Info,
+    /// `ODMR_LOG_DEBUG`
+    Debug,
+}
+
+impl LogLevel {
+    /// The C value of this level.
+    pub fn to_raw(self) -> i32 {
+        match self {
+            LogLevel::Error => ODMR_LOG_ERROR,
+            LogLevel::Warn => ODMR_LOG_WARN,
+            LogLevel::Info => ODMR_LOG_INFO,
+            LogLevel::Debug => ODMR_LOG_DEBUG,
+        }
+    }
+
+    /// The level for a C value; unknown values log as errors, never dropped.
+    pub fn from_raw(raw: i32) -> LogLevel {
+        match raw {
+            ODMR_LOG_WARN => LogLevel::Warn,
+            ODMR_LOG_INFO => LogLevel::Info,
+            ODMR_LOG_DEBUG => LogLevel::Debug,
+            _ => LogLevel::Error,
+        }
+    }
+}
+
+/// The host as a plugin sees it: a handle for logging.
+#[derive(Clone, Copy)]
+pub struct Host {
+    raw: *const odmr_host,
+}
+
+// SAFETY: the host struct is immutable and lives until the process exits, and
+// its `log` up-call is documented as callable from any thread.
+unsafe impl Send for Host {}
+// SAFETY: as above.
+unsafe impl Sync for Host {}
+
+impl Host {
+    /// A host that discards every log line, for plugin unit tests.
+    pub fn detached() -> Host {
+        Host { raw: std::ptr::null() }
+    }
+
+    /// Log `msg` through the host (never to fds 0-2: under inetd those are the
+    /// customer's socket).
+    pub fn log(&self, level: LogLevel, msg: &str) {
+        // SAFETY: `raw` is either null or the host pointer passed to
+        // `instance_new`, valid for the life of the process.
+        let Some(host) = (unsafe { self.raw.as_ref() }) else { return };
+        if let Some(log) = host.log {
+            // SAFETY: `msg` is valid for the call; `ctx` is the host's own.
+            unsafe { log(host.ctx, level.to_raw(), msg.as_ptr(), msg.len()) };
+        }
+    }
+}
+
+/// A user's secret, as a credential store holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The clear-text password.
+    Plain(Vec<u8>),
+    /// Dovecot's 32-byte CRAM-MD5 context (opad state, then ipad state).
+    CramMd5Context([u8; 32]),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, not even in a debug dump.
+        match self {
+            Secret::Plain(_) => f.write_str("Secret::Plain(<redacted>)"),
+            Secret::CramMd5Context(_) => f.write_str("Secret::CramMd5Context(<redacted>)"),
+        }
+    }
+}
+
+/// The envelope of one queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// Queue id, for logs.
+    pub id: String,
+    /// Envelope sender; empty for the null sender.
+    pub sender: String,
+    /// Body size in bytes, 0 when unknown.
+    pub size: u64,
+    /// The pending recipients of the requested domains, in order.
+    pub recipients: Vec<String>,
+}
+
+/// The outcome of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The customer accepted it after the data: remove it.
+    Delivered,
+    /// A 4xx: keep it queued.
+    TempFail,
+    /// A 5xx: a DSN has been sent; remove it.
+    PermFail,
+}
+
+impl Outcome {
+    /// The C value of this outcome.
+    pub fn to_raw(self) -> i32 {
+        match self {
+            Outcome::Delivered => ODMR_OUTCOME_DELIVERED,
+            Outcome::TempFail => ODMR_OUTCOME_TEMPFAIL,
+            Outcome::PermFail => ODMR_OUTCOME_PERMFAIL,
+        }
+    }
+
+    /// The outcome for a C value, if valid.
+    pub fn from_raw(raw: i32) -> Option<Outcome> {
+        match raw {
+            ODMR_OUTCOME_DELIVERED => Some(Outcome::Delivered),
+            ODMR_OUTCOME_TEMPFAIL => Some(Outcome::TempFail),
+            ODMR_OUTCOME_PERMFAIL => Some(Outcome::PermFail),
+            _ => None,
+        }
+    }
+}
+
+/// A plugin instance, built from its ini section.
+pub trait Instance: Sized + Send + Sync + 'static {
+    /// Build an instance from the `(key, value)` pairs of the plugin's ini
+    /// section. Reject unknown keys; the error names the key and the reason.
+    fn new(host: Host, config: &[(String, String)]) -> Result<Self, String>;
+}
+
+/// A credential store.
+pub trait Credentials: Instance {
+    /// The secret of `user`. `Unsupported` when the account has none usable
+    /// for CRAM-MD5 (log why), `Denied` when it is disabled.
+    fn lookup_secret(&self, user: &str) -> Result<Secret, Status>;
+
+    /// Verify a CRAM-MD5 digest without revealing the secret; only for stores
+    /// that cannot return one. Ok(true) when it matches.
+    fn verify_cram_md5(&self, _user: &str, _challenge: &str, _digest: &str) -> Result<bool, Status> {
+        Err(Status::Unsupported)
+    }
+
+    /// The domains `user` may collect with ATRN.
+    fn domains(&self, user: &str) -> Result<Vec<String>, Status>;
+}
+
+/// A queue reader.
+pub trait Queue: Instance {
+    /// What `open` returns.
+    type Cursor: Cursor;
+
+    /// Is any message pending for one of `domains`? Must agree with `open`.
+    fn has_pending(&self, domains: &[String]) -> Result<bool, Status>;
+
+    /// A cursor over the messages with pending recipients in `domains`.
+    fn open(&self, domains: &[String]) -> Result<Self::Cursor, Status>;
+}
+
+/// Iteration over the messages of one collection, and their acknowledgement.
+pub trait Cursor: 'static {
+    /// The next message, or None at the end. Skip (and log) unreadable ones.
+    fn next_message(&mut self) -> Result<Option<Envelope>, Status>;
+    /// Copy the next bytes of the current message into `buf`; 0 at the end.
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status>;
+    /// Record the outcome of recipient `index` of the current message.
+    fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status>;
+    /// Apply the recorded outcomes durably.
+    fn commit(&mut self) -> Result<(), Status>;
+}
+
+// ---------------------------------------------------------------------------
+// Conversions shared by the trampolines and by the host's safe wrappers.
+
+impl OdmrStr {
+    /// Borrow `bytes` for a call.
+    pub fn from_bytes(bytes: &[u8]) -> OdmrStr {
+        OdmrStr { ptr: bytes.as_ptr(), len: bytes.len() }
+    }
+
+    /// View the bytes.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for `len` bytes for the lifetime `'a` (or `len` is 0).
+    pub unsafe fn as_bytes<'a>(self) -> &'a [u8] {
+        if self.len == 0 || self.ptr.is_null() {
+            &[]
+        } else {
+            // SAFETY: guaranteed by the caller.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    /// View the bytes as UTF-8, `InvalidArgument` otherwise.
+    ///
+    /// # Safety
+    /// As for [`OdmrStr::as_bytes`].
+    pub unsafe fn as_str<'a>(self) -> Result<&'a str, Status> {
+        // SAFETY: guaranteed by the caller.
+        std::str::from_utf8(unsafe { self.as_bytes() }).map_err(|_| Status::InvalidArgument)
+    }
+}
+
+/// Copy `src` into a caller's buffer, reporting the length either way.
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes of writes; `len_out` for one write.
+pub unsafe fn write_out(src: &[u8], buf: *mut u8, cap: usize, len_out: *mut usize) -> odmr_status {
+    if len_out.is_null() {
+        return ODMR_INVALID_ARGUMENT;
+    }
+    // SAFETY: checked non-null; valid per the caller's contract.
+    unsafe { *len_out = src.len() };
+    if src.len() > cap {
+        return ODMR_BUFFER_TOO_SMALL;
+    }
+    if !src.is_empty() {
+        if buf.is_null() {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `buf` holds at least `cap >= src.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
+    }
+    ODMR_OK
+}
+
+/// Run `body`, turning a panic into `ODMR_PANIC` so it never crosses the ABI.
+pub fn guard(body: impl FnOnce() -> odmr_status) -> odmr_status {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(ODMR_PANIC)
+}
+
+fn status_of(result: Result<(), Status>) -> odmr_status {
+    match result {
+        Ok(()) => ODMR_OK,
+        Err(status) => status.to_raw(),
+    }
+}
+
+/// # Safety
+/// `domains` must point to `n` valid `OdmrStr`s, each valid for the call.
+unsafe fn domain_list(domains: *const OdmrStr, n: usize) -> Result<Vec<String>, Status> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if domains.is_null() {
+        return Err(Status::InvalidArgument);
+    }
+    // SAFETY: guaranteed by the caller.
+    let items = unsafe { std::slice::from_raw_parts(domains, n) };
+    // SAFETY: each item is valid for the call.
+    items.iter().map(|d| unsafe { d.as_str() }.map(str::to_owned)).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Trampolines: `extern "C"` functions generic over the backend type. The
+// `export_plugin!` macro instantiates them into a static descriptor.
+
+/// `odmr_plugin_init` body: check the host's ABI, hand out the descriptor.
+///
+/// # Safety
+/// `host` must be null or valid; `out` must be null or valid for one write.
+pub unsafe fn plugin_init(
+    host: *const odmr_host,
+    out: *mut *const odmr_plugin,
+    descriptor: &'static odmr_plugin,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: the caller passes a valid host or null.
+        let Some(host) = (unsafe { host.as_ref() }) else { return ODMR_INVALID_ARGUMENT };
+        if out.is_null() {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        if host.abi_major != ODMR_ABI_MAJOR {
+            return ODMR_VERSION;
+        }
+        // SAFETY: checked non-null above.
+        unsafe { *out = descriptor };
+        ODMR_OK
+    })
+}
+
+/// Trampoline for `instance_new`.
+///
+/// # Safety
+/// Pointers as documented on `odmr_plugin::instance_new`.
+pub unsafe extern "C" fn instance_new<T: Instance>(
+    host: *const odmr_host,
+    kvs: *const OdmrKv,
+    n_kvs: usize,
+    out: *mut *mut odmr_instance,
+    err: *mut u8,
+    err_cap: usize,
+    err_len: *mut usize,
+) -> odmr_status {
+    guard(|| {
+        if out.is_null() || (n_kvs > 0 && kvs.is_null()) {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        let pairs: &[OdmrKv] = if n_kvs == 0 {
+            &[]
+        } else {
+            // SAFETY: non-null (checked) and valid for `n_kvs` items per the contract.
+            unsafe { std::slice::from_raw_parts(kvs, n_kvs) }
+        };
+        let mut config = Vec::with_capacity(pairs.len());
+        for kv in pairs {
+            // SAFETY: each kv is borrowed for the call.
+            let (Ok(key), Ok(value)) = (unsafe { kv.key.as_str() }, unsafe { kv.value.as_str() }) else {
+                return ODMR_INVALID_ARGUMENT;
+            };
+            config.push((key.to_owned(), value.to_owned()));
+        }
+        match T::new(Host { raw: host }, &config) {
+            Ok(instance) => {
+                // SAFETY: `out` checked non-null.
+                unsafe { *out = Box::into_raw(Box::new(instance)).cast() };
+                ODMR_OK
+            }
+            Err(reason) => {
+                if !err_len.is_null() {
+                    let n = reason.len().min(err_cap);
+                    // SAFETY: `err` is valid for `err_cap` bytes, `err_len` for one write.
+                    unsafe { write_out(&reason.as_bytes()[..n], err, err_cap, err_len) };
+                    // SAFETY: as above; report the full length even when truncated.
+                    unsafe { *err_len = reason.len() };
+                }
+                ODMR_INVALID_ARGUMENT
+            }
+        }
+    })
+}
+
+/// Trampoline for `instance_free`.
+///
+/// # Safety
+/// `inst` must come from `instance_new::<T>` and not be used afterwards.
+pub unsafe extern "C" fn instance_free<T: Instance>(inst: *mut odmr_instance) {
+    guard(|| {
+        if !inst.is_null() {
+            // SAFETY: created by `Box::into_raw` in `instance_new::<T>`.
+            drop(unsafe { Box::from_raw(inst.cast::<T>()) });
+        }
+        ODMR_OK
+    });
+}
+
+/// # Safety
+/// `inst` must come from `instance_new::<T>` and still be alive.
+unsafe fn instance_ref<'a, T: Instance>(inst: *mut odmr_instance) -> Result<&'a T, Status> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { inst.cast::<T>().as_ref() }.ok_or(Status::InvalidArgument)
+}
+
+unsafe extern "C" fn lookup_secret<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    kind_out: *mut u32,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> odmr_status {
+    guard(|| {
+        let lookup = || -> Result<Secret, Status> {
+            // SAFETY: `inst` is ours; `user` is borrowed for the call.
+            unsafe { instance_ref::<T>(inst)?.lookup_secret(user.as_str()?) }
+        };
+        match lookup() {
+            Ok(secret) => {
+                if kind_out.is_null() {
+                    return ODMR_INVALID_ARGUMENT;
+                }
+                let (kind, bytes): (u32, &[u8]) = match &secret {
+                    Secret::Plain(p) => (ODMR_SECRET_PLAIN, p),
+                    Secret::CramMd5Context(c) => (ODMR_SECRET_CRAM_MD5_CONTEXT, c),
+                };
+                // SAFETY: checked non-null.
+                unsafe { *kind_out = kind };
+                // SAFETY: caller's buffer contract.
+                unsafe { write_out(bytes, buf, cap, len_out) }
+            }
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn verify_cram_md5<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    challenge: OdmrStr,
+    digest: OdmrStr,
+) -> odmr_status {
+    guard(|| {
+        let verify = || -> Result<bool, Status> {
+            // SAFETY: `inst` is ours; the strings are borrowed for the call.
+            unsafe { instance_ref::<T>(inst)?.verify_cram_md5(user.as_str()?, challenge.as_str()?, digest.as_str()?) }
+        };
+        match verify() {
+            Ok(true) => ODMR_OK,
+            Ok(false) => ODMR_DENIED,
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn list_domains<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    cb_ctx: *mut c_void,
+    cb: odmr_domain_cb,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours; `user` is borrowed for the call.
+        let domains = match unsafe { instance_ref::<T>(inst).and_then(|i| i.domains(user.as_str()?)) } {
+            Ok(domains) => domains,
+            Err(status) => return status.to_raw(),
+        };
+        for domain in &domains {
+            // SAFETY: the host's callback, with a string borrowed for the call.
+            unsafe { cb(cb_ctx, OdmrStr::from_bytes(domain.as_bytes())) };
+        }
+        ODMR_OK
+    })
+}
+
+unsafe extern "C" fn has_pending<T: Queue>(
+    inst: *mut odmr_instance,
+    domains: *const OdmrStr,
+    n_domains: usize,
+    pending: *mut u32,
+) -> odmr_status {
+    guard(|| {
+        if pending.is_null() {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `inst` is ours; `domains` valid for the call.
+        let answer = unsafe { instance_ref::<T>(inst).and_then(|i| i.has_pending(&domain_list(domains, n_domains)?)) };
+        match answer {
+            Ok(yes) => {
+                // SAFETY: checked non-null.
+                unsafe { *pending = u32::from(yes) };
+                ODMR_OK
+            }
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn cursor_open<T: Queue>(
+    inst: *mut odmr_instance,
+    domains: *const OdmrStr,
+    n_domains: usize,
+    out: *mut *mut odmr_cursor,
+) -> odmr_status {
+    guard(|| {
+        if out.is_null() {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `inst` is ours; `domains` valid for the call.
+        match unsafe { instance_ref::<T>(inst).and_then(|i| i.open(&domain_list(domains, n_domains)?)) } {
+            Ok(cursor) => {
+                // SAFETY: checked non-null.
+                unsafe { *out = Box::into_raw(Box::new(cursor)).cast() };
+                ODMR_OK
+            }
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+/// # Safety
+/// `cur` must come from `cursor_open::<T>` and still be open.
+unsafe fn cursor_mut<'a, T: Queue>(cur: *mut odmr_cursor) -> Result<&'a mut T::Cursor, Status> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { cur.cast::<T::Cursor>().as_mut() }.ok_or(Status::InvalidArgument)
+}
+
+unsafe extern "C" fn cursor_next<T: Queue>(cur: *mut odmr_cursor, sink: *const odmr_envelope_sink) -> odmr_status {
+    guard(|| {
+        // SAFETY: the sink is borrowed for the call.
+        let Some(sink) = (unsafe { sink.as_ref() }) else { return ODMR_INVALID_ARGUMENT };
+        // SAFETY: `cur` is ours.
+        match unsafe { cursor_mut::<T>(cur).and_then(|c| c.next_message()) } {
+            Ok(Some(envelope)) => {
+                let str_of = |s: &String| OdmrStr::from_bytes(s.as_bytes());
+                // SAFETY: the host's callbacks, strings borrowed for each call.
+                unsafe { (sink.message)(sink.ctx, str_of(&envelope.id), str_of(&envelope.sender), envelope.size) };
+                for rcpt in &envelope.recipients {
+                    // SAFETY: as above.
+                    unsafe { (sink.recipient)(sink.ctx, str_of(rcpt)) };
+                }
+                ODMR_OK
+            }
+            Ok(None) => ODMR_END,
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn read_body<T: Queue>(cur: *mut odmr_cursor, buf: *mut u8, cap: usize, len_out: *mut usize) -> odmr_status {
+    guard(|| {
+        if len_out.is_null() || (cap > 0 && buf.is_null()) {
+            return ODMR_INVALID_ARGUMENT;
+        }
+        let slice: &mut [u8] = if cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-null (checked) and writable for `cap` bytes per the contract.
+            unsafe { std::slice::from_raw_parts_mut(buf, cap) }
+        };
+        // SAFETY: `cur` is ours.
+        match unsafe { cursor_mut::<T>(cur).and_then(|c| c.read_body(slice)) } {
+            Ok(0) => {
+                // SAFETY: checked non-null.
+                unsafe { *len_out = 0 };
+                ODMR_END
+            }
+            Ok(n) => {
+                // SAFETY: checked non-null.
+                unsafe { *len_out = n };
+                ODMR_OK
+            }
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn set_outcome<T: Queue>(cur: *mut odmr_cursor, index: usize, outcome: i32) -> odmr_status {
+    guard(|| {
+        let Some(outcome) = Outcome::from_raw(outcome) else { return ODMR_INVALID_ARGUMENT };
+        // SAFETY: `cur` is ours.
+        status_of(unsafe { cursor_mut::<T>(cur).and_then(|c| c.set_outcome(index, outcome)) })
+    })
+}
+
+unsafe extern "C" fn commit<T: Queue>(cur: *mut odmr_cursor) -> odmr_status {
+    // SAFETY: `cur` is ours.
+    guard(|| status_of(unsafe { cursor_mut::<T>(cur).and_then(|c| c.commit()) }))
+}
+
+unsafe extern "C" fn cursor_close<T: Queue>(cur: *mut odmr_cursor) {
+    guard(|| {
+        if !cur.is_null() {
+            // SAFETY: created by `Box::into_raw` in `cursor_open::<T>`.
+            drop(unsafe { Box::from_raw(cur.cast::<T::Cursor>()) });
+        }
+        ODMR_OK
+    });
+}
+
+/// The credential table for `T`, for [`crate::export_plugin!`].
+pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
+    odmr_credentials_ops {
+        struct_size: std::mem::size_of::<odmr_credentials_ops>() as u32,
+        lookup_secret: Some(lookup_secret::<T>),
+        verify_cram_md5: Some(verify_cram_md5::<T>),
+        list_domains: Some(list_domains::<T>),
+    }
+}
+
+/// The queue table for `T`, for [`crate::export_plugin!`].
+pub const fn queue_ops<T: Queue>() -> odmr_queue_ops {
+    odmr_queue_ops {
+        struct_size: std::mem::size_of::<odmr_queue_ops>() as u32,
+        has_pending: Some(has_pending::<T>),
+        cursor_open: Some(cursor_open::<T>),
+        cursor_next: Some(cursor_next::<T>),
+        read_body: Some(read_body::<T>),
+        set_outcome: Some(set_outcome::<T>),
+        commit: Some(commit::<T>),
+        cursor_close: Some(cursor_close::<T>),
+    }
+}
+
+/// Build `T`'s descriptor; used by [`crate::export_plugin!`].
+pub const fn descriptor<T: Instance>(
+    name: &'static str,
+    version: &'static str,
+    credentials: *const odmr_credentials_ops,
+    queue: *const odmr_queue_ops,
+) -> odmr_plugin {
+    odmr_plugin {
+        struct_size: std::mem::size_of::<odmr_plugin>() as u32,
+        abi_major: ODMR_ABI_MAJOR,
+        abi_minor: ODMR_ABI_MINOR,
+        name: name.as_ptr().cast(),
+        version: version.as_ptr().cast(),
+        flags: ODMR_F_THREADSAFE,
+        instance_new: Some(instance_new::<T>),
+        instance_free: Some(instance_free::<T>),
+        credentials,
+        queue,
+    }
+}
+
+/// Turns a backend type into a plugin entry point.
+///
+/// `export_plugin!(fn maildir_plugin_init, "maildir", Maildir: [queue]);`
+/// defines `pub unsafe extern "C" fn maildir_plugin_init(host, out)` with the
+/// signature of `odmr_plugin_init`, serving the listed capabilities
+/// (`[credentials]`, `[queue]`, or `[credentials, queue]`).
+#[macro_export]
+macro_rules! export_plugin {
+    ($(#[$attr:meta])* fn $init:ident, $name:literal, $ty:ty : [$($kind:ident),+ $(,)?]) => {
+        /// The plugin's `odmr_plugin_init` entry point.
+        ///
+        /// # Safety
+        /// `host` must be null or valid, `out` null or valid for one write.
+        $(#[$attr])*
+        pub unsafe extern "C" fn $init(
+            host: *const $crate::ffi::odmr_host,
+            out: *mut *const $crate::ffi::odmr_plugin,
+        ) -> $crate::ffi::odmr_status {
+            static DESCRIPTOR: $crate::ffi::odmr_plugin = $crate::kit::descriptor::<$ty>(
+                concat!($name, "\0"),
+                concat!(env!("CARGO_PKG_VERSION"), "\0"),
+                $crate::__odmr_ops!(credentials, [$($kind),+], $ty),
+                $crate::__odmr_ops!(queue, [$($kind),+], $ty),
+            );
+            // SAFETY: forwarded from our own caller's contract.
+            unsafe { $crate::kit::plugin_init(host, out, &DESCRIPTOR) }
+        }
+    };
+}
+
+/// Internal to `export_plugin!`: a pointer to the table of `$want` if the
+/// capability list names it, else null.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __odmr_ops {
+    (credentials, [credentials $(, $rest:ident)*], $ty:ty) => {
+        &$crate::kit::credentials_ops::<$ty>() as *const $crate::ffi::odmr_credentials_ops
+    };
+    (queue, [queue $(, $rest:ident)*], $ty:ty) => {
+        &$crate::kit::queue_ops::<$ty>() as *const $crate::ffi::odmr_queue_ops
+    };
+    ($want:ident, [$other:ident $(, $rest:ident)*], $ty:ty) => {
+        $crate::__odmr_ops!($want, [$($rest),*], $ty)
+    };
+    ($want:ident, [], $ty:ty) => {
+        ::std::ptr::null()
+    };
+}

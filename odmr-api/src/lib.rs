@@ -1,0 +1,14 @@
+//! odmr-api: the stable C ABI between odmrd and its backends.
+//!
+//! - [`ffi`] is the binary contract: `#[repr(C)]` types, status codes and
+//!   function tables (ABI major 1). `include/odmr_api.h` is generated from it.
+//! - [`kit`] is the safe Rust side: traits a backend implements, and
+//!   [`export_plugin!`] which turns them into a descriptor with panics caught
+//!   at the boundary.
+//!
+//! This crate owns no policy: it does not know SMTP, files or configuration.
+
+pub mod ffi;
+pub mod kit;
+
+pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};

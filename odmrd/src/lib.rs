@@ -1,0 +1,15 @@
+//! odmrd: an On-Demand Mail Relay (RFC 2645) provider.
+//!
+//! The binary (`main.rs`) is thin: arguments → configuration → [`server`].
+//! Each module owns one concern; see its doc comment.
+
+pub mod backend;
+pub mod bounce;
+pub mod config;
+pub mod locks;
+pub mod log;
+pub mod proto;
+pub mod relay;
+pub mod sasl;
+pub mod server;
+pub mod session;
