@@ -4,6 +4,8 @@
 //! Each module owns one concern; see its doc comment.
 
 pub mod backend;
+pub mod conn;
+pub mod demo;
 pub mod bounce;
 pub mod config;
 pub mod locks;

@@ -1,1 +1,121 @@
-//! TODO
+//! Per-domain collection locks: one collector per domain at a time.
+//!
+//! A lock is an exclusive `flock(2)` on `<lock_directory>/<domain>.lock`.
+//! `flock` locks belong to the open file description, so they exclude other
+//! inetd processes and other threads of a standalone daemon alike, and they
+//! vanish with their holder (a crash never leaves a stale lock). This module
+//! owns only the locks; deciding what a busy domain means (450) is the
+//! session's. Domains must already be validated (they become file names).
+
+use crate::proto::is_valid_domain;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Why the locks could not be taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another session holds this domain.
+    Busy(String),
+    /// The lock file could not be created or locked.
+    Io(String, io::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Busy(domain) => write!(f, "{domain} is being collected by another session"),
+            LockError::Io(path, e) => write!(f, "lock {path}: {e}"),
+        }
+    }
+}
+
+/// Held locks; dropping releases them.
+#[derive(Debug)]
+pub struct DomainLocks {
+    _held: Vec<Flock<File>>,
+}
+
+impl DomainLocks {
+    /// Lock every domain of `domains` without waiting, or none of them.
+    pub fn acquire(directory: &Path, domains: &[String]) -> Result<DomainLocks, LockError> {
+        if !directory.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(directory)
+                .map_err(|e| LockError::Io(directory.display().to_string(), e))?;
+        }
+        let mut held = Vec::with_capacity(domains.len());
+        for domain in domains {
+            if !is_valid_domain(domain) {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "not a valid domain name");
+                return Err(LockError::Io(domain.clone(), e));
+            }
+            let path = directory.join(format!("{domain}.lock"));
+            let io_error = |e: io::Error| LockError::Io(path.display().to_string(), e);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(io_error)?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => held.push(lock),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(LockError::Busy(domain.clone())),
+                Err((_, errno)) => return Err(io_error(errno.into())),
+            }
+        }
+        Ok(DomainLocks { _held: held })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains(list: &[&str]) -> Vec<String> {
+        list.iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn a_second_collector_of_a_domain_is_refused_until_the_first_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DomainLocks::acquire(dir.path(), &domains(&["example.org", "example.com"])).unwrap();
+        match DomainLocks::acquire(dir.path(), &domains(&["example.net", "example.com"])) {
+            Err(LockError::Busy(d)) => assert_eq!(d, "example.com"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        // example.net was released with the failed attempt: all or nothing.
+        let other = DomainLocks::acquire(dir.path(), &domains(&["example.net"])).unwrap();
+        drop(first);
+        DomainLocks::acquire(dir.path(), &domains(&["example.com"])).unwrap();
+        drop(other);
+    }
+
+    #[test]
+    fn locks_exclude_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DomainLocks::acquire(dir.path(), &domains(&["example.org"])).unwrap();
+        let path = dir.path().to_owned();
+        let busy = std::thread::spawn(move || {
+            matches!(DomainLocks::acquire(&path, &domains(&["example.org"])), Err(LockError::Busy(_)))
+        });
+        assert!(busy.join().unwrap());
+    }
+
+    #[test]
+    fn the_lock_directory_is_created_and_bad_names_never_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("run/odmrd");
+        DomainLocks::acquire(&nested, &domains(&["example.org"])).unwrap();
+        assert!(nested.join("example.org.lock").exists());
+        assert!(matches!(DomainLocks::acquire(&nested, &domains(&["../x"])), Err(LockError::Io(..))));
+        assert!(!dir.path().join("run/x.lock").exists());
+    }
+}

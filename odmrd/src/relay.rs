@@ -1,1 +1,424 @@
-//! TODO
+//! The reversed state: odmrd as the SMTP client of the customer.
+//!
+//! This module owns the client dialogue after `250` to ATRN: waiting for the
+//! customer's greeting, EHLO (HELO on a 5xx), MAIL/RCPT/DATA with PIPELINING,
+//! SIZE and 8BITMIME when offered, streaming each body with CRLF
+//! normalisation and dot-stuffing in constant memory, per-recipient outcomes,
+//! DSNs for 5xx, and the commit of each message to the queue. It does not
+//! parse queue formats (the backend does) or bytes (proto does).
+//!
+//! The rule that shapes it: a recipient leaves the queue only after the
+//! customer's 2xx to the final dot (or, for a 5xx, after its DSN was
+//! submitted). Any failure of the connection, the customer or the queue ends
+//! the dialogue with the current message uncommitted, i.e. still queued.
+
+use crate::backend::Cursor;
+use crate::bounce::{self, Failure, Report};
+use crate::conn::{Conn, Received, Wire};
+use crate::log;
+use crate::proto::{self, Capabilities, DotStuffer, Reply};
+use odmr_api::{Envelope, Outcome};
+use std::time::Duration;
+
+/// Client timeouts of RFC 5321 §4.5.3.2.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Waiting for the 220 greeting, and for EHLO/HELO/RSET/QUIT replies.
+    pub greeting: Duration,
+    /// MAIL FROM reply.
+    pub mail: Duration,
+    /// RCPT TO reply.
+    pub rcpt: Duration,
+    /// DATA's 354.
+    pub data: Duration,
+    /// Each write of the body.
+    pub data_block: Duration,
+    /// The reply to the final dot.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        Timeouts {
+            greeting: minutes(5),
+            mail: minutes(5),
+            rcpt: minutes(5),
+            data: minutes(2),
+            data_block: minutes(3),
+            data_end: minutes(10),
+        }
+    }
+}
+
+/// What the relay needs from the session.
+pub struct Context<'a> {
+    /// For log lines.
+    pub session_id: &'a str,
+    /// Our EHLO name and Reporting-MTA.
+    pub hostname: &'a str,
+    /// `[bounce] sendmail`.
+    pub sendmail: &'a [String],
+    /// Client timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Counts for the session's closing log line.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Messages attempted.
+    pub messages: usize,
+    /// Recipients delivered.
+    pub sent: usize,
+    /// Recipients left queued.
+    pub deferred: usize,
+    /// Recipients bounced.
+    pub bounced: usize,
+    /// Why the dialogue ended.
+    pub end: &'static str,
+}
+
+/// Why the dialogue cannot go on. The current message stays uncommitted.
+#[derive(Debug)]
+struct Stop(&'static str);
+
+/// Bytes of the original header block kept for a DSN.
+const DSN_HEADER_LIMIT: usize = 32 * 1024;
+/// Bytes read from the queue per call while streaming a body.
+const BODY_CHUNK: usize = 64 * 1024;
+
+struct Relay<'c, 'a, W: Wire> {
+    conn: &'c mut Conn<W>,
+    ctx: &'c Context<'a>,
+    caps: Capabilities,
+    summary: Summary,
+}
+
+/// Run the reversed session: deliver `first` and every further message of
+/// `cursor`, then QUIT.
+pub fn deliver<W: Wire>(conn: &mut Conn<W>, cursor: &mut Cursor, first: Envelope, ctx: &Context<'_>) -> Summary {
+    let mut relay = Relay { conn, ctx, caps: Capabilities::default(), summary: Summary::default() };
+    let end = match relay.run(cursor, first) {
+        Ok(()) => "done",
+        Err(Stop(why)) => why,
+    };
+    relay.summary.end = end;
+    relay.summary
+}
+
+impl<W: Wire> Relay<'_, '_, W> {
+    fn log(&self, fields: &str) {
+        log::info(&format!("session={} {fields}", self.ctx.session_id));
+    }
+
+    fn read_reply(&mut self, timeout: Duration, waiting_for: &'static str) -> Result<Reply, Stop> {
+        self.conn.set_timeout(timeout);
+        match self.conn.read_reply() {
+            Ok(Received::Item(Ok(reply))) => Ok(reply),
+            Ok(Received::Item(Err(e))) => {
+                self.log(&format!("event=protocol-error waiting-for={waiting_for} error=\"{e:?}\""));
+                Err(Stop("customer sent a malformed reply"))
+            }
+            Ok(Received::TimedOut) => {
+                self.log(&format!("event=timeout waiting-for={waiting_for}"));
+                Err(Stop("customer timed out"))
+            }
+            Ok(Received::Closed) | Err(_) => {
+                self.log(&format!("event=disconnect waiting-for={waiting_for}"));
+                Err(Stop("customer disconnected"))
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), Stop> {
+        self.conn.set_timeout(timeout);
+        self.conn.send(bytes).map_err(|_| Stop("write to customer failed"))
+    }
+
+    fn run(&mut self, cursor: &mut Cursor, first: Envelope) -> Result<(), Stop> {
+        let t = self.ctx.timeouts;
+        let greeting = self.read_reply(t.greeting, "greeting")?;
+        if greeting.class() != 2 {
+            self.log(&format!("event=greeting-refused reply=\"{}\"", greeting.text()));
+            self.quit();
+            return Err(Stop("customer refused the session"));
+        }
+        self.hello()?;
+        let mut next = Some(first);
+        while let Some(envelope) = next {
+            self.summary.messages += 1;
+            self.message(cursor, &envelope)?;
+            next = match cursor.next_message() {
+                Ok(next) => next,
+                Err(status) => {
+                    self.log(&format!("event=queue-error status={status}"));
+                    None
+                }
+            };
+        }
+        self.quit();
+        Ok(())
+    }
+
+    fn hello(&mut self) -> Result<(), Stop> {
+        let t = self.ctx.timeouts.greeting;
+        self.send(format!("EHLO {}\r\n", self.ctx.hostname).as_bytes(), t)?;
+        let reply = self.read_reply(t, "EHLO")?;
+        if reply.class() == 2 {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        if reply.class() == 5 {
+            self.send(format!("HELO {}\r\n", self.ctx.hostname).as_bytes(), t)?;
+            let reply = self.read_reply(t, "HELO")?;
+            if reply.class() == 2 {
+                return Ok(());
+            }
+        }
+        self.log(&format!("event=hello-refused reply=\"{}\"", reply.text()));
+        self.quit();
+        Err(Stop("customer refused EHLO and HELO"))
+    }
+
+    fn quit(&mut self) {
+        let t = self.ctx.timeouts.greeting.min(Duration::from_secs(30));
+        if self.send(b"QUIT\r\n", t).is_ok() {
+            let _ = self.read_reply(t, "QUIT");
+        }
+    }
+
+    fn rset(&mut self) -> Result<(), Stop> {
+        let t = self.ctx.timeouts.greeting;
+        self.send(b"RSET\r\n", t)?;
+        self.read_reply(t, "RSET").map(drop)
+    }
+
+    /// One transaction. Outcomes are committed only when the transaction
+    /// reached a definite answer; a Stop leaves the message as it was.
+    fn message(&mut self, cursor: &mut Cursor, envelope: &Envelope) -> Result<(), Stop> {
+        let t = self.ctx.timeouts;
+        let size = self.caps.size.map(|_| envelope.size).filter(|&s| s > 0);
+        let mail = proto::mail_from(&envelope.sender, size, self.caps.eightbitmime);
+        let n = envelope.recipients.len();
+        let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
+
+        let (mail_reply, data_reply) = if self.caps.pipelining {
+            let mut batch = mail.into_bytes();
+            for rcpt in &envelope.recipients {
+                batch.extend_from_slice(proto::rcpt_to(rcpt).as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.send(&batch, t.mail)?;
+            let mail_reply = self.read_reply(t.mail, "MAIL")?;
+            for slot in rcpt_replies.iter_mut() {
+                *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
+            }
+            (mail_reply, Some(self.read_reply(t.data, "DATA")?))
+        } else {
+            self.send(mail.as_bytes(), t.mail)?;
+            let mail_reply = self.read_reply(t.mail, "MAIL")?;
+            if mail_reply.class() == 2 {
+                for (rcpt, slot) in envelope.recipients.iter().zip(rcpt_replies.iter_mut()) {
+                    self.send(proto::rcpt_to(rcpt).as_bytes(), t.rcpt)?;
+                    *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
+                }
+            }
+            let any_accepted = rcpt_replies.iter().flatten().any(|r| r.class() == 2);
+            let data_reply = if mail_reply.class() == 2 && any_accepted {
+                self.send(b"DATA\r\n", t.data)?;
+                Some(self.read_reply(t.data, "DATA")?)
+            } else {
+                None
+            };
+            (mail_reply, data_reply)
+        };
+
+        // Each recipient's reply so far: MAIL's when MAIL failed, else its RCPT's.
+        let mut verdicts: Vec<Reply> = rcpt_replies
+            .into_iter()
+            .map(|r| if mail_reply.class() == 2 { r.unwrap_or_else(|| mail_reply.clone()) } else { mail_reply.clone() })
+            .collect();
+        let accepted: Vec<usize> = (0..n).filter(|&i| verdicts[i].class() == 2).collect();
+        let mut headers = Vec::new();
+
+        match data_reply {
+            Some(data) if data.code == 354 && !accepted.is_empty() && mail_reply.class() == 2 => {
+                headers = self.stream_body(cursor)?;
+                let end = self.read_reply(t.data_end, "end of data")?;
+                for &i in &accepted {
+                    verdicts[i] = end.clone();
+                }
+            }
+            Some(data) if data.code == 354 => {
+                // PIPELINING sent DATA although nothing was accepted: end the
+                // empty data at once (RFC 2920 §3.1) and discard it.
+                self.send(b".\r\n", t.data_block)?;
+                self.read_reply(t.data_end, "end of data")?;
+                self.rset()?;
+            }
+            Some(data) => {
+                for &i in &accepted {
+                    verdicts[i] = data.clone();
+                }
+                self.rset()?;
+            }
+            None if mail_reply.class() == 2 => self.rset()?,
+            None => self.rset()?,
+        }
+
+        self.settle(cursor, envelope, &verdicts, &headers);
+        if verdicts.iter().any(|r| r.code == 421) {
+            return Err(Stop("customer is closing the connection (421)"));
+        }
+        Ok(())
+    }
+
+    /// Stream the current message; returns its header block (for DSNs).
+    fn stream_body(&mut self, cursor: &mut Cursor) -> Result<Vec<u8>, Stop> {
+        let t = self.ctx.timeouts.data_block;
+        let mut stuffer = DotStuffer::new();
+        let mut chunk = vec![0u8; BODY_CHUNK];
+        let mut encoded = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
+        let mut headers = Vec::new();
+        let mut headers_done = false;
+        loop {
+            let n = match cursor.read_body(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(status) => {
+                    // Never send the final dot of a truncated message: closing
+                    // the connection makes the customer discard it.
+                    self.log(&format!("event=queue-error while=reading-body status={status}"));
+                    return Err(Stop("queue failed while reading a body"));
+                }
+            };
+            if !headers_done {
+                headers_done = collect_headers(&mut headers, &chunk[..n]);
+            }
+            encoded.clear();
+            stuffer.encode(&chunk[..n], &mut encoded);
+            self.send(&encoded, t)?;
+        }
+        encoded.clear();
+        stuffer.finish(&mut encoded);
+        self.send(&encoded, t)?;
+        Ok(headers)
+    }
+
+    /// Turn replies into outcomes, send DSNs, commit, and log each recipient.
+    fn settle(&mut self, cursor: &mut Cursor, envelope: &Envelope, verdicts: &[Reply], headers: &[u8]) {
+        let mut outcomes: Vec<Outcome> = verdicts
+            .iter()
+            .map(|r| match r.class() {
+                2 => Outcome::Delivered,
+                5 => Outcome::PermFail,
+                _ => Outcome::TempFail,
+            })
+            .collect();
+
+        let failures: Vec<Failure> = (0..outcomes.len())
+            .filter(|&i| outcomes[i] == Outcome::PermFail)
+            .map(|i| Failure { recipient: envelope.recipients[i].clone(), reply: verdicts[i].text() })
+            .collect();
+        let mut dsn_note = "";
+        if !failures.is_empty() {
+            if envelope.sender.is_empty() {
+                dsn_note = " dsn=none-null-sender";
+            } else {
+                let report = Report {
+                    reporting_host: self.ctx.hostname,
+                    queue_id: &envelope.id,
+                    sender: &envelope.sender,
+                    failures: &failures,
+                    original_headers: headers,
+                };
+                match bounce::submit(self.ctx.sendmail, &report) {
+                    Ok(()) => dsn_note = " dsn=sent",
+                    Err(e) => {
+                        // Without a DSN the sender would never learn: keep them queued.
+                        log::error(&format!(
+                            "session={} queue_id={} event=dsn-failed error=\"{e}\"",
+                            self.ctx.session_id, envelope.id
+                        ));
+                        dsn_note = " dsn=failed";
+                        for o in outcomes.iter_mut().filter(|o| **o == Outcome::PermFail) {
+                            *o = Outcome::TempFail;
+                        }
+                    }
+                }
+            }
+        }
+
+        let recorded = outcomes.iter().enumerate().all(|(i, &o)| cursor.set_outcome(i, o).is_ok());
+        let committed = recorded && cursor.commit().is_ok();
+        for (i, (rcpt, outcome)) in envelope.recipients.iter().zip(&outcomes).enumerate() {
+            let status = match (outcome, committed) {
+                (Outcome::Delivered, true) => "sent",
+                (Outcome::PermFail, true) => "bounced",
+                (Outcome::Delivered, false) => "sent-but-still-queued",
+                (Outcome::PermFail, false) => "bounced-but-still-queued",
+                (Outcome::TempFail, _) => "deferred",
+            };
+            match outcome {
+                Outcome::Delivered => self.summary.sent += 1,
+                Outcome::PermFail => self.summary.bounced += 1,
+                Outcome::TempFail => self.summary.deferred += 1,
+            }
+            let dsn = if *outcome == Outcome::PermFail { dsn_note } else { "" };
+            self.log(&format!(
+                "queue_id={} from=<{}> to=<{}> status={status}{dsn} reply=\"{}\"",
+                envelope.id,
+                envelope.sender,
+                rcpt,
+                verdicts[i].text().replace('"', "'")
+            ));
+        }
+        if !committed {
+            log::error(&format!(
+                "session={} queue_id={} event=commit-failed note=\"the message stays queued and may be delivered again\"",
+                self.ctx.session_id, envelope.id
+            ));
+        }
+    }
+}
+
+/// Append to `headers` up to the end of the header block; true once complete.
+fn collect_headers(headers: &mut Vec<u8>, chunk: &[u8]) -> bool {
+    let start = headers.len().saturating_sub(3);
+    let room = DSN_HEADER_LIMIT.saturating_sub(headers.len());
+    headers.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    let tail = &headers[start..];
+    let end = [&b"\r\n\r\n"[..], &b"\n\n"[..]]
+        .iter()
+        .filter_map(|sep| tail.windows(sep.len()).position(|w| w == *sep).map(|p| start + p + sep.len() / 2))
+        .min();
+    if let Some(end) = end {
+        headers.truncate(end);
+        return true;
+    }
+    headers.len() >= DSN_HEADER_LIMIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collect_headers;
+
+    #[test]
+    fn header_block_is_found_across_chunks() {
+        let message = b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n";
+        for split in 1..message.len() {
+            let mut headers = Vec::new();
+            let mut done = false;
+            for chunk in message.chunks(split) {
+                if !done {
+                    done = collect_headers(&mut headers, chunk);
+                }
+            }
+            assert!(done, "split {split}");
+            assert_eq!(headers, b"Subject: a\r\nFrom: b\r\n", "split {split}");
+        }
+        let mut headers = Vec::new();
+        assert!(collect_headers(&mut headers, b"A: 1\nB: 2\n\nbody"));
+        assert_eq!(headers, b"A: 1\nB: 2\n");
+    }
+}

@@ -1,1 +1,359 @@
-//! TODO
+//! One ODMR session: greeting → EHLO → AUTH CRAM-MD5 → ATRN → reversed state.
+//!
+//! This module owns the provider side of RFC 2645 over any [`Wire`]: the reply
+//! codes of the design's table, authentication with failure limits, the
+//! authorisation and locking of the requested domains, and the hand-over to
+//! [`crate::relay`] once the line is turned around. It does not know whether
+//! it runs under inetd or a listener, and it does not parse bytes itself
+//! ([`crate::proto`] does).
+
+use crate::backend::{Backends, Cursor};
+use crate::config::Config;
+use crate::conn::{Conn, Received, Wire};
+use crate::locks::{DomainLocks, LockError};
+use crate::log;
+use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_COMMAND_LINE};
+use crate::relay;
+use crate::sasl;
+use odmr_api::{Secret, Status};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A session id unique within this host: pid and a per-process counter.
+pub fn new_session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    format!("{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Is `peer` allowed by the `allow` list (empty = everyone)?
+pub fn is_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
+    let allow = &config.server.allow;
+    if allow.is_empty() {
+        return true;
+    }
+    let Some(ip) = peer else { return false };
+    // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    allow.iter().any(|net| net.contains(&ip))
+}
+
+/// How a session ended, for the server's log and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// QUIT, or the relay finished.
+    Normal,
+    /// The client went away.
+    Disconnected,
+    /// Idle timeout (421 sent).
+    TimedOut,
+    /// Refused at connect (554) or after too many AUTH failures (421).
+    Refused,
+}
+
+struct Session<'a, W: Wire> {
+    config: &'a Config,
+    backends: &'a Backends,
+    id: String,
+    conn: Conn<W>,
+    splitter: LineSplitter,
+    user: Option<String>,
+    failures: u32,
+}
+
+/// Serve one session on `wire` from the peer `peer` (None when unknown).
+pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Option<IpAddr>) -> End {
+    let id = new_session_id();
+    let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+    let mut session = Session {
+        config,
+        backends,
+        conn: Conn::new(wire, config.server.idle_timeout),
+        splitter: LineSplitter::new(MAX_COMMAND_LINE),
+        id,
+        user: None,
+        failures: 0,
+    };
+    let hostname = &config.server.hostname;
+    if !is_allowed(config, peer) {
+        log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
+        let _ = session.reply(554, &format!("{hostname} access denied"));
+        let _ = session.conn.flush();
+        return End::Refused;
+    }
+    log::info(&format!("session={} event=connect client={client}", session.id));
+    let end = match session.reply(220, &format!("{hostname} ESMTP odmrd ODMR service ready")) {
+        Ok(()) => session.run(),
+        Err(_) => End::Disconnected,
+    };
+    let _ = session.conn.flush();
+    log::info(&format!("session={} event=close end={end:?}", session.id));
+    end
+}
+
+impl<W: Wire> Session<'_, W> {
+    fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
+        self.conn.send(proto::reply(code, text).as_bytes())
+    }
+
+    fn log(&self, fields: &str) {
+        log::info(&format!("session={} {fields}", self.id));
+    }
+
+    /// Read the next command line, answering overlong lines and timeouts.
+    fn next_line(&mut self) -> Result<Vec<u8>, End> {
+        loop {
+            match self.conn.read_line(&mut self.splitter) {
+                Ok(Received::Item(Line::Complete(line))) => return Ok(line),
+                Ok(Received::Item(Line::TooLong)) => {
+                    self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
+                }
+                Ok(Received::TimedOut) => {
+                    let text = format!("{} idle timeout, closing connection", self.config.server.hostname);
+                    let _ = self.reply(421, &text);
+                    self.log("event=timeout");
+                    return Err(End::TimedOut);
+                }
+                Ok(Received::Closed) | Err(_) => return Err(End::Disconnected),
+            }
+        }
+    }
+
+    fn run(&mut self) -> End {
+        loop {
+            let line = match self.next_line() {
+                Ok(line) => line,
+                Err(end) => return end,
+            };
+            let step = match proto::parse_command(&line) {
+                Ok(command) => self.command(command),
+                Err(CommandError::Unknown) => self.reply(500, "Command unrecognized").map(|()| None),
+                Err(CommandError::Syntax(why)) => self.reply(501, why).map(|()| None),
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(end)) => return end,
+                Err(_) => return End::Disconnected,
+            }
+        }
+    }
+
+    /// Handle one command; Some(end) closes the session.
+    fn command(&mut self, command: Command) -> std::io::Result<Option<End>> {
+        let hostname = self.config.server.hostname.clone();
+        match command {
+            Command::Ehlo(_) => {
+                let auth = format!("AUTH {}", self.offered_mechanisms().join(" "));
+                let lines = [hostname.as_str(), auth.as_str(), "ATRN"];
+                self.conn.send(proto::reply_multiline(250, &lines).as_bytes())?;
+            }
+            Command::Helo(_) => self.reply(250, &hostname)?,
+            Command::Auth { mechanism, initial_response } => return self.auth(&mechanism, initial_response),
+            Command::Atrn(domains) => return self.atrn(domains),
+            Command::Quit => {
+                self.reply(221, &format!("{hostname} closing connection"))?;
+                return Ok(Some(End::Normal));
+            }
+            Command::Rset | Command::Noop => self.reply(250, "OK")?,
+            Command::Help => self.reply(214, "Commands: EHLO HELO AUTH ATRN RSET NOOP HELP QUIT")?,
+            Command::StartTls => self.reply(502, "STARTTLS not available")?,
+            Command::NotImplemented(verb) => self.reply(502, &format!("{verb} not implemented on the ODMR port"))?,
+        }
+        Ok(None)
+    }
+
+    /// Mechanisms offered without TLS: only CRAM-MD5 (PLAIN and LOGIN would
+    /// expose the password in clear text).
+    fn offered_mechanisms(&self) -> Vec<&'static str> {
+        vec!["CRAM-MD5"]
+    }
+
+    fn auth(&mut self, mechanism: &str, initial_response: Option<String>) -> std::io::Result<Option<End>> {
+        if self.user.is_some() {
+            self.reply(503, "Already authenticated")?;
+            return Ok(None);
+        }
+        if !self.offered_mechanisms().contains(&mechanism) {
+            self.reply(504, "Unrecognized authentication type")?;
+            return Ok(None);
+        }
+        if initial_response.is_some() {
+            self.reply(501, "CRAM-MD5 takes no initial response")?;
+            return Ok(None);
+        }
+        let challenge = sasl::new_challenge(&self.config.server.hostname);
+        {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(challenge.as_bytes());
+            self.reply(334, &encoded)?;
+        }
+        let line = match self.next_line() {
+            Ok(line) => line,
+            Err(end) => return Ok(Some(end)),
+        };
+        if line == b"*" {
+            self.log("event=auth result=cancelled");
+            self.reply(501, "Authentication cancelled")?;
+            return Ok(None);
+        }
+        let Some((user, digest)) =
+            std::str::from_utf8(&line).ok().and_then(|text| sasl::decode_cram_response(text).ok())
+        else {
+            self.log("event=auth result=malformed");
+            self.reply(501, "Malformed CRAM-MD5 response")?;
+            return Ok(None);
+        };
+        match self.verify(&user, &challenge, &digest) {
+            Ok(()) => {
+                self.log(&format!("event=auth user={user} result=ok mechanism=CRAM-MD5"));
+                self.reply(235, "Authentication successful")?;
+                self.user = Some(user);
+                Ok(None)
+            }
+            Err(Verdict::Unavailable(status)) => {
+                self.log(&format!("event=auth user={user} result=tempfail status={status}"));
+                self.reply(451, "Credential store unavailable, try again later")?;
+                Ok(None)
+            }
+            Err(Verdict::Wrong(reason)) => {
+                self.failures += 1;
+                self.log(&format!(
+                    "event=auth user={user} result=failed reason={reason} failures={}",
+                    self.failures
+                ));
+                std::thread::sleep(self.config.auth.failure_delay);
+                if self.failures >= self.config.auth.max_failures {
+                    self.reply(421, "Too many authentication failures, closing connection")?;
+                    return Ok(Some(End::Refused));
+                }
+                self.reply(535, "Authentication credentials invalid")?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {
+        let credentials = &self.backends.credentials;
+        let matches = match credentials.lookup_secret(user) {
+            Ok(secret) => sasl::verify(&secret, challenge, digest),
+            Err(Status::Unsupported) => match credentials.verify_cram_md5(user, challenge, digest) {
+                Ok(matches) => matches,
+                Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-cram-md5")),
+                Err(status) => return Err(Verdict::Unavailable(status)),
+            },
+            Err(Status::NotFound) => {
+                // Spend the same work as for a real user, so timing does not
+                // reveal which users exist.
+                sasl::verify(&Secret::Plain(b"\0unknown user\0".to_vec()), challenge, digest);
+                return Err(Verdict::Wrong("unknown-user"));
+            }
+            Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
+            Err(status) => return Err(Verdict::Unavailable(status)),
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(Verdict::Wrong("wrong-password"))
+        }
+    }
+
+    fn atrn(&mut self, requested: Vec<String>) -> std::io::Result<Option<End>> {
+        let Some(user) = self.user.clone() else {
+            self.reply(530, "Authentication required")?;
+            return Ok(None);
+        };
+        match self.authorise_and_reverse(&user, requested)? {
+            Some(end) => Ok(Some(end)),
+            None => Ok(None),
+        }
+    }
+
+    /// Decide ATRN; on 250 run the reversed session and end.
+    fn authorise_and_reverse(&mut self, user: &str, requested: Vec<String>) -> std::io::Result<Option<End>> {
+        let allowed = match self.backends.credentials.domains(user) {
+            Ok(domains) => domains,
+            Err(status) => {
+                self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
+                self.reply(451, "Credential store unavailable, try again later")?;
+                return Ok(None);
+            }
+        };
+        let domains = if requested.is_empty() { dedup(allowed.clone()) } else { requested };
+        let list = domains.join(",");
+        if domains.is_empty() {
+            self.log(&format!("event=atrn user={user} result=450 reason=no-domains"));
+            self.reply(450, "You may not collect mail for any domain")?;
+            return Ok(None);
+        }
+        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
+            self.log(&format!("event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"));
+            self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
+            return Ok(None);
+        }
+        let locks = match DomainLocks::acquire(&self.config.server.lock_directory, &domains) {
+            Ok(locks) => locks,
+            Err(LockError::Busy(domain)) => {
+                self.log(&format!("event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"));
+                self.reply(450, &format!("{domain} is being collected by another session"))?;
+                return Ok(None);
+            }
+            Err(e) => {
+                log::error(&format!("session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"", self.id));
+                self.reply(451, "Local error, try again later")?;
+                return Ok(None);
+            }
+        };
+        let queue = &self.backends.queue;
+        // `has_pending` is cheap; the cursor's first message is the proof, so
+        // a 250 is never followed by an empty session.
+        let opened = queue.has_pending(&domains).and_then(|pending| {
+            if !pending {
+                return Ok(None);
+            }
+            let mut cursor = queue.open(&domains)?;
+            Ok(cursor.next_message()?.map(|first| (cursor, first)))
+        });
+        let (mut cursor, first): (Cursor, _) = match opened {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.log(&format!("event=atrn user={user} domains={list} result=453"));
+                self.reply(453, "You have no mail")?;
+                return Ok(None);
+            }
+            Err(status) => {
+                self.log(&format!("event=atrn user={user} domains={list} result=451 reason=queue status={status}"));
+                self.reply(451, "Queue unavailable, try again later")?;
+                return Ok(None);
+            }
+        };
+        self.log(&format!("event=atrn user={user} domains={list} result=250"));
+        self.reply(250, "OK now reversing the connection")?;
+        let context = relay::Context {
+            session_id: &self.id,
+            hostname: &self.config.server.hostname,
+            sendmail: &self.config.bounce.sendmail,
+            timeouts: relay::Timeouts::default(),
+        };
+        let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
+        self.log(&format!(
+            "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
+            summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
+        ));
+        drop(cursor);
+        drop(locks);
+        Ok(Some(End::Normal))
+    }
+}
+
+enum Verdict {
+    Wrong(&'static str),
+    Unavailable(Status),
+}
+
+fn dedup(mut domains: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    domains.retain(|d| seen.insert(d.clone()));
+    domains
+}
