@@ -1,3 +1,377 @@
-pub use odmr_api::ffi::{odmr_host, odmr_plugin, odmr_status};
-/// STUB
-pub unsafe extern "C" fn passwd_plugin_init(_h: *const odmr_host, _o: *mut *const odmr_plugin) -> odmr_status { odmr_api::ffi::ODMR_INTERNAL }
+//! `builtin:passwd`: a credential backend over a Dovecot-style passwd-file.
+//!
+//! This crate owns reading and interpreting the file: the line syntax
+//! (`user:{SCHEME}secret:uid:gid:gecos:home:shell:extra fields`), the password
+//! schemes that can serve CRAM-MD5 (`{PLAIN}`/`{CLEARTEXT}` and `{CRAM-MD5}`,
+//! with Dovecot's `.hex`/`.b64` encodings), the `odmr_domains=` extra field
+//! listing the domains a user may collect with ATRN, and reloading the file
+//! whenever it changes (checked with one `stat` per lookup), so password
+//! changes need no restart.
+//!
+//! It does not verify CRAM-MD5 responses (odmrd's `sasl` does, from the secret
+//! returned here), does not decide SMTP replies (the host maps statuses), and
+//! never writes to fds 0-2: everything goes through the host's log, and no log
+//! line or `Debug` output ever contains a secret.
+//!
+//! Statuses: unknown user → `NotFound`; an account whose password scheme cannot
+//! serve CRAM-MD5 (e.g. `{SHA512-CRYPT}`) → `Unsupported`; an empty password or
+//! Dovecot's `nologin` extra field → `Denied`; a file that cannot be read →
+//! `TempFail`, never an empty user list.
+#![deny(unsafe_code)]
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
+use std::collections::hash_map::{Entry, HashMap};
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+odmr_api::export_plugin!(
+    #[allow(unsafe_code)]
+    fn passwd_plugin_init, "passwd", Passwd: [credentials]
+);
+
+/// The backend instance: one passwd-file, reloaded when it changes.
+pub struct Passwd {
+    log: Logger,
+    path: PathBuf,
+    cache: Mutex<Cache>,
+}
+
+impl Instance for Passwd {
+    fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
+        Passwd::with_logger(Logger::Host(host), config)
+    }
+}
+
+impl Credentials for Passwd {
+    fn lookup_secret(&self, user: &str) -> Result<Secret, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        if account.nologin {
+            self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
+            return Err(Status::Denied);
+        }
+        match &account.password {
+            Password::Usable(secret) => Ok(secret.clone()),
+            Password::Empty => {
+                self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has an empty password"));
+                Err(Status::Denied)
+            }
+            Password::Unusable(scheme) => {
+                self.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "passwd: user '{user}' in {}: password scheme {scheme} cannot serve CRAM-MD5 \
+                         (store it as {{PLAIN}} or {{CRAM-MD5}})",
+                        self.path.display()
+                    ),
+                );
+                Err(Status::Unsupported)
+            }
+        }
+    }
+
+    fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
+        let table = self.table()?;
+        table.users.get(user).map(|account| account.domains.clone()).ok_or(Status::NotFound)
+    }
+}
+
+impl Passwd {
+    fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Passwd, String> {
+        let mut file = None;
+        for (key, value) in config {
+            match key.as_str() {
+                "file" if file.is_some() => return Err("key 'file' is given more than once".into()),
+                "file" if value.is_empty() => return Err("key 'file' is empty".into()),
+                "file" => file = Some(PathBuf::from(value)),
+                other => return Err(format!("unknown key '{other}' (the passwd backend knows only 'file')")),
+            }
+        }
+        let path = file.ok_or("missing required key 'file' (the passwd-file to read)")?;
+        let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
+        // Read it now, so that a wrong path is a configuration error at start.
+        passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
+        Ok(passwd)
+    }
+
+    /// The current table; a file that cannot be read is a temporary failure
+    /// (logged), never an empty store.
+    fn table(&self) -> Result<Arc<Table>, Status> {
+        self.refresh().map_err(|err| {
+            let msg = format!("passwd: cannot read {}: {err}; lookups fail temporarily", self.path.display());
+            self.log.log(LogLevel::Error, &msg);
+            Status::TempFail
+        })
+    }
+
+    /// The table, reloaded first if the file's identity, size or times changed.
+    fn refresh(&self) -> io::Result<Arc<Table>> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let stamp = Stamp::of(&std::fs::metadata(&self.path)?);
+        if let Some((cached, table)) = &cache.current {
+            if *cached == stamp {
+                return Ok(Arc::clone(table));
+            }
+        }
+        let (stamp, content) = self.read()?;
+        let (table, warnings) = parse(&content);
+        let name = self.path.display();
+        for warning in warnings {
+            self.log.log(LogLevel::Warn, &format!("passwd: {name} {warning}"));
+        }
+        self.log.log(LogLevel::Info, &format!("passwd: loaded {} users from {name}", table.users.len()));
+        let table = Arc::new(table);
+        cache.current = Some((stamp, Arc::clone(&table)));
+        Ok(table)
+    }
+
+    /// Reads the file, with the stamp of exactly the file that was read.
+    fn read(&self) -> io::Result<(Stamp, Vec<u8>)> {
+        let mut file = File::open(&self.path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut content = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut content)?;
+        Ok((Stamp::of(&meta), content))
+    }
+}
+
+/// Where log lines go: the host, or a buffer in unit tests.
+#[derive(Clone)]
+enum Logger {
+    Host(Host),
+    #[cfg(test)]
+    Capture(Arc<Mutex<Vec<(LogLevel, String)>>>),
+}
+
+impl Logger {
+    fn log(&self, level: LogLevel, msg: &str) {
+        match self {
+            Logger::Host(host) => host.log(level, msg),
+            #[cfg(test)]
+            Logger::Capture(lines) => lines.lock().unwrap().push((level, msg.to_owned())),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    current: Option<(Stamp, Arc<Table>)>,
+}
+
+/// What identifies one version of the file: a replacement by rename changes
+/// the inode, an edit in place changes size or times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The parsed file. Deliberately not `Debug`: it holds secrets.
+#[derive(Default)]
+struct Table {
+    users: HashMap<String, Account>,
+}
+
+struct Account {
+    password: Password,
+    nologin: bool,
+    domains: Vec<String>,
+}
+
+enum Password {
+    /// A secret that can serve CRAM-MD5.
+    Usable(Secret),
+    /// An empty password: nobody can log in (as in Dovecot).
+    Empty,
+    /// A scheme that cannot serve CRAM-MD5; holds a printable scheme name.
+    Unusable(String),
+}
+
+/// Parses the file's content; the warnings say `line N: ...` and never hold
+/// a secret.
+fn parse(content: &[u8]) -> (Table, Vec<String>) {
+    let mut table = Table::default();
+    let mut warnings = Vec::new();
+    for (index, line) in content.split(|&b| b == b'\n').enumerate() {
+        let number = index + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) || line.starts_with(b"#") {
+            continue;
+        }
+        match parse_line(line, &mut |w| warnings.push(format!("line {number}: {w}"))) {
+            Ok((user, account)) => match table.users.entry(user) {
+                Entry::Occupied(first) => warnings.push(format!(
+                    "line {number}: user '{}' appears again; this line is ignored",
+                    first.key()
+                )),
+                Entry::Vacant(slot) => {
+                    slot.insert(account);
+                }
+            },
+            Err(reason) => warnings.push(format!("line {number}: {reason}; line skipped")),
+        }
+    }
+    (table, warnings)
+}
+
+/// One non-comment line: `user:password[:uid:gid:gecos:home:shell[:extra fields]]`.
+fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Account), String> {
+    let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
+    let user = std::str::from_utf8(fields[0]).map_err(|_| "the user name is not UTF-8".to_string())?;
+    if user.is_empty() {
+        return Err("empty user name".into());
+    }
+    if fields.len() < 2 {
+        return Err(format!("user '{user}' has no password field"));
+    }
+    let password = parse_password(fields[1]).map_err(|reason| format!("user '{user}': {reason}"))?;
+    let mut account = Account { password, nologin: false, domains: Vec::new() };
+    // As Dovecot: everything after the 7th field, re-joined, is space-separated
+    // `key=value` extra fields.
+    let extra = if fields.len() > 7 { fields[7..].join(&b':') } else { Vec::new() };
+    for field in String::from_utf8_lossy(&extra).split(' ').filter(|f| !f.is_empty()) {
+        let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        match key {
+            "odmr_domains" => {
+                for domain in value.split(',').filter(|d| !d.is_empty()) {
+                    let domain = domain.to_ascii_lowercase();
+                    if !valid_domain(&domain) {
+                        warn(format!("user '{user}': ignoring invalid domain '{domain}' in odmr_domains"));
+                    } else if !account.domains.contains(&domain) {
+                        account.domains.push(domain);
+                    }
+                }
+            }
+            "nologin" => account.nologin = true,
+            _ => {}
+        }
+    }
+    Ok((user.to_owned(), account))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Default,
+    Hex,
+    Base64,
+}
+
+/// Interprets a password field. `Err` is a malformed value (the reason never
+/// contains the value itself).
+fn parse_password(field: &[u8]) -> Result<Password, String> {
+    if field.is_empty() {
+        return Ok(Password::Empty);
+    }
+    let Some((scheme, data)) = field.strip_prefix(b"{").and_then(|rest| {
+        let end = rest.iter().position(|&b| b == b'}')?;
+        Some((&rest[..end], &rest[end + 1..]))
+    }) else {
+        // No {SCHEME}: Dovecot's default scheme, CRYPT, or a $id$ crypt hash.
+        return Ok(Password::Unusable(crypt_name(field)));
+    };
+    let scheme = String::from_utf8_lossy(scheme).to_ascii_uppercase();
+    if !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || scheme.len() > 40 {
+        return Ok(Password::Unusable("(an unrecognised scheme)".into()));
+    }
+    let (name, encoding) = match scheme.rsplit_once('.') {
+        Some((name, "HEX")) => (name, Encoding::Hex),
+        Some((name, "B64" | "BASE64")) => (name, Encoding::Base64),
+        _ => (scheme.as_str(), Encoding::Default),
+    };
+    match name {
+        "PLAIN" | "CLEARTEXT" => {
+            let password = match encoding {
+                Encoding::Default => data.to_vec(),
+                Encoding::Hex => decode_hex(data).ok_or(format!("{{{scheme}}} value is not hex"))?,
+                Encoding::Base64 => {
+                    BASE64.decode(data).map_err(|_| format!("{{{scheme}}} value is not base64"))?
+                }
+            };
+            Ok(if password.is_empty() { Password::Empty } else { Password::Usable(Secret::Plain(password)) })
+        }
+        "CRAM-MD5" | "HMAC-MD5" => {
+            // Dovecot's password_decode(): without a suffix, 64 characters are
+            // hex (or base64 if they are not hex), anything else base64.
+            let decoded = match encoding {
+                Encoding::Hex => decode_hex(data),
+                Encoding::Base64 => BASE64.decode(data).ok(),
+                Encoding::Default if data.len() == 64 => {
+                    decode_hex(data).or_else(|| BASE64.decode(data).ok())
+                }
+                Encoding::Default => BASE64.decode(data).ok(),
+            };
+            match decoded.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+                Some(context) => Ok(Password::Usable(Secret::CramMd5Context(context))),
+                None => Err(format!("{{{scheme}}} value is not 32 bytes in hex or base64")),
+            }
+        }
+        _ => Ok(Password::Unusable(format!("{{{scheme}}}"))),
+    }
+}
+
+/// A printable name for a password without `{SCHEME}`, without its data.
+fn crypt_name(field: &[u8]) -> String {
+    let id = field
+        .strip_prefix(b"$")
+        .and_then(|rest| rest.iter().position(|&b| b == b'$').map(|end| &rest[..end]))
+        .filter(|id| !id.is_empty() && id.len() <= 8 && id.iter().all(u8::is_ascii_alphanumeric));
+    match id {
+        Some(id) => format!("crypt ${}$", String::from_utf8_lossy(id)),
+        None => "CRYPT (no {SCHEME} prefix, Dovecot's default)".into(),
+    }
+}
+
+/// Standard alphabet, padding optional, as Dovecot's decoder is lenient.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
+    let pairs = hex.chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
+    pairs.map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
+}
+
+/// A domain as RFC 2645's ATRN accepts it: two or more non-empty labels of
+/// letters, digits and hyphens.
+fn valid_domain(domain: &str) -> bool {
+    let mut labels = 0;
+    for label in domain.split('.') {
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return false;
+        }
+        labels += 1;
+    }
+    labels >= 2
+}
+
+#[cfg(test)]
+mod tests;
