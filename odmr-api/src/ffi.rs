@@ -227,11 +227,17 @@ pub struct odmr_queue_ops {
     /// not dot-stuffed, any line ending) into `buf[..cap]`. ODMR_OK with
     /// `*len_out > 0`, or ODMR_END at the end of the message.
     pub read_body: Option<
-        unsafe extern "C" fn(cur: *mut odmr_cursor, buf: *mut u8, cap: usize, len_out: *mut usize) -> odmr_status,
+        unsafe extern "C" fn(
+            cur: *mut odmr_cursor,
+            buf: *mut u8,
+            cap: usize,
+            len_out: *mut usize,
+        ) -> odmr_status,
     >,
     /// Record recipient `index`'s outcome (ODMR_OUTCOME_*) for the current message.
     /// Nothing changes on disk until `commit`.
-    pub set_outcome: Option<unsafe extern "C" fn(cur: *mut odmr_cursor, index: usize, outcome: i32) -> odmr_status>,
+    pub set_outcome:
+        Option<unsafe extern "C" fn(cur: *mut odmr_cursor, index: usize, outcome: i32) -> odmr_status>,
     /// Apply the recorded outcomes of the current message durably: delivered and
     /// permanently failed recipients leave the queue, the rest stay. A message
     /// never committed is left exactly as it was.

@@ -495,7 +495,13 @@ unsafe extern "C" fn verify_cram_md5<T: Credentials>(
     guard(|| {
         let verify = || -> Result<bool, Status> {
             // SAFETY: `inst` is ours; the strings are borrowed for the call.
-            unsafe { instance_ref::<T>(inst)?.verify_cram_md5(user.as_str()?, challenge.as_str()?, digest.as_str()?) }
+            unsafe {
+                instance_ref::<T>(inst)?.verify_cram_md5(
+                    user.as_str()?,
+                    challenge.as_str()?,
+                    digest.as_str()?,
+                )
+            }
         };
         match verify() {
             Ok(true) => ODMR_OK,
@@ -536,7 +542,8 @@ unsafe extern "C" fn has_pending<T: Queue>(
             return ODMR_INVALID_ARGUMENT;
         }
         // SAFETY: `inst` is ours; `domains` valid for the call.
-        let answer = unsafe { instance_ref::<T>(inst).and_then(|i| i.has_pending(&domain_list(domains, n_domains)?)) };
+        let answer =
+            unsafe { instance_ref::<T>(inst).and_then(|i| i.has_pending(&domain_list(domains, n_domains)?)) };
         match answer {
             Ok(yes) => {
                 // SAFETY: checked non-null.
@@ -577,7 +584,10 @@ unsafe fn cursor_mut<'a, T: Queue>(cur: *mut odmr_cursor) -> Result<&'a mut T::C
     unsafe { cur.cast::<T::Cursor>().as_mut() }.ok_or(Status::InvalidArgument)
 }
 
-unsafe extern "C" fn cursor_next<T: Queue>(cur: *mut odmr_cursor, sink: *const odmr_envelope_sink) -> odmr_status {
+unsafe extern "C" fn cursor_next<T: Queue>(
+    cur: *mut odmr_cursor,
+    sink: *const odmr_envelope_sink,
+) -> odmr_status {
     guard(|| {
         // SAFETY: the sink is borrowed for the call.
         let Some(sink) = (unsafe { sink.as_ref() }) else { return ODMR_INVALID_ARGUMENT };
@@ -586,7 +596,9 @@ unsafe extern "C" fn cursor_next<T: Queue>(cur: *mut odmr_cursor, sink: *const o
             Ok(Some(envelope)) => {
                 let str_of = |s: &String| OdmrStr::from_bytes(s.as_bytes());
                 // SAFETY: the host's callbacks, strings borrowed for each call.
-                unsafe { (sink.message)(sink.ctx, str_of(&envelope.id), str_of(&envelope.sender), envelope.size) };
+                unsafe {
+                    (sink.message)(sink.ctx, str_of(&envelope.id), str_of(&envelope.sender), envelope.size)
+                };
                 for rcpt in &envelope.recipients {
                     // SAFETY: as above.
                     unsafe { (sink.recipient)(sink.ctx, str_of(rcpt)) };
@@ -599,7 +611,12 @@ unsafe extern "C" fn cursor_next<T: Queue>(cur: *mut odmr_cursor, sink: *const o
     })
 }
 
-unsafe extern "C" fn read_body<T: Queue>(cur: *mut odmr_cursor, buf: *mut u8, cap: usize, len_out: *mut usize) -> odmr_status {
+unsafe extern "C" fn read_body<T: Queue>(
+    cur: *mut odmr_cursor,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> odmr_status {
     guard(|| {
         if len_out.is_null() || (cap > 0 && buf.is_null()) {
             return ODMR_INVALID_ARGUMENT;

@@ -60,7 +60,15 @@ fn new_instance(kvs: &[OdmrKv]) -> Result<*mut odmr_instance, String> {
     let mut err = [0u8; 64];
     let mut err_len = 0;
     let rc = unsafe {
-        (d.instance_new.unwrap())(&host, kvs.as_ptr(), kvs.len(), &mut inst, err.as_mut_ptr(), err.len(), &mut err_len)
+        (d.instance_new.unwrap())(
+            &host,
+            kvs.as_ptr(),
+            kvs.len(),
+            &mut inst,
+            err.as_mut_ptr(),
+            err.len(),
+            &mut err_len,
+        )
     };
     if rc == ODMR_OK {
         Ok(inst)
@@ -104,13 +112,18 @@ fn lookup_secret_uses_caller_buffers() {
     let (mut kind, mut len) = (0u32, 0usize);
     let mut small = [0u8; 4];
     let user = OdmrStr::from_bytes(b"alice");
-    let rc = unsafe { (ops.lookup_secret.unwrap())(inst, user, &mut kind, small.as_mut_ptr(), small.len(), &mut len) };
+    let rc = unsafe {
+        (ops.lookup_secret.unwrap())(inst, user, &mut kind, small.as_mut_ptr(), small.len(), &mut len)
+    };
     assert_eq!((rc, len), (ODMR_BUFFER_TOO_SMALL, 10));
     let mut buf = [0u8; 32];
-    let rc = unsafe { (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len) };
+    let rc =
+        unsafe { (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len) };
     assert_eq!((rc, kind, &buf[..len]), (ODMR_OK, ODMR_SECRET_PLAIN, &b"wonderland"[..]));
     let nobody = OdmrStr::from_bytes(b"bob");
-    let rc = unsafe { (ops.lookup_secret.unwrap())(inst, nobody, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len) };
+    let rc = unsafe {
+        (ops.lookup_secret.unwrap())(inst, nobody, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len)
+    };
     assert_eq!(rc, ODMR_NOT_FOUND);
     unsafe { (d.instance_free.unwrap())(inst) };
 }
@@ -123,7 +136,8 @@ fn a_panic_becomes_a_status() {
     let inst = new_instance(&[kv]).unwrap();
     let (mut kind, mut len, mut buf) = (0u32, 0usize, [0u8; 32]);
     let user = OdmrStr::from_bytes(b"alice");
-    let rc = unsafe { (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len) };
+    let rc =
+        unsafe { (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len) };
     assert_eq!(rc, ODMR_PANIC);
 }
 
@@ -138,7 +152,12 @@ fn list_domains_calls_back_per_domain() {
     let inst = new_instance(&[]).unwrap();
     let mut got: Vec<String> = Vec::new();
     let rc = unsafe {
-        (ops.list_domains.unwrap())(inst, OdmrStr::from_bytes(b"alice"), (&mut got as *mut Vec<String>).cast(), collect)
+        (ops.list_domains.unwrap())(
+            inst,
+            OdmrStr::from_bytes(b"alice"),
+            (&mut got as *mut Vec<String>).cast(),
+            collect,
+        )
     };
     assert_eq!(rc, ODMR_OK);
     assert_eq!(got, ["example.org", "example.net"]);

@@ -163,7 +163,10 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
     let kvs: Vec<OdmrKv> = config
         .settings
         .iter()
-        .map(|s| OdmrKv { key: OdmrStr::from_bytes(s.key.as_bytes()), value: OdmrStr::from_bytes(s.value.as_bytes()) })
+        .map(|s| OdmrKv {
+            key: OdmrStr::from_bytes(s.key.as_bytes()),
+            value: OdmrStr::from_bytes(s.value.as_bytes()),
+        })
         .collect();
     let mut raw = std::ptr::null_mut();
     let mut err = vec![0u8; 1024];
@@ -241,7 +244,8 @@ fn check_descriptor(plugin: &odmr_plugin, kind: Kind) -> Result<(), String> {
 /// dlopen a plugin (`RTLD_NOW | RTLD_LOCAL`) and find `odmr_plugin_init`.
 fn open_shared_object(path: &PathBuf, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    let fail = |reason: String| LoadError { plugin: path.display().to_string(), section: kind.section(), reason };
+    let fail =
+        |reason: String| LoadError { plugin: path.display().to_string(), section: kind.section(), reason };
     if let Err(e) = std::fs::metadata(path) {
         return Err(fail(format!("cannot open: {e}")));
     }
@@ -315,7 +319,9 @@ impl Credentials {
                     };
                 }
                 ODMR_BUFFER_TOO_SMALL if len > buf.len() && len <= 1 << 20 => buf.resize(len, 0),
-                ODMR_OK | ODMR_BUFFER_TOO_SMALL => return Err(self.instance.failure("lookup_secret", ODMR_INTERNAL)),
+                ODMR_OK | ODMR_BUFFER_TOO_SMALL => {
+                    return Err(self.instance.failure("lookup_secret", ODMR_INTERNAL))
+                }
                 other => return Err(self.instance.failure("lookup_secret", other)),
             }
         }
@@ -427,7 +433,9 @@ impl Queue {
             unsafe { open(self.instance.raw, list.as_ptr(), list.len(), &mut raw) }
         };
         match status {
-            ODMR_OK if !raw.is_null() => Ok(Cursor { queue: self.clone(), raw, _not_send: Default::default() }),
+            ODMR_OK if !raw.is_null() => {
+                Ok(Cursor { queue: self.clone(), raw, _not_send: Default::default() })
+            }
             ODMR_OK => Err(self.instance.failure("cursor_open", ODMR_INTERNAL)),
             other => Err(self.instance.failure("cursor_open", other)),
         }
@@ -451,7 +459,8 @@ unsafe extern "C" fn sink_message(ctx: *mut c_void, id: OdmrStr, sender: OdmrStr
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `ctx` is the builder passed by `next_message`, alive for the
         // call; the strings are borrowed for this callback.
-        let (b, id, sender) = unsafe { (&mut *ctx.cast::<EnvelopeBuilder>(), id.as_bytes(), sender.as_bytes()) };
+        let (b, id, sender) =
+            unsafe { (&mut *ctx.cast::<EnvelopeBuilder>(), id.as_bytes(), sender.as_bytes()) };
         b.envelope.id = String::from_utf8_lossy(id).into_owned();
         b.envelope.sender = String::from_utf8_lossy(sender).into_owned();
         b.envelope.size = size;
@@ -520,7 +529,9 @@ impl Cursor {
     pub fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
         let raw = self.raw;
         // SAFETY: the cursor is open.
-        self.call("set_outcome", |ops| unsafe { ops.set_outcome.expect("checked at load")(raw, index, outcome.to_raw()) })
+        self.call("set_outcome", |ops| unsafe {
+            ops.set_outcome.expect("checked at load")(raw, index, outcome.to_raw())
+        })
     }
 
     /// Apply the recorded outcomes of the current message.

@@ -62,7 +62,8 @@ pub fn rfc5322_date(at: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
@@ -134,7 +135,9 @@ pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
     let mut out = lines.join("\r\n").into_bytes();
     out.extend_from_slice(b"\r\n");
     if !report.original_headers.is_empty() {
-        out.extend_from_slice(format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
+        );
         for line in report.original_headers.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if !line.is_empty() {
@@ -206,7 +209,8 @@ mod tests {
 
     #[test]
     fn the_report_has_the_rfc3464_structure() {
-        let failures = [Failure { recipient: "x@example.org".into(), reply: "550 5.1.1 unknown\r\nuser".into() }];
+        let failures =
+            [Failure { recipient: "x@example.org".into(), reply: "550 5.1.1 unknown\r\nuser".into() }];
         let report = Report {
             reporting_host: "odmr.example.net",
             queue_id: "1234.abc",
@@ -219,10 +223,18 @@ mod tests {
         let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
         assert_eq!(parts.len(), 5, "preamble, 3 parts, epilogue: {text}");
         assert!(parts[1].contains("Content-Type: text/plain"));
-        assert!(parts[2].starts_with("\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; odmr.example.net"));
-        assert!(parts[2].contains("\r\nFinal-Recipient: rfc822; x@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
-        assert!(parts[2].contains("Diagnostic-Code: smtp; 550 5.1.1 unknown  user\r\n"), "no header injection");
-        assert!(parts[3].contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\nFrom: alice@sender.example\r\n"));
+        assert!(parts[2].starts_with(
+            "\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; odmr.example.net"
+        ));
+        assert!(parts[2]
+            .contains("\r\nFinal-Recipient: rfc822; x@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(
+            parts[2].contains("Diagnostic-Code: smtp; 550 5.1.1 unknown  user\r\n"),
+            "no header injection"
+        );
+        assert!(parts[3].contains(
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\nFrom: alice@sender.example\r\n"
+        ));
         assert_eq!(parts[4], "--\r\n");
         assert!(text.contains("\r\nTo: <alice@sender.example>\r\n"));
         assert!(text.contains("report-type=delivery-status"));
@@ -232,8 +244,13 @@ mod tests {
     #[test]
     fn submission_reports_a_failing_command_and_refuses_the_null_sender() {
         let failures = [Failure { recipient: "x@example.org".into(), reply: "550 no".into() }];
-        let mut report =
-            Report { reporting_host: "h", queue_id: "1", sender: "a@b.example", failures: &failures, original_headers: b"" };
+        let mut report = Report {
+            reporting_host: "h",
+            queue_id: "1",
+            sender: "a@b.example",
+            failures: &failures,
+            original_headers: b"",
+        };
         let err = submit(&["/bin/false".into()], &report).unwrap_err();
         assert!(err.contains("/bin/false exited"), "{err}");
         assert!(submit(&["/nonexistent/sendmail".into()], &report).unwrap_err().contains("cannot run"));

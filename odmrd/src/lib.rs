@@ -4,10 +4,10 @@
 //! Each module owns one concern; see its doc comment.
 
 pub mod backend;
-pub mod conn;
-pub mod demo;
 pub mod bounce;
 pub mod config;
+pub mod conn;
+pub mod demo;
 pub mod locks;
 pub mod log;
 pub mod proto;

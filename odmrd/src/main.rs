@@ -105,7 +105,9 @@ fn main() -> ExitCode {
 
     let mut config = match Config::load(&path) {
         Ok(config) => config,
-        Err(e) => return fail_start(&format!("configuration error: {e}"), EX_CONFIG, &log::system_hostname()),
+        Err(e) => {
+            return fail_start(&format!("configuration error: {e}"), EX_CONFIG, &log::system_hostname())
+        }
     };
     if options.inetd {
         config.server.listen = None;

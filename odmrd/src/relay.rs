@@ -96,7 +96,12 @@ struct Relay<'c, 'a, W: Wire> {
 
 /// Run the reversed session: deliver `first` and every further message of
 /// `cursor`, then QUIT.
-pub fn deliver<W: Wire>(conn: &mut Conn<W>, cursor: &mut Cursor, first: Envelope, ctx: &Context<'_>) -> Summary {
+pub fn deliver<W: Wire>(
+    conn: &mut Conn<W>,
+    cursor: &mut Cursor,
+    first: Envelope,
+    ctx: &Context<'_>,
+) -> Summary {
     let mut relay = Relay { conn, ctx, caps: Capabilities::default(), summary: Summary::default() };
     let end = match relay.run(cursor, first) {
         Ok(()) => "done",
@@ -236,7 +241,13 @@ impl<W: Wire> Relay<'_, '_, W> {
         // Each recipient's reply so far: MAIL's when MAIL failed, else its RCPT's.
         let mut verdicts: Vec<Reply> = rcpt_replies
             .into_iter()
-            .map(|r| if mail_reply.class() == 2 { r.unwrap_or_else(|| mail_reply.clone()) } else { mail_reply.clone() })
+            .map(|r| {
+                if mail_reply.class() == 2 {
+                    r.unwrap_or_else(|| mail_reply.clone())
+                } else {
+                    mail_reply.clone()
+                }
+            })
             .collect();
         let accepted: Vec<usize> = (0..n).filter(|&i| verdicts[i].class() == 2).collect();
         let mut headers = Vec::new();

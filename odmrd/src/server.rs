@@ -45,7 +45,8 @@ pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::En
 /// Tell an inetd client that the service cannot start (before exiting).
 pub fn refuse_inetd_client(hostname: &str) {
     let mut out = io::stdout();
-    let _ = out.write_all(proto::reply(421, &format!("{hostname} service not available, closing")).as_bytes());
+    let _ =
+        out.write_all(proto::reply(421, &format!("{hostname} service not available, closing")).as_bytes());
     let _ = out.flush();
 }
 
@@ -150,7 +151,10 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
     });
     log::info(&format!("event=listening address={}", listener.local_addr()?));
     'serving: loop {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
@@ -180,7 +184,13 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
     Ok(())
 }
 
-fn start_session(config: &Arc<Config>, backends: &Backends, limits: &Arc<Limits>, stream: TcpStream, ip: IpAddr) {
+fn start_session(
+    config: &Arc<Config>,
+    backends: &Backends,
+    limits: &Arc<Limits>,
+    stream: TcpStream,
+    ip: IpAddr,
+) {
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
         Err(why) => {

@@ -159,7 +159,9 @@ impl<W: Wire> Session<'_, W> {
             Command::Rset | Command::Noop => self.reply(250, "OK")?,
             Command::Help => self.reply(214, "Commands: EHLO HELO AUTH ATRN RSET NOOP HELP QUIT")?,
             Command::StartTls => self.reply(502, "STARTTLS not available")?,
-            Command::NotImplemented(verb) => self.reply(502, &format!("{verb} not implemented on the ODMR port"))?,
+            Command::NotImplemented(verb) => {
+                self.reply(502, &format!("{verb} not implemented on the ODMR port"))?
+            }
         }
         Ok(None)
     }
@@ -288,19 +290,26 @@ impl<W: Wire> Session<'_, W> {
             return Ok(None);
         }
         if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
-            self.log(&format!("event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"));
+            self.log(&format!(
+                "event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"
+            ));
             self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
             return Ok(None);
         }
         let locks = match DomainLocks::acquire(&self.config.server.lock_directory, &domains) {
             Ok(locks) => locks,
             Err(LockError::Busy(domain)) => {
-                self.log(&format!("event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"));
+                self.log(&format!(
+                    "event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"
+                ));
                 self.reply(450, &format!("{domain} is being collected by another session"))?;
                 return Ok(None);
             }
             Err(e) => {
-                log::error(&format!("session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"", self.id));
+                log::error(&format!(
+                    "session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"",
+                    self.id
+                ));
                 self.reply(451, "Local error, try again later")?;
                 return Ok(None);
             }
@@ -323,7 +332,9 @@ impl<W: Wire> Session<'_, W> {
                 return Ok(None);
             }
             Err(status) => {
-                self.log(&format!("event=atrn user={user} domains={list} result=451 reason=queue status={status}"));
+                self.log(&format!(
+                    "event=atrn user={user} domains={list} result=451 reason=queue status={status}"
+                ));
                 self.reply(451, "Queue unavailable, try again later")?;
                 return Ok(None);
             }
