@@ -85,6 +85,11 @@ impl Wire for Stdio {
     }
 }
 
+/// Is `fd` a socket? (Under inetd, fds 0-2 may all be the customer's.)
+pub fn fd_is_socket(fd: std::os::fd::RawFd) -> bool {
+    nix::sys::stat::fstat(fd).map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK).unwrap_or(false)
+}
+
 /// What a read of one line produced.
 #[derive(Debug)]
 pub enum Received<T> {

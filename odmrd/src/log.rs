@@ -135,7 +135,19 @@ fn connect(facility: Facility, path: Option<&Path>) -> Result<SyslogLogger, Stri
 /// otherwise the target is still installed (so later calls retry syslog) and the reason is
 /// returned.
 pub fn init(target: &LogTarget) -> Result<(), String> {
-    init_at(target, None)
+    // Under inetd/xinetd fd 2 can be the customer's socket: never log there.
+    let target = LogTarget { stderr: target.stderr && !stderr_is_socket(), ..*target };
+    init_at(&target, None)
+}
+
+/// The target before the configuration is read: syslog (mail), and stderr
+/// unless it is a socket.
+pub fn init_early() {
+    let _ = init(&LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: true, level: Level::Info });
+}
+
+fn stderr_is_socket() -> bool {
+    crate::conn::fd_is_socket(2)
 }
 
 fn init_at(target: &LogTarget, syslog_path: Option<&Path>) -> Result<(), String> {

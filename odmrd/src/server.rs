@@ -33,7 +33,7 @@ pub fn stdin_peer() -> Option<IpAddr> {
 
 /// Is fd 0 a socket (as under inetd, xinetd, systemd Accept=yes)?
 pub fn stdin_is_socket() -> bool {
-    nix::sys::stat::fstat(0).map(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK).unwrap_or(false)
+    crate::conn::fd_is_socket(0)
 }
 
 /// inetd mode: serve exactly one session on standard input and output.
