@@ -1,0 +1,264 @@
+//! Streaming the content of the current message to the host in caller-sized
+//! pieces, with constant memory.
+//!
+//! Owns: BSMTP un-stuffing (one leading dot removed from each line that starts
+//! with `.`, stopping before the terminating `.` line) and the headers-mode
+//! reader that leaves out the consumed envelope fields. Line ends pass through
+//! unchanged; the host normalises them and dot-stuffs again.
+//! Does not: parse envelopes, open files or decide about commits.
+
+use std::io::{self, BufRead, BufReader, Read, Seek};
+use std::ops::Range;
+
+/// Where the un-stuffer is within the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// At the start of a line.
+    #[default]
+    LineStart,
+    /// Inside a line.
+    Inside,
+    /// A line started with `.`, which was dropped.
+    Dot,
+    /// A line started with `.\r`; `\r` is held back until we know it is not `.\r\n`.
+    DotCr,
+    /// The terminating `.` line was seen.
+    Done,
+}
+
+/// Byte-wise BSMTP un-stuffer; keeps its state between calls so that any
+/// split of the input (buffer boundaries) gives the same output.
+#[derive(Debug, Default)]
+pub struct Unstuffer {
+    state: State,
+}
+
+impl Unstuffer {
+    /// Decode from `input` into `out`; returns (bytes consumed, bytes produced).
+    /// Stops when `out` is full or the terminating line has been consumed.
+    pub fn decode(&mut self, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+        let (mut i, mut o) = (0, 0);
+        while i < input.len() && o < out.len() {
+            let b = input[i];
+            match self.state {
+                State::Done => break,
+                State::LineStart if b == b'.' => self.state = State::Dot,
+                State::LineStart | State::Inside => {
+                    out[o] = b;
+                    o += 1;
+                    self.state = if b == b'\n' { State::LineStart } else { State::Inside };
+                }
+                State::Dot => match b {
+                    b'\n' => self.state = State::Done,
+                    b'\r' => self.state = State::DotCr,
+                    _ => {
+                        out[o] = b;
+                        o += 1;
+                        self.state = State::Inside;
+                    }
+                },
+                State::DotCr => {
+                    if b == b'\n' {
+                        self.state = State::Done;
+                    } else {
+                        // ".\rX": the line was ".\r" + more; emit the held `\r`
+                        // and look at X again as an ordinary byte.
+                        out[o] = b'\r';
+                        o += 1;
+                        self.state = State::Inside;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        (i, o)
+    }
+
+    /// True once the terminating `.` line has been consumed.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// At end of file: a final `.` (or `.\r`) without its newline also ends
+    /// the data. Returns whether the data was properly terminated.
+    pub fn finish_at_eof(&mut self) -> bool {
+        if matches!(self.state, State::Dot | State::DotCr | State::Done) {
+            self.state = State::Done;
+        }
+        self.state == State::Done
+    }
+}
+
+/// The content of one message, read through a fixed-size buffer positioned
+/// where the content starts.
+pub enum Body<R> {
+    /// BSMTP data, un-stuffed.
+    Bsmtp {
+        /// The file, positioned inside the data.
+        reader: BufReader<R>,
+        /// Un-stuffing state.
+        unstuffer: Unstuffer,
+    },
+    /// Headers mode: everything except the `skip` ranges.
+    Headers {
+        /// The file.
+        reader: BufReader<R>,
+        /// Current offset in the file.
+        pos: u64,
+        /// Sorted, disjoint ranges to leave out.
+        skip: Vec<Range<u64>>,
+    },
+}
+
+impl<R: Read + Seek> Body<R> {
+    /// Fill `buf` with the next content bytes; 0 at the end of the message.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Body::Bsmtp { reader, unstuffer } => {
+                let mut produced = 0;
+                // Loop because a chunk may be consumed without output (a
+                // dropped dot); return as soon as something was produced.
+                while produced == 0 && !unstuffer.is_done() {
+                    let input = reader.fill_buf()?;
+                    if input.is_empty() {
+                        if unstuffer.finish_at_eof() {
+                            break;
+                        }
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "BSMTP data lost its terminator",
+                        ));
+                    }
+                    let (used, n) = unstuffer.decode(input, buf);
+                    reader.consume(used);
+                    produced = n;
+                }
+                Ok(produced)
+            }
+            Body::Headers { reader, pos, skip } => loop {
+                if let Some(first) = skip.first() {
+                    if *pos >= first.start {
+                        let skip_by = first.end.saturating_sub(*pos);
+                        reader.seek_relative(i64::try_from(skip_by).map_err(io::Error::other)?)?;
+                        *pos += skip_by;
+                        skip.remove(0);
+                        continue;
+                    }
+                }
+                let limit = skip.first().map_or(u64::MAX, |r| r.start - *pos);
+                let want = buf.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
+                let input = reader.fill_buf()?;
+                let n = input.len().min(want);
+                buf[..n].copy_from_slice(&input[..n]);
+                reader.consume(n);
+                *pos += n as u64;
+                return Ok(n);
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Cursor};
+
+    /// Un-stuff `input` feeding it in pieces of `piece` bytes with an output
+    /// buffer of `out` bytes.
+    fn unstuff(input: &[u8], piece: usize, out: usize) -> (Vec<u8>, bool, usize) {
+        let mut u = Unstuffer::default();
+        let mut result = Vec::new();
+        let mut buf = vec![0u8; out];
+        let mut consumed = 0;
+        for chunk in input.chunks(piece) {
+            let mut chunk = chunk;
+            while !chunk.is_empty() && !u.is_done() {
+                let (used, n) = u.decode(chunk, &mut buf);
+                result.extend_from_slice(&buf[..n]);
+                consumed += used;
+                chunk = &chunk[used..];
+            }
+        }
+        let ok = u.finish_at_eof();
+        (result, ok, consumed)
+    }
+
+    #[test]
+    fn unstuffing_is_exact_for_any_split() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"a\n..b\n...\n.\n", b"a\n.b\n..\n"),
+            (b"a\r\n..b\r\n.\r\n", b"a\r\n.b\r\n"),
+            (b".\n", b""),
+            (b".x\n.\n", b"x\n"),
+            (b".\rx\n.\n", b"\rx\n"),
+            (b"mid.dle\n.\n", b"mid.dle\n"),
+            (b"..\n.\n", b".\n"),
+            (b"no newline at end\n.", b"no newline at end\n"),
+        ];
+        for (input, want) in cases {
+            for piece in 1..=input.len() {
+                for out in [1, 2, 3, 64] {
+                    let (got, ok, _) = unstuff(input, piece, out);
+                    assert!(ok, "{input:?} not terminated");
+                    assert_eq!(got, *want, "{input:?} piece={piece} out={out}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unstuffing_stops_at_the_terminator() {
+        let (got, ok, consumed) = unstuff(b"x\n.\nafter\n", 64, 64);
+        assert!(ok);
+        assert_eq!((got.as_slice(), consumed), (&b"x\n"[..], 4));
+        let (_, ok, _) = unstuff(b"x\ny\n", 64, 64);
+        assert!(!ok, "missing terminator accepted");
+    }
+
+    #[test]
+    fn bsmtp_body_reads_in_small_pieces() {
+        let data = b"Subject: x\r\n\r\n..dot\r\nend\r\n.\r\n";
+        let mut body = Body::Bsmtp {
+            reader: BufReader::with_capacity(3, Cursor::new(&data[..])),
+            unstuffer: Unstuffer::default(),
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 5];
+        loop {
+            let n = body.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nend\r\n");
+    }
+
+    #[test]
+    fn headers_body_leaves_out_the_skipped_ranges() {
+        let data = b"AAAA\nBBBB\nCCCC\nDDDD\n\nbody\n";
+        for cap in [1, 2, 7, 64] {
+            for bufsize in [1, 3, 100] {
+                let mut body = Body::Headers {
+                    reader: BufReader::with_capacity(cap, Cursor::new(&data[..])),
+                    pos: 0,
+                    skip: vec![0..5, 10..15],
+                };
+                let mut out = Vec::new();
+                let mut buf = vec![0u8; bufsize];
+                loop {
+                    let n = body.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(out, b"BBBB\nDDDD\n\nbody\n", "cap={cap} buf={bufsize}");
+            }
+        }
+    }
+}

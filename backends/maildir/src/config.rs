@@ -1,0 +1,149 @@
+//! The `[queue]` section of a `builtin:maildir` instance: the `directory` and
+//! `strip_prefix` templates, and the check that a domain is safe to put into a
+//! path.
+//!
+//! Owns: validating the ini keys (errors name the key), expanding `{domain}`,
+//! and refusing domains that could escape the spool (`..`, `/`, odd bytes).
+//! Does not: touch the file system, parse messages or take locks.
+
+use std::path::PathBuf;
+
+/// The placeholder substituted in both templates.
+const PLACEHOLDER: &str = "{domain}";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Path template of each domain's maildir; contains `{domain}`.
+    directory: String,
+    /// qmail virtualdomains prefix to strip from `Delivered-To`; may contain `{domain}`.
+    strip_prefix: Option<String>,
+}
+
+impl Config {
+    /// Build from the `(key, value)` pairs of the ini section. Unknown keys,
+    /// repeated keys and bad values are errors naming the key.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Config, String> {
+        let mut directory = None;
+        let mut strip_prefix = None;
+        for (key, value) in pairs {
+            let slot = match key.as_str() {
+                "directory" => &mut directory,
+                "strip_prefix" => &mut strip_prefix,
+                _ => return Err(format!("unknown key '{key}' (known: directory, strip_prefix)")),
+            };
+            if slot.is_some() {
+                return Err(format!("key '{key}' given more than once"));
+            }
+            check_template(key, value)?;
+            *slot = Some(value.clone());
+        }
+        let directory = directory.ok_or("key 'directory' is required (e.g. /var/spool/odmr/{domain})")?;
+        if !directory.starts_with('/') {
+            return Err(format!("key 'directory': '{directory}' is not an absolute path"));
+        }
+        if !directory.contains(PLACEHOLDER) {
+            return Err(format!("key 'directory': '{directory}' does not contain {PLACEHOLDER}"));
+        }
+        Ok(Config { directory, strip_prefix: strip_prefix.filter(|p| !p.is_empty()) })
+    }
+
+    /// The maildir of `domain`, or an error when the domain is not safe to
+    /// substitute into a path.
+    pub fn maildir(&self, domain: &str) -> Result<PathBuf, String> {
+        let domain = checked_domain(domain)?;
+        Ok(PathBuf::from(self.directory.replace(PLACEHOLDER, &domain)))
+    }
+
+    /// The prefix to strip from `Delivered-To` addresses found in `domain`'s
+    /// maildir, with `{domain}` expanded; None when stripping is off.
+    pub fn prefix_for(&self, domain: &str) -> Option<String> {
+        self.strip_prefix.as_ref().map(|p| p.replace(PLACEHOLDER, domain))
+    }
+}
+
+/// Reject empty values, control characters and any brace that is not part of
+/// `{domain}` (a typo such as `{domian}` would otherwise become a literal path).
+fn check_template(key: &str, value: &str) -> Result<(), String> {
+    if key == "directory" && value.is_empty() {
+        return Err("key 'directory' is empty".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("key '{key}' contains a control character"));
+    }
+    if value.replace(PLACEHOLDER, "").contains(['{', '}']) {
+        return Err(format!("key '{key}': '{value}' has a placeholder other than {PLACEHOLDER}"));
+    }
+    Ok(())
+}
+
+/// The domain in lower case, if it is a plain host name: ASCII letters,
+/// digits, hyphens and single dots between labels. The host validates domains
+/// already; this is the backend's own guard because the result becomes a path.
+pub fn checked_domain(domain: &str) -> Result<String, String> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && domain.split('.').all(|label| !label.is_empty());
+    if ok {
+        Ok(domain.to_ascii_lowercase())
+    } else {
+        Err(format!("domain '{}' is not a plain host name", domain.escape_debug()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn directory_is_expanded_per_domain() {
+        let c = Config::from_pairs(&pairs(&[("directory", "/var/spool/odmr/{domain}/Maildir")])).unwrap();
+        assert_eq!(c.maildir("example.org").unwrap(), PathBuf::from("/var/spool/odmr/example.org/Maildir"));
+        assert_eq!(c.maildir("Example.ORG").unwrap(), PathBuf::from("/var/spool/odmr/example.org/Maildir"));
+        assert_eq!(c.prefix_for("example.org"), None);
+    }
+
+    #[test]
+    fn bad_domains_never_become_paths() {
+        let c = Config::from_pairs(&pairs(&[("directory", "/spool/{domain}")])).unwrap();
+        for bad in
+            ["..", "../etc", "a/b", "a..b", ".example.org", "example.org.", "", "a b", "ex\0ample", "é.org"]
+        {
+            assert!(c.maildir(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn strip_prefix_may_name_the_domain() {
+        let c = Config::from_pairs(&pairs(&[("directory", "/s/{domain}"), ("strip_prefix", "{domain}-")]))
+            .unwrap();
+        assert_eq!(c.prefix_for("example.com").as_deref(), Some("example.com-"));
+        let c = Config::from_pairs(&pairs(&[("directory", "/s/{domain}"), ("strip_prefix", "")])).unwrap();
+        assert_eq!(c.prefix_for("example.com"), None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "'directory' is required"),
+            (&[("directory", "/s/{domain}"), ("colour", "x")], "unknown key 'colour'"),
+            (
+                &[("directory", "/s/{domain}"), ("directory", "/t/{domain}")],
+                "'directory' given more than once",
+            ),
+            (&[("directory", "relative/{domain}")], "key 'directory'"),
+            (&[("directory", "/s/fixed")], "key 'directory'"),
+            (&[("directory", "/s/{domian}")], "key 'directory'"),
+            (&[("directory", "/s/{domain}"), ("strip_prefix", "{user}-")], "key 'strip_prefix'"),
+        ];
+        for (input, expected) in cases {
+            let err = Config::from_pairs(&pairs(input)).unwrap_err();
+            assert!(err.contains(expected), "{input:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! Recovering the envelope of one queued file: a BSMTP transaction (as Exim's
+//! `use_bsmtp` writes) or the `Return-Path:`/`Delivered-To:` headers that
+//! qmail-local, Postfix and Exim prepend.
+//!
+//! Owns: the two parsers, the byte layout they report (which lines to keep
+//! when rewriting a BSMTP file, which byte ranges a headers-mode body skips),
+//! and the recipient-domain match. Works on any `BufRead` and reads each line
+//! into a bounded buffer, so memory stays constant whatever the file size.
+//! Does not: open files, take locks, stream bodies (see `body`) or decide
+//! what happens to a file.
+
+use crate::body::Unstuffer;
+use std::io::{self, BufRead};
+use std::ops::Range;
+
+/// The longest envelope line (command or header field) kept for parsing.
+/// SMTP command lines are at most 512 octets; this leaves ample room for
+/// ESMTP parameters and long local parts.
+pub const MAX_ENVELOPE_LINE: usize = 4096;
+
+/// Why a file was not accepted. The file is logged and left alone.
+#[derive(Debug)]
+pub enum Rejected {
+    /// The file does not follow either format; the text says why.
+    Malformed(String),
+    /// Reading failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Rejected {
+    fn from(e: io::Error) -> Self {
+        Rejected::Io(e)
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Malformed(why) => write!(f, "malformed: {why}"),
+            Rejected::Io(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+fn malformed<T>(why: impl Into<String>) -> Result<T, Rejected> {
+    Err(Rejected::Malformed(why.into()))
+}
+
+/// One envelope recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as given to the customer's `RCPT TO:<…>`.
+    pub address: String,
+    /// BSMTP only: the raw `RCPT TO:` line, line end included, kept verbatim
+    /// when the file is rewritten.
+    pub line: Vec<u8>,
+}
+
+/// How the content is laid out in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// BSMTP: dot-stuffed data from `data_start` to a line `.` that ends the file.
+    Bsmtp {
+        /// The raw `MAIL FROM:` line, line end included.
+        mail_line: Vec<u8>,
+        /// The raw `DATA` line, line end included.
+        data_line: Vec<u8>,
+        /// Offset of the first data byte.
+        data_start: u64,
+    },
+    /// Headers mode: the whole file except these (sorted, disjoint) ranges,
+    /// which hold the consumed `Return-Path` and `Delivered-To` fields.
+    Headers {
+        /// Byte ranges not transmitted.
+        skip: Vec<Range<u64>>,
+    },
+}
+
+/// The envelope of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// Envelope sender; empty for the null sender (and for qmail's `#@[]`).
+    pub sender: String,
+    /// All envelope recipients, in file order.
+    pub recipients: Vec<Recipient>,
+    /// Where the content is.
+    pub layout: Layout,
+}
+
+/// Parse a whole file. For BSMTP the data is read through to check that it
+/// ends with the terminating `.` line at the end of the file, so that a
+/// truncated or concatenated file is refused before anything is offered.
+/// `strip_prefix` applies to headers mode only.
+pub fn parse(r: &mut impl BufRead, strip_prefix: Option<&str>) -> Result<Parsed, Rejected> {
+    let mut first = Line::default();
+    let n = first.read(r)?;
+    if n == 0 {
+        return malformed("empty file");
+    }
+    if starts_with_ci(&first.kept, b"MAIL FROM:") {
+        parse_bsmtp(r, first)
+    } else {
+        parse_headers(r, first, strip_prefix)
+    }
+}
+
+/// Does the address's domain (after the last `@`) equal one of `domains`
+/// (lower case), compared case-insensitively and exactly?
+pub fn in_domains(address: &str, domains: &[String]) -> bool {
+    match address.rfind('@') {
+        Some(at) => {
+            let domain = &address[at + 1..];
+            domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        }
+        None => false,
+    }
+}
+
+/// One line read with a bounded buffer.
+#[derive(Default)]
+struct Line {
+    /// The first `MAX_ENVELOPE_LINE` bytes, line end included if it fit.
+    kept: Vec<u8>,
+    /// Total length of the line, line end included.
+    len: u64,
+}
+
+impl Line {
+    /// Read the next line; returns its full length (0 at end of file).
+    fn read(&mut self, r: &mut impl BufRead) -> io::Result<u64> {
+        self.kept.clear();
+        self.len = 0;
+        loop {
+            let buf = match r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                return Ok(self.len);
+            }
+            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..=i], true),
+                None => (buf, false),
+            };
+            let room = MAX_ENVELOPE_LINE.saturating_sub(self.kept.len());
+            self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = chunk.len();
+            self.len += used as u64;
+            r.consume(used);
+            if done {
+                return Ok(self.len);
+            }
+        }
+    }
+
+    fn truncated(&self) -> bool {
+        self.len > self.kept.len() as u64
+    }
+
+    /// The line without its `\n` or `\r\n`.
+    fn text(&self) -> &[u8] {
+        let t = self.kept.strip_suffix(b"\n").unwrap_or(&self.kept);
+        t.strip_suffix(b"\r").unwrap_or(t)
+    }
+
+    fn is_blank(&self) -> bool {
+        !self.truncated() && self.text().is_empty()
+    }
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
+    if mail.truncated() {
+        return malformed("MAIL FROM line too long");
+    }
+    let sender = path_argument(&mail.text()[b"MAIL FROM:".len()..], "MAIL FROM")?;
+    let mut offset = mail.len;
+    let mut recipients = Vec::new();
+    let mut line = Line::default();
+    let data_line = loop {
+        let n = line.read(r)?;
+        if n == 0 {
+            return malformed("end of file before DATA");
+        }
+        offset += n;
+        if line.truncated() {
+            return malformed("envelope line too long");
+        }
+        let text = line.text();
+        if starts_with_ci(text, b"RCPT TO:") {
+            let address = path_argument(&text[b"RCPT TO:".len()..], "RCPT TO")?;
+            if address.is_empty() {
+                return malformed("empty RCPT TO address");
+            }
+            recipients.push(Recipient { address, line: line.kept.clone() });
+        } else if text.eq_ignore_ascii_case(b"DATA") {
+            break line.kept.clone();
+        } else {
+            return malformed(format!("unexpected envelope line {:?}", String::from_utf8_lossy(text)));
+        }
+    };
+    if recipients.is_empty() {
+        return malformed("no RCPT TO before DATA");
+    }
+    let data_start = offset;
+    check_data(r)?;
+    Ok(Parsed { sender, recipients, layout: Layout::Bsmtp { mail_line: mail.kept, data_line, data_start } })
+}
+
+/// Run the data through the same un-stuffer the body reader uses and require
+/// the terminating `.` line to be the end of the file.
+fn check_data(r: &mut impl BufRead) -> Result<(), Rejected> {
+    let mut unstuffer = Unstuffer::default();
+    let mut scratch = [0u8; 1024];
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            if unstuffer.finish_at_eof() {
+                return Ok(());
+            }
+            return malformed("data not terminated by a line '.'");
+        }
+        let (used, _) = unstuffer.decode(buf, &mut scratch);
+        let done = unstuffer.is_done();
+        let rest = buf.len() - used;
+        r.consume(used);
+        if done {
+            if rest > 0 || !r.fill_buf()?.is_empty() {
+                return malformed("bytes after the terminating '.' line");
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// `<address>` with optional ESMTP parameters after it (ignored). A quoted
+/// local part may contain `>`. qmail's double-bounce sender `#@[]` becomes
+/// the null sender.
+fn path_argument(arg: &[u8], what: &str) -> Result<String, Rejected> {
+    let arg = trim(arg);
+    if arg.first() != Some(&b'<') {
+        return malformed(format!("{what} argument does not start with '<'"));
+    }
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut end = None;
+    for (i, &b) in arg.iter().enumerate().skip(1) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(end) = end else { return malformed(format!("{what} argument has no closing '>'")) };
+    let rest = &arg[end + 1..];
+    if !rest.is_empty() && !rest[0].is_ascii_whitespace() {
+        return malformed(format!("{what}: text right after '>'"));
+    }
+    address(&arg[1..end], what).map(|a| if a == "#@[]" { String::new() } else { a })
+}
+
+/// An address as UTF-8 without control characters or white space.
+fn address(bytes: &[u8], what: &str) -> Result<String, Rejected> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return malformed(format!("{what} address is not UTF-8"));
+    };
+    if text.chars().any(|c| c.is_control() || c == ' ' || c == '\t') {
+        return malformed(format!("{what} address contains white space or control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// A header field being collected (first line plus continuation lines).
+struct Field {
+    which: Which,
+    range: Range<u64>,
+    value: Vec<u8>,
+    too_long: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    ReturnPath,
+    DeliveredTo,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::ReturnPath => "Return-Path",
+            Which::DeliveredTo => "Delivered-To",
+        }
+    }
+}
+
+/// Scan the header block (up to the first blank line, or the first line that
+/// is not a header field) for the first `Return-Path:` and the first
+/// `Delivered-To:`. Postfix puts `X-Original-To:` between them and Exim
+/// writes `Return-path:`, so neither position nor case is fixed.
+fn parse_headers(r: &mut impl BufRead, first: Line, strip_prefix: Option<&str>) -> Result<Parsed, Rejected> {
+    let mut found: [Option<Field>; 2] = [None, None];
+    let mut open: Option<Field> = None;
+    let mut line = first;
+    let mut offset = 0u64;
+    loop {
+        let start = offset;
+        offset += line.len;
+        let continuation = matches!(line.kept.first(), Some(b' ' | b'\t'));
+        if continuation {
+            if start == 0 {
+                break; // a header block cannot begin with a continuation line
+            }
+            if let Some(field) = open.as_mut() {
+                field.range.end = offset;
+                field.too_long |= line.truncated() || field.value.len() + line.kept.len() > MAX_ENVELOPE_LINE;
+                if !field.too_long {
+                    field.value.extend_from_slice(line.text());
+                }
+            }
+        } else {
+            close_field(&mut open, &mut found);
+            if line.len == 0 || line.is_blank() || !is_field(&line.kept) {
+                break;
+            }
+            let text = line.text();
+            let which = if starts_with_ci(text, b"Return-Path:") {
+                Some(Which::ReturnPath)
+            } else if starts_with_ci(text, b"Delivered-To:") {
+                Some(Which::DeliveredTo)
+            } else {
+                None
+            };
+            if let Some(which) = which.filter(|w| found[*w as usize].is_none()) {
+                let colon = text.iter().position(|&b| b == b':').expect("prefix has a colon");
+                open = Some(Field {
+                    which,
+                    range: start..offset,
+                    value: text[colon + 1..].to_vec(),
+                    too_long: line.truncated(),
+                });
+            }
+        }
+        line.read(r)?;
+    }
+    let [Some(rp), Some(dt)] = found else {
+        let missing = if found[0].is_none() { "Return-Path" } else { "Delivered-To" };
+        return malformed(format!("neither BSMTP nor a header block with {missing}"));
+    };
+    for f in [&rp, &dt] {
+        if f.too_long {
+            return malformed(format!("{} field too long", f.which.name()));
+        }
+    }
+    let sender = path_argument(&rp.value, "Return-Path")?;
+    let value = trim(&dt.value);
+    let value = match (value.first(), value.last()) {
+        (Some(b'<'), Some(b'>')) if value.len() >= 2 => &value[1..value.len() - 1],
+        _ => value,
+    };
+    let delivered_to = address(value, "Delivered-To")?;
+    let rcpt = match strip_prefix {
+        None => delivered_to,
+        Some(prefix) => match delivered_to.strip_prefix(prefix) {
+            Some(rest) if !rest.is_empty() => rest.to_owned(),
+            _ => {
+                return malformed(format!("Delivered-To {delivered_to} does not start with prefix {prefix}"))
+            }
+        },
+    };
+    if rcpt.is_empty() {
+        return malformed("empty Delivered-To");
+    }
+    let mut skip = vec![rp.range, dt.range];
+    skip.sort_by_key(|r| r.start);
+    Ok(Parsed {
+        sender,
+        recipients: vec![Recipient { address: rcpt, line: Vec::new() }],
+        layout: Layout::Headers { skip },
+    })
+}
+
+fn close_field(open: &mut Option<Field>, found: &mut [Option<Field>; 2]) {
+    if let Some(field) = open.take() {
+        let slot = &mut found[field.which as usize];
+        if slot.is_none() {
+            *slot = Some(field);
+        }
+    }
+}
+
+/// `name:` with a name of printable ASCII other than `:` (RFC 5322 ftext).
+fn is_field(line: &[u8]) -> bool {
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) if colon > 0 => line[..colon].iter().all(|&b| (33..=126).contains(&b)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_bytes(input: &[u8], prefix: Option<&str>) -> Result<Parsed, String> {
+        parse(&mut io::BufReader::with_capacity(7, input), prefix).map_err(|e| e.to_string())
+    }
+
+    /// The bytes a headers-mode body transmits: everything outside `skip`.
+    fn transmitted(text: &[u8], p: &Parsed) -> Vec<u8> {
+        let Layout::Headers { skip } = &p.layout else { panic!("not headers mode") };
+        (0..text.len()).filter(|&i| !skip.iter().any(|r| r.contains(&(i as u64)))).map(|i| text[i]).collect()
+    }
+
+    fn addresses(p: &Parsed) -> Vec<&str> {
+        p.recipients.iter().map(|r| r.address.as_str()).collect()
+    }
+
+    #[test]
+    fn bsmtp_envelope_with_lf_and_crlf() {
+        for eol in ["\n", "\r\n"] {
+            let text = format!(
+                "mail from:<bob@sender.example> SIZE=10 BODY=8BITMIME{eol}RCPT TO:<u1@a.example>{eol}\
+                 RCPT TO:<\"odd>name\"@b.example>{eol}DATA{eol}Subject: x{eol}{eol}..dot{eol}.{eol}"
+            );
+            let p = parse_bytes(text.as_bytes(), Some("ignored-")).unwrap();
+            assert_eq!(p.sender, "bob@sender.example");
+            assert_eq!(addresses(&p), ["u1@a.example", "\"odd>name\"@b.example"]);
+            assert_eq!(p.recipients[0].line, format!("RCPT TO:<u1@a.example>{eol}").into_bytes());
+            let Layout::Bsmtp { mail_line, data_line, data_start } = p.layout else { panic!("not bsmtp") };
+            assert!(mail_line.starts_with(b"mail from:<bob@") && mail_line.ends_with(eol.as_bytes()));
+            assert_eq!(data_line, format!("DATA{eol}").into_bytes());
+            assert_eq!(
+                &text.as_bytes()[data_start as usize..],
+                format!("Subject: x{eol}{eol}..dot{eol}.{eol}").as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn bsmtp_null_and_double_bounce_senders() {
+        for sender in ["<>", "<#@[]>"] {
+            let text = format!("MAIL FROM:{sender}\nRCPT TO:<a@b.example>\nDATA\n.\n");
+            assert_eq!(parse_bytes(text.as_bytes(), None).unwrap().sender, "");
+        }
+    }
+
+    #[test]
+    fn bsmtp_refuses_what_it_cannot_deliver_whole() {
+        let cases = [
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n", "not terminated"),
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n.\nMAIL FROM:<x@y>\n", "after the terminating"),
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nbody\n.\n", "unexpected envelope line"),
+            ("MAIL FROM:<a@b>\nDATA\n.\n", "no RCPT TO"),
+            ("MAIL FROM:a@b\nRCPT TO:<c@d>\nDATA\n.\n", "does not start with '<'"),
+            ("MAIL FROM:<a@b\nRCPT TO:<c@d>\nDATA\n.\n", "no closing"),
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\n", "before DATA"),
+            ("MAIL FROM:<a@b>\nRCPT TO:<>\nDATA\n.\n", "empty RCPT"),
+        ];
+        for (input, why) in cases {
+            let err = parse_bytes(input.as_bytes(), None).unwrap_err();
+            assert!(err.contains(why), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_dot_line_without_newline_still_terminates() {
+        let p = parse_bytes(b"MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nx\n.", None).unwrap();
+        assert_eq!(addresses(&p), ["c@d"]);
+    }
+
+    #[test]
+    fn qmail_headers_lines_one_and_two() {
+        let text = b"Return-Path: <alice@sender.example>\nDelivered-To: autoturn-1.2.3.4-bob@virt.dom\nSubject: hi\n\nbody\n";
+        let p = parse_bytes(text, Some("autoturn-1.2.3.4-")).unwrap();
+        assert_eq!(p.sender, "alice@sender.example");
+        assert_eq!(addresses(&p), ["bob@virt.dom"]);
+        assert_eq!(transmitted(text, &p), b"Subject: hi\n\nbody\n");
+    }
+
+    #[test]
+    fn postfix_and_exim_header_orders_with_crlf() {
+        let text = b"X-Top: 1\r\nReturn-path: <>\r\nX-Original-To: bob@virt.dom\r\ndelivered-to: <bob@virt.dom>\r\n\r\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!((p.sender.as_str(), addresses(&p)), ("", vec!["bob@virt.dom"]));
+        assert_eq!(transmitted(text, &p), b"X-Top: 1\r\nX-Original-To: bob@virt.dom\r\n\r\n");
+    }
+
+    #[test]
+    fn only_the_first_of_each_header_is_consumed() {
+        let text =
+            b"Return-Path: <#@[]>\nDelivered-To: new@virt.dom\nDelivered-To: old@elsewhere.example\n\nx";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!((p.sender.as_str(), addresses(&p)), ("", vec!["new@virt.dom"]));
+        assert_eq!(transmitted(text, &p), b"Delivered-To: old@elsewhere.example\n\nx");
+    }
+
+    #[test]
+    fn folded_fields_are_consumed_whole() {
+        let text = b"Return-Path:\n <a@b.example>\nDelivered-To: c@d.example\nX: y\n\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!(p.sender, "a@b.example");
+        assert_eq!(transmitted(text, &p), b"X: y\n\n");
+    }
+
+    #[test]
+    fn folded_fields_in_between_do_not_end_the_header_block() {
+        let text =
+            b"Return-Path: <a@b.example>\nReceived: from x\n\tby y\nDelivered-To: c@d.example\n\nbody\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!(addresses(&p), ["c@d.example"]);
+        assert_eq!(transmitted(text, &p), b"Received: from x\n\tby y\n\nbody\n");
+        assert!(parse_bytes(b" Return-Path: <a@b>\nDelivered-To: c@d\n\n", None).is_err());
+    }
+
+    #[test]
+    fn headers_in_the_body_do_not_count() {
+        let err = parse_bytes(b"Return-Path: <a@b>\nSubject: x\n\nDelivered-To: c@d\n", None).unwrap_err();
+        assert!(err.contains("Delivered-To"), "{err}");
+        let err = parse_bytes(b"From someone\nReturn-Path: <a@b>\nDelivered-To: c@d\n\n", None).unwrap_err();
+        assert!(err.contains("Return-Path"), "{err}");
+    }
+
+    #[test]
+    fn strip_prefix_is_case_sensitive_and_required() {
+        let text = b"Return-Path: <a@b>\nDelivered-To: Example.com-joe@example.com\n\n";
+        let err = parse_bytes(text, Some("example.com-")).unwrap_err();
+        assert!(err.contains("does not start with prefix"), "{err}");
+        let text = b"Return-Path: <a@b>\nDelivered-To: example.com-joe@example.com\n\n";
+        assert_eq!(addresses(&parse_bytes(text, Some("example.com-")).unwrap()), ["joe@example.com"]);
+        let err = parse_bytes(b"Return-Path: <a@b>\nDelivered-To: example.com-\n\n", Some("example.com-"))
+            .unwrap_err();
+        assert!(err.contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_binary_files_are_rejected() {
+        assert!(parse_bytes(b"", None).unwrap_err().contains("empty"));
+        assert!(parse_bytes(b"\x00\x01\x02", None).is_err());
+        assert!(parse_bytes(b"Return-Path: <a\xff@b>\nDelivered-To: c@d\n\n", None)
+            .unwrap_err()
+            .contains("UTF-8"));
+    }
+
+    #[test]
+    fn overlong_envelope_fields_are_rejected_not_truncated() {
+        let long = "x".repeat(MAX_ENVELOPE_LINE);
+        let text = format!("Return-Path: <a@b>\nDelivered-To: {long}@d\n\n");
+        assert!(parse_bytes(text.as_bytes(), None).unwrap_err().contains("too long"));
+        let text = format!("Return-Path: <a@b>\nX-Long: {long}\nDelivered-To: c@d\n\n");
+        assert_eq!(addresses(&parse_bytes(text.as_bytes(), None).unwrap()), ["c@d"]);
+    }
+
+    #[test]
+    fn domains_match_exactly_and_case_insensitively() {
+        let want = vec!["example.org".to_string()];
+        assert!(in_domains("a@example.org", &want));
+        assert!(in_domains("a@EXAMPLE.ORG", &want));
+        assert!(in_domains("\"x@y\"@example.org", &want));
+        assert!(!in_domains("a@example.org.uk", &want));
+        assert!(!in_domains("a@xexample.org", &want));
+        assert!(!in_domains("a@sub.example.org", &want));
+        assert!(!in_domains("example.org", &want));
+        assert!(!in_domains("a@example.org@other.example", &want));
+    }
+}

@@ -1,0 +1,412 @@
+//! The queue backend proper: the `Maildir` instance, its `has_pending`, and
+//! the cursor that walks, offers and commits messages.
+//!
+//! Owns: the selection rule (a file that parses and has at least one
+//! recipient in the requested domains; shared by `has_pending` and the cursor
+//! so that a "yes" is never followed by an empty session), per-domain locking
+//! for the life of a cursor, outcome bookkeeping and what a commit changes.
+//! Does not: parse file formats (`envelope`), stream bodies (`body`) or make
+//! system calls itself (`spool`).
+
+use crate::body::{Body, Unstuffer};
+use crate::config::{checked_domain, Config};
+use crate::envelope::{self, in_domains, Layout, Parsed, Rejected};
+use crate::spool::{self, Entry, Lock};
+use nix::fcntl::Flock;
+use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+
+/// Size of the read buffer for each message: memory per cursor stays at this
+/// whatever the message size.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// A `builtin:maildir` instance.
+pub struct Maildir {
+    host: Host,
+    config: Config,
+}
+
+impl Instance for Maildir {
+    fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
+        Ok(Maildir { host, config: Config::from_pairs(config)? })
+    }
+}
+
+/// One requested domain's maildir, as found on disk.
+struct Spool {
+    domain: String,
+    path: PathBuf,
+}
+
+impl Maildir {
+    fn log(&self, level: LogLevel, msg: &str) {
+        self.host.log(level, &format!("maildir: {msg}"));
+    }
+
+    /// The requested domains, lower case, without repeats; an invalid one
+    /// is refused as a whole (the host should never send one).
+    fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
+        let mut out: Vec<String> = Vec::with_capacity(domains.len());
+        for d in domains {
+            let d = checked_domain(d).map_err(|why| {
+                self.log(LogLevel::Error, &why);
+                Status::InvalidArgument
+            })?;
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The maildirs of `domains` that exist, each directory once. A missing
+    /// maildir means nothing queued; any other problem is logged and counted
+    /// in the second value.
+    fn spools(&self, domains: &[String]) -> Result<(Vec<Spool>, usize), Status> {
+        let mut seen = Vec::new();
+        let mut spools = Vec::new();
+        let mut errors = 0;
+        for domain in domains {
+            let path = self.config.maildir(domain).map_err(|why| {
+                self.log(LogLevel::Error, &why);
+                Status::InvalidArgument
+            })?;
+            match spool::identity(&path) {
+                Ok(id) if seen.contains(&id) => continue,
+                Ok(id) => seen.push(id),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.log(LogLevel::Debug, &format!("domain={domain} maildir={} absent", path.display()));
+                    continue;
+                }
+                Err(e) => {
+                    self.log(
+                        LogLevel::Error,
+                        &format!("domain={domain} maildir={} unusable: {e}", path.display()),
+                    );
+                    errors += 1;
+                    continue;
+                }
+            }
+            spools.push(Spool { domain: domain.clone(), path });
+        }
+        Ok((spools, errors))
+    }
+
+    /// List one maildir's messages, logging what is passed over.
+    fn scan(&self, spool: &Spool) -> io::Result<Vec<Entry>> {
+        let (entries, ignored) = spool::scan(&spool.path).inspect_err(|e| {
+            self.log(
+                LogLevel::Error,
+                &format!("domain={} maildir={} cannot list: {e}", spool.domain, spool.path.display()),
+            );
+        })?;
+        for i in ignored {
+            self.log(
+                LogLevel::Warn,
+                &format!("domain={} skipped file={} reason={}", spool.domain, i.id, i.why),
+            );
+        }
+        Ok(entries)
+    }
+}
+
+/// A parsed message file and the indices of its recipients in `domains`.
+struct Selected {
+    file: File,
+    parsed: Parsed,
+    offered: Vec<usize>,
+}
+
+/// The selection rule shared by `has_pending` and the cursor: open without
+/// following links, parse, keep the recipients of the requested domains.
+/// Ok(None): nothing for these domains, or gone. Unusable files are logged.
+fn select(
+    host: &Host,
+    config: &Config,
+    spool: &Spool,
+    entry: &Entry,
+    domains: &[String],
+) -> Option<Selected> {
+    let load = || -> Result<(File, Parsed), Rejected> {
+        let file = spool::open_message(&entry.path)?;
+        let prefix = config.prefix_for(&spool.domain);
+        let parsed = envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?;
+        Ok((file, parsed))
+    };
+    match load() {
+        Ok((file, parsed)) => {
+            let offered: Vec<usize> = (0..parsed.recipients.len())
+                .filter(|&i| in_domains(&parsed.recipients[i].address, domains))
+                .collect();
+            if offered.is_empty() {
+                None
+            } else {
+                Some(Selected { file, parsed, offered })
+            }
+        }
+        Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            let msg = format!("maildir: domain={} skipped file={} reason={e}", spool.domain, entry.id);
+            host.log(LogLevel::Warn, &msg);
+            None
+        }
+    }
+}
+
+impl Queue for Maildir {
+    type Cursor = MaildirCursor;
+
+    fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
+        let domains = self.domains(domains)?;
+        let (spools, mut errors) = self.spools(&domains)?;
+        for spool in &spools {
+            let Ok(entries) = self.scan(spool) else {
+                errors += 1;
+                continue;
+            };
+            if entries.iter().any(|e| select(&self.host, &self.config, spool, e, &domains).is_some()) {
+                return Ok(true);
+            }
+        }
+        // "Nothing queued" would be a lie when a spool could not be read.
+        if errors > 0 {
+            Err(Status::TempFail)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn open(&self, domains: &[String]) -> Result<MaildirCursor, Status> {
+        let domains = self.domains(domains)?;
+        let (candidates, _) = self.spools(&domains)?;
+        let mut spools = Vec::new();
+        let mut locks = Vec::new();
+        let mut queue = Vec::new();
+        for spool in candidates {
+            match spool::lock(&spool.path) {
+                Ok(Lock::Held(lock)) => locks.push(lock),
+                Ok(Lock::Busy) => {
+                    let msg = format!(
+                        "domain={} maildir={} is locked by another reader (seriallock busy); nothing sent for it now",
+                        spool.domain,
+                        spool.path.display()
+                    );
+                    self.log(LogLevel::Warn, &msg);
+                    continue;
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "domain={} cannot lock {}/{}: {e}",
+                        spool.domain,
+                        spool.path.display(),
+                        spool::LOCK_FILE
+                    );
+                    self.log(LogLevel::Error, &msg);
+                    continue;
+                }
+            }
+            // Listed under the lock, so that the list is what this cursor owns.
+            if let Ok(entries) = self.scan(&spool) {
+                queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
+            }
+            spools.push(spool);
+        }
+        queue.sort_by(|(_, a), (_, b)| {
+            let name = |e: &Entry| e.path.file_name().map(|n| n.to_owned());
+            a.mtime.cmp(&b.mtime).then_with(|| name(a).cmp(&name(b)))
+        });
+        Ok(MaildirCursor {
+            host: self.host,
+            config: self.config.clone(),
+            domains,
+            spools,
+            queue: queue.into(),
+            current: None,
+            _locks: locks,
+        })
+    }
+}
+
+/// A collection in progress: holds the seriallock of every maildir it reads
+/// until dropped.
+pub struct MaildirCursor {
+    host: Host,
+    config: Config,
+    domains: Vec<String>,
+    spools: Vec<Spool>,
+    queue: VecDeque<(usize, Entry)>,
+    current: Option<Current>,
+    // Dropped last (fields drop in declaration order): the locks outlive
+    // everything else the cursor holds.
+    _locks: Vec<Flock<File>>,
+}
+
+/// The message being delivered.
+struct Current {
+    spool: usize,
+    entry: Entry,
+    parsed: Parsed,
+    /// Indices into `parsed.recipients`, in the order offered to the host.
+    offered: Vec<usize>,
+    /// Outcome per offered recipient; None = not recorded (stays queued).
+    outcomes: Vec<Option<Outcome>>,
+    body: Body<File>,
+    /// A second handle on the same open file, for positional copies in a rewrite.
+    file: File,
+    committed: bool,
+}
+
+impl MaildirCursor {
+    fn log(&self, level: LogLevel, msg: &str) {
+        self.host.log(level, &format!("maildir: {msg}"));
+    }
+
+    fn current(&mut self) -> Result<&mut Current, Status> {
+        self.current.as_mut().ok_or(Status::InvalidArgument)
+    }
+}
+
+fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
+    let mut handle = file.try_clone()?;
+    Ok(match layout {
+        Layout::Bsmtp { data_start, .. } => {
+            handle.seek(SeekFrom::Start(*data_start))?;
+            Body::Bsmtp {
+                reader: BufReader::with_capacity(READ_BUFFER, handle),
+                unstuffer: Unstuffer::default(),
+            }
+        }
+        Layout::Headers { skip } => {
+            handle.seek(SeekFrom::Start(0))?;
+            Body::Headers {
+                reader: BufReader::with_capacity(READ_BUFFER, handle),
+                pos: 0,
+                skip: skip.clone(),
+            }
+        }
+    })
+}
+
+impl Cursor for MaildirCursor {
+    fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
+        // Leaving a message without commit leaves its file exactly as it was.
+        self.current = None;
+        while let Some((spool_index, entry)) = self.queue.pop_front() {
+            let spool = &self.spools[spool_index];
+            let Some(selected) = select(&self.host, &self.config, spool, &entry, &self.domains) else {
+                continue;
+            };
+            let body = match body_of(&selected.file, &selected.parsed.layout) {
+                Ok(body) => body,
+                Err(e) => {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!("domain={} skipped file={} reason={e}", spool.domain, entry.id),
+                    );
+                    continue;
+                }
+            };
+            let size = selected.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let envelope = Envelope {
+                id: entry.id.clone(),
+                sender: selected.parsed.sender.clone(),
+                size,
+                recipients: selected
+                    .offered
+                    .iter()
+                    .map(|&i| selected.parsed.recipients[i].address.clone())
+                    .collect(),
+            };
+            self.current = Some(Current {
+                spool: spool_index,
+                entry,
+                outcomes: vec![None; selected.offered.len()],
+                offered: selected.offered,
+                parsed: selected.parsed,
+                body,
+                file: selected.file,
+                committed: false,
+            });
+            return Ok(Some(envelope));
+        }
+        Ok(None)
+    }
+
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
+        let current = self.current()?;
+        let id = current.entry.id.clone();
+        current.body.read(buf).map_err(|e| {
+            self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
+            Status::TempFail
+        })
+    }
+
+    fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
+        let current = self.current()?;
+        if current.committed {
+            return Err(Status::InvalidArgument);
+        }
+        let slot = current.outcomes.get_mut(index).ok_or(Status::InvalidArgument)?;
+        *slot = Some(outcome);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), Status> {
+        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        if current.committed {
+            return Ok(());
+        }
+        let mut done = vec![false; current.parsed.recipients.len()];
+        for (k, &i) in current.offered.iter().enumerate() {
+            done[i] = matches!(current.outcomes[k], Some(Outcome::Delivered | Outcome::PermFail));
+        }
+        if !done.contains(&true) {
+            return Ok(());
+        }
+        let spool = &self.spools[current.spool];
+        let path = &current.entry.path;
+        let result = if !done.contains(&false) {
+            spool::remove(path).map(|()| "removed")
+        } else {
+            match &current.parsed.layout {
+                Layout::Bsmtp { mail_line, data_line, data_start } => {
+                    let mut head: Vec<&[u8]> = vec![mail_line];
+                    let kept = current.parsed.recipients.iter().zip(&done).filter(|(_, &d)| !d);
+                    head.extend(kept.map(|(r, _)| r.line.as_slice()));
+                    head.push(data_line);
+                    spool::rewrite(&spool.path, path, &current.file, &head, *data_start).map(|()| "rewritten")
+                }
+                // One recipient per file: it is either done or not.
+                Layout::Headers { .. } => Err(io::Error::other("partial commit of a single-recipient file")),
+            }
+        };
+        let id = current.entry.id.clone();
+        let domain = spool.domain.clone();
+        match result {
+            Ok(what) => {
+                current.committed = true;
+                let left = done.iter().filter(|d| !**d).count();
+                self.log(
+                    LogLevel::Info,
+                    &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
+                );
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !done.contains(&false) => {
+                current.committed = true;
+                self.log(LogLevel::Warn, &format!("domain={domain} file={id} was already gone at commit"));
+                Ok(())
+            }
+            Err(e) => {
+                self.log(
+                    LogLevel::Error,
+                    &format!("domain={domain} file={id} commit failed, message kept: {e}"),
+                );
+                Err(Status::TempFail)
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The file-system side of a maildir spool: listing messages, the
+//! serialmail-compatible `seriallock`, opening message files without
+//! following symlinks, and the two durable changes (unlink, atomic rewrite).
+//!
+//! Owns: every system call that looks at or changes a maildir, and the
+//! fsyncs that make a change durable. Does not: parse messages, decide which
+//! recipients are done, or log (it returns errors; the caller logs through
+//! the host).
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The lock file inside each maildir; serialmail's `setlock` uses the same.
+pub const LOCK_FILE: &str = "seriallock";
+
+/// One candidate message file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Full path of the file.
+    pub path: PathBuf,
+    /// `new/NAME` or `cur/NAME`, for logs.
+    pub id: String,
+    /// Modification time (seconds, nanoseconds), the primary sort key.
+    pub mtime: (i64, i64),
+}
+
+/// A file in `new/` or `cur/` that is not offered, and why (for the log).
+#[derive(Debug)]
+pub struct Ignored {
+    /// `new/NAME` or `cur/NAME`.
+    pub id: String,
+    /// Why it was passed over.
+    pub why: String,
+}
+
+/// A maildir's identity, to notice two domains that lead to the same directory.
+pub fn identity(maildir: &Path) -> io::Result<(u64, u64)> {
+    let meta = fs::metadata(maildir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// List the messages of `maildir`: regular files in `new/` and `cur/` whose
+/// names do not start with `.`, oldest first (mtime, then name). Symlinks and
+/// other non-regular entries are reported in the second list, never followed.
+pub fn scan(maildir: &Path) -> io::Result<(Vec<Entry>, Vec<Ignored>)> {
+    let mut entries = Vec::new();
+    let mut ignored = Vec::new();
+    for sub in ["new", "cur"] {
+        let dir = maildir.join(sub);
+        for item in fs::read_dir(&dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let id = format!("{sub}/{}", name.to_string_lossy());
+            if name.as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            // symlink_metadata: never follows a link.
+            let meta = match fs::symlink_metadata(item.path()) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    ignored.push(Ignored { id, why: format!("cannot stat: {e}") });
+                    continue;
+                }
+            };
+            if meta.file_type().is_symlink() {
+                ignored.push(Ignored { id, why: "is a symlink (not followed)".into() });
+            } else if !meta.is_file() {
+                ignored.push(Ignored { id, why: "is not a regular file".into() });
+            } else {
+                entries.push(Entry { path: item.path(), id, mtime: (meta.mtime(), meta.mtime_nsec()) });
+            }
+        }
+    }
+    entries.sort_by(|a, b| {
+        let name = |e: &Entry| e.path.file_name().map(|n| n.to_owned());
+        a.mtime.cmp(&b.mtime).then_with(|| name(a).cmp(&name(b))).then_with(|| a.path.cmp(&b.path))
+    });
+    Ok((entries, ignored))
+}
+
+/// Open a message for reading without following a symlink, and check that it
+/// is a regular file.
+pub fn open_message(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Result of trying the maildir's lock.
+pub enum Lock {
+    /// Held until dropped.
+    Held(Flock<File>),
+    /// Someone else (serialmail, another odmrd) holds it.
+    Busy,
+}
+
+/// `flock(LOCK_EX|LOCK_NB)` on `<maildir>/seriallock`, creating it if missing
+/// (mode 0600, as setlock does). The lock file itself is never followed
+/// through a symlink.
+pub fn lock(maildir: &Path) -> io::Result<Lock> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(maildir.join(LOCK_FILE))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Lock::Held(held)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(Lock::Busy),
+        Err((_, errno)) => Err(io::Error::from(errno)),
+    }
+}
+
+/// Make a directory's entries durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent().ok_or_else(|| io::Error::other("message path has no directory"))
+}
+
+/// Remove a message whose recipients are all done: unlink, then fsync the
+/// directory so that the removal is durable.
+pub fn remove(path: &Path) -> io::Result<()> {
+    fs::remove_file(path)?;
+    sync_dir(parent(path)?)
+}
+
+/// A maildir unique name, `time.M<usec>P<pid>Q<n>.odmrd`.
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}.M{}P{}Q{}.odmrd", now.as_secs(), now.subsec_micros(), std::process::id(), n)
+}
+
+/// Atomically replace the message at `path` (open as `original`) with `head`
+/// followed by the original's bytes from `keep_from` to its end: the new file
+/// is written in `<maildir>/tmp/`, fsynced, and renamed over `path`; then the
+/// directories are fsynced. Permissions and times of the original are kept
+/// (so the queue order and any lifetime by mtime do not change). Refuses when
+/// `path` no longer names `original`.
+pub fn rewrite(
+    maildir: &Path,
+    path: &Path,
+    original: &File,
+    head: &[&[u8]],
+    keep_from: u64,
+) -> io::Result<()> {
+    let meta = original.metadata()?;
+    let tmp_dir = maildir.join("tmp");
+    let (tmp_path, mut tmp) = create_unique(&tmp_dir, meta.permissions().mode() & 0o777)?;
+    let result = (|| {
+        for part in head {
+            tmp.write_all(part)?;
+        }
+        copy_range(original, keep_from, meta.len(), &mut tmp)?;
+        tmp.set_times(FileTimes::new().set_accessed(meta.accessed()?).set_modified(meta.modified()?))?;
+        tmp.sync_all()?;
+        let now = fs::symlink_metadata(path)?;
+        if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+            return Err(io::Error::other("the message file was replaced while it was being read"));
+        }
+        fs::rename(&tmp_path, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp_path);
+    }
+    result?;
+    sync_dir(parent(path)?)?;
+    sync_dir(&tmp_dir)
+}
+
+fn create_unique(dir: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let path = dir.join(unique_name());
+        match OpenOptions::new().write(true).create_new(true).mode(mode).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no unique name")))
+}
+
+/// Copy `src[from..to]` into `dst` with positional reads (the reader's own
+/// offset is left alone) through a fixed buffer.
+fn copy_range(src: &File, mut from: u64, to: u64, dst: &mut File) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while from < to {
+        let want = buf.len().min(usize::try_from(to - from).unwrap_or(usize::MAX));
+        let n = src.read_at(&mut buf[..want], from)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "message file shrank while being copied",
+            ));
+        }
+        dst.write_all(&buf[..n])?;
+        from += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_look_like_maildir_names() {
+        let (a, b) = (unique_name(), unique_name());
+        assert_ne!(a, b);
+        assert!(a.ends_with(".odmrd") && a.contains(".M") && !a.starts_with('.'), "{a}");
+        assert!(!a.contains(['/', ':']), "{a}");
+    }
+
+    #[test]
+    fn scan_orders_by_mtime_then_name_and_skips_dot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let put = |rel: &str, secs: u64| {
+            let p = dir.path().join(rel);
+            fs::write(&p, "x").unwrap();
+            let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+        };
+        put("new/b", 200);
+        put("cur/a:2,S", 300);
+        put("new/a", 200);
+        put("cur/z", 100);
+        put("new/.hidden", 50);
+        put("tmp/t", 10);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("new/link")).unwrap();
+        fs::create_dir(dir.path().join("new/subdir")).unwrap();
+        let (entries, ignored) = scan(dir.path()).unwrap();
+        let ids: Vec<_> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["cur/z", "new/a", "new/b", "cur/a:2,S"]);
+        let mut skipped: Vec<_> =
+            ignored.iter().map(|i| (i.id.as_str(), i.why.contains("symlink"))).collect();
+        skipped.sort();
+        assert_eq!(skipped, [("new/link", true), ("new/subdir", false)]);
+    }
+
+    #[test]
+    fn open_message_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("real"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        assert!(open_message(&dir.path().join("real")).is_ok());
+        assert!(open_message(&dir.path().join("link")).is_err());
+    }
+}
