@@ -4,13 +4,15 @@
 //! This module owns writing that directory: a configuration on the built-in
 //! backends, a passwd file with a demo account, maildirs with sample
 //! messages, a bounce script that keeps DSNs in a folder, and a fetchmail rc
-//! file, then printing how to collect. It does not run anything: `main` loads
-//! the configuration it wrote like any other.
+//! file, then printing how to collect. It also runs a toy receiving MTA (the
+//! customer's side, which a newcomer does not have) that files each message
+//! it receives into `received/`. It does not run odmrd: `main` loads the
+//! configuration written here like any other.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -65,7 +67,7 @@ fn sample_messages() -> Vec<(&'static str, &'static str, String)> {
 pub fn prepare(listen: Option<SocketAddr>) -> io::Result<PathBuf> {
     let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
     let dir = std::env::temp_dir().join(format!("odmrd-demo.{}", std::process::id()));
-    for sub in ["locks", "bounces", "fetchmail"] {
+    for sub in ["locks", "bounces", "fetchmail", "received"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     let entry = crate::sasl::cram_md5_entry(PASSWORD.as_bytes());
@@ -96,12 +98,19 @@ pub fn prepare(listen: Option<SocketAddr>) -> io::Result<PathBuf> {
     let config = dir.join("odmrd.ini");
     write(&config, &ini, 0o644)?;
 
+    let sink = TcpListener::bind((listen.ip(), 0))?;
+    let sink_addr = sink.local_addr()?;
+    let received = dir.join("received");
+    std::thread::spawn(move || run_sink(sink, &received));
+
     let rc = dir.join("fetchmail/fetchmailrc");
     let rc_text = format!(
         "set no syslog\npoll {} protocol odmr service {} timeout 30\n    user \"{USER}\" password \"{PASSWORD}\"\n    \
-         fetchdomains {domains}\n    smtphost 127.0.0.1/25\n",
+         fetchdomains {domains}\n    smtphost {}/{}\n",
         listen.ip(),
-        listen.port()
+        listen.port(),
+        sink_addr.ip(),
+        sink_addr.port()
     );
     write(&rc, &rc_text, 0o600)?;
 
@@ -109,12 +118,68 @@ pub fn prepare(listen: Option<SocketAddr>) -> io::Result<PathBuf> {
         "odmrd demo provider in {d}\n\
          \x20 account {USER} / {PASSWORD}, may collect {domains}\n\
          \x20 {} sample messages in {d}/spool/<domain>/new, DSNs land in {d}/bounces\n\n\
-         Collect the mail with fetchmail, relaying to your own MTA (edit smtphost in the rc file):\n\
-         \x20 FETCHMAILHOME={d}/fetchmail fetchmail -f {} --nodetach -v\n\n\
+         Collect the mail with fetchmail (apt-get install fetchmail) in another terminal:\n\
+         \x20 FETCHMAILHOME={d}/fetchmail fetchmail -f {} --nodetach -v\n\
+         It relays to a toy MTA on {sink_addr} standing in for yours, which files each\n\
+         message it receives in {d}/received.\n\n\
          Starting odmrd -c {} on {listen}; stop it with Ctrl-C.\n",
         sample_messages().len(),
         rc.display(),
         config.display()
     );
     Ok(config)
+}
+
+/// The toy customer MTA: accepts everything, files each message it receives.
+fn run_sink(listener: TcpListener, dir: &Path) {
+    for (n, stream) in listener.incoming().enumerate() {
+        if let Ok(stream) = stream {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || {
+                let _ = sink_session(stream, &dir, n);
+            });
+        }
+    }
+}
+
+fn sink_session(stream: TcpStream, dir: &Path, connection: usize) -> io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    out.write_all(b"220 toy-mta.demo.example ESMTP\r\n")?;
+    let mut messages = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" => b"250-toy-mta.demo.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            "DATA" => {
+                out.write_all(b"354 go ahead\r\n")?;
+                let mut message = Vec::new();
+                loop {
+                    let mut data = Vec::new();
+                    if input.read_until(b'\n', &mut data)? == 0 {
+                        return Ok(());
+                    }
+                    if data == b".\r\n" {
+                        break;
+                    }
+                    let unstuffed = if data.starts_with(b"..") { &data[1..] } else { &data[..] };
+                    message.extend_from_slice(unstuffed);
+                }
+                messages += 1;
+                fs::write(dir.join(format!("{connection}.{messages}.eml")), &message)?;
+                b"250 filed\r\n"
+            }
+            "QUIT" => {
+                out.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            _ => b"250 ok\r\n",
+        };
+        out.write_all(reply)?;
+    }
 }
