@@ -122,7 +122,7 @@ struct Selected {
 
 /// The selection rule shared by `has_pending` and the cursor: open without
 /// following links, parse, keep the recipients of the requested domains.
-/// Ok(None): nothing for these domains, or gone. Unusable files are logged.
+/// None: nothing for these domains, vanished, or unusable (logged, kept).
 fn select(
     host: &Host,
     config: &Config,

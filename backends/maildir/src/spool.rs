@@ -258,6 +258,32 @@ mod tests {
     }
 
     #[test]
+    fn rewrite_replaces_atomically_and_refuses_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let path = dir.path().join("new/m");
+        fs::write(&path, b"HEAD1\nHEAD2\nDATA\nbody\n.\n").unwrap();
+        let original = open_message(&path).unwrap();
+        rewrite(dir.path(), &path, &original, &[b"NEW\n", b"DATA\n"], 17).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+        // The path now names another inode than the one we read: refuse.
+        let err = rewrite(dir.path(), &path, &original, &[b"X\n"], 0).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "tmp file left behind");
+
+        // No tmp/: nothing changes.
+        fs::remove_dir(dir.path().join("tmp")).unwrap();
+        let current = open_message(&path).unwrap();
+        assert!(rewrite(dir.path(), &path, &current, &[b"Y\n"], 4).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
+    }
+
+    #[test]
     fn open_message_refuses_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("real"), "x").unwrap();
