@@ -172,12 +172,13 @@ pub fn submit(sendmail: &[String], report: &Report<'_>) -> Result<(), String> {
         .map_err(|e| format!("cannot run {program}: {e}"))?;
     let written = child.stdin.take().map(|mut stdin| stdin.write_all(&message));
     let output = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
-    if let Some(Err(e)) = written {
-        return Err(format!("{program}: writing the DSN failed: {e}"));
-    }
+    // The exit status says more than the broken pipe of a command that quit early.
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(format!("{program} exited with {}: {}", output.status, stderr.trim()));
+    }
+    if let Some(Err(e)) = written {
+        return Err(format!("{program}: writing the DSN failed: {e}"));
     }
     Ok(())
 }
