@@ -4,26 +4,32 @@
 //! every way a reversed session can end is driven here, and the maildir queue
 //! is inspected afterwards.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::odmrd::{start_inetd, Client};
+use support::RecordingSendmail;
 
 const USER: &str = "customer";
 const PASSWORD: &str = "S3cret-odmr";
+const EHLO_NAME: &str = "odmr.test.example";
 
 /// A provider's files: configuration, passwd, maildir spool, bounce recorder.
 struct Provider {
     dir: tempfile::TempDir,
+    sendmail: RecordingSendmail,
     extra_server: String,
 }
 
 impl Provider {
     fn new() -> Provider {
+        Provider::with_sendmail(RecordingSendmail::new())
+    }
+
+    fn with_sendmail(sendmail: RecordingSendmail) -> Provider {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("passwd"),
@@ -33,17 +39,7 @@ impl Provider {
             ),
         )
         .unwrap();
-        let recorder = dir.path().join("sendmail");
-        std::fs::write(
-            &recorder,
-            format!(
-                "#!/bin/sh\nn=$(date +%s%N)\nprintf '%s\\n' \"$@\" > {d}/dsn.$n.args\ncat > {d}/dsn.$n.msg\n",
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&recorder, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        Provider { dir, extra_server: String::new() }
+        Provider { dir, sendmail, extra_server: String::new() }
     }
 
     fn path(&self) -> &Path {
@@ -53,169 +49,57 @@ impl Provider {
     fn config(&self) -> PathBuf {
         let d = self.path().display();
         let ini = format!(
-            "[server]\nhostname = odmr.test.example\nlock_directory = {d}/locks\n{extra}\n\
+            "[server]\nhostname = {EHLO_NAME}\nlock_directory = {d}/locks\n{extra}\n\
              [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
              [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
              [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
-             [bounce]\nsendmail = {d}/sendmail\n\
+             [bounce]\nsendmail = {sendmail}\n\
              [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
-            extra = self.extra_server
+            extra = self.extra_server,
+            sendmail = self.sendmail.path().display()
         );
         let path = self.path().join("odmrd.ini");
         std::fs::write(&path, ini).unwrap();
         path
     }
 
-    fn maildir(&self, domain: &str) -> PathBuf {
-        let m = self.path().join("spool").join(domain);
-        for sub in ["new", "cur", "tmp"] {
-            std::fs::create_dir_all(m.join(sub)).unwrap();
-        }
-        m
-    }
-
-    /// Queue a message file; returns its path.
+    /// Queue a message file in `domain`'s maildir; returns its path.
     fn queue(&self, domain: &str, name: &str, content: &str) -> PathBuf {
-        let path = self.maildir(domain).join("new").join(name);
+        let maildir = self.path().join("spool").join(domain);
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        let path = maildir.join("new").join(name);
         std::fs::write(&path, content).unwrap();
         path
     }
 
+    /// The contents of the messages still queued for `domain`.
     fn queued(&self, domain: &str) -> Vec<String> {
-        let mut names = Vec::new();
+        let mut contents = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(self.path().join("spool").join(domain).join(sub)) {
                 for e in entries {
-                    names.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
+                    contents.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
                 }
             }
         }
-        names
-    }
-
-    /// Recorded DSNs: (argv, message).
-    fn dsns(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(self.path()).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "msg") {
-                let args = std::fs::read_to_string(p.with_extension("args")).unwrap();
-                out.push((args, std::fs::read_to_string(&p).unwrap()));
-            }
-        }
-        out
+        contents
     }
 
     fn start(&self) -> Client {
-        let config = self.config();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-            .args(["--inetd", "-c"])
-            .arg(&config)
-            .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
-            .stdout(Stdio::from(OwnedFd::from(theirs)))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        ours.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let reader = BufReader::new(ours.try_clone().unwrap());
-        Client { stream: ours, reader, child: Some(child) }
+        start_inetd(&self.config())
     }
 }
 
-/// The test's end of the connection.
-struct Client {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-    child: Option<Child>,
+/// Log in as the test's customer.
+fn login(c: &mut Client) {
+    c.login(USER, PASSWORD);
 }
 
-impl Client {
-    fn send(&mut self, line: &str) {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// One reply, all its lines; panics on EOF.
-    fn reply(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "unexpected EOF after {lines:?}");
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let line = line.trim_end().to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines;
-            }
-        }
-    }
-
-    /// Expect a single-line reply with `code`; returns its text.
-    fn expect(&mut self, code: u16) -> String {
-        let reply = self.reply();
-        assert_eq!(reply.len(), 1, "single-line reply expected: {reply:?}");
-        assert!(reply[0].starts_with(&format!("{code} ")), "expected {code}, got {reply:?}");
-        reply[0][4..].to_string()
-    }
-
-    fn command(&mut self, line: &str, code: u16) -> String {
-        self.send(line);
-        self.expect(code)
-    }
-
-    /// A line the provider sends in the reversed state.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn expect_eof(&mut self) {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "expected EOF, got {:?}", String::from_utf8_lossy(&rest));
-    }
-
-    fn login(&mut self) {
-        self.expect(220);
-        self.send("EHLO customer.example");
-        self.reply();
-        self.auth(USER, PASSWORD, 235);
-    }
-
-    fn auth(&mut self, user: &str, password: &str, code: u16) {
-        let challenge = self.command("AUTH CRAM-MD5", 334);
-        let challenge = base64::engine::general_purpose::STANDARD.decode(challenge).unwrap();
-        let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).unwrap();
-        mac.update(&challenge);
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let response = base64::engine::general_purpose::STANDARD.encode(format!("{user} {digest}"));
-        self.command(&response, code);
-    }
-
-    /// Close our end and collect odmrd's exit status and log.
-    fn finish(mut self) -> (std::process::ExitStatus, String) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        let mut child = self.child.take().unwrap();
-        let mut log = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
-        (child.wait().unwrap(), log)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Play the customer's MTA after the 250.
+fn turn_around(c: &mut Client, caps: &[&str]) {
+    c.turn_around(EHLO_NAME, caps);
 }
 
 fn bsmtp(from: &str, rcpts: &[&str], body: &str) -> String {
@@ -227,19 +111,6 @@ fn bsmtp(from: &str, rcpts: &[&str], body: &str) -> String {
     s.push_str(body);
     s.push_str(".\n");
     s
-}
-
-/// Play the customer's MTA: greet, answer EHLO with `caps`.
-fn turn_around(c: &mut Client, caps: &[&str]) {
-    c.send("220 customer.example ESMTP");
-    assert_eq!(c.line(), "EHLO odmr.test.example\r\n");
-    let mut lines = vec!["250-customer.example".to_string()];
-    for cap in caps {
-        lines.push(format!("250-{cap}"));
-    }
-    let last = lines.pop().unwrap().replacen("250-", "250 ", 1);
-    lines.push(last);
-    c.send_raw(format!("{}\r\n", lines.join("\r\n")).as_bytes());
 }
 
 // ---------------------------------------------------------------------------
@@ -349,7 +220,7 @@ fn wrong_passwords_get_535_then_421_and_close() {
 fn atrn_syntax_errors_get_501() {
     let p = Provider::new();
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     for bad in [
         "ATRN ../x",
         "ATRN example",
@@ -370,7 +241,7 @@ fn atrn_for_a_domain_not_permitted_gets_450_and_sends_nothing() {
         p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: a\n\nbody\n"));
     p.queue("example.com", "2.m", &bsmtp("a@s.example", &["x@example.com"], "Subject: b\n\nbody\n"));
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org,example.com", 450);
     c.command("ATRN EXAMPLE.COM", 450);
     c.command("ATRN example.org.uk", 450);
@@ -384,7 +255,7 @@ fn atrn_for_a_domain_not_permitted_gets_450_and_sends_nothing() {
 fn nothing_queued_gets_453_and_the_session_goes_on() {
     let p = Provider::new();
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 453);
     c.command("ATRN", 453);
     c.command("QUIT", 221);
@@ -415,11 +286,11 @@ fn a_second_collector_of_a_domain_gets_450() {
     let p = Provider::new();
     p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: a\n\nbody\n"));
     let mut first = p.start();
-    first.login();
+    login(&mut first);
     first.command("ATRN example.org", 250);
     // The first session now waits for its customer's 220 and holds the lock.
     let mut second = p.start();
-    second.login();
+    login(&mut second);
     let text = second.command("ATRN example.org", 450);
     assert!(text.contains("example.org"), "{text}");
     second.command("ATRN example.net", 453);
@@ -432,7 +303,7 @@ fn an_unusable_lock_directory_gets_451() {
     std::fs::write(p.path().join("locks"), "not a directory").unwrap();
     p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: a\n\nbody\n"));
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 451);
 }
 
@@ -458,7 +329,7 @@ fn a_message_is_delivered_and_removed_only_after_the_final_2xx() {
         &format!("Return-Path: <alice@s.example>\nDelivered-To: bob@example.org\n{body}"),
     );
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &["SIZE 1000000", "8BITMIME"]);
     let mail = c.line();
@@ -469,14 +340,7 @@ fn a_message_is_delivered_and_removed_only_after_the_final_2xx() {
     c.send("250 ok");
     assert_eq!(c.line(), "DATA\r\n");
     c.send("354 go");
-    let mut data = String::new();
-    loop {
-        let line = c.line();
-        if line == ".\r\n" {
-            break;
-        }
-        data.push_str(&line);
-    }
+    let data = c.data();
     assert_eq!(data, "Subject: hi\r\n\r\n..leading dot\r\nline\r\nlast line without newline\r\n");
     assert!(file.exists(), "nothing is removed before the reply to the final dot");
     c.send("250 queued as X");
@@ -497,7 +361,7 @@ fn pipelining_sends_the_envelope_in_one_batch() {
         &bsmtp("a@s.example", &["x@example.org", "y@example.org"], "Subject: p\n\nbody\n"),
     );
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &["PIPELINING"]);
     // All three commands arrive before we answer any of them.
@@ -520,7 +384,7 @@ fn other_domains_recipients_stay_queued() {
     let original = bsmtp("a@s.example", &["x@example.org", "y@example.net"], "Subject: two\n\nbody\n");
     p.queue("example.org", "1.m", &original);
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &[]);
     assert_eq!(c.line(), "MAIL FROM:<a@s.example>\r\n");
@@ -547,7 +411,7 @@ fn atrn_example_org_never_touches_example_org_uk() {
         &bsmtp("a@s.example", &["victor@example.org.uk"], "Subject: uk\n\nbody\n"),
     );
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 453);
     c.command("QUIT", 221);
     c.finish();
@@ -562,7 +426,7 @@ fn disconnect_after(stop_after: &str) {
         bsmtp("a@s.example", &["x@example.org"], &format!("Subject: d\n\n{}\n", "line\n".repeat(20_000)));
     let file = p.queue("example.org", "1.m", &content);
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     if stop_after != "250" {
         turn_around(&mut c, &[]);
@@ -610,7 +474,7 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
         ),
     );
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &[]);
     c.line();
@@ -635,10 +499,10 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
     assert!(log.contains("to=<later@example.org> status=deferred"), "{log}");
     assert!(log.contains("to=<gone@example.org> status=bounced dsn=sent"), "{log}");
 
-    let dsns = p.dsns();
-    assert_eq!(dsns.len(), 1, "one DSN");
-    let (args, dsn) = &dsns[0];
-    assert_eq!(args, "-i\n-f\n<>\n--\nalice@s.example\n");
+    let calls = p.sendmail.calls();
+    assert_eq!(calls.len(), 1, "one DSN");
+    assert_eq!(calls[0].args, ["-i", "-f", "<>", "--", "alice@s.example"]);
+    let dsn = String::from_utf8(calls[0].stdin.clone()).unwrap();
     assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"), "{dsn}");
     assert!(dsn.contains("Content-Type: message/delivery-status"), "{dsn}");
     assert!(
@@ -655,7 +519,7 @@ fn a_rejected_message_from_the_null_sender_is_removed_without_a_dsn() {
     let p = Provider::new();
     p.queue("example.org", "1.m", "Return-Path: <>\nDelivered-To: x@example.org\nSubject: bounce\n\nbody\n");
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN", 250);
     turn_around(&mut c, &[]);
     assert_eq!(c.line(), "MAIL FROM:<>\r\n");
@@ -670,18 +534,17 @@ fn a_rejected_message_from_the_null_sender_is_removed_without_a_dsn() {
     c.send("221 bye");
     let (_, log) = c.finish();
     assert!(p.queued("example.org").is_empty());
-    assert!(p.dsns().is_empty());
+    assert!(p.sendmail.calls().is_empty());
     assert!(log.contains("status=bounced dsn=none-null-sender"), "{log}");
 }
 
 #[test]
 fn a_failing_dsn_keeps_the_recipient_queued() {
-    let p = Provider::new();
-    std::fs::write(p.path().join("sendmail"), "#!/bin/sh\nexit 75\n").unwrap();
+    let p = Provider::with_sendmail(RecordingSendmail::exiting(75));
     let file =
         p.queue("example.org", "1.m", &bsmtp("a@s.example", &["gone@example.org"], "Subject: x\n\nbody\n"));
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &[]);
     c.line();
@@ -702,7 +565,7 @@ fn ehlo_refused_falls_back_to_helo() {
     let p = Provider::new();
     p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: h\n\nbody\n"));
     let mut c = p.start();
-    c.login();
+    login(&mut c);
     c.command("ATRN example.org", 250);
     c.send("220 old.example SMTP");
     assert_eq!(c.line(), "EHLO odmr.test.example\r\n");

@@ -11,14 +11,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::odmrd::{start_inetd, Client, Daemon};
 
 const PASSWORD: &str = "S3cret-odmr";
 const HASH: &str = "$1$Qx7vKp2L$uZMpE2SG/pgYgOdeVC73u1";
@@ -181,116 +178,7 @@ impl Provider {
     }
 
     fn start(&self) -> Client {
-        let config = self.config();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-            .args(["--inetd", "-c"])
-            .arg(&config)
-            .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
-            .stdout(Stdio::from(OwnedFd::from(theirs)))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        ours.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let reader = BufReader::new(ours.try_clone().unwrap());
-        Client { stream: ours, reader, child: Some(child) }
-    }
-}
-
-/// The customer's end of an `--inetd` session.
-struct Client {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-    child: Option<Child>,
-}
-
-impl Client {
-    fn send(&mut self, line: &str) {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line
-    }
-
-    /// Expects a single-line reply with `code`; returns its text.
-    fn expect(&mut self, code: u16) -> String {
-        let line = self.line();
-        assert!(line.starts_with(&format!("{code} ")), "expected {code}, got {line:?}");
-        line[4..].trim_end().to_string()
-    }
-
-    fn command(&mut self, line: &str, code: u16) -> String {
-        self.send(line);
-        self.expect(code)
-    }
-
-    fn hello(&mut self) {
-        self.expect(220);
-        self.send("EHLO customer.example");
-        while self.line().starts_with("250-") {}
-    }
-
-    fn auth(&mut self, user: &str, password: &str, code: u16) {
-        let challenge = self.command("AUTH CRAM-MD5", 334);
-        let challenge = base64::engine::general_purpose::STANDARD.decode(challenge).unwrap();
-        let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).unwrap();
-        mac.update(&challenge);
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let response = base64::engine::general_purpose::STANDARD.encode(format!("{user} {digest}"));
-        self.command(&response, code);
-    }
-
-    /// Plays the customer's MTA for one message: returns (MAIL, RCPTs, data).
-    fn receive_one(&mut self) -> (String, Vec<String>, String) {
-        let mail = self.line().trim_end().to_string();
-        self.send("250 ok");
-        let mut rcpts = Vec::new();
-        loop {
-            let line = self.line().trim_end().to_string();
-            if line == "DATA" {
-                break;
-            }
-            rcpts.push(line);
-            self.send("250 ok");
-        }
-        self.send("354 go");
-        let mut data = String::new();
-        loop {
-            let line = self.line();
-            if line == ".\r\n" {
-                break;
-            }
-            data.push_str(&line);
-        }
-        self.send("250 accepted");
-        (mail, rcpts, data)
-    }
-
-    fn turn_around(&mut self) {
-        self.send("220 customer.example ESMTP");
-        assert_eq!(self.line(), "EHLO odmr.test.example\r\n");
-        self.send("250 customer.example");
-    }
-
-    /// Closes our end; odmrd's exit status and log.
-    fn finish(mut self) -> (std::process::ExitStatus, String) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        let mut child = self.child.take().unwrap();
-        let mut log = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
-        (child.wait().unwrap(), log)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        start_inetd(&self.config())
     }
 }
 
@@ -306,7 +194,7 @@ fn cram_md5_with_the_vpopmail_password_then_bare_atrn_collects_the_domain_and_it
     c.hello();
     c.auth("customer1@example.com", PASSWORD, 235);
     c.command("ATRN", 250);
-    c.turn_around();
+    c.turn_around("odmr.test.example", &[]);
     let mut got = [c.receive_one(), c.receive_one()];
     got.sort();
     assert_eq!(c.line(), "QUIT\r\n");
@@ -425,7 +313,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     c.command("ATRN big.example", 453);
     // Bare ATRN: big.example, example.org and alias.example.
     c.command("ATRN", 250);
-    c.turn_around();
+    c.turn_around("odmr.test.example", &[]);
     let (mail, rcpts, _) = c.receive_one();
     assert_eq!(mail, "MAIL FROM:<a@sender.example>");
     assert_eq!(rcpts, ["RCPT TO:<x@example.org>"]);
@@ -442,7 +330,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     c.auth("customer1@example.com", PASSWORD, 235);
     c.command("ATRN example.org", 450);
     c.command("ATRN EXAMPLE.com", 250);
-    c.turn_around();
+    c.turn_around("odmr.test.example", &[]);
     let (_, rcpts, _) = c.receive_one();
     assert_eq!(rcpts, ["RCPT TO:<y@example.com>"]);
     assert_eq!(c.line(), "QUIT\r\n");
@@ -454,65 +342,16 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
 // ---------------------------------------------------------------------------
 // The real customer: fetchmail, through a standalone odmrd, into Exim.
 
-/// A standalone `odmrd --listen 127.0.0.1:PORT`, stopped on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(p: &Provider) -> Daemon {
-        let config = p.config();
-        for _ in 0..5 {
-            let port = support::free_port();
-            let log = p.path().join(format!("odmrd.{port}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-                .arg("-c")
-                .arg(&config)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let mut daemon = Daemon { child, port, log };
-            let up = support::wait_until(Duration::from_secs(10), || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                    || !matches!(daemon.child.try_wait(), Ok(None))
-            });
-            if up && matches!(daemon.child.try_wait(), Ok(None)) {
-                return daemon;
-            }
-            let _ = daemon.child.kill();
-            let _ = daemon.child.wait();
-        }
-        panic!("odmrd did not start listening");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn fetchmail_collects_with_the_vpopmail_password_through_a_standalone_odmrd() {
     let p = Provider::new();
     let m1 = p.queue("example.com", "1.m", "alice@sender.example", "bob", "Subject: first\n\nHello Bob.\n");
     let m2 =
         p.queue("alias.example", "2.m", "carol@sender.example", "dave", "Subject: second\n\nHello Dave.\n");
-    let daemon = Daemon::start(&p);
+    let daemon = Daemon::start(&p.config());
     let mta = support::CustomerMta::start();
 
-    let run = support::Fetchmail::new(daemon.port)
+    let run = support::Fetchmail::new(daemon.port())
         .user("customer1@example.com", PASSWORD)
         .domains(&["example.com", "alias.example"])
         .smtp_port(mta.port())
@@ -541,14 +380,14 @@ fn fetchmail_collects_with_the_vpopmail_password_through_a_standalone_odmrd() {
     // stops working at once and the new one collects the next message.
     p.vpasswd("example.com", &[("customer1", 0, Some("changed-pw"))]);
     let m3 = p.queue("example.com", "3.m", "erin@sender.example", "bob", "Subject: third\n\nAgain.\n");
-    let old = support::Fetchmail::new(daemon.port)
+    let old = support::Fetchmail::new(daemon.port())
         .user("customer1@example.com", PASSWORD)
         .domains(&["example.com"])
         .smtp_port(mta.port())
         .run();
     assert_eq!(old.code, Some(128), "AUTH 535 is fetchmail's exit 128\n{}", old.report());
     assert!(m3.exists());
-    let new = support::Fetchmail::new(daemon.port)
+    let new = support::Fetchmail::new(daemon.port())
         .user("customer1@example.com", "changed-pw")
         .domains(&["example.com"])
         .smtp_port(mta.port())

@@ -17,11 +17,14 @@
 //! - [`Maildir`]: create a maildir and drop message files into `new/` (with [`bsmtp`] and
 //!   [`qmail_message`] to build the two envelope forms odmrd's maildir backend reads);
 //! - [`SmtpClient`]: a line-oriented SMTP client for speaking to a server directly;
-//! - [`free_port`], [`wait_until`], [`doveadm_cram_md5`].
+//! - [`free_port`], [`wait_until`], [`doveadm_cram_md5`];
+//! - [`odmrd`]: odmrd itself, under inetd (a socketpair) or standalone, and the customer's client.
 //!
 //! The peers come from Debian packages that `t/setup-deps` installs. Everything works as root
 //! (CI) and as an ordinary user; see [`CustomerMta`] for how Exim is run in both cases.
 #![allow(dead_code)]
+
+pub mod odmrd;
 
 use std::ffi::OsString;
 use std::fs;

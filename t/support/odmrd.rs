@@ -1,0 +1,309 @@
+//! Running odmrd itself in tests, and speaking to it as the ODMR customer.
+//!
+//! - [`start_inetd`]: `odmrd --inetd -c CONFIG` with fds 0 and 1 on one end of
+//!   a socketpair (as inetd would), the test holding the other end;
+//! - [`Daemon`]: a standalone `odmrd -c CONFIG --listen 127.0.0.1:PORT` on a
+//!   free port, with its log captured, stopped by SIGTERM;
+//! - [`Client`]: the customer's end of a session, before the turnaround
+//!   (commands, replies, CRAM-MD5) and after it (raw lines, as the MTA).
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a test waits for any one line from odmrd.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The base64 CRAM-MD5 response of `user` with `password` to the base64
+/// `challenge` from a 334 reply (RFC 2195).
+pub fn cram_md5_response(user: &str, password: &str, challenge: &str) -> String {
+    let challenge =
+        base64::engine::general_purpose::STANDARD.decode(challenge.trim()).expect("base64 challenge");
+    let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).unwrap();
+    mac.update(&challenge);
+    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    base64::engine::general_purpose::STANDARD.encode(format!("{user} {digest}"))
+}
+
+/// Start `odmrd --inetd -c config` on a socketpair.
+pub fn start_inetd(config: &Path) -> Client {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
+        .args(["--inetd", "-c"])
+        .arg(config)
+        .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let reader = Box::new(ours.try_clone().unwrap());
+    Client::new(Box::new(ours), reader, Some(child))
+}
+
+/// A standalone odmrd on a free loopback port.
+pub struct Daemon {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Start `odmrd -c config --listen 127.0.0.1:PORT` and wait until it listens.
+    pub fn start(config: &Path) -> Daemon {
+        for _attempt in 0..5 {
+            let port = super::free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
+                .arg("-c")
+                .arg(config)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let log = Arc::new(Mutex::new(String::new()));
+            let mut stderr = BufReader::new(child.stderr.take().unwrap());
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while stderr.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    sink.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+            let mut daemon = Daemon { child, port, log };
+            let up = super::wait_until(Duration::from_secs(20), || {
+                daemon.log().contains("event=listening") || daemon.child.try_wait().ok().flatten().is_some()
+            });
+            if up && daemon.log().contains("event=listening") {
+                return daemon;
+            }
+            if !daemon.log().contains("Address already in use") {
+                panic!("odmrd did not start:\n{}", daemon.log());
+            }
+        }
+        panic!("no free port for odmrd after 5 attempts");
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until its log contains `text`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        if !super::wait_until(timeout, || self.log().contains(text)) {
+            panic!("odmrd never logged {text:?}:\n{}", self.log());
+        }
+    }
+
+    /// Connect as a customer.
+    pub fn connect(&self) -> Client {
+        self.connect_from("127.0.0.1")
+    }
+
+    /// Connect as a customer from another loopback address (127.0.0.0/8).
+    pub fn connect_from(&self, source: &str) -> Client {
+        let stream = connect_from(source, self.port);
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let reader = Box::new(stream.try_clone().unwrap());
+        Client::new(Box::new(stream), reader, None)
+    }
+
+    /// Send `signal` (e.g. `nix::sys::signal::Signal::SIGTERM`).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Wait for it to exit (at most `timeout`); returns its status and log.
+    pub fn wait(mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
+        super::wait_until(timeout, || self.child.try_wait().ok().flatten().is_some());
+        let status = self.child.try_wait().ok().flatten();
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP connection to 127.0.0.1:port from the loopback address `source`.
+pub fn connect_from(source: &str, port: u16) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let ip: std::net::Ipv4Addr = source.parse().unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)))
+        .unwrap();
+    let target = SockaddrIn::from(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port));
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &target).unwrap();
+    TcpStream::from(fd)
+}
+
+/// The customer's end of a session.
+pub struct Client {
+    writer: Box<dyn Write + Send>,
+    reader: BufReader<Box<dyn Read + Send>>,
+    child: Option<Child>,
+}
+
+impl Client {
+    fn new(writer: Box<dyn Write + Send>, reader: Box<dyn Read + Send>, child: Option<Child>) -> Client {
+        Client { writer, reader: BufReader::new(reader), child }
+    }
+
+    /// Send one line (CRLF added).
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    }
+
+    /// Send bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// One reply with all its lines (CR LF checked and removed); panics on EOF.
+    pub fn reply(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "unexpected EOF after {lines:?}");
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let line = line.trim_end().to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    /// Expect a single-line reply with `code`; returns its text.
+    pub fn expect(&mut self, code: u16) -> String {
+        let reply = self.reply();
+        assert_eq!(reply.len(), 1, "single-line reply expected: {reply:?}");
+        assert!(reply[0].starts_with(&format!("{code} ")), "expected {code}, got {reply:?}");
+        reply[0][4..].to_string()
+    }
+
+    /// Send `line`, expect a single-line reply with `code`.
+    pub fn command(&mut self, line: &str, code: u16) -> String {
+        self.send(line);
+        self.expect(code)
+    }
+
+    /// One line as sent (for the reversed state, where we are the MTA).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// The data of a message in the reversed state, up to (without) the dot.
+    pub fn data(&mut self) -> String {
+        let mut data = String::new();
+        loop {
+            let line = self.line();
+            assert!(!line.is_empty(), "EOF inside DATA after {} bytes", data.len());
+            if line == ".\r\n" {
+                return data;
+            }
+            data.push_str(&line);
+        }
+    }
+
+    /// Play the MTA for one message, accepting everything: (MAIL line, RCPT
+    /// lines, data), all without line ends.
+    pub fn receive_one(&mut self) -> (String, Vec<String>, String) {
+        let mail = self.line().trim_end().to_string();
+        self.send("250 ok");
+        let mut rcpts = Vec::new();
+        loop {
+            let line = self.line().trim_end().to_string();
+            if line == "DATA" {
+                break;
+            }
+            rcpts.push(line);
+            self.send("250 ok");
+        }
+        self.send("354 go");
+        let data = self.data();
+        self.send("250 accepted");
+        (mail, rcpts, data)
+    }
+
+    /// Expect the connection to be closed by odmrd.
+    pub fn expect_eof(&mut self) {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "expected EOF, got {:?}", String::from_utf8_lossy(&rest));
+    }
+
+    /// Greeting and EHLO.
+    pub fn hello(&mut self) {
+        self.expect(220);
+        self.send("EHLO customer.example");
+        assert!(self.reply().last().unwrap().starts_with("250 "));
+    }
+
+    /// AUTH CRAM-MD5 with `user`/`password`, expecting `code` at the end.
+    pub fn auth(&mut self, user: &str, password: &str, code: u16) {
+        let challenge = self.command("AUTH CRAM-MD5", 334);
+        let response = cram_md5_response(user, password, &challenge);
+        self.command(&response, code);
+    }
+
+    /// Greeting, EHLO and a successful AUTH.
+    pub fn login(&mut self, user: &str, password: &str) {
+        self.hello();
+        self.auth(user, password, 235);
+    }
+
+    /// Play the customer's MTA after a 250 to ATRN: greet, check the EHLO,
+    /// answer it with `capabilities`.
+    pub fn turn_around(&mut self, ehlo_name: &str, capabilities: &[&str]) {
+        self.send("220 customer.example ESMTP");
+        assert_eq!(self.line(), format!("EHLO {ehlo_name}\r\n"));
+        let mut lines = vec!["250-customer.example".to_string()];
+        lines.extend(capabilities.iter().map(|cap| format!("250-{cap}")));
+        let last = lines.pop().unwrap().replacen("250-", "250 ", 1);
+        lines.push(last);
+        self.send_raw(format!("{}\r\n", lines.join("\r\n")).as_bytes());
+    }
+
+    /// For inetd sessions: close our end, collect odmrd's exit status and log.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        self.writer = Box::new(std::io::sink());
+        self.reader = BufReader::new(Box::new(std::io::empty()));
+        let mut child = self.child.take().expect("finish() is for inetd sessions");
+        let mut log = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+        (child.wait().unwrap(), log)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
