@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const BUILTINS: &[(&str, odmr_plugin_init_fn)] = &[
     ("passwd", odmr_backend_passwd::passwd_plugin_init),
     ("maildir", odmr_backend_maildir::maildir_plugin_init),
+    ("exim", odmr_backend_exim::exim_plugin_init),
 ];
 
 /// Which section a plugin serves.
