@@ -556,3 +556,314 @@ fn merge_now(host: Host, command: &[String], queue: Option<&str>, id: &str) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// A hand-built spool, in the format of formats.md 3.4.
+    struct Spool {
+        dir: tempfile::TempDir,
+    }
+
+    struct Msg<'a> {
+        id: &'a str,
+        split: bool,
+        sender: &'a str,
+        recipients: &'a [&'a str],
+        delivered: &'a [&'a str],
+        journal: Option<&'a str>,
+        frozen: bool,
+        body: &'a str,
+    }
+
+    impl Default for Msg<'_> {
+        fn default() -> Self {
+            Msg {
+                id: "1xV7gw-0004Qd-11",
+                split: false,
+                sender: "alice@sender.example",
+                recipients: &[],
+                delivered: &[],
+                journal: None,
+                frozen: false,
+                body: "body line\n.dot line\n",
+            }
+        }
+    }
+
+    impl Spool {
+        fn new() -> Spool {
+            let dir = tempfile::tempdir().unwrap();
+            for d in ["input", "msglog"] {
+                fs::create_dir_all(dir.path().join(d)).unwrap();
+            }
+            Spool { dir }
+        }
+
+        fn location(&self, id: &str, split: bool) -> Location {
+            let subdir = if split { id[5..6].to_string() } else { String::new() };
+            Location { root: self.dir.path().into(), subdir, id: id.into() }
+        }
+
+        fn add(&self, m: Msg) -> Location {
+            let l = self.location(m.id, m.split);
+            fs::create_dir_all(l.input_dir()).unwrap();
+            fs::create_dir_all(l.msglog().parent().unwrap()).unwrap();
+            let mut h = format!("{}-H\nroot 0 0\n<{}>\n1795354394 0\n-ident root\n", m.id, m.sender);
+            if m.frozen {
+                h.push_str("-frozen 1795354400\n");
+            }
+            // A degenerate but valid tree: each node has only a right child.
+            if m.delivered.is_empty() {
+                h.push_str("XX\n");
+            }
+            for (i, d) in m.delivered.iter().enumerate() {
+                let right = if i + 1 < m.delivered.len() { 'Y' } else { 'N' };
+                h.push_str(&format!("N{right} {d}\n"));
+            }
+            h.push_str(&format!("{}\n", m.recipients.len()));
+            for r in m.recipients {
+                h.push_str(&format!("{r}\n"));
+            }
+            h.push('\n');
+            for header in ["Subject: test\n", "X-Gone: old\n", "From: alice@sender.example\n"] {
+                let flag = if header.starts_with("X-Gone") { '*' } else { ' ' };
+                h.push_str(&format!("{:03}{flag} {header}", header.len()));
+            }
+            fs::write(l.file("-H"), h).unwrap();
+            fs::write(l.file("-D"), format!("{}-D\n{}", m.id, m.body)).unwrap();
+            fs::write(l.msglog(), "log\n").unwrap();
+            if let Some(j) = m.journal {
+                fs::write(l.file("-J"), j).unwrap();
+            }
+            l
+        }
+
+        fn exim(&self, extra: &[(&str, &str)]) -> Exim {
+            let mut pairs = vec![("spool_directory".to_string(), self.dir.path().display().to_string())];
+            pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Exim::new(Host::detached(), &pairs).unwrap()
+        }
+
+        /// Every file under the spool with its contents.
+        fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+            fn walk(p: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+                for e in fs::read_dir(p).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        walk(&p, out);
+                    } else {
+                        out.push((p.clone(), fs::read(&p).unwrap()));
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(self.dir.path(), &mut out);
+            out.sort();
+            out
+        }
+    }
+
+    fn domains(list: &[&str]) -> Vec<String> {
+        list.iter().map(|d| d.to_string()).collect()
+    }
+
+    fn body_of(cursor: &mut EximCursor) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 5];
+        loop {
+            let n = cursor.read_body(&mut buf).unwrap();
+            if n == 0 {
+                return String::from_utf8(out).unwrap();
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn offers_only_pending_recipients_of_the_requested_domains() {
+        let s = Spool::new();
+        let l = s.add(Msg {
+            recipients: &[
+                "a@example.org",
+                "B@Example.ORG",
+                "v@example.org.uk",
+                "done@example.org",
+                "journaled@EXAMPLE.org",
+                "z@other.example",
+            ],
+            delivered: &["done@example.org"],
+            journal: Some("journaled@example.org\n"),
+            ..Msg::default()
+        });
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        assert!(exim.has_pending(&wanted).unwrap());
+        assert!(!exim.has_pending(&domains(&["example.com"])).unwrap());
+        assert!(!exim.has_pending(&domains(&["org.uk"])).unwrap());
+        let mut c = exim.open(&wanted).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.id, "1xV7gw-0004Qd-11");
+        assert_eq!(e.sender, "alice@sender.example");
+        assert_eq!(e.recipients, ["a@example.org", "B@Example.ORG"]);
+        let body = body_of(&mut c);
+        assert_eq!(body, "Subject: test\nFrom: alice@sender.example\n\nbody line\n.dot line\n");
+        assert_eq!(e.size, body.len() as u64);
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.set_outcome(1, Outcome::PermFail).unwrap();
+        c.commit().unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        // Exact spooled strings, appended to what was there.
+        let journal = fs::read_to_string(l.file("-J")).unwrap();
+        assert_eq!(journal, "journaled@example.org\na@example.org\nB@Example.ORG\n");
+        assert!(l.file("-D").exists() && l.file("-H").exists() && l.msglog().exists());
+        assert!(!exim.has_pending(&wanted).unwrap());
+        assert!(exim.has_pending(&domains(&["example.org.uk"])).unwrap());
+    }
+
+    #[test]
+    fn a_finished_message_is_removed_with_its_msglog_and_journal() {
+        let s = Spool::new();
+        let l = s.add(Msg {
+            split: true,
+            recipients: &["a@example.org", "b@example.net"],
+            journal: Some("b@example.net\n"),
+            ..Msg::default()
+        });
+        assert_eq!(l.subdir, "w");
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        assert_eq!(c.next_message().unwrap().unwrap().recipients, ["a@example.org"]);
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+
+    #[test]
+    fn without_commit_or_with_4xx_nothing_changes() {
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org", "b@example.org"], ..Msg::default() });
+        s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["c@example.org"], ..Msg::default() });
+        let before = s.snapshot();
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        {
+            let mut c = exim.open(&wanted).unwrap();
+            c.next_message().unwrap().unwrap();
+            c.set_outcome(0, Outcome::Delivered).unwrap();
+            // Dropped without commit.
+        }
+        let mut c = exim.open(&wanted).unwrap();
+        let first = c.next_message().unwrap().unwrap();
+        c.set_outcome(0, Outcome::TempFail).unwrap();
+        c.set_outcome(1, Outcome::TempFail).unwrap();
+        c.commit().unwrap();
+        let second = c.next_message().unwrap().unwrap();
+        assert_eq!((first.id.as_str(), second.id.as_str()), ("1xV7gw-0004Qd-11", "1xV7gx-0004Qd-11"));
+        // Moving on without commit.
+        assert!(c.next_message().unwrap().is_none());
+        drop(c);
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn frozen_messages_are_never_offered() {
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org"], frozen: true, ..Msg::default() });
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        assert!(!exim.has_pending(&wanted).unwrap());
+        assert!(exim.open(&wanted).unwrap().next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_locked_message_is_retried_later_in_the_same_session() {
+        let s = Spool::new();
+        let locked = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["b@example.org"], ..Msg::default() });
+        let Lock::Held(held) = spool::try_lock(spool::open_data(&locked.file("-D")).unwrap()).unwrap() else {
+            panic!("test lock")
+        };
+        let exim = s.exim(&[("busy_wait", "10")]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        // The free message comes first, the locked one once it is released.
+        assert_eq!(c.next_message().unwrap().unwrap().id, "1xV7gx-0004Qd-11");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.id, "1xV7gw-0004Qd-11");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        assert!(!locked.file("-D").exists());
+    }
+
+    #[test]
+    fn a_message_locked_throughout_is_left_intact_and_the_answer_is_try_later() {
+        let s = Spool::new();
+        let locked = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let before = s.snapshot();
+        let Lock::Held(_held) = spool::try_lock(spool::open_data(&locked.file("-D")).unwrap()).unwrap()
+        else {
+            panic!("test lock")
+        };
+        let exim = s.exim(&[("busy_wait", "0.3")]);
+        let wanted = domains(&["example.org"]);
+        assert!(exim.has_pending(&wanted).unwrap(), "the hint sees it");
+        let mut c = exim.open(&wanted).unwrap();
+        let started = Instant::now();
+        assert_eq!(c.next_message().unwrap_err(), Status::TempFail, "never a 250 with an empty session");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn malformed_and_mismatched_messages_are_skipped_not_removed() {
+        let s = Spool::new();
+        let bad = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        fs::write(bad.file("-D"), "1xV7gw-0004Qd-99-D\nbody\n").unwrap();
+        let garbled = s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["a@example.org"], ..Msg::default() });
+        let h = fs::read_to_string(garbled.file("-H")).unwrap().replace("<alice", "alice");
+        fs::write(garbled.file("-H"), h).unwrap();
+        let before = s.snapshot();
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        let mut c = exim.open(&wanted).unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn new_format_ids_in_a_named_queue() {
+        let s = Spool::new();
+        let root = s.dir.path().join("odmr");
+        let l = Location { root: root.clone(), subdir: "R".into(), id: "1vMkbR-00000000Ab3-0Fq2".into() };
+        fs::create_dir_all(l.input_dir()).unwrap();
+        fs::create_dir_all(l.msglog().parent().unwrap()).unwrap();
+        let h = "1vMkbR-00000000Ab3-0Fq2-H\nDebian-exim 101 103\n<alice@sender.example>\n1763806345 0\n\
+-aclm 0 5\nhello\nXX\n2\ncarol@odmr.example rfc822;carol@odmr.example 25,12  0,-1#3\ndave@elsewhere.example\n\n\
+027  Subject: synthetic example\n";
+        fs::write(l.file("-H"), h).unwrap();
+        fs::write(l.file("-D"), "1vMkbR-00000000Ab3-0Fq2-D\nhi\n").unwrap();
+        let default_queue = s.exim(&[]);
+        let wanted = domains(&["odmr.example"]);
+        assert!(!default_queue.has_pending(&wanted).unwrap());
+        let exim = s.exim(&[("queue", "odmr")]);
+        let mut c = exim.open(&wanted).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.recipients, ["carol@odmr.example"]);
+        assert_eq!(body_of(&mut c), "Subject: synthetic example\n\nhi\n");
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        assert_eq!(fs::read_to_string(l.file("-J")).unwrap(), "carol@odmr.example\n");
+    }
+}
