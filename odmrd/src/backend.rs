@@ -22,6 +22,7 @@ const BUILTINS: &[(&str, odmr_plugin_init_fn)] = &[
     ("passwd", odmr_backend_passwd::passwd_plugin_init),
     ("maildir", odmr_backend_maildir::maildir_plugin_init),
     ("vpopmail", odmr_backend_vpopmail::vpopmail_plugin_init),
+    ("exim", odmr_backend_exim::exim_plugin_init),
 ];
 
 /// Which section a plugin serves.

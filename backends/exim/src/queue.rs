@@ -1,0 +1,869 @@
+//! The queue backend proper: the `Exim` instance, `has_pending`, and the
+//! cursor that claims, offers and acknowledges messages (formats.md 3.7).
+//!
+//! Owns: the selection rule (a message that is not frozen and has a pending
+//! recipient in a requested domain; shared by `has_pending` and the cursor so
+//! that a "yes" is never followed by an empty session), the claim (lock `-D`,
+//! then re-read `-H` and `-J`), retrying messages Exim holds, what a commit
+//! writes, and the optional `exim -Mc`. Does not: parse formats (`header`) or
+//! make file-system calls itself (`spool`).
+//!
+//! The rule above all: never lose mail, never deliver a recipient twice
+//! through our own doing, never touch recipients of domains not requested.
+//! Nothing changes on disk before `commit()`, which journals exactly the
+//! recipients the host reported delivered or bounced, under the lock.
+
+use crate::config::{checked_domain, Config};
+use crate::header::{self, Bad, Body, Header};
+use crate::spool::{self, Location, Lock};
+use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Read buffer per open spool file: memory per cursor stays at this,
+/// whatever the message size.
+const READ_BUFFER: usize = 64 * 1024;
+/// First and longest pause between rounds of retrying locked messages.
+const RETRY_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// What odmrd needs, for every "permission denied" log line.
+const ACCESS_HINT: &str = "odmrd must run as the Exim user (the owner of the spool, e.g. Debian-exim) \
+or as root: it opens -D read-write to lock it, writes -J and removes finished messages";
+
+/// A `builtin:exim` instance.
+pub struct Exim {
+    host: Host,
+    config: Config,
+}
+
+impl Instance for Exim {
+    fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
+        Ok(Exim { host, config: Config::from_pairs(config)? })
+    }
+}
+
+fn log(host: &Host, level: LogLevel, msg: &str) {
+    host.log(level, &format!("exim: {msg}"));
+}
+
+/// Log an error opening a spool file; "permission denied" gets the hint.
+fn log_open_error(host: &Host, what: &str, path: &std::path::Path, e: &io::Error) {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        log(host, LogLevel::Error, &format!("cannot {what} {}: {e}; {ACCESS_HINT}", path.display()));
+    } else {
+        log(host, LogLevel::Warn, &format!("cannot {what} {}: {e}", path.display()));
+    }
+}
+
+/// The selection rule: indices of the recipients to offer. None when the
+/// message is frozen; empty when nothing is pending for `domains`.
+fn selection(header: &Header, done: &HashSet<Vec<u8>>, domains: &[String]) -> Option<Vec<usize>> {
+    if header.frozen {
+        return None;
+    }
+    let wanted = |r: &String| header::in_domains(r, domains) && header::is_pending(r, done);
+    Some((0..header.recipients.len()).filter(|&i| wanted(&header.recipients[i])).collect())
+}
+
+/// The tree of `-H` plus the lines of `-J`.
+fn done_set(header: &Header, journal: &[u8]) -> HashSet<Vec<u8>> {
+    let mut done = header.done.clone();
+    done.extend(header::journal_lines(journal).map(<[u8]>::to_vec));
+    done
+}
+
+/// What the unlocked look at one message found.
+enum Peek {
+    /// It has something to offer, and its `-D` can be opened read-write.
+    Offer,
+    /// Nothing for these domains, frozen, malformed or gone.
+    Nothing,
+    /// An error that makes "nothing queued" unsure (logged).
+    Error,
+}
+
+/// What claiming one message found.
+enum Claim {
+    Ready(Box<Current>),
+    /// Locked by another process: try again later.
+    Busy,
+    /// Nothing to offer, gone, or unusable (logged).
+    Skip,
+    /// We lack the access Exim's spool needs (logged).
+    Denied,
+}
+
+impl Exim {
+    fn log(&self, level: LogLevel, msg: &str) {
+        log(&self.host, level, msg);
+    }
+
+    /// The requested domains, lower case, without repeats.
+    fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
+        let mut out: Vec<String> = Vec::with_capacity(domains.len());
+        for d in domains {
+            let d = checked_domain(d).map_err(|why| {
+                self.log(LogLevel::Error, &why);
+                Status::InvalidArgument
+            })?;
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The queue's messages, oldest first; Err(TempFail) when `input/`
+    /// cannot be listed. The count is of unreadable subdirectories.
+    fn list(&self) -> Result<(Vec<Location>, usize), Status> {
+        let root = self.config.queue_root();
+        let listing = spool::list(&root).map_err(|e| {
+            log_open_error(&self.host, "list", &root.join("input"), &e);
+            Status::TempFail
+        })?;
+        for (dir, e) in &listing.errors {
+            log_open_error(&self.host, "list", dir, e);
+        }
+        Ok((listing.messages, listing.errors.len()))
+    }
+
+    /// The unlocked look (a hint; the cursor re-reads under the lock).
+    fn peek(&self, location: &Location, domains: &[String]) -> Peek {
+        let h_path = location.file("-H");
+        let header = match spool::open_read(&h_path)
+            .map_err(Bad::Io)
+            .and_then(|f| header::parse(BufReader::with_capacity(READ_BUFFER, f), &location.id))
+        {
+            Ok(header) => header,
+            Err(Bad::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Peek::Nothing,
+            Err(Bad::Io(e)) => {
+                log_open_error(&self.host, "read", &h_path, &e);
+                return Peek::Error;
+            }
+            Err(bad) => {
+                self.log(LogLevel::Warn, &format!("id={} skipped: {}: {bad}", location.id, h_path.display()));
+                return Peek::Nothing;
+            }
+        };
+        let journal = match spool::read_optional(&location.file("-J")) {
+            Ok(journal) => journal,
+            Err(e) => {
+                log_open_error(&self.host, "read", &location.file("-J"), &e);
+                return Peek::Error;
+            }
+        };
+        match selection(&header, &done_set(&header, &journal), domains) {
+            Some(offer) if !offer.is_empty() => {}
+            _ => return Peek::Nothing,
+        }
+        // Only worth a 250 if we may claim it: check read-write access to
+        // -D now rather than after the customer was told mail is waiting.
+        for place in [location.clone(), location.other_layout()] {
+            match spool::open_data(&place.file("-D")) {
+                Ok(_) => return Peek::Offer,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    log_open_error(&self.host, "open read-write", &place.file("-D"), &e);
+                    return Peek::Error;
+                }
+            }
+        }
+        Peek::Nothing
+    }
+}
+
+impl Queue for Exim {
+    type Cursor = EximCursor;
+
+    fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
+        let domains = self.domains(domains)?;
+        let (messages, mut errors) = self.list()?;
+        for location in &messages {
+            match self.peek(location, &domains) {
+                Peek::Offer => return Ok(true),
+                Peek::Nothing => {}
+                Peek::Error => errors += 1,
+            }
+        }
+        // "Nothing queued" would be a lie when part of the spool was unreadable.
+        if errors > 0 {
+            Err(Status::TempFail)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn open(&self, domains: &[String]) -> Result<EximCursor, Status> {
+        let domains = self.domains(domains)?;
+        let (messages, _) = self.list()?;
+        Ok(EximCursor {
+            host: self.host,
+            config: self.config.clone(),
+            domains,
+            queue: messages.into(),
+            busy: Vec::new(),
+            deadline: None,
+            pause: RETRY_PAUSE.0,
+            yielded: false,
+            denied: 0,
+            current: None,
+        })
+    }
+}
+
+/// A collection in progress. Holds the `-D` lock of the current message
+/// only, from `next_message` until its commit or the next `next_message`.
+pub struct EximCursor {
+    host: Host,
+    config: Config,
+    domains: Vec<String>,
+    /// Messages not yet tried, oldest first.
+    queue: VecDeque<Location>,
+    /// Messages found locked by another process, to try again.
+    busy: Vec<Location>,
+    /// End of the retrying of busy messages, once it started.
+    deadline: Option<Instant>,
+    pause: Duration,
+    /// A message was offered by this cursor.
+    yielded: bool,
+    /// Messages passed over for lack of access.
+    denied: usize,
+    current: Option<Box<Current>>,
+}
+
+/// The claimed message being delivered.
+struct Current {
+    /// Where its `-D` (and so `-H`, `-J`, msglog) is.
+    location: Location,
+    header: Header,
+    /// Addresses done according to `-H` and `-J`, read under the lock.
+    done: HashSet<Vec<u8>>,
+    /// The journal exists and does not end in a newline.
+    torn_journal: bool,
+    /// Indices into `header.recipients`, in the order offered.
+    offered: Vec<usize>,
+    /// Outcome per offered recipient; None = not recorded (stays queued).
+    outcomes: Vec<Option<Outcome>>,
+    /// Size of the message as sent, before line-end conversion.
+    size: u64,
+    body: Body<BufReader<File>, BufReader<File>>,
+    /// The locked `-D`; the lock lasts until this and `body` are dropped.
+    data: File,
+}
+
+impl EximCursor {
+    fn log(&self, level: LogLevel, msg: &str) {
+        log(&self.host, level, msg);
+    }
+
+    /// Open `-D` where `-H` was listed, else in the other layout.
+    fn open_data(&self, listed: &Location) -> Result<(Location, File), Claim> {
+        for place in [listed.clone(), listed.other_layout()] {
+            match spool::open_data(&place.file("-D")) {
+                Ok(file) => return Ok((place, file)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    log_open_error(&self.host, "open read-write", &place.file("-D"), &e);
+                    let denied = e.kind() == io::ErrorKind::PermissionDenied;
+                    return Err(if denied { Claim::Denied } else { Claim::Skip });
+                }
+            }
+        }
+        self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        Err(Claim::Skip)
+    }
+
+    /// Lock the message, re-read it under the lock, and prepare its body.
+    fn claim(&self, listed: &Location) -> Claim {
+        let (location, file) = match self.open_data(listed) {
+            Ok(found) => found,
+            Err(claim) => return claim,
+        };
+        let id = &location.id;
+        let data = match spool::try_lock(file) {
+            Ok(Lock::Held(data)) => data,
+            Ok(Lock::Busy) => {
+                self.log(
+                    LogLevel::Info,
+                    &format!("id={id} is locked by another process (Exim); retrying later"),
+                );
+                return Claim::Busy;
+            }
+            Err(e) => {
+                self.log(
+                    LogLevel::Warn,
+                    &format!("id={id} cannot lock {}: {e}", location.file("-D").display()),
+                );
+                return Claim::Skip;
+            }
+        };
+        match self.read_locked(&location, data) {
+            Ok(Some(current)) => Claim::Ready(Box::new(current)),
+            Ok(None) => Claim::Skip,
+            Err((path, e)) => {
+                log_open_error(&self.host, "read", &path, &e);
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    Claim::Denied
+                } else {
+                    Claim::Skip
+                }
+            }
+        }
+    }
+
+    /// Under the lock: check `-D`, read `-H` and `-J`, select, set up the body.
+    #[allow(clippy::type_complexity)]
+    fn read_locked(
+        &self,
+        location: &Location,
+        data: File,
+    ) -> Result<Option<Current>, (std::path::PathBuf, io::Error)> {
+        let id = &location.id;
+        let d_path = location.file("-D");
+        let h_path = location.file("-H");
+        let with = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |e: io::Error| (path, e)
+        };
+        let offset = location.data_offset();
+        let mut first = vec![0u8; offset as usize];
+        if data.read_exact_at(&mut first, 0).is_err() || first != format!("{id}-D\n").as_bytes() {
+            self.log(
+                LogLevel::Warn,
+                &format!("id={id} skipped: {} does not start with its id", d_path.display()),
+            );
+            return Ok(None);
+        }
+        let h_file = match spool::open_read(&h_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.log(LogLevel::Warn, &format!("id={id} skipped: -D without -H in {}", h_path.display()));
+                return Ok(None);
+            }
+            Err(e) => return Err((h_path, e)),
+        };
+        let mut reader = BufReader::with_capacity(READ_BUFFER, h_file);
+        let parsed = header::parse(&mut reader, id).and_then(|header| {
+            let headers_size = header::transmitted_size(&mut reader)?;
+            Ok((header, headers_size))
+        });
+        let (header, headers_size) = match parsed {
+            Ok(parsed) => parsed,
+            Err(Bad::Io(e)) => return Err((h_path, e)),
+            Err(bad) => {
+                self.log(LogLevel::Warn, &format!("id={id} skipped: {}: {bad}", h_path.display()));
+                return Ok(None);
+            }
+        };
+        let journal = spool::read_optional(&location.file("-J")).map_err(with(&location.file("-J")))?;
+        let done = done_set(&header, &journal);
+        let offered = match selection(&header, &done, &self.domains) {
+            None => {
+                self.log(LogLevel::Debug, &format!("id={id} is frozen; skipped"));
+                return Ok(None);
+            }
+            Some(offered) if offered.is_empty() => {
+                self.log(LogLevel::Debug, &format!("id={id} has nothing pending for these domains now"));
+                return Ok(None);
+            }
+            Some(offered) => offered,
+        };
+        reader.seek(SeekFrom::Start(header.headers_offset)).map_err(with(&h_path))?;
+        let mut body_file = data.try_clone().map_err(with(&d_path))?;
+        body_file.seek(SeekFrom::Start(offset)).map_err(with(&d_path))?;
+        let body = Body::new(reader, BufReader::with_capacity(READ_BUFFER, body_file));
+        // Exim's message_size: transmitted headers, the blank line, the body.
+        let body_size = data.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
+        Ok(Some(Current {
+            location: location.clone(),
+            torn_journal: journal.last().is_some_and(|&b| b != b'\n'),
+            outcomes: vec![None; offered.len()],
+            offered,
+            done,
+            header,
+            size: headers_size + 1 + body_size,
+            body,
+            data,
+        }))
+    }
+}
+
+impl Cursor for EximCursor {
+    fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
+        // Leaving a message without commit releases its lock and changes nothing.
+        self.current = None;
+        loop {
+            let Some(listed) = self.queue.pop_front() else {
+                if self.busy.is_empty() {
+                    break;
+                }
+                let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.config.busy_wait);
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::sleep(self.pause.min(deadline - now));
+                self.pause = (self.pause * 2).min(RETRY_PAUSE.1);
+                self.queue.extend(self.busy.drain(..));
+                continue;
+            };
+            match self.claim(&listed) {
+                Claim::Ready(current) => {
+                    let envelope = Envelope {
+                        id: current.location.id.clone(),
+                        sender: current.header.sender.clone(),
+                        size: current.size,
+                        recipients: current
+                            .offered
+                            .iter()
+                            .map(|&i| current.header.recipients[i].clone())
+                            .collect(),
+                    };
+                    self.yielded = true;
+                    self.current = Some(current);
+                    return Ok(Some(envelope));
+                }
+                Claim::Busy => self.busy.push(listed),
+                Claim::Skip => {}
+                Claim::Denied => self.denied += 1,
+            }
+        }
+        for listed in &self.busy {
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "id={} still locked by another process after {:?}; left queued for a later session",
+                    listed.id, self.config.busy_wait
+                ),
+            );
+        }
+        let unsure = self.denied > 0 || !self.busy.is_empty();
+        self.busy.clear();
+        self.denied = 0;
+        if unsure && !self.yielded {
+            // Mail is waiting that we cannot hand out now: "try again later",
+            // not "no mail" and not an empty session.
+            return Err(Status::TempFail);
+        }
+        Ok(None)
+    }
+
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
+        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        current.body.read(buf).map_err(|e| {
+            let msg = format!("id={} read failed: {e}", current.location.id);
+            log(&self.host, LogLevel::Error, &msg);
+            Status::TempFail
+        })
+    }
+
+    fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
+        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let slot = current.outcomes.get_mut(index).ok_or(Status::InvalidArgument)?;
+        *slot = Some(outcome);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), Status> {
+        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let id = current.location.id.clone();
+        let finished: Vec<&str> = current
+            .offered
+            .iter()
+            .zip(&current.outcomes)
+            .filter(|(_, o)| matches!(o, Some(Outcome::Delivered | Outcome::PermFail)))
+            .map(|(&i, _)| current.header.recipients[i].as_str())
+            .collect();
+        if finished.is_empty() {
+            self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
+            self.current = None;
+            return Ok(());
+        }
+        let journal = current.location.file("-J");
+        if let Err(e) = spool::append_journal(&journal, &current.data, &finished, current.torn_journal) {
+            let msg = format!("id={id} cannot write {}: {e}; the message stays queued", journal.display());
+            log(&self.host, LogLevel::Error, &msg);
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                log(&self.host, LogLevel::Error, ACCESS_HINT);
+            }
+            self.current = None;
+            return Err(Status::TempFail);
+        }
+        current.torn_journal = false;
+        let journaled = finished.len();
+        for address in finished {
+            current.done.insert(address.as_bytes().to_vec());
+        }
+        let remaining =
+            current.header.recipients.iter().filter(|r| header::is_pending(r, &current.done)).count();
+        let location = current.location.clone();
+        if remaining == 0 {
+            // Everything is journaled, so a failed removal loses nothing and
+            // sends nothing twice: Exim completes the message at its next run.
+            match spool::remove(&location) {
+                Ok(()) => self.log(LogLevel::Info, &format!("id={id} journaled={journaled} removed")),
+                Err(e) => self.log(
+                    LogLevel::Warn,
+                    &format!("id={id} journaled={journaled} complete, but removal failed ({e}); Exim will finish it"),
+                ),
+            }
+            self.current = None;
+            return Ok(());
+        }
+        self.log(LogLevel::Info, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
+        // Release the lock before asking Exim to merge the journal.
+        self.current = None;
+        if let Some(command) = &self.config.exim {
+            merge_now(self.host, command, self.config.queue.as_deref(), &id);
+        }
+        Ok(())
+    }
+}
+
+/// Run `COMMAND [-qGQUEUE] -Mc ID` in the background: Exim locks the message,
+/// merges our journal into `-H` and removes `-J`, and respects retry times
+/// and `hold_domains` (so it does not force the held ODMR domains out).
+/// Never on our standard descriptors: under inetd they are the customer's
+/// socket.
+fn merge_now(host: Host, command: &[String], queue: Option<&str>, id: &str) {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    if let Some(queue) = queue {
+        cmd.arg(format!("-qG{queue}"));
+    }
+    cmd.arg("-Mc").arg(id).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let shown = format!("{} -Mc {id}", command.join(" "));
+    match cmd.spawn() {
+        Ok(mut child) => {
+            let name = shown.clone();
+            let reap = move || match child.wait() {
+                Ok(status) if status.success() => log(&host, LogLevel::Debug, &format!("'{shown}' done")),
+                Ok(status) => log(&host, LogLevel::Warn, &format!("'{shown}' failed: {status}")),
+                Err(e) => log(&host, LogLevel::Warn, &format!("'{shown}': {e}")),
+            };
+            if std::thread::Builder::new().name("exim -Mc".into()).spawn(reap).is_err() {
+                log(&host, LogLevel::Warn, &format!("'{name}' started but cannot be waited for"));
+            }
+        }
+        Err(e) => log(
+            &host,
+            LogLevel::Warn,
+            &format!("cannot run '{shown}': {e}; Exim merges the journal at its next queue run"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// A hand-built spool, in the format of formats.md 3.4.
+    struct Spool {
+        dir: tempfile::TempDir,
+    }
+
+    struct Msg<'a> {
+        id: &'a str,
+        split: bool,
+        sender: &'a str,
+        recipients: &'a [&'a str],
+        delivered: &'a [&'a str],
+        journal: Option<&'a str>,
+        frozen: bool,
+        body: &'a str,
+    }
+
+    impl Default for Msg<'_> {
+        fn default() -> Self {
+            Msg {
+                id: "1xV7gw-0004Qd-11",
+                split: false,
+                sender: "alice@sender.example",
+                recipients: &[],
+                delivered: &[],
+                journal: None,
+                frozen: false,
+                body: "body line\n.dot line\n",
+            }
+        }
+    }
+
+    impl Spool {
+        fn new() -> Spool {
+            let dir = tempfile::tempdir().unwrap();
+            for d in ["input", "msglog"] {
+                fs::create_dir_all(dir.path().join(d)).unwrap();
+            }
+            Spool { dir }
+        }
+
+        fn location(&self, id: &str, split: bool) -> Location {
+            let subdir = if split { id[5..6].to_string() } else { String::new() };
+            Location { root: self.dir.path().into(), subdir, id: id.into() }
+        }
+
+        fn add(&self, m: Msg) -> Location {
+            let l = self.location(m.id, m.split);
+            fs::create_dir_all(l.input_dir()).unwrap();
+            fs::create_dir_all(l.msglog().parent().unwrap()).unwrap();
+            let mut h = format!("{}-H\nroot 0 0\n<{}>\n1795354394 0\n-ident root\n", m.id, m.sender);
+            if m.frozen {
+                h.push_str("-frozen 1795354400\n");
+            }
+            // A degenerate but valid tree: each node has only a right child.
+            if m.delivered.is_empty() {
+                h.push_str("XX\n");
+            }
+            for (i, d) in m.delivered.iter().enumerate() {
+                let right = if i + 1 < m.delivered.len() { 'Y' } else { 'N' };
+                h.push_str(&format!("N{right} {d}\n"));
+            }
+            h.push_str(&format!("{}\n", m.recipients.len()));
+            for r in m.recipients {
+                h.push_str(&format!("{r}\n"));
+            }
+            h.push('\n');
+            for header in ["Subject: test\n", "X-Gone: old\n", "From: alice@sender.example\n"] {
+                let flag = if header.starts_with("X-Gone") { '*' } else { ' ' };
+                h.push_str(&format!("{:03}{flag} {header}", header.len()));
+            }
+            fs::write(l.file("-H"), h).unwrap();
+            fs::write(l.file("-D"), format!("{}-D\n{}", m.id, m.body)).unwrap();
+            fs::write(l.msglog(), "log\n").unwrap();
+            if let Some(j) = m.journal {
+                fs::write(l.file("-J"), j).unwrap();
+            }
+            l
+        }
+
+        fn exim(&self, extra: &[(&str, &str)]) -> Exim {
+            let mut pairs = vec![("spool_directory".to_string(), self.dir.path().display().to_string())];
+            pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Exim::new(Host::detached(), &pairs).unwrap()
+        }
+
+        /// Every file under the spool with its contents.
+        fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+            fn walk(p: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+                for e in fs::read_dir(p).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        walk(&p, out);
+                    } else {
+                        out.push((p.clone(), fs::read(&p).unwrap()));
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(self.dir.path(), &mut out);
+            out.sort();
+            out
+        }
+    }
+
+    fn domains(list: &[&str]) -> Vec<String> {
+        list.iter().map(|d| d.to_string()).collect()
+    }
+
+    fn body_of(cursor: &mut EximCursor) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 5];
+        loop {
+            let n = cursor.read_body(&mut buf).unwrap();
+            if n == 0 {
+                return String::from_utf8(out).unwrap();
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn offers_only_pending_recipients_of_the_requested_domains() {
+        let s = Spool::new();
+        let l = s.add(Msg {
+            recipients: &[
+                "a@example.org",
+                "B@Example.ORG",
+                "v@example.org.uk",
+                "done@example.org",
+                "journaled@EXAMPLE.org",
+                "z@other.example",
+            ],
+            delivered: &["done@example.org"],
+            journal: Some("journaled@example.org\n"),
+            ..Msg::default()
+        });
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        assert!(exim.has_pending(&wanted).unwrap());
+        assert!(!exim.has_pending(&domains(&["example.com"])).unwrap());
+        assert!(!exim.has_pending(&domains(&["org.uk"])).unwrap());
+        let mut c = exim.open(&wanted).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.id, "1xV7gw-0004Qd-11");
+        assert_eq!(e.sender, "alice@sender.example");
+        assert_eq!(e.recipients, ["a@example.org", "B@Example.ORG"]);
+        let body = body_of(&mut c);
+        assert_eq!(body, "Subject: test\nFrom: alice@sender.example\n\nbody line\n.dot line\n");
+        assert_eq!(e.size, body.len() as u64);
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.set_outcome(1, Outcome::PermFail).unwrap();
+        c.commit().unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        // Exact spooled strings, appended to what was there.
+        let journal = fs::read_to_string(l.file("-J")).unwrap();
+        assert_eq!(journal, "journaled@example.org\na@example.org\nB@Example.ORG\n");
+        assert!(l.file("-D").exists() && l.file("-H").exists() && l.msglog().exists());
+        assert!(!exim.has_pending(&wanted).unwrap());
+        assert!(exim.has_pending(&domains(&["example.org.uk"])).unwrap());
+    }
+
+    #[test]
+    fn a_finished_message_is_removed_with_its_msglog_and_journal() {
+        let s = Spool::new();
+        let l = s.add(Msg {
+            split: true,
+            recipients: &["a@example.org", "b@example.net"],
+            journal: Some("b@example.net\n"),
+            ..Msg::default()
+        });
+        assert_eq!(l.subdir, "w");
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        assert_eq!(c.next_message().unwrap().unwrap().recipients, ["a@example.org"]);
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+
+    #[test]
+    fn without_commit_or_with_4xx_nothing_changes() {
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org", "b@example.org"], ..Msg::default() });
+        s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["c@example.org"], ..Msg::default() });
+        let before = s.snapshot();
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        {
+            let mut c = exim.open(&wanted).unwrap();
+            c.next_message().unwrap().unwrap();
+            c.set_outcome(0, Outcome::Delivered).unwrap();
+            // Dropped without commit.
+        }
+        let mut c = exim.open(&wanted).unwrap();
+        let first = c.next_message().unwrap().unwrap();
+        c.set_outcome(0, Outcome::TempFail).unwrap();
+        c.set_outcome(1, Outcome::TempFail).unwrap();
+        c.commit().unwrap();
+        let second = c.next_message().unwrap().unwrap();
+        assert_eq!((first.id.as_str(), second.id.as_str()), ("1xV7gw-0004Qd-11", "1xV7gx-0004Qd-11"));
+        // Moving on without commit.
+        assert!(c.next_message().unwrap().is_none());
+        drop(c);
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn frozen_messages_are_never_offered() {
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org"], frozen: true, ..Msg::default() });
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        assert!(!exim.has_pending(&wanted).unwrap());
+        assert!(exim.open(&wanted).unwrap().next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_locked_message_is_retried_later_in_the_same_session() {
+        let s = Spool::new();
+        let locked = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["b@example.org"], ..Msg::default() });
+        let Lock::Held(held) = spool::try_lock(spool::open_data(&locked.file("-D")).unwrap()).unwrap() else {
+            panic!("test lock")
+        };
+        let exim = s.exim(&[("busy_wait", "10")]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        // The free message comes first, the locked one once it is released.
+        assert_eq!(c.next_message().unwrap().unwrap().id, "1xV7gx-0004Qd-11");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.id, "1xV7gw-0004Qd-11");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        assert!(!locked.file("-D").exists());
+    }
+
+    #[test]
+    fn a_message_locked_throughout_is_left_intact_and_the_answer_is_try_later() {
+        let s = Spool::new();
+        let locked = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let before = s.snapshot();
+        let Lock::Held(_held) = spool::try_lock(spool::open_data(&locked.file("-D")).unwrap()).unwrap()
+        else {
+            panic!("test lock")
+        };
+        let exim = s.exim(&[("busy_wait", "0.3")]);
+        let wanted = domains(&["example.org"]);
+        assert!(exim.has_pending(&wanted).unwrap(), "the hint sees it");
+        let mut c = exim.open(&wanted).unwrap();
+        let started = Instant::now();
+        assert_eq!(c.next_message().unwrap_err(), Status::TempFail, "never a 250 with an empty session");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn malformed_and_mismatched_messages_are_skipped_not_removed() {
+        let s = Spool::new();
+        let bad = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        fs::write(bad.file("-D"), "1xV7gw-0004Qd-99-D\nbody\n").unwrap();
+        let garbled = s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["a@example.org"], ..Msg::default() });
+        let h = fs::read_to_string(garbled.file("-H")).unwrap().replace("<alice", "alice");
+        fs::write(garbled.file("-H"), h).unwrap();
+        let before = s.snapshot();
+        let exim = s.exim(&[]);
+        let wanted = domains(&["example.org"]);
+        let mut c = exim.open(&wanted).unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn new_format_ids_in_a_named_queue() {
+        let s = Spool::new();
+        let root = s.dir.path().join("odmr");
+        let l = Location { root: root.clone(), subdir: "R".into(), id: "1vMkbR-00000000Ab3-0Fq2".into() };
+        fs::create_dir_all(l.input_dir()).unwrap();
+        fs::create_dir_all(l.msglog().parent().unwrap()).unwrap();
+        let h = "1vMkbR-00000000Ab3-0Fq2-H\nDebian-exim 101 103\n<alice@sender.example>\n1763806345 0\n\
+-aclm 0 5\nhello\nXX\n2\ncarol@odmr.example rfc822;carol@odmr.example 25,12  0,-1#3\ndave@elsewhere.example\n\n\
+027  Subject: synthetic example\n";
+        fs::write(l.file("-H"), h).unwrap();
+        fs::write(l.file("-D"), "1vMkbR-00000000Ab3-0Fq2-D\nhi\n").unwrap();
+        let default_queue = s.exim(&[]);
+        let wanted = domains(&["odmr.example"]);
+        assert!(!default_queue.has_pending(&wanted).unwrap());
+        let exim = s.exim(&[("queue", "odmr")]);
+        let mut c = exim.open(&wanted).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.recipients, ["carol@odmr.example"]);
+        assert_eq!(body_of(&mut c), "Subject: synthetic example\n\nhi\n");
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        assert_eq!(fs::read_to_string(l.file("-J")).unwrap(), "carol@odmr.example\n");
+    }
+}
