@@ -8,89 +8,9 @@
 mod support;
 
 use base64::Engine as _;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::odmrd::{start_inetd, Client};
+use support::odmrd::{Client, Provider, EHLO_NAME, PASSWORD, USER};
 use support::RecordingSendmail;
-
-const USER: &str = "customer";
-const PASSWORD: &str = "S3cret-odmr";
-const EHLO_NAME: &str = "odmr.test.example";
-
-/// A provider's files: configuration, passwd, maildir spool, bounce recorder.
-struct Provider {
-    dir: tempfile::TempDir,
-    sendmail: RecordingSendmail,
-    extra_server: String,
-}
-
-impl Provider {
-    fn new() -> Provider {
-        Provider::with_sendmail(RecordingSendmail::new())
-    }
-
-    fn with_sendmail(sendmail: RecordingSendmail) -> Provider {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("passwd"),
-            format!(
-                "{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org,example.net\n\
-                 other:{{PLAIN}}other-secret::::::odmr_domains=example.com\n"
-            ),
-        )
-        .unwrap();
-        Provider { dir, sendmail, extra_server: String::new() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config(&self) -> PathBuf {
-        let d = self.path().display();
-        let ini = format!(
-            "[server]\nhostname = {EHLO_NAME}\nlock_directory = {d}/locks\n{extra}\n\
-             [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
-             [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
-             [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
-             [bounce]\nsendmail = {sendmail}\n\
-             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
-            extra = self.extra_server,
-            sendmail = self.sendmail.path().display()
-        );
-        let path = self.path().join("odmrd.ini");
-        std::fs::write(&path, ini).unwrap();
-        path
-    }
-
-    /// Queue a message file in `domain`'s maildir; returns its path.
-    fn queue(&self, domain: &str, name: &str, content: &str) -> PathBuf {
-        let maildir = self.path().join("spool").join(domain);
-        for sub in ["new", "cur", "tmp"] {
-            std::fs::create_dir_all(maildir.join(sub)).unwrap();
-        }
-        let path = maildir.join("new").join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-
-    /// The contents of the messages still queued for `domain`.
-    fn queued(&self, domain: &str) -> Vec<String> {
-        let mut contents = Vec::new();
-        for sub in ["new", "cur"] {
-            if let Ok(entries) = std::fs::read_dir(self.path().join("spool").join(domain).join(sub)) {
-                for e in entries {
-                    contents.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
-                }
-            }
-        }
-        contents
-    }
-
-    fn start(&self) -> Client {
-        start_inetd(&self.config())
-    }
-}
 
 /// Log in as the test's customer.
 fn login(c: &mut Client) {

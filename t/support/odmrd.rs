@@ -4,16 +4,18 @@
 //!   a socketpair (as inetd would), the test holding the other end;
 //! - [`Daemon`]: a standalone `odmrd -c CONFIG --listen 127.0.0.1:PORT` on a
 //!   free port, with its log captured, stopped by SIGTERM;
+//! - [`Provider`]: the files of a provider on the built-in backends;
 //! - [`Client`]: the customer's end of a session, before the turnaround
 //!   (commands, replies, CRAM-MD5) and after it (raw lines, as the MTA).
 
+use super::RecordingSendmail;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +32,89 @@ pub fn cram_md5_response(user: &str, password: &str, challenge: &str) -> String 
     mac.update(&challenge);
     let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     base64::engine::general_purpose::STANDARD.encode(format!("{user} {digest}"))
+}
+
+pub const USER: &str = "customer";
+pub const PASSWORD: &str = "S3cret-odmr";
+pub const EHLO_NAME: &str = "odmr.test.example";
+
+/// A provider on the built-in backends: the test's account (`USER`/`PASSWORD`,
+/// may collect example.org and example.net), another (`other`, example.com),
+/// a maildir spool per domain and a recording sendmail. Its files: configuration, passwd, maildir spool, bounce recorder.
+pub struct Provider {
+    dir: tempfile::TempDir,
+    /// Records the DSNs odmrd submits.
+    pub sendmail: RecordingSendmail,
+    /// Extra lines for `[server]`.
+    pub extra_server: String,
+}
+
+impl Provider {
+    pub fn new() -> Provider {
+        Provider::with_sendmail(RecordingSendmail::new())
+    }
+
+    pub fn with_sendmail(sendmail: RecordingSendmail) -> Provider {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("passwd"),
+            format!(
+                "{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org,example.net\n\
+                 other:{{PLAIN}}other-secret::::::odmr_domains=example.com\n"
+            ),
+        )
+        .unwrap();
+        Provider { dir, sendmail, extra_server: String::new() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        let d = self.path().display();
+        let ini = format!(
+            "[server]\nhostname = {EHLO_NAME}\nlock_directory = {d}/locks\n{extra}\n\
+             [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
+             [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
+             [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
+             [bounce]\nsendmail = {sendmail}\n\
+             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
+            extra = self.extra_server,
+            sendmail = self.sendmail.path().display()
+        );
+        let path = self.path().join("odmrd.ini");
+        std::fs::write(&path, ini).unwrap();
+        path
+    }
+
+    /// Queue a message file in `domain`'s maildir; returns its path.
+    pub fn queue(&self, domain: &str, name: &str, content: &str) -> PathBuf {
+        let maildir = self.path().join("spool").join(domain);
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        let path = maildir.join("new").join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// The contents of the messages still queued for `domain`.
+    pub fn queued(&self, domain: &str) -> Vec<String> {
+        let mut contents = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.path().join("spool").join(domain).join(sub)) {
+                for e in entries {
+                    contents.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
+                }
+            }
+        }
+        contents
+    }
+
+    pub fn start(&self) -> Client {
+        start_inetd(&self.config())
+    }
 }
 
 /// Start `odmrd --inetd -c config` on a socketpair.
