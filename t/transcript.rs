@@ -257,7 +257,15 @@ fn greeting_ehlo_and_refused_commands() {
     assert_eq!(ehlo.last().unwrap(), "250 ATRN");
     assert!(!ehlo.iter().any(|l| l.contains("PLAIN") || l.contains("LOGIN") || l.contains("STARTTLS")));
     c.command("HELO customer.example", 250);
-    for verb in ["MAIL FROM:<a@b.example>", "RCPT TO:<a@b.example>", "DATA", "VRFY a", "EXPN a", "ETRN example.org", "TURN"] {
+    for verb in [
+        "MAIL FROM:<a@b.example>",
+        "RCPT TO:<a@b.example>",
+        "DATA",
+        "VRFY a",
+        "EXPN a",
+        "ETRN example.org",
+        "TURN",
+    ] {
         c.command(verb, 502);
     }
     c.command("FROB", 500);
@@ -315,7 +323,8 @@ fn challenges_are_unique_and_well_formed() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..5 {
         let b64 = c.command("AUTH CRAM-MD5", 334);
-        let challenge = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+        let challenge =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
         assert!(challenge.starts_with('<') && challenge.ends_with("@odmr.test.example>"), "{challenge}");
         assert!(seen.insert(challenge));
         c.command("*", 501);
@@ -341,7 +350,14 @@ fn atrn_syntax_errors_get_501() {
     let p = Provider::new();
     let mut c = p.start();
     c.login();
-    for bad in ["ATRN ../x", "ATRN example", "ATRN example.org,", "ATRN exa_mple.org", "ATRN -a.example", "ATRN a..b"] {
+    for bad in [
+        "ATRN ../x",
+        "ATRN example",
+        "ATRN example.org,",
+        "ATRN exa_mple.org",
+        "ATRN -a.example",
+        "ATRN a..b",
+    ] {
         c.command(bad, 501);
     }
     c.command("ATRN example.org", 453);
@@ -350,7 +366,8 @@ fn atrn_syntax_errors_get_501() {
 #[test]
 fn atrn_for_a_domain_not_permitted_gets_450_and_sends_nothing() {
     let p = Provider::new();
-    let org = p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: a\n\nbody\n"));
+    let org =
+        p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: a\n\nbody\n"));
     p.queue("example.com", "2.m", &bsmtp("a@s.example", &["x@example.com"], "Subject: b\n\nbody\n"));
     let mut c = p.start();
     c.login();
@@ -435,7 +452,11 @@ fn an_unreadable_credential_store_gets_451() {
 fn a_message_is_delivered_and_removed_only_after_the_final_2xx() {
     let p = Provider::new();
     let body = "Subject: hi\n\n.leading dot\nline\r\nlast line without newline";
-    let file = p.queue("example.org", "1.m", &format!("Return-Path: <alice@s.example>\nDelivered-To: bob@example.org\n{body}"));
+    let file = p.queue(
+        "example.org",
+        "1.m",
+        &format!("Return-Path: <alice@s.example>\nDelivered-To: bob@example.org\n{body}"),
+    );
     let mut c = p.start();
     c.login();
     c.command("ATRN example.org", 250);
@@ -470,7 +491,11 @@ fn a_message_is_delivered_and_removed_only_after_the_final_2xx() {
 #[test]
 fn pipelining_sends_the_envelope_in_one_batch() {
     let p = Provider::new();
-    p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org", "y@example.org"], "Subject: p\n\nbody\n"));
+    p.queue(
+        "example.org",
+        "1.m",
+        &bsmtp("a@s.example", &["x@example.org", "y@example.org"], "Subject: p\n\nbody\n"),
+    );
     let mut c = p.start();
     c.login();
     c.command("ATRN example.org", 250);
@@ -516,7 +541,11 @@ fn other_domains_recipients_stay_queued() {
 #[test]
 fn atrn_example_org_never_touches_example_org_uk() {
     let p = Provider::new();
-    let uk = p.queue("example.org", "1.m", &bsmtp("a@s.example", &["victor@example.org.uk"], "Subject: uk\n\nbody\n"));
+    let uk = p.queue(
+        "example.org",
+        "1.m",
+        &bsmtp("a@s.example", &["victor@example.org.uk"], "Subject: uk\n\nbody\n"),
+    );
     let mut c = p.start();
     c.login();
     c.command("ATRN example.org", 453);
@@ -529,7 +558,8 @@ fn atrn_example_org_never_touches_example_org_uk() {
 /// the connection; the message must still be queued, byte for byte.
 fn disconnect_after(stop_after: &str) {
     let p = Provider::new();
-    let content = bsmtp("a@s.example", &["x@example.org"], &format!("Subject: d\n\n{}\n", "line\n".repeat(20_000)));
+    let content =
+        bsmtp("a@s.example", &["x@example.org"], &format!("Subject: d\n\n{}\n", "line\n".repeat(20_000)));
     let file = p.queue("example.org", "1.m", &content);
     let mut c = p.start();
     c.login();
@@ -573,7 +603,11 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
     p.queue(
         "example.org",
         "1.m",
-        &bsmtp("alice@s.example", &["ok@example.org", "later@example.org", "gone@example.org"], "Subject: mixed\n\nbody\n"),
+        &bsmtp(
+            "alice@s.example",
+            &["ok@example.org", "later@example.org", "gone@example.org"],
+            "Subject: mixed\n\nbody\n",
+        ),
     );
     let mut c = p.start();
     c.login();
@@ -594,7 +628,10 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
     assert_eq!(c.line(), "QUIT\r\n");
     c.send("221 bye");
     let (_, log) = c.finish();
-    assert_eq!(p.queued("example.org"), [bsmtp("alice@s.example", &["later@example.org"], "Subject: mixed\n\nbody\n")]);
+    assert_eq!(
+        p.queued("example.org"),
+        [bsmtp("alice@s.example", &["later@example.org"], "Subject: mixed\n\nbody\n")]
+    );
     assert!(log.contains("to=<later@example.org> status=deferred"), "{log}");
     assert!(log.contains("to=<gone@example.org> status=bounced dsn=sent"), "{log}");
 
@@ -604,7 +641,10 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
     assert_eq!(args, "-i\n-f\n<>\n--\nalice@s.example\n");
     assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"), "{dsn}");
     assert!(dsn.contains("Content-Type: message/delivery-status"), "{dsn}");
-    assert!(dsn.contains("Final-Recipient: rfc822; gone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; gone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"),
+        "{dsn}"
+    );
     assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"), "{dsn}");
     assert!(dsn.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: mixed\r\n"), "{dsn}");
     assert!(!dsn.contains("later@example.org") && !dsn.contains("ok@example.org"), "{dsn}");
@@ -638,7 +678,8 @@ fn a_rejected_message_from_the_null_sender_is_removed_without_a_dsn() {
 fn a_failing_dsn_keeps_the_recipient_queued() {
     let p = Provider::new();
     std::fs::write(p.path().join("sendmail"), "#!/bin/sh\nexit 75\n").unwrap();
-    let file = p.queue("example.org", "1.m", &bsmtp("a@s.example", &["gone@example.org"], "Subject: x\n\nbody\n"));
+    let file =
+        p.queue("example.org", "1.m", &bsmtp("a@s.example", &["gone@example.org"], "Subject: x\n\nbody\n"));
     let mut c = p.start();
     c.login();
     c.command("ATRN example.org", 250);

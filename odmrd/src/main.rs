@@ -106,7 +106,11 @@ fn main() -> ExitCode {
     let mut config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => {
-            return fail_start(&format!("configuration error: {e}"), EX_CONFIG, &nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default())
+            return fail_start(
+                &format!("configuration error: {e}"),
+                EX_CONFIG,
+                &nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            )
         }
     };
     if options.inetd {
