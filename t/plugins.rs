@@ -427,7 +427,21 @@ fn a_file_that_is_not_a_shared_object_is_refused() {
     let mut p = Provider::new();
     let path = p.path().join("libtext.so");
     std::fs::write(&path, "this is a text file, not ELF\n").unwrap();
-    refused_credentials(&path, &["not a loadable shared object"], &mut p);
+    refused_credentials(&path, &["cannot be loaded (dlopen): "], &mut p);
+    // A shared object whose own dependencies do not resolve (RTLD_NOW).
+    let src = p.path().join("undefined.c");
+    std::fs::write(
+        &src,
+        "int missing_dependency(void);\nint odmr_plugin_init(void) { return missing_dependency(); }\n",
+    )
+    .unwrap();
+    let path = p.path().join("libundefined.so");
+    cc_shared(&src, &path, &[]);
+    refused_credentials(
+        &path,
+        &["cannot be loaded (dlopen): ", "undefined symbol: missing_dependency"],
+        &mut p,
+    );
     let directory = p.path().to_path_buf();
     refused_credentials(&directory, &["not a shared object: not a regular file"], &mut p);
 }
@@ -594,6 +608,39 @@ fn the_c_example_serves_a_whole_session_with_a_deferred_and_a_bounced_recipient(
     c.finish();
     let left = p.queue_files();
     assert_eq!(left[1].1, example_message("alice@s.example", &["x@example.com"], content));
+}
+
+// ---------------------------------------------------------------------------
+// The guide's minimal C example, taken from odmr-api/README.md as written.
+
+#[test]
+fn the_guides_minimal_c_example_compiles_and_is_served() {
+    let guide = std::fs::read_to_string(workspace().join("odmr-api/README.md")).unwrap();
+    let block = &guide[guide.find("<!-- minimal-example:start").expect("the marked example")..];
+    let code = &block[block.find("```c\n").unwrap() + "```c\n".len()..];
+    let code = &code[..code.find("```").unwrap()];
+    let mut p = Provider::new();
+    let (src, so) = (p.path().join("one.c"), p.path().join("libone.so"));
+    std::fs::write(&src, code).unwrap();
+    cc_shared(&src, &so, &[]);
+
+    p.credentials =
+        format!("plugin = {}\nuser = {USER}\npassword = {PASSWORD}\ndomain = example.org\n", so.display());
+    let mut c = p.start_inetd();
+    c.hello();
+    c.auth(USER, "wrong", 535);
+    c.auth("nobody", PASSWORD, 535);
+    c.auth(USER, PASSWORD, 235);
+    c.command("ATRN example.net", 450);
+    c.command("ATRN example.org", 453);
+    c.command("QUIT", 221);
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("plugin=one one user configured"), "{log}");
+    assert!(log.contains("plugin=one version=1.0 section=credentials"), "{log}");
+
+    p.credentials = format!("plugin = {}\ncolour = blue\n", so.display());
+    assert_refused(&p, "credentials", &so, &["instance_new failed: unknown key or value too long: 'colour'"]);
 }
 
 // ---------------------------------------------------------------------------

@@ -375,7 +375,7 @@ fn open_shared_object(path: &Path, kind: Kind) -> Result<odmr_plugin_init_fn, Lo
     // configured. The library is never unloaded (forgotten below), so the
     // function pointer stays valid for the life of the process.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map_err(|e| fail(format!("not a loadable shared object: {}", dl_reason(&e, path))))?;
+        .map_err(|e| fail(format!("cannot be loaded (dlopen): {}", dl_reason(&e, path))))?;
     // SAFETY: the symbol is declared by the ABI with exactly this type.
     let init = unsafe { library.get::<odmr_plugin_init_fn>(b"odmr_plugin_init\0") }
         .map(|symbol| *symbol)
