@@ -8,7 +8,9 @@
 //!
 //! A backend implements [`Instance`] plus [`Credentials`] and/or [`Queue`] and
 //! names itself with [`crate::export_plugin!`]. Instances must be `Send + Sync`,
-//! so plugins built with this kit always declare `ODMR_F_THREADSAFE`.
+//! so plugins built with this kit always declare `ODMR_F_THREADSAFE`. A cdylib
+//! crate then exports it by path with [`crate::export_shared_object!`]; odmrd
+//! links its built-ins as rlibs without that symbol.
 
 use crate::ffi::*;
 use std::ffi::c_void;
