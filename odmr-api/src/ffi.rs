@@ -6,6 +6,11 @@
 //! or by adding constants. Nothing here is safe Rust: see [`crate::kit`] for
 //! the safe side used by plugin authors and by the host's wrappers.
 //!
+//! `include/odmr_api.h` is generated from this file by cbindgen (see
+//! `tests/header.rs`); the doc comments below are copied into it, so they are
+//! written for C authors too. In C the types are named `odmr_*`
+//! ([`OdmrStr`] is `odmr_str`, [`OdmrKv`] is `odmr_kv`).
+//!
 //! Ownership rules, for every function pointer below:
 //! - inputs are borrowed [`OdmrStr`] views, valid only for the duration of the call;
 //! - outputs go into caller-owned buffers (`ODMR_BUFFER_TOO_SMALL` reports the
@@ -16,56 +21,72 @@
 //!
 //! Threads: `odmr_plugin_init`, `instance_new` and `instance_free` are called on
 //! the host's main thread. Instance functions are called concurrently only when
-//! the plugin sets [`ODMR_F_THREADSAFE`]; otherwise the host serialises all
-//! calls into one instance. A cursor is used only on the thread that opened it.
+//! the plugin sets [`ODMR_F_THREADSAFE`]; otherwise the host never enters the
+//! plugin from two threads at once. A cursor is used only on the thread that
+//! opened it.
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_void};
+use std::mem::{offset_of, size_of};
 
-/// The ABI major version. A host accepts exactly its own major.
+/// The ABI major version. A host accepts exactly its own major; a plugin
+/// returns ODMR_VERSION from `odmr_plugin_init` for any other host major.
 pub const ODMR_ABI_MAJOR: u32 = 1;
-/// The ABI minor version. Minors only append fields and constants.
+/// The ABI minor version. Minors only append fields to the end of structs
+/// (detected through `struct_size`) and add constants; appended function
+/// pointers are nullable.
 pub const ODMR_ABI_MINOR: u32 = 0;
 
-/// Result of every plugin call. Values not listed here are treated as
-/// `ODMR_INTERNAL` by the host.
+/// Result of every plugin call: one of the ODMR_* status values below. Values
+/// not listed here are treated as ODMR_INTERNAL by the host. Only the host maps
+/// statuses to SMTP replies.
 pub type odmr_status = i32;
 
 /// Success.
 pub const ODMR_OK: odmr_status = 0;
 /// An iteration has no further element (cursor exhausted, body fully read).
 pub const ODMR_END: odmr_status = 1;
-/// The user, domain or object does not exist.
+/// The user, domain or object does not exist. For credentials: the
+/// customer gets 535 (authentication failed).
 pub const ODMR_NOT_FOUND: odmr_status = 2;
 /// The object exists but is refused (a disabled account, a forbidden domain).
+/// For credentials: the customer gets 535.
 pub const ODMR_DENIED: odmr_status = 3;
-/// A temporary failure: retrying later may succeed (SMTP 4xx).
+/// A temporary failure: retrying later may succeed. The customer gets 451
+/// and may try again.
 pub const ODMR_TEMPFAIL: odmr_status = 4;
-/// A permanent failure: retrying will not help (SMTP 5xx).
+/// A permanent failure: retrying will not help. Logged by the host; the
+/// customer still gets 451 (the store, not the customer, is at fault).
 pub const ODMR_PERMFAIL: odmr_status = 5;
-/// The caller's buffer is too small; the size needed is in `*len_out`.
+/// The caller's buffer is too small; the size needed is in `*len_out`. The
+/// host grows its buffer and calls again.
 pub const ODMR_BUFFER_TOO_SMALL: odmr_status = 6;
 /// An argument is malformed (not UTF-8, out of range, NULL where not allowed).
 pub const ODMR_INVALID_ARGUMENT: odmr_status = 7;
-/// The operation is not supported by this plugin or this object.
+/// The operation is not supported by this plugin or this object (for
+/// `lookup_secret`: the account has no secret usable for CRAM-MD5).
 pub const ODMR_UNSUPPORTED: odmr_status = 8;
-/// Version mismatch between host and plugin.
+/// Version mismatch between host and plugin: `odmr_plugin_init` returns it
+/// for a host major it does not speak.
 pub const ODMR_VERSION: odmr_status = 9;
-/// The plugin panicked; the Rust kit reports this instead of unwinding.
+/// The plugin panicked; the Rust kit reports this instead of unwinding. The
+/// host logs it with the plugin's name and answers 451.
 pub const ODMR_PANIC: odmr_status = 10;
-/// Any other internal error of the plugin.
+/// Any other internal error of the plugin. The host logs it and answers 451.
 pub const ODMR_INTERNAL: odmr_status = 11;
 
-/// Plugin flag: instance functions may be called from several threads at once.
+/// Plugin flag (`odmr_plugin.flags`): instance and cursor functions may be
+/// called from several threads at once. Without it the host serialises every
+/// call into the plugin, across all its instances and cursors.
 pub const ODMR_F_THREADSAFE: u32 = 1;
 
-/// Log levels of the host's `log` up-call.
+/// Log level for the host's `log` up-call: an error the operator must fix.
 pub const ODMR_LOG_ERROR: i32 = 0;
-/// A condition the operator should look at.
+/// Log level: a condition the operator should look at.
 pub const ODMR_LOG_WARN: i32 = 1;
-/// Normal operation.
+/// Log level: normal operation.
 pub const ODMR_LOG_INFO: i32 = 2;
-/// Detail for troubleshooting.
+/// Log level: detail for troubleshooting.
 pub const ODMR_LOG_DEBUG: i32 = 3;
 
 /// Kind of secret returned by `lookup_secret`: the clear-text password.
@@ -75,15 +96,17 @@ pub const ODMR_SECRET_PLAIN: u32 = 1;
 pub const ODMR_SECRET_CRAM_MD5_CONTEXT: u32 = 2;
 
 /// Per-recipient outcome passed to `set_outcome`: the customer accepted it.
+/// The backend removes the recipient on `commit`.
 pub const ODMR_OUTCOME_DELIVERED: i32 = 0;
 /// Per-recipient outcome: temporary failure, the recipient stays queued.
 pub const ODMR_OUTCOME_TEMPFAIL: i32 = 1;
 /// Per-recipient outcome: permanent failure. The host has already submitted a
-/// delivery status notification; the backend removes the recipient.
+/// delivery status notification; the backend removes the recipient on `commit`.
 pub const ODMR_OUTCOME_PERMFAIL: i32 = 2;
 
-/// A borrowed byte string. Not NUL-terminated; `ptr` may be NULL when `len` is 0.
-/// Valid only for the duration of the call (or callback) that passes it.
+/// A borrowed byte string (`odmr_str` in C). Not NUL-terminated; `ptr` may be
+/// NULL when `len` is 0. Owned by whoever passes it and valid only for the
+/// duration of the call (or callback) that passes it: copy what you keep.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OdmrStr {
@@ -93,7 +116,8 @@ pub struct OdmrStr {
     pub len: usize,
 }
 
-/// One `key = value` line of a plugin's ini section, borrowed for the call.
+/// One `key = value` line of a plugin's ini section (`odmr_kv` in C), in file
+/// order, borrowed for the `instance_new` call. `plugin` itself is not passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OdmrKv {
@@ -103,48 +127,60 @@ pub struct OdmrKv {
     pub value: OdmrStr,
 }
 
-/// What the host offers a plugin. Owned by the host; valid from
+/// What the host offers a plugin. Owned by the host and valid from
 /// `odmr_plugin_init` until the process exits (plugins are never unloaded).
+/// Read-only for the plugin. A v1.0 plugin reads only the v1.0 fields below;
+/// a later plugin checks `struct_size` before reading a field appended later.
 #[repr(C)]
 pub struct odmr_host {
-    /// `size_of::<odmr_host>()` as the host was built.
+    /// `sizeof(odmr_host)` as the host was built.
     pub struct_size: u32,
     /// The host's ABI major.
     pub abi_major: u32,
-    /// The host's ABI minor.
+    /// The host's ABI minor. Host-provided structs without a `struct_size`
+    /// (`odmr_envelope_sink`) have the layout of this minor.
     pub abi_minor: u32,
     /// Opaque host context, passed back to `log`.
     pub ctx: *mut c_void,
-    /// Log one line at `level` (ODMR_LOG_*). `msg` is borrowed for the call and
-    /// need not be NUL-terminated. Callable from any thread, at any time.
+    /// Log one line at `level` (ODMR_LOG_*), tagged by the host with the
+    /// plugin's name. `msg` is borrowed for the call and need not be
+    /// NUL-terminated. Callable from any thread, at any time, also from
+    /// inside `instance_new`. Plugins log only through this: under inetd,
+    /// file descriptors 0-2 are the customer's socket.
     pub log: Option<unsafe extern "C" fn(ctx: *mut c_void, level: i32, msg: *const u8, len: usize)>,
 }
 
-/// Opaque plugin instance, created by `instance_new`, freed by `instance_free`.
-#[repr(C)]
+/// Opaque plugin instance, created by `instance_new` and owned by the host
+/// until it passes it to `instance_free`. Its layout is the plugin's own.
 pub struct odmr_instance {
     _private: [u8; 0],
 }
 
-/// Opaque queue cursor, created by `cursor_open`, freed by `cursor_close`.
-#[repr(C)]
+/// Opaque queue cursor, created by `cursor_open` and owned by the host until
+/// it passes it to `cursor_close`. Used only on the thread that opened it.
 pub struct odmr_cursor {
     _private: [u8; 0],
 }
 
-/// Receives one domain from `list_domains`. `domain` is borrowed for the call.
+/// Receives one domain from `list_domains`, on the calling thread, during the
+/// `list_domains` call. `domain` is borrowed for the callback.
 pub type odmr_domain_cb = unsafe extern "C" fn(cb_ctx: *mut c_void, domain: OdmrStr);
 
-/// Credential operations. Any thread may call them (subject to ODMR_F_THREADSAFE).
+/// Credential operations: a static table owned by the plugin, valid until the
+/// process exits. Called from any session thread (all at once only with
+/// ODMR_F_THREADSAFE). Inputs are borrowed for the call.
 #[repr(C)]
 pub struct odmr_credentials_ops {
-    /// `size_of::<odmr_credentials_ops>()` as the plugin was built.
+    /// `sizeof(odmr_credentials_ops)` as the plugin was built; at least the
+    /// v1.0 size.
     pub struct_size: u32,
     /// Look up `user`'s secret. On ODMR_OK writes the secret into `buf[..cap]`,
     /// its length into `*len_out` and its kind (ODMR_SECRET_*) into `*kind_out`.
-    /// ODMR_BUFFER_TOO_SMALL sets `*len_out` to the size needed. ODMR_NOT_FOUND:
-    /// no such user. ODMR_DENIED: the account is disabled. ODMR_UNSUPPORTED: the
-    /// account exists but has no secret usable for CRAM-MD5 (the plugin logs why).
+    /// ODMR_BUFFER_TOO_SMALL sets `*len_out` to the size needed (the host
+    /// calls again with a larger buffer). ODMR_NOT_FOUND: no such user.
+    /// ODMR_DENIED: the account is disabled. ODMR_UNSUPPORTED: the account
+    /// exists but has no secret usable for CRAM-MD5 (the plugin logs why; the
+    /// host then tries `verify_cram_md5`). Nullable if `verify_cram_md5` is set.
     pub lookup_secret: Option<
         unsafe extern "C" fn(
             inst: *mut odmr_instance,
@@ -167,7 +203,9 @@ pub struct odmr_credentials_ops {
             digest: OdmrStr,
         ) -> odmr_status,
     >,
-    /// Call `cb` once per domain `user` may collect with ATRN.
+    /// Call `cb(cb_ctx, domain)` once per domain `user` may collect with ATRN,
+    /// synchronously, before returning ODMR_OK. The host compares domains
+    /// case-insensitively.
     pub list_domains: Option<
         unsafe extern "C" fn(
             inst: *mut odmr_instance,
@@ -178,8 +216,9 @@ pub struct odmr_credentials_ops {
     >,
 }
 
-/// Envelope of one message, delivered to the host by `cursor_next`.
-/// Every string is borrowed for the duration of the callback.
+/// Where `cursor_next` describes one message: owned by the host, borrowed for
+/// the `cursor_next` call; the plugin calls its callbacks on the calling
+/// thread before returning. Every string is borrowed for its callback.
 #[repr(C)]
 pub struct odmr_envelope_sink {
     /// Opaque host context for the callbacks.
@@ -188,18 +227,22 @@ pub struct odmr_envelope_sink {
     /// null sender `<>`), and the body size in bytes (0 when unknown).
     pub message: unsafe extern "C" fn(ctx: *mut c_void, id: OdmrStr, sender: OdmrStr, size: u64),
     /// Called once per pending recipient of a requested domain, in order;
-    /// the n-th call is recipient index n for `set_outcome`.
+    /// the n-th call (from 0) is recipient index n for `set_outcome`.
     pub recipient: unsafe extern "C" fn(ctx: *mut c_void, address: OdmrStr),
 }
 
-/// Queue operations. A cursor is used only on the thread that opened it.
+/// Queue operations: a static table owned by the plugin, valid until the
+/// process exits. `has_pending` and `cursor_open` are called from any session
+/// thread; the cursor functions only on the thread that opened the cursor.
+/// Without ODMR_F_THREADSAFE no two calls overlap.
 #[repr(C)]
 pub struct odmr_queue_ops {
-    /// `size_of::<odmr_queue_ops>()` as the plugin was built.
+    /// `sizeof(odmr_queue_ops)` as the plugin was built; at least the v1.0 size.
     pub struct_size: u32,
-    /// Is any message pending for one of `domains` (lower-case, validated)?
-    /// Sets `*pending` to 1 or 0 on ODMR_OK. Must use the same rule as the
-    /// cursor, so that a yes is never followed by an empty session.
+    /// Is any message pending for one of `domains` (lower-case, validated,
+    /// borrowed for the call)? Sets `*pending` to 1 or 0 on ODMR_OK. Must use
+    /// the same rule as the cursor, so that a yes is never followed by an
+    /// empty session.
     pub has_pending: Option<
         unsafe extern "C" fn(
             inst: *mut odmr_instance,
@@ -208,8 +251,9 @@ pub struct odmr_queue_ops {
             pending: *mut u32,
         ) -> odmr_status,
     >,
-    /// Open a cursor over the messages with pending recipients in `domains`.
-    /// The cursor holds whatever locks the queue needs until `cursor_close`.
+    /// Open a cursor over the messages with pending recipients in `domains`
+    /// (borrowed for the call: copy them) and store it in `*out`. The cursor
+    /// holds whatever locks the queue needs until `cursor_close`.
     pub cursor_open: Option<
         unsafe extern "C" fn(
             inst: *mut odmr_instance,
@@ -218,14 +262,14 @@ pub struct odmr_queue_ops {
             out: *mut *mut odmr_cursor,
         ) -> odmr_status,
     >,
-    /// Advance to the next message and describe it through `sink`.
-    /// ODMR_OK: a message; ODMR_END: none left. Unreadable messages are logged
-    /// and skipped by the plugin, never reported as errors here.
+    /// Advance to the next message and describe it through `sink` (borrowed
+    /// for the call). ODMR_OK: a message; ODMR_END: none left. Unreadable
+    /// messages are logged and skipped by the plugin, never reported here.
     pub cursor_next:
         Option<unsafe extern "C" fn(cur: *mut odmr_cursor, sink: *const odmr_envelope_sink) -> odmr_status>,
     /// Read the next bytes of the current message's content (headers and body,
     /// not dot-stuffed, any line ending) into `buf[..cap]`. ODMR_OK with
-    /// `*len_out > 0`, or ODMR_END at the end of the message.
+    /// `*len_out > 0`, or ODMR_END (and `*len_out = 0`) at the end of the message.
     pub read_body: Option<
         unsafe extern "C" fn(
             cur: *mut odmr_cursor,
@@ -234,38 +278,43 @@ pub struct odmr_queue_ops {
             len_out: *mut usize,
         ) -> odmr_status,
     >,
-    /// Record recipient `index`'s outcome (ODMR_OUTCOME_*) for the current message.
-    /// Nothing changes on disk until `commit`.
+    /// Record recipient `index`'s outcome (ODMR_OUTCOME_*) for the current
+    /// message. Nothing changes on disk until `commit`.
     pub set_outcome:
         Option<unsafe extern "C" fn(cur: *mut odmr_cursor, index: usize, outcome: i32) -> odmr_status>,
     /// Apply the recorded outcomes of the current message durably: delivered and
-    /// permanently failed recipients leave the queue, the rest stay. A message
-    /// never committed is left exactly as it was.
+    /// permanently failed recipients leave the queue, the rest stay (also those
+    /// without a recorded outcome). A message never committed is left exactly
+    /// as it was.
     pub commit: Option<unsafe extern "C" fn(cur: *mut odmr_cursor) -> odmr_status>,
-    /// Release the cursor and its locks. Uncommitted outcomes are discarded.
+    /// Release the cursor and its locks; the handle is invalid afterwards.
+    /// Uncommitted outcomes are discarded.
     pub cursor_close: Option<unsafe extern "C" fn(cur: *mut odmr_cursor)>,
 }
 
-/// A plugin's static descriptor, returned by `odmr_plugin_init`. Owned by the
-/// plugin and valid until the process exits.
+/// A plugin's descriptor, returned by `odmr_plugin_init`. Owned by the plugin,
+/// immutable, and valid until the process exits (usually a static).
 #[repr(C)]
 pub struct odmr_plugin {
-    /// `size_of::<odmr_plugin>()` as the plugin was built.
+    /// `sizeof(odmr_plugin)` as the plugin was built. The host refuses a
+    /// descriptor smaller than v1.0's and reads no field beyond `struct_size`.
     pub struct_size: u32,
     /// The plugin's ABI major: must equal the host's.
     pub abi_major: u32,
     /// The plugin's ABI minor: fields beyond what the host knows are ignored.
     pub abi_minor: u32,
-    /// NUL-terminated plugin name, for logs.
+    /// NUL-terminated plugin name, for logs. Static.
     pub name: *const c_char,
-    /// NUL-terminated plugin version, for logs.
+    /// NUL-terminated plugin version, for logs. Static.
     pub version: *const c_char,
     /// ODMR_F_* bits.
     pub flags: u32,
-    /// Create an instance from the kv pairs of the plugin's ini section.
-    /// On failure, writes a reason (not NUL-terminated) into `err[..err_cap]`,
-    /// its full length into `*err_len`, and returns a non-OK status.
-    /// Called on the host's main thread.
+    /// Create an instance from the kv pairs of the plugin's ini section
+    /// (borrowed for the call: copy what you keep) and store it in `*out`.
+    /// Reject unknown keys. On failure, write a reason (not NUL-terminated,
+    /// naming the key) into `err[..err_cap]`, its full length into `*err_len`,
+    /// and return a non-OK status: odmrd prints the reason and exits with 78.
+    /// Called on the host's main thread, once per section using the plugin.
     pub instance_new: Option<
         unsafe extern "C" fn(
             host: *const odmr_host,
@@ -277,11 +326,12 @@ pub struct odmr_plugin {
             err_len: *mut usize,
         ) -> odmr_status,
     >,
-    /// Free an instance. Called on the host's main thread, if at all.
+    /// Free an instance. Called on the host's main thread, if at all (odmrd
+    /// may simply exit). Nullable.
     pub instance_free: Option<unsafe extern "C" fn(inst: *mut odmr_instance)>,
-    /// Nullable: present when the plugin serves credentials.
+    /// Nullable: present when the plugin serves `[credentials]`.
     pub credentials: *const odmr_credentials_ops,
-    /// Nullable: present when the plugin serves a queue.
+    /// Nullable: present when the plugin serves `[queue]`.
     pub queue: *const odmr_queue_ops,
 }
 
@@ -294,8 +344,38 @@ unsafe impl Sync for odmr_credentials_ops {}
 // SAFETY: as above, the table is immutable.
 unsafe impl Sync for odmr_queue_ops {}
 
-/// The one symbol a plugin `.so` exports, `odmr_plugin_init`.
-/// Checks `host->abi_major`, stores its static descriptor into `*out`.
-/// Returns ODMR_VERSION for an unsupported host major.
+/// The type of the one symbol a plugin exports, `odmr_plugin_init`. Called on
+/// the host's main thread, once per section that names the plugin, before any
+/// other plugin function. Checks `host->abi_major` (returns ODMR_VERSION for a
+/// major it does not speak), stores a pointer to its static descriptor into
+/// `*out` and returns ODMR_OK. `host` stays valid until the process exits.
 pub type odmr_plugin_init_fn =
     unsafe extern "C" fn(host: *const odmr_host, out: *mut *const odmr_plugin) -> odmr_status;
+
+extern "C" {
+    /// The one symbol a plugin exports (see `odmr_plugin_init_fn`). Called by
+    /// the host on its main thread, once per section naming the plugin, before
+    /// any other plugin function. Checks `host->abi_major` (ODMR_VERSION when
+    /// it is not ODMR_ABI_MAJOR), stores a pointer to the plugin's static
+    /// descriptor in `*out` and returns ODMR_OK. The plugin may keep `host`:
+    /// it stays valid until the process exits.
+    ///
+    /// Declared here only so that the header carries its prototype; the host
+    /// finds it with dlsym and never links against it.
+    pub fn odmr_plugin_init(host: *const odmr_host, out: *mut *const odmr_plugin) -> odmr_status;
+}
+
+// Host-side minimums (not in the header): the size of each struct as ABI
+// v1.0 defines it, i.e. the end of its last v1.0 field. When a minor appends
+// fields these stay pinned to v1.0, so a v1.1 host still accepts v1.0 plugins
+// and reads only the fields within a plugin's own `struct_size`.
+
+/// End of `odmr_host`'s last v1.0 field (`log`).
+pub const ODMR_HOST_V1_0_SIZE: usize = offset_of!(odmr_host, log) + size_of::<usize>();
+/// End of `odmr_plugin`'s last v1.0 field (`queue`).
+pub const ODMR_PLUGIN_V1_0_SIZE: usize = offset_of!(odmr_plugin, queue) + size_of::<usize>();
+/// End of `odmr_credentials_ops`'s last v1.0 field (`list_domains`).
+pub const ODMR_CREDENTIALS_OPS_V1_0_SIZE: usize =
+    offset_of!(odmr_credentials_ops, list_domains) + size_of::<usize>();
+/// End of `odmr_queue_ops`'s last v1.0 field (`cursor_close`).
+pub const ODMR_QUEUE_OPS_V1_0_SIZE: usize = offset_of!(odmr_queue_ops, cursor_close) + size_of::<usize>();

@@ -8,7 +8,9 @@
 //!
 //! A backend implements [`Instance`] plus [`Credentials`] and/or [`Queue`] and
 //! names itself with [`crate::export_plugin!`]. Instances must be `Send + Sync`,
-//! so plugins built with this kit always declare `ODMR_F_THREADSAFE`.
+//! so plugins built with this kit always declare `ODMR_F_THREADSAFE`. A cdylib
+//! crate then exports it by path with [`crate::export_shared_object!`]; odmrd
+//! links its built-ins as rlibs without that symbol.
 
 use crate::ffi::*;
 use std::ffi::c_void;
@@ -738,6 +740,89 @@ macro_rules! export_plugin {
             );
             // SAFETY: forwarded from our own caller's contract.
             unsafe { $crate::kit::plugin_init(host, out, &DESCRIPTOR) }
+        }
+    };
+}
+
+/// Entry point of a plugin built as a shared object; the body of the
+/// `odmr_plugin_init` that [`crate::export_shared_object!`] defines.
+///
+/// Before forwarding to `init`, it routes the plugin's panic messages to the
+/// host's log: a cdylib has its own copy of std, whose default panic hook
+/// would print to fd 2, which under inetd may be the customer's socket. The
+/// panic itself is still caught at the boundary and reported as ODMR_PANIC.
+///
+/// # Safety
+/// `host` must be null or valid until the process exits (the ABI promises
+/// it); `out` null or valid for one write; `init` an `export_plugin!` entry.
+pub unsafe fn shared_object_init(
+    host: *const odmr_host,
+    out: *mut *const odmr_plugin,
+    init: odmr_plugin_init_fn,
+) -> odmr_status {
+    guard(|| {
+        if !host.is_null() {
+            route_panics_to_host(host);
+        }
+        // SAFETY: forwarded from our caller's contract.
+        unsafe { init(host, out) }
+    })
+}
+
+/// Replace this copy of std's panic hook with one that logs through `host`
+/// (the first host seen; every host struct lives until the process exits).
+fn route_panics_to_host(host: *const odmr_host) {
+    use std::sync::atomic::{AtomicPtr, Ordering};
+    static HOST: AtomicPtr<odmr_host> = AtomicPtr::new(std::ptr::null_mut());
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    let _ = HOST.compare_exchange(std::ptr::null_mut(), host.cast_mut(), Ordering::AcqRel, Ordering::Acquire);
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let thread = std::thread::current();
+            let host = Host { raw: HOST.load(Ordering::Acquire) };
+            host.log(
+                LogLevel::Error,
+                &format!(
+                    "panic in thread {}{place}: {message} (caught; the call fails with ODMR_PANIC)",
+                    thread.name().unwrap_or("unnamed")
+                ),
+            );
+        }));
+    });
+}
+
+/// Exports a plugin's entry point as the `odmr_plugin_init` symbol of a
+/// shared object (a `crate-type = ["cdylib"]` crate), so that odmrd can load
+/// it with `plugin = /path/to/libNAME.so`.
+///
+/// `export_shared_object!(my_backend::my_plugin_init);` where
+/// `my_plugin_init` was defined with [`crate::export_plugin!`]. Use it only
+/// in a cdylib: two crates linked into one binary must not both define the
+/// symbol (odmrd links its built-in backends as rlibs, without it). It also
+/// routes the plugin's panic messages to the host log (see
+/// [`kit::shared_object_init`](crate::kit::shared_object_init)).
+#[macro_export]
+macro_rules! export_shared_object {
+    ($init:path) => {
+        /// `odmr_plugin_init`: the one symbol odmrd looks up in this object.
+        ///
+        /// # Safety
+        /// As documented in `odmr_api.h`: `host` valid until exit or null,
+        /// `out` valid for one write or null.
+        #[no_mangle]
+        pub unsafe extern "C" fn odmr_plugin_init(
+            host: *const $crate::ffi::odmr_host,
+            out: *mut *const $crate::ffi::odmr_plugin,
+        ) -> $crate::ffi::odmr_status {
+            // SAFETY: forwarded from our own caller's contract.
+            unsafe { $crate::kit::shared_object_init(host, out, $init) }
         }
     };
 }

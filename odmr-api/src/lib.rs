@@ -2,9 +2,13 @@
 //!
 //! - [`ffi`] is the binary contract: `#[repr(C)]` types, status codes and
 //!   function tables (ABI major 1). `include/odmr_api.h` is generated from it.
-//! - [`kit`] is the safe Rust side: traits a backend implements, and
+//! - [`kit`] is the safe Rust side: traits a backend implements,
 //!   [`export_plugin!`] which turns them into a descriptor with panics caught
-//!   at the boundary.
+//!   at the boundary, and [`export_shared_object!`] which exports that as the
+//!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
+//!   log).
+//!
+//! `README.md` beside this crate is the plugin author's guide.
 //!
 //! This crate owns no policy: it does not know SMTP, files or configuration.
 

@@ -4,7 +4,9 @@
 //! Every backend, built in (`builtin:NAME`) or loaded from a `.so`, is reached
 //! through the same `odmr_plugin` descriptor, so the ABI is on every code path.
 //! This module owns all `unsafe` calls into plugins and the thread contract:
-//! an instance without `ODMR_F_THREADSAFE` is entered by one thread at a time.
+//! a plugin without `ODMR_F_THREADSAFE` is entered by one thread at a time
+//! (one lock per plugin, shared by its instances and cursors). The host reads
+//! no descriptor or table field beyond the plugin's `struct_size`.
 //! It knows nothing about SMTP; mapping statuses to replies is the session's.
 
 use crate::config::{PluginConfig, PluginSource};
@@ -14,8 +16,8 @@ use odmr_api::{Envelope, LogLevel, Outcome, Secret, Status};
 use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// The backends linked into the binary, by `builtin:` name.
 const BUILTINS: &[(&str, odmr_plugin_init_fn)] = &[
@@ -65,10 +67,15 @@ impl std::error::Error for LoadError {}
 /// One live plugin instance.
 struct Instance {
     name: String,
-    plugin: &'static odmr_plugin,
+    /// The host's copy of the credential table, if this instance serves one.
+    credentials: Option<&'static odmr_credentials_ops>,
+    /// The host's copy of the queue table, if this instance serves one.
+    queue: Option<&'static odmr_queue_ops>,
     raw: *mut odmr_instance,
-    /// Held around every call when the plugin is not thread-safe.
-    serial: Option<Mutex<()>>,
+    /// Held around every call when the plugin is not thread-safe. Shared by
+    /// all instances of the same plugin, so that a C plugin with global state
+    /// serving both sections is never entered twice at once either.
+    serial: Option<&'static Mutex<()>>,
 }
 
 // SAFETY: the instance pointer is only used through `enter`, which serialises
@@ -79,9 +86,9 @@ unsafe impl Send for Instance {}
 unsafe impl Sync for Instance {}
 
 impl Instance {
-    /// Take the instance's lock if it needs one.
+    /// Take the plugin's lock if it needs one.
     fn enter(&self) -> Option<MutexGuard<'_, ()>> {
-        self.serial.as_ref().map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        self.serial.map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Map a status from this plugin, logging the ones an operator must see.
@@ -94,6 +101,20 @@ impl Instance {
     }
 }
 
+/// The lock of each non-thread-safe plugin, by descriptor address. Plugins
+/// are never unloaded, so neither are their locks.
+fn serial_lock(descriptor: *const odmr_plugin) -> &'static Mutex<()> {
+    static LOCKS: Mutex<Vec<(usize, &'static Mutex<()>)>> = Mutex::new(Vec::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let key = descriptor as usize;
+    if let Some((_, lock)) = locks.iter().find(|(k, _)| *k == key) {
+        return lock;
+    }
+    let lock: &'static Mutex<()> = Box::leak(Box::new(Mutex::new(())));
+    locks.push((key, lock));
+    lock
+}
+
 fn level_of(raw: i32) -> Level {
     match LogLevel::from_raw(raw) {
         LogLevel::Error => Level::Error,
@@ -103,14 +124,129 @@ fn level_of(raw: i32) -> Level {
     }
 }
 
+/// What the `ctx` of a plugin's host struct points to: how its log lines are
+/// tagged. The configured label until the descriptor names the plugin.
+struct LogTag {
+    label: String,
+    name: OnceLock<String>,
+}
+
 /// The host's `log` up-call: one line, tagged with the plugin's name.
 unsafe extern "C" fn host_log(ctx: *mut c_void, level: i32, msg: *const u8, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `ctx` is the leaked plugin name given to this plugin's host
-        // struct; `msg` is valid for `len` bytes for this call.
-        let (name, text) = unsafe { (&*ctx.cast::<String>(), OdmrStr { ptr: msg, len }.as_bytes()) };
+        // SAFETY: `ctx` is the leaked `LogTag` of this plugin's host struct;
+        // `msg` is valid for `len` bytes for this call.
+        let (tag, text) = unsafe { (&*ctx.cast::<LogTag>(), OdmrStr { ptr: msg, len }.as_bytes()) };
+        let name = tag.name.get().unwrap_or(&tag.label);
         log::log(level_of(level), &format!("plugin={name} {}", String::from_utf8_lossy(text)));
     }));
+}
+
+/// The structs whose prefix the host copies; all-zero is a valid value of
+/// each (zero integers, NULL pointers, `None` function pointers).
+trait Table {}
+impl Table for odmr_plugin {}
+impl Table for odmr_credentials_ops {}
+impl Table for odmr_queue_ops {}
+
+/// The host's copy of a plugin's table: its first `struct_size` bytes (as far
+/// as this host knows the struct), the rest zero. So a host never reads past
+/// the end of an older, smaller table, and fields appended after the
+/// plugin's minor read as NULL.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `min(struct_size, size_of::<T>())` bytes.
+unsafe fn read_prefix<T: Table>(ptr: *const T, struct_size: u32) -> T {
+    let mut copy = std::mem::MaybeUninit::<T>::zeroed();
+    let n = (struct_size as usize).min(std::mem::size_of::<T>());
+    // SAFETY: `ptr` is readable for `n` bytes (caller), `copy` is writable for
+    // `size_of::<T>() >= n` bytes, and they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), n) };
+    // SAFETY: every byte is either copied from a valid `T` prefix or zero,
+    // and zero is valid for every field of a `Table`.
+    unsafe { copy.assume_init() }
+}
+
+/// The common head of `odmr_host` and `odmr_plugin`, the same in every major.
+#[repr(C)]
+struct Head {
+    struct_size: u32,
+    abi_major: u32,
+    abi_minor: u32,
+}
+
+/// Check a descriptor and copy the parts of it this host reads.
+///
+/// # Safety
+/// `descriptor` must be non-null and point to at least `struct_size` readable
+/// bytes, as `odmr_plugin_init` promised on ODMR_OK.
+unsafe fn check_descriptor(
+    descriptor: *const odmr_plugin,
+    kind: Kind,
+) -> Result<(odmr_plugin, Option<odmr_credentials_ops>, Option<odmr_queue_ops>), String> {
+    // SAFETY: the first word is `struct_size` in every major.
+    let struct_size = unsafe { descriptor.cast::<u32>().read_unaligned() };
+    if (struct_size as usize) < std::mem::size_of::<Head>() {
+        return Err(format!(
+            "odmr_plugin struct_size {struct_size} is too small to hold even the ABI version"
+        ));
+    }
+    // SAFETY: the plugin promised `struct_size` bytes, at least a `Head`.
+    let head = unsafe { descriptor.cast::<Head>().read_unaligned() };
+    if head.abi_major != ODMR_ABI_MAJOR {
+        return Err(format!(
+            "built for ABI major {} (version {}.{}), this odmrd speaks major {ODMR_ABI_MAJOR} only; \
+             rebuild the plugin against this odmrd's odmr_api.h",
+            head.abi_major, head.abi_major, head.abi_minor
+        ));
+    }
+    check_size("odmr_plugin", struct_size, ODMR_PLUGIN_V1_0_SIZE)?;
+    // SAFETY: at least the v1.0 size is readable (checked), and we read no
+    // more than `struct_size`.
+    let plugin = unsafe { read_prefix(descriptor, struct_size) };
+    if plugin.name.is_null() || plugin.instance_new.is_none() {
+        return Err("descriptor lacks a name or instance_new".into());
+    }
+    let (mut credentials, mut queue) = (None, None);
+    match kind {
+        Kind::Credentials => {
+            if plugin.credentials.is_null() {
+                return Err("is not a credentials backend (it has no credentials operations)".into());
+            }
+            // SAFETY: a non-null table pointer is static per the ABI; its
+            // first word is its size.
+            let size = unsafe { plugin.credentials.cast::<u32>().read_unaligned() };
+            check_size("odmr_credentials_ops", size, ODMR_CREDENTIALS_OPS_V1_0_SIZE)?;
+            // SAFETY: the table is at least as large as it says (v1.0 minimum checked).
+            let ops = unsafe { read_prefix(plugin.credentials, size) };
+            if ops.list_domains.is_none() || (ops.lookup_secret.is_none() && ops.verify_cram_md5.is_none()) {
+                return Err("credentials operations are incomplete".into());
+            }
+            credentials = Some(ops);
+        }
+        Kind::Queue => {
+            if plugin.queue.is_null() {
+                return Err("is not a queue backend (it has no queue operations)".into());
+            }
+            // SAFETY: as above.
+            let size = unsafe { plugin.queue.cast::<u32>().read_unaligned() };
+            check_size("odmr_queue_ops", size, ODMR_QUEUE_OPS_V1_0_SIZE)?;
+            // SAFETY: as above.
+            let ops = unsafe { read_prefix(plugin.queue, size) };
+            let complete = ops.has_pending.is_some()
+                && ops.cursor_open.is_some()
+                && ops.cursor_next.is_some()
+                && ops.read_body.is_some()
+                && ops.set_outcome.is_some()
+                && ops.commit.is_some()
+                && ops.cursor_close.is_some();
+            if !complete {
+                return Err("queue operations are incomplete".into());
+            }
+            queue = Some(ops);
+        }
+    }
+    Ok((plugin, credentials, queue))
 }
 
 /// Resolve, initialise and check the plugin of `config`, then create its
@@ -133,13 +269,13 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
     };
     let fail = |reason: String| LoadError { plugin: label.clone(), section: kind.section(), reason };
 
-    // The host struct and the name it logs with live as long as the plugin.
-    let name: &'static mut String = Box::leak(Box::new(label.clone()));
+    // The host struct and the tag it logs with live as long as the plugin.
+    let tag: &'static LogTag = Box::leak(Box::new(LogTag { label: label.clone(), name: OnceLock::new() }));
     let host: &'static odmr_host = Box::leak(Box::new(odmr_host {
         struct_size: std::mem::size_of::<odmr_host>() as u32,
         abi_major: ODMR_ABI_MAJOR,
         abi_minor: ODMR_ABI_MINOR,
-        ctx: (name as *mut String).cast(),
+        ctx: (tag as *const LogTag).cast_mut().cast(),
         log: Some(host_log),
     }));
 
@@ -148,19 +284,22 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
     // built-ins, by symbol name for loaded objects); both pointers are valid.
     let status = unsafe { init(host, &mut descriptor) };
     if status == ODMR_VERSION {
-        return Err(fail(format!("refuses ABI major {ODMR_ABI_MAJOR} of this odmrd")));
+        return Err(fail(format!(
+            "odmr_plugin_init refused this odmrd's ABI {ODMR_ABI_MAJOR}.{ODMR_ABI_MINOR} (ODMR_VERSION): \
+             the plugin was built for another ABI major"
+        )));
     }
     if status != ODMR_OK {
         return Err(fail(format!("odmr_plugin_init failed: {}", Status::from_raw(status))));
     }
-    // SAFETY: on ODMR_OK the plugin stored a pointer to its static descriptor.
-    let Some(plugin) = (unsafe { descriptor.as_ref() }) else {
+    if descriptor.is_null() {
         return Err(fail("odmr_plugin_init returned no descriptor".into()));
-    };
-    check_descriptor(plugin, kind).map_err(fail)?;
+    }
+    // SAFETY: on ODMR_OK the plugin stored a pointer to its static descriptor.
+    let (plugin, credentials, queue) = unsafe { check_descriptor(descriptor, kind) }.map_err(fail)?;
     // SAFETY: the name is a NUL-terminated static string per the ABI (checked non-null).
     let plugin_name = unsafe { CStr::from_ptr(plugin.name) }.to_string_lossy().into_owned();
-    *name = plugin_name.clone();
+    let _ = tag.name.set(plugin_name.clone());
 
     let kvs: Vec<OdmrKv> = config
         .settings
@@ -179,89 +318,82 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
         instance_new(host, kvs.as_ptr(), kvs.len(), &mut raw, err.as_mut_ptr(), err.len(), &mut err_len)
     };
     if status != ODMR_OK || raw.is_null() {
-        let reason = String::from_utf8_lossy(&err[..err_len.min(err.len())]).into_owned();
-        let reason = if reason.is_empty() { Status::from_raw(status).to_string() } else { reason };
+        let shown = err_len.min(err.len());
+        let mut reason = String::from_utf8_lossy(&err[..shown]).trim().to_string();
+        if err_len > shown {
+            reason.push_str(" (truncated)");
+        }
+        let status = if status == ODMR_OK { ODMR_INTERNAL } else { status };
+        let reason = if reason.is_empty() {
+            format!("{} (the plugin gave no reason)", Status::from_raw(status))
+        } else {
+            reason
+        };
         return Err(fail(format!("instance_new failed: {reason}")));
     }
     let threadsafe = plugin.flags & ODMR_F_THREADSAFE != 0;
+    // SAFETY: the version is a NUL-terminated static string per the ABI, or NULL.
+    let version =
+        unsafe { plugin.version.as_ref().map(|v| CStr::from_ptr(v).to_string_lossy().into_owned()) };
     log::info(&format!(
-        "plugin={plugin_name} section={} loaded={label} threadsafe={}",
+        "plugin={plugin_name} version={} section={} loaded={label} abi={}.{} threadsafe={}",
+        version.as_deref().unwrap_or("?"),
         kind.section(),
+        plugin.abi_major,
+        plugin.abi_minor,
         if threadsafe { "yes" } else { "no" }
     ));
-    Ok(Instance { name: plugin_name, plugin, raw, serial: (!threadsafe).then(|| Mutex::new(())) })
+    Ok(Instance {
+        name: plugin_name,
+        credentials: credentials.map(|ops| &*Box::leak(Box::new(ops))),
+        queue: queue.map(|ops| &*Box::leak(Box::new(ops))),
+        raw,
+        serial: (!threadsafe).then(|| serial_lock(descriptor)),
+    })
 }
 
-/// The v1.0 size of a table: a plugin may be newer (larger), never smaller.
+/// A plugin's table may be newer (larger) than this host's, never smaller
+/// than ABI 1.0's.
 fn check_size(what: &str, size: u32, minimum: usize) -> Result<(), String> {
     if (size as usize) < minimum {
-        return Err(format!("{what} struct_size {size} is smaller than the {minimum} bytes of ABI 1.0"));
-    }
-    Ok(())
-}
-
-fn check_descriptor(plugin: &odmr_plugin, kind: Kind) -> Result<(), String> {
-    if plugin.abi_major != ODMR_ABI_MAJOR {
         return Err(format!(
-            "built for ABI major {}, this odmrd speaks major {ODMR_ABI_MAJOR}",
-            plugin.abi_major
+            "{what} struct_size {size} is smaller than the {minimum} bytes of ABI {ODMR_ABI_MAJOR}.0"
         ));
-    }
-    check_size("odmr_plugin", plugin.struct_size, std::mem::size_of::<odmr_plugin>())?;
-    if plugin.name.is_null() || plugin.instance_new.is_none() {
-        return Err("descriptor lacks a name or instance_new".into());
-    }
-    match kind {
-        Kind::Credentials => {
-            // SAFETY: a non-null table pointer is static per the ABI.
-            let Some(ops) = (unsafe { plugin.credentials.as_ref() }) else {
-                return Err("is not a credentials backend (it has no credentials operations)".into());
-            };
-            check_size("odmr_credentials_ops", ops.struct_size, std::mem::size_of::<odmr_credentials_ops>())?;
-            if ops.list_domains.is_none() || (ops.lookup_secret.is_none() && ops.verify_cram_md5.is_none()) {
-                return Err("credentials operations are incomplete".into());
-            }
-        }
-        Kind::Queue => {
-            // SAFETY: as above.
-            let Some(ops) = (unsafe { plugin.queue.as_ref() }) else {
-                return Err("is not a queue backend (it has no queue operations)".into());
-            };
-            check_size("odmr_queue_ops", ops.struct_size, std::mem::size_of::<odmr_queue_ops>())?;
-            let complete = ops.has_pending.is_some()
-                && ops.cursor_open.is_some()
-                && ops.cursor_next.is_some()
-                && ops.read_body.is_some()
-                && ops.set_outcome.is_some()
-                && ops.commit.is_some()
-                && ops.cursor_close.is_some();
-            if !complete {
-                return Err("queue operations are incomplete".into());
-            }
-        }
     }
     Ok(())
 }
 
 /// dlopen a plugin (`RTLD_NOW | RTLD_LOCAL`) and find `odmr_plugin_init`.
-fn open_shared_object(path: &PathBuf, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
+fn open_shared_object(path: &Path, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     let fail =
         |reason: String| LoadError { plugin: path.display().to_string(), section: kind.section(), reason };
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(fail(format!("cannot open: {e}")));
+    match std::fs::metadata(path) {
+        Err(e) => return Err(fail(format!("cannot open: {e}"))),
+        Ok(meta) if !meta.is_file() => return Err(fail("not a shared object: not a regular file".into())),
+        Ok(_) => {}
     }
     // SAFETY: loading runs the object's initialisers; that is what the operator
     // configured. The library is never unloaded (forgotten below), so the
     // function pointer stays valid for the life of the process.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map_err(|e| fail(format!("not a loadable shared object: {e}")))?;
+        .map_err(|e| fail(format!("cannot be loaded (dlopen): {}", dl_reason(&e, path))))?;
     // SAFETY: the symbol is declared by the ABI with exactly this type.
     let init = unsafe { library.get::<odmr_plugin_init_fn>(b"odmr_plugin_init\0") }
         .map(|symbol| *symbol)
-        .map_err(|e| fail(format!("does not export odmr_plugin_init: {e}")))?;
+        .map_err(|e| fail(format!("does not export odmr_plugin_init: {}", dl_reason(&e, path))))?;
     std::mem::forget(library);
     Ok(init)
+}
+
+/// dlerror's text without the path it repeats (the message names it already).
+fn dl_reason(error: &libloading::Error, path: &Path) -> String {
+    let text = error.to_string();
+    let prefix = format!("{}: ", path.display());
+    match text.find(&prefix) {
+        Some(at) => format!("{}{}", &text[..at], &text[at + prefix.len()..]),
+        None => text,
+    }
 }
 
 /// A credential store.
@@ -277,8 +409,7 @@ impl Credentials {
     }
 
     fn ops(&self) -> &odmr_credentials_ops {
-        // SAFETY: checked non-null and complete at load; static for the process.
-        unsafe { &*self.instance.plugin.credentials }
+        self.instance.credentials.expect("checked at load")
     }
 
     /// The plugin's name, for logs.
@@ -399,8 +530,7 @@ impl Queue {
     }
 
     fn ops(&self) -> &odmr_queue_ops {
-        // SAFETY: checked non-null and complete at load; static for the process.
-        unsafe { &*self.instance.plugin.queue }
+        self.instance.queue.expect("checked at load")
     }
 
     /// The plugin's name, for logs.
@@ -567,5 +697,89 @@ impl Backends {
     /// Load both plugins of a configuration.
     pub fn load(credentials: &PluginConfig, queue: &PluginConfig) -> Result<Backends, LoadError> {
         Ok(Backends { credentials: Credentials::load(credentials)?, queue: Queue::load(queue)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    unsafe extern "C" fn has_pending(_: *mut odmr_instance, _: *const OdmrStr, _: usize, _: *mut u32) -> i32 {
+        ODMR_OK
+    }
+    unsafe extern "C" fn open(
+        _: *mut odmr_instance,
+        _: *const OdmrStr,
+        _: usize,
+        _: *mut *mut odmr_cursor,
+    ) -> i32 {
+        ODMR_OK
+    }
+    unsafe extern "C" fn next(_: *mut odmr_cursor, _: *const odmr_envelope_sink) -> i32 {
+        ODMR_END
+    }
+    unsafe extern "C" fn read(_: *mut odmr_cursor, _: *mut u8, _: usize, _: *mut usize) -> i32 {
+        ODMR_END
+    }
+    unsafe extern "C" fn outcome(_: *mut odmr_cursor, _: usize, _: i32) -> i32 {
+        ODMR_OK
+    }
+    unsafe extern "C" fn commit(_: *mut odmr_cursor) -> i32 {
+        ODMR_OK
+    }
+    unsafe extern "C" fn close(_: *mut odmr_cursor) {}
+
+    fn queue_ops(struct_size: usize) -> odmr_queue_ops {
+        odmr_queue_ops {
+            struct_size: struct_size as u32,
+            has_pending: Some(has_pending),
+            cursor_open: Some(open),
+            cursor_next: Some(next),
+            read_body: Some(read),
+            set_outcome: Some(outcome),
+            commit: Some(commit),
+            cursor_close: Some(close),
+        }
+    }
+
+    #[test]
+    fn fields_beyond_a_plugins_struct_size_are_never_read() {
+        // As a later host sees an older plugin: pretend `cursor_close` were
+        // a field appended after the plugin's minor. The host's copy has it
+        // NULL although the memory behind the plugin's table holds a pointer.
+        let older = queue_ops(offset_of!(odmr_queue_ops, cursor_close));
+        // SAFETY: `older` is a whole table, readable for any prefix.
+        let copy = unsafe { read_prefix(&older, older.struct_size) };
+        assert!(copy.commit.is_some());
+        assert!(copy.cursor_close.is_none());
+        assert_eq!(copy.struct_size, older.struct_size);
+    }
+
+    #[test]
+    fn a_larger_table_from_a_newer_minor_is_read_up_to_what_the_host_knows() {
+        let newer = queue_ops(size_of::<odmr_queue_ops>() + 64);
+        // SAFETY: read_prefix reads at most size_of::<odmr_queue_ops>() bytes.
+        let copy = unsafe { read_prefix(&newer, newer.struct_size) };
+        assert!(copy.cursor_close.is_some() && copy.has_pending.is_some());
+    }
+
+    #[test]
+    fn the_v1_0_minimums_are_the_ends_of_the_last_v1_0_fields() {
+        // In ABI 1.0 the structs end with their last v1.0 field.
+        assert_eq!(ODMR_PLUGIN_V1_0_SIZE, size_of::<odmr_plugin>());
+        assert_eq!(ODMR_QUEUE_OPS_V1_0_SIZE, size_of::<odmr_queue_ops>());
+        assert_eq!(ODMR_CREDENTIALS_OPS_V1_0_SIZE, size_of::<odmr_credentials_ops>());
+        assert_eq!(ODMR_HOST_V1_0_SIZE, size_of::<odmr_host>());
+        assert!(check_size("t", ODMR_QUEUE_OPS_V1_0_SIZE as u32 - 8, ODMR_QUEUE_OPS_V1_0_SIZE)
+            .unwrap_err()
+            .contains("smaller than the"));
+    }
+
+    #[test]
+    fn instances_of_one_plugin_share_one_lock() {
+        let (a, b) = (1usize as *const odmr_plugin, 2usize as *const odmr_plugin);
+        assert!(std::ptr::eq(serial_lock(a), serial_lock(a)));
+        assert!(!std::ptr::eq(serial_lock(a), serial_lock(b)));
     }
 }
