@@ -82,6 +82,9 @@ fn main() -> ExitCode {
     // Until the configuration says otherwise: syslog, and stderr only when it
     // is not a socket (under inetd it may be the customer's connection).
     log::init_early();
+    // A panic (a bug) is logged like everything else, never printed to fd 2;
+    // a session thread that panics ends that session only.
+    std::panic::set_hook(Box::new(|info| log::error(&format!("event=panic {info}"))));
 
     let inetd = options.inetd || (options.listen.is_none() && !options.demo && server::stdin_is_socket());
     let path = if options.demo {
