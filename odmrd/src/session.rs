@@ -15,7 +15,7 @@ use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
-use odmr_api::{Secret, Status};
+use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -261,84 +261,18 @@ impl<W: Wire> Session<'_, W> {
         }
     }
 
+    /// ATRN: authorise every requested domain, lock them, find the first
+    /// message, answer, and on 250 run the reversed session and end.
     fn atrn(&mut self, requested: Vec<String>) -> std::io::Result<Option<End>> {
         let Some(user) = self.user.clone() else {
             self.reply(530, "Authentication required")?;
             return Ok(None);
         };
-        match self.authorise_and_reverse(&user, requested)? {
-            Some(end) => Ok(Some(end)),
-            None => Ok(None),
-        }
-    }
-
-    /// Decide ATRN; on 250 run the reversed session and end.
-    fn authorise_and_reverse(&mut self, user: &str, requested: Vec<String>) -> std::io::Result<Option<End>> {
-        let allowed = match self.backends.credentials.domains(user) {
-            Ok(domains) => domains,
-            Err(status) => {
-                self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
-                self.reply(451, "Credential store unavailable, try again later")?;
-                return Ok(None);
-            }
-        };
-        let domains = if requested.is_empty() { dedup(allowed.clone()) } else { requested };
+        let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
         let list = domains.join(",");
-        if domains.is_empty() {
-            self.log(&format!("event=atrn user={user} result=450 reason=no-domains"));
-            self.reply(450, "You may not collect mail for any domain")?;
-            return Ok(None);
-        }
-        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
-            self.log(&format!(
-                "event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"
-            ));
-            self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
-            return Ok(None);
-        }
-        let locks = match DomainLocks::acquire(&self.config.server.lock_directory, &domains) {
-            Ok(locks) => locks,
-            Err(LockError::Busy(domain)) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"
-                ));
-                self.reply(450, &format!("{domain} is being collected by another session"))?;
-                return Ok(None);
-            }
-            Err(e) => {
-                log::error(&format!(
-                    "session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"",
-                    self.id
-                ));
-                self.reply(451, "Local error, try again later")?;
-                return Ok(None);
-            }
-        };
-        let queue = &self.backends.queue;
-        // `has_pending` is cheap; the cursor's first message is the proof, so
-        // a 250 is never followed by an empty session.
-        let opened = queue.has_pending(&domains).and_then(|pending| {
-            if !pending {
-                return Ok(None);
-            }
-            let mut cursor = queue.open(&domains)?;
-            Ok(cursor.next_message()?.map(|first| (cursor, first)))
-        });
-        let (mut cursor, first): (Cursor, _) = match opened {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                self.log(&format!("event=atrn user={user} domains={list} result=453"));
-                self.reply(453, "You have no mail")?;
-                return Ok(None);
-            }
-            Err(status) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=451 reason=queue status={status}"
-                ));
-                self.reply(451, "Queue unavailable, try again later")?;
-                return Ok(None);
-            }
-        };
+        let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
+        let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
+
         self.log(&format!("event=atrn user={user} domains={list} result=250"));
         self.reply(250, "OK now reversing the connection")?;
         let context = relay::Context {
@@ -352,9 +286,94 @@ impl<W: Wire> Session<'_, W> {
             "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
             summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
         ));
+        // The cursor (and the queue's own locks) go before the domain locks.
         drop(cursor);
         drop(locks);
         Ok(Some(End::Normal))
+    }
+
+    /// The domains to collect, or None after a 450/451. All or nothing: one
+    /// forbidden domain refuses the whole request.
+    fn authorise(&mut self, user: &str, requested: Vec<String>) -> std::io::Result<Option<Vec<String>>> {
+        let allowed = match self.backends.credentials.domains(user) {
+            Ok(domains) => domains,
+            Err(status) => {
+                self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
+                self.reply(451, "Credential store unavailable, try again later")?;
+                return Ok(None);
+            }
+        };
+        let domains = if requested.is_empty() { dedup(allowed.clone()) } else { requested };
+        if domains.is_empty() {
+            self.log(&format!("event=atrn user={user} result=450 reason=no-domains"));
+            self.reply(450, "You may not collect mail for any domain")?;
+            return Ok(None);
+        }
+        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
+            let list = domains.join(",");
+            self.log(&format!(
+                "event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"
+            ));
+            self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
+            return Ok(None);
+        }
+        Ok(Some(domains))
+    }
+
+    /// Take the per-domain collection locks, or None after a 450/451.
+    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<DomainLocks>> {
+        match DomainLocks::acquire(&self.config.server.lock_directory, domains) {
+            Ok(locks) => Ok(Some(locks)),
+            Err(LockError::Busy(domain)) => {
+                self.log(&format!(
+                    "event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"
+                ));
+                self.reply(450, &format!("{domain} is being collected by another session"))?;
+                Ok(None)
+            }
+            Err(e) => {
+                log::error(&format!(
+                    "session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"",
+                    self.id
+                ));
+                self.reply(451, "Local error, try again later")?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Open the queue and fetch its first message, or None after a 453/451.
+    /// `has_pending` is the cheap answer; the first message is the proof, so
+    /// a 250 is never followed by an empty session.
+    fn first_message(
+        &mut self,
+        user: &str,
+        domains: &[String],
+        list: &str,
+    ) -> std::io::Result<Option<(Cursor, Envelope)>> {
+        let queue = &self.backends.queue;
+        let found = queue.has_pending(domains).and_then(|pending| {
+            if !pending {
+                return Ok(None);
+            }
+            let mut cursor = queue.open(domains)?;
+            Ok(cursor.next_message()?.map(|first| (cursor, first)))
+        });
+        match found {
+            Ok(Some(found)) => Ok(Some(found)),
+            Ok(None) => {
+                self.log(&format!("event=atrn user={user} domains={list} result=453"));
+                self.reply(453, "You have no mail")?;
+                Ok(None)
+            }
+            Err(status) => {
+                self.log(&format!(
+                    "event=atrn user={user} domains={list} result=451 reason=queue status={status}"
+                ));
+                self.reply(451, "Queue unavailable, try again later")?;
+                Ok(None)
+            }
+        }
     }
 }
 
