@@ -8,11 +8,16 @@
 //!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
 //!   log).
 //!
+//! - [`names`] is the one domain rule shared by odmrd and every backend
+//!   (what a domain is, which domain an address belongs to).
+//!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
-//! This crate owns no policy: it does not know SMTP, files or configuration.
+//! This crate owns no policy beyond those shared rules: it does not know
+//! SMTP, files or any backend's configuration.
 
 pub mod ffi;
 pub mod kit;
+pub mod names;
 
 pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};

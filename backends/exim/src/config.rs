@@ -117,21 +117,6 @@ impl Config {
     }
 }
 
-/// The domain in lower case, if it is a plain host name (ASCII letters,
-/// digits, hyphens and dots between non-empty labels). The host validates
-/// ATRN domains already; this is the backend's own guard.
-pub fn checked_domain(domain: &str) -> Result<String, String> {
-    let ok = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && domain.split('.').all(|label| !label.is_empty());
-    if ok {
-        Ok(domain.to_ascii_lowercase())
-    } else {
-        Err(format!("domain '{}' is not a plain host name", domain.escape_debug()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,14 +169,6 @@ mod tests {
         for (input, expected) in cases {
             let err = Config::from_pairs(&pairs(input)).unwrap_err();
             assert!(err.contains(expected), "{input:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn domains_are_checked_and_lowered() {
-        assert_eq!(checked_domain("Example.ORG").unwrap(), "example.org");
-        for bad in ["", "a..b", ".a.b", "a b", "a/b", "é.org"] {
-            assert!(checked_domain(bad).is_err(), "{bad:?}");
         }
     }
 }

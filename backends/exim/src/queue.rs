@@ -13,9 +13,10 @@
 //! Nothing changes on disk before `commit()`, which journals exactly the
 //! recipients the host reported delivered or bounced, under the lock.
 
-use crate::config::{checked_domain, Config};
+use crate::config::Config;
 use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
+use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -65,7 +66,7 @@ fn selection(header: &Header, done: &HashSet<Vec<u8>>, domains: &[String]) -> Op
     if header.frozen {
         return None;
     }
-    let wanted = |r: &String| header::in_domains(r, domains) && header::is_pending(r, done);
+    let wanted = |r: &String| in_domains(r, domains) && header::is_pending(r, done);
     Some((0..header.recipients.len()).filter(|&i| wanted(&header.recipients[i])).collect())
 }
 
@@ -104,17 +105,10 @@ impl Exim {
 
     /// The requested domains, lower case, without repeats.
     fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
-        let mut out: Vec<String> = Vec::with_capacity(domains.len());
-        for d in domains {
-            let d = checked_domain(d).map_err(|why| {
-                self.log(LogLevel::Error, &why);
-                Status::InvalidArgument
-            })?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        requested_domains(domains).map_err(|why| {
+            self.log(LogLevel::Error, &why);
+            Status::InvalidArgument
+        })
     }
 
     /// The queue's messages, oldest first; Err(TempFail) when `input/`

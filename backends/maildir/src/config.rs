@@ -3,9 +3,11 @@
 //! path.
 //!
 //! Owns: validating the ini keys (errors name the key), expanding `{domain}`,
-//! and refusing domains that could escape the spool (`..`, `/`, odd bytes).
+//! and refusing domains that could escape the spool (`..`, `/`, odd bytes;
+//! the rule is `odmr_api::names`').
 //! Does not: touch the file system, parse messages or take locks.
 
+use odmr_api::names::checked_domain;
 use std::path::PathBuf;
 
 /// The placeholder substituted in both templates.
@@ -75,21 +77,6 @@ fn check_template(key: &str, value: &str) -> Result<(), String> {
         return Err(format!("key '{key}': '{value}' has a placeholder other than {PLACEHOLDER}"));
     }
     Ok(())
-}
-
-/// The domain in lower case, if it is a plain host name: ASCII letters,
-/// digits, hyphens and single dots between labels. The host validates domains
-/// already; this is the backend's own guard because the result becomes a path.
-pub fn checked_domain(domain: &str) -> Result<String, String> {
-    let ok = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && domain.split('.').all(|label| !label.is_empty());
-    if ok {
-        Ok(domain.to_ascii_lowercase())
-    } else {
-        Err(format!("domain '{}' is not a plain host name", domain.escape_debug()))
-    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@
 //! system calls itself (`spool`).
 
 use crate::body::{Body, Unstuffer};
-use crate::config::{checked_domain, Config};
-use crate::envelope::{self, in_domains, Layout, Parsed, Rejected};
+use crate::config::Config;
+use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
+use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -49,17 +50,10 @@ impl Maildir {
     /// The requested domains, lower case, without repeats; an invalid one
     /// is refused as a whole (the host should never send one).
     fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
-        let mut out: Vec<String> = Vec::with_capacity(domains.len());
-        for d in domains {
-            let d = checked_domain(d).map_err(|why| {
-                self.log(LogLevel::Error, &why);
-                Status::InvalidArgument
-            })?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        requested_domains(domains).map_err(|why| {
+            self.log(LogLevel::Error, &why);
+            Status::InvalidArgument
+        })
     }
 
     /// The maildirs of `domains` that exist, each directory once. A missing

@@ -22,6 +22,7 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
+use odmr_api::names::is_valid_domain;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, Metadata};
@@ -259,7 +260,7 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
             "odmr_domains" => {
                 for domain in value.split(',').filter(|d| !d.is_empty()) {
                     let domain = domain.to_ascii_lowercase();
-                    if !valid_domain(&domain) {
+                    if !is_valid_domain(&domain) {
                         warn(format!("user '{user}': ignoring invalid domain '{domain}' in odmr_domains"));
                     } else if !account.domains.contains(&domain) {
                         account.domains.push(domain);
@@ -358,19 +359,6 @@ fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
     pairs.map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
-}
-
-/// A domain as RFC 2645's ATRN accepts it: two or more non-empty labels of
-/// letters, digits and hyphens.
-fn valid_domain(domain: &str) -> bool {
-    let mut labels = 0;
-    for label in domain.split('.') {
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return false;
-        }
-        labels += 1;
-    }
-    labels >= 2
 }
 
 #[cfg(test)]

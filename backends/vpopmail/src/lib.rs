@@ -43,6 +43,7 @@ pub mod grants;
 pub mod vpasswd;
 
 use assign::Users;
+use odmr_api::names::is_valid_domain;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::HashSet;
 use std::io;
@@ -197,7 +198,7 @@ impl Vpopmail {
                 }
                 "default_domain" => {
                     let domain = value.to_ascii_lowercase();
-                    if !valid_domain(&domain) {
+                    if !is_valid_domain(&domain) {
                         return Err(format!("key 'default_domain': '{value}' is not a domain name"));
                     }
                     default_domain = Some(domain);
@@ -297,7 +298,7 @@ impl Vpopmail {
             self.info(&format!("login '{login}' has no usable user name"));
             return Err(Status::NotFound);
         }
-        if !valid_domain(&login_domain) {
+        if !is_valid_domain(&login_domain) {
             self.info(&format!("login '{login}': '{login_domain}' is not a domain name"));
             return Err(Status::NotFound);
         }
@@ -309,7 +310,7 @@ impl Vpopmail {
             }
             Err(err) => return Err(self.users_error(&err)),
         };
-        if !valid_domain(&assignment.real) {
+        if !is_valid_domain(&assignment.real) {
             self.info(&format!(
                 "{login_domain} is assigned to '{}', which is not a vpopmail domain",
                 assignment.real
@@ -496,19 +497,6 @@ impl Logger {
             Logger::Capture(lines) => lines.lock().unwrap().push((level, msg.to_owned())),
         }
     }
-}
-
-/// A domain as RFC 2645's ATRN accepts it: two or more non-empty labels of
-/// letters, digits and hyphens.
-pub(crate) fn valid_domain(domain: &str) -> bool {
-    let mut labels = 0;
-    for label in domain.split('.') {
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return false;
-        }
-        labels += 1;
-    }
-    labels >= 2
 }
 
 #[cfg(test)]
