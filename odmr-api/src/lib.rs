@@ -10,6 +10,8 @@
 //!
 //! - [`names`] is the one domain rule shared by odmrd and every backend
 //!   (what a domain is, which domain an address belongs to).
+//! - [`settings`] reads a plugin's ini section with the shared conventions
+//!   (errors name the key; repeated and unknown keys are errors).
 //!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
@@ -19,5 +21,6 @@
 pub mod ffi;
 pub mod kit;
 pub mod names;
+pub mod settings;
 
 pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};

@@ -23,6 +23,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use odmr_api::names::is_valid_domain;
+use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, Metadata};
@@ -85,16 +86,14 @@ impl Credentials for Passwd {
 
 impl Passwd {
     fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Passwd, String> {
-        let mut file = None;
-        for (key, value) in config {
-            match key.as_str() {
-                "file" if file.is_some() => return Err("key 'file' is given more than once".into()),
-                "file" if value.is_empty() => return Err("key 'file' is empty".into()),
-                "file" => file = Some(PathBuf::from(value)),
-                other => return Err(format!("unknown key '{other}' (the passwd backend knows only 'file')")),
-            }
+        let mut settings = Settings::new(config)?;
+        let file = settings.take_str("file");
+        settings.finish()?;
+        let file = file.ok_or("missing required key 'file' (the passwd-file to read)")?;
+        if file.is_empty() {
+            return Err("key 'file' is empty".into());
         }
-        let path = file.ok_or("missing required key 'file' (the passwd-file to read)")?;
+        let path = PathBuf::from(file);
         let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
         // Read it now, so that a wrong path is a configuration error at start.
         passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
