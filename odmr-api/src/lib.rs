@@ -12,6 +12,8 @@
 //!   (what a domain is, which domain an address belongs to).
 //! - [`settings`] reads a plugin's ini section with the shared conventions
 //!   (errors name the key; repeated and unknown keys are errors).
+//! - [`testing`] is a test aid: a host that drives a plugin through its raw
+//!   C tables and keeps its log lines.
 //!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
@@ -22,5 +24,6 @@ pub mod ffi;
 pub mod kit;
 pub mod names;
 pub mod settings;
+pub mod testing;
 
 pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};
