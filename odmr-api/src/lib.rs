@@ -10,6 +10,8 @@
 //!
 //! - [`names`] is the one domain rule shared by odmrd and every backend
 //!   (what a domain is, which domain an address belongs to).
+//! - [`outcomes`] is a queue cursor's per-message bookkeeping: the offered
+//!   recipients and what the host recorded for each.
 //! - [`settings`] reads a plugin's ini section with the shared conventions
 //!   (errors name the key; repeated and unknown keys are errors).
 //! - [`testing`] is a test aid: a host that drives a plugin through its raw
@@ -23,6 +25,7 @@
 pub mod ffi;
 pub mod kit;
 pub mod names;
+pub mod outcomes;
 pub mod settings;
 pub mod testing;
 

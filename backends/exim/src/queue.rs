@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
 use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::outcomes::Outcomes;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -238,10 +239,8 @@ struct Current {
     done: HashSet<Vec<u8>>,
     /// The journal exists and does not end in a newline.
     torn_journal: bool,
-    /// Indices into `header.recipients`, in the order offered.
-    offered: Vec<usize>,
-    /// Outcome per offered recipient; None = not recorded (stays queued).
-    outcomes: Vec<Option<Outcome>>,
+    /// The offered indices into `header.recipients` and their outcomes.
+    outcomes: Outcomes,
     /// Size of the message as sent, before line-end conversion.
     size: u64,
     body: Body<BufReader<File>, BufReader<File>>,
@@ -375,8 +374,7 @@ impl EximCursor {
         Ok(Some(Current {
             location: location.clone(),
             torn_journal: journal.last().is_some_and(|&b| b != b'\n'),
-            outcomes: vec![None; offered.len()],
-            offered,
+            outcomes: Outcomes::new(offered),
             done,
             header,
             size: headers_size + 1 + body_size,
@@ -412,7 +410,8 @@ impl Cursor for EximCursor {
                         sender: current.header.sender.clone(),
                         size: current.size,
                         recipients: current
-                            .offered
+                            .outcomes
+                            .offered()
                             .iter()
                             .map(|&i| current.header.recipients[i].clone())
                             .collect(),
@@ -457,21 +456,14 @@ impl Cursor for EximCursor {
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
         let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
-        let slot = current.outcomes.get_mut(index).ok_or(Status::InvalidArgument)?;
-        *slot = Some(outcome);
-        Ok(())
+        current.outcomes.set(index, outcome)
     }
 
     fn commit(&mut self) -> Result<(), Status> {
         let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
         let id = current.location.id.clone();
-        let finished: Vec<&str> = current
-            .offered
-            .iter()
-            .zip(&current.outcomes)
-            .filter(|(_, o)| matches!(o, Some(Outcome::Delivered | Outcome::PermFail)))
-            .map(|(&i, _)| current.header.recipients[i].as_str())
-            .collect();
+        let finished: Vec<&str> =
+            current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
             self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
             self.current = None;
