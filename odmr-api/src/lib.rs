@@ -8,11 +8,25 @@
 //!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
 //!   log).
 //!
+//! - [`names`] is the one domain rule shared by odmrd and every backend
+//!   (what a domain is, which domain an address belongs to).
+//! - [`outcomes`] is a queue cursor's per-message bookkeeping: the offered
+//!   recipients and what the host recorded for each.
+//! - [`settings`] reads a plugin's ini section with the shared conventions
+//!   (errors name the key; repeated and unknown keys are errors).
+//! - [`testing`] is a test aid: a host that drives a plugin through its raw
+//!   C tables and keeps its log lines.
+//!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
-//! This crate owns no policy: it does not know SMTP, files or configuration.
+//! This crate owns no policy beyond those shared rules: it does not know
+//! SMTP, files or any backend's configuration.
 
 pub mod ffi;
 pub mod kit;
+pub mod names;
+pub mod outcomes;
+pub mod settings;
+pub mod testing;
 
 pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};

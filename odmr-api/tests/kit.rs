@@ -2,6 +2,7 @@
 //! driven through its raw function tables, as the host does.
 
 use odmr_api::ffi::*;
+use odmr_api::testing::{collect_domain, TestHost};
 use odmr_api::*;
 use std::ptr;
 
@@ -36,45 +37,18 @@ impl Credentials for Demo {
 
 export_plugin!(fn demo_init, "demo", Demo: [credentials]);
 
-fn host() -> odmr_host {
-    odmr_host {
-        struct_size: std::mem::size_of::<odmr_host>() as u32,
-        abi_major: ODMR_ABI_MAJOR,
-        abi_minor: ODMR_ABI_MINOR,
-        ctx: ptr::null_mut(),
-        log: None,
-    }
+fn host() -> TestHost {
+    let mut host = TestHost::new();
+    host.load(demo_init);
+    host
 }
 
 fn descriptor() -> &'static odmr_plugin {
-    let host = host();
-    let mut out: *const odmr_plugin = ptr::null();
-    assert_eq!(unsafe { demo_init(&host, &mut out) }, ODMR_OK);
-    unsafe { &*out }
+    TestHost::new().load(demo_init)
 }
 
-fn new_instance(kvs: &[OdmrKv]) -> Result<*mut odmr_instance, String> {
-    let host = host();
-    let d = descriptor();
-    let mut inst = ptr::null_mut();
-    let mut err = [0u8; 64];
-    let mut err_len = 0;
-    let rc = unsafe {
-        (d.instance_new.unwrap())(
-            &host,
-            kvs.as_ptr(),
-            kvs.len(),
-            &mut inst,
-            err.as_mut_ptr(),
-            err.len(),
-            &mut err_len,
-        )
-    };
-    if rc == ODMR_OK {
-        Ok(inst)
-    } else {
-        Err(String::from_utf8_lossy(&err[..err_len]).into_owned())
-    }
+fn new_instance(kvs: &[(&str, &str)]) -> Result<*mut odmr_instance, String> {
+    host().instance(kvs)
 }
 
 #[test]
@@ -90,18 +64,15 @@ fn descriptor_declares_only_the_listed_capabilities() {
 
 #[test]
 fn init_refuses_another_major() {
-    let mut host = host();
-    host.abi_major = 2;
+    let host = TestHost::with_abi(2, ODMR_ABI_MINOR);
     let mut out: *const odmr_plugin = ptr::null();
-    assert_eq!(unsafe { demo_init(&host, &mut out) }, ODMR_VERSION);
+    assert_eq!(unsafe { demo_init(host.raw(), &mut out) }, ODMR_VERSION);
     assert!(out.is_null());
 }
 
 #[test]
 fn instance_new_reports_the_plugins_reason() {
-    let (k, v) = (b"colour", b"blue");
-    let kv = OdmrKv { key: OdmrStr::from_bytes(k), value: OdmrStr::from_bytes(v) };
-    assert_eq!(new_instance(&[kv]).unwrap_err(), "unknown key 'colour'");
+    assert_eq!(new_instance(&[("colour", "blue")]).unwrap_err(), "unknown key 'colour'");
 }
 
 #[test]
@@ -132,8 +103,7 @@ fn lookup_secret_uses_caller_buffers() {
 fn a_panic_becomes_a_status() {
     let d = descriptor();
     let ops = unsafe { &*d.credentials };
-    let kv = OdmrKv { key: OdmrStr::from_bytes(b"panic"), value: OdmrStr::from_bytes(b"") };
-    let inst = new_instance(&[kv]).unwrap();
+    let inst = new_instance(&[("panic", "")]).unwrap();
     let (mut kind, mut len, mut buf) = (0u32, 0usize, [0u8; 32]);
     let user = OdmrStr::from_bytes(b"alice");
     let rc =
@@ -143,10 +113,6 @@ fn a_panic_becomes_a_status() {
 
 #[test]
 fn list_domains_calls_back_per_domain() {
-    unsafe extern "C" fn collect(ctx: *mut std::ffi::c_void, d: OdmrStr) {
-        let v = unsafe { &mut *ctx.cast::<Vec<String>>() };
-        v.push(unsafe { d.as_str() }.unwrap().to_owned());
-    }
     let d = descriptor();
     let ops = unsafe { &*d.credentials };
     let inst = new_instance(&[]).unwrap();
@@ -156,7 +122,7 @@ fn list_domains_calls_back_per_domain() {
             inst,
             OdmrStr::from_bytes(b"alice"),
             (&mut got as *mut Vec<String>).cast(),
-            collect,
+            collect_domain,
         )
     };
     assert_eq!(rc, ODMR_OK);

@@ -249,29 +249,11 @@ pub fn parse_atrn_domains(args: &str) -> Result<Vec<String>, CommandError> {
     Ok(domains)
 }
 
-/// The RFC 2645 domain rule: at least two labels separated by single dots; each label 1 to 63
-/// ASCII letters, digits or hyphens, not beginning or ending with a hyphen; at most 255 octets in
-/// all; no trailing dot. Safe to use as a file-name component once lower-cased (no `/`, no `..`).
-pub fn is_valid_domain(d: &str) -> bool {
-    if d.is_empty() || d.len() > 255 {
-        return false;
-    }
-    let mut labels = 0;
-    for label in d.split('.') {
-        let b = label.as_bytes();
-        if b.is_empty() || b.len() > 63 {
-            return false;
-        }
-        if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
-            return false;
-        }
-        if b[0] == b'-' || b[b.len() - 1] == b'-' {
-            return false;
-        }
-        labels += 1;
-    }
-    labels >= 2
-}
+/// The RFC 2645 domain rule, shared with every backend: at least two labels separated by single
+/// dots; each label 1 to 63 ASCII letters, digits or hyphens, not beginning or ending with a
+/// hyphen; at most 255 octets in all; no trailing dot. Safe to use as a file-name component once
+/// lower-cased (no `/`, no `..`).
+pub use odmr_api::names::is_valid_domain;
 
 // ---------------------------------------------------------------------------------------------
 // Our replies

@@ -11,6 +11,7 @@
 //! | `exim` | (none: off) | command run as `COMMAND -Mc ID` after a partial delivery, so that Exim merges the journal at once |
 //! | `busy_wait` | `10` | seconds a session keeps retrying messages that Exim has locked, after everything else was sent; `0` = no retry |
 
+use odmr_api::settings::{check_absolute, Settings};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,8 +19,6 @@ use std::time::Duration;
 pub const DEFAULT_SPOOL_DIRECTORY: &str = "/var/spool/exim4";
 /// Default for `busy_wait`.
 pub const DEFAULT_BUSY_WAIT: Duration = Duration::from_secs(10);
-/// The keys this backend knows, for error messages.
-const KEYS: &str = "spool_directory, queue, exim, busy_wait";
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,63 +48,52 @@ impl Config {
     /// Build from the `(key, value)` pairs of the ini section. Unknown keys,
     /// repeated keys and bad values are errors naming the key.
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Config, String> {
-        let mut config = Config::default();
-        let mut seen: Vec<&str> = Vec::new();
-        for (key, value) in pairs {
-            if seen.contains(&key.as_str()) {
-                return Err(format!("key '{key}' given more than once"));
+        let mut settings = Settings::new(pairs)?;
+        settings.forbid_control_characters()?;
+        let spool_directory = settings.take_str("spool_directory");
+        let queue = settings.take_with("queue", |value| {
+            // Exim's queue names are used as one path component.
+            let ok = !value.is_empty()
+                && value != "."
+                && value != ".."
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                Ok(value.to_owned())
+            } else {
+                Err(format!("'{value}' is not a queue name (letters, digits, '-', '_', '.')"))
             }
-            seen.push(key);
-            if value.chars().any(char::is_control) {
-                return Err(format!("key '{key}' contains a control character"));
+        })?;
+        let exim = settings.take_str("exim");
+        let busy_wait = settings.take_with("busy_wait", |value| {
+            value
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("'{value}' is not a number of seconds from 0 to 3600"))
+        })?;
+        settings.finish()?;
+        let spool_directory = match spool_directory {
+            None => PathBuf::from(DEFAULT_SPOOL_DIRECTORY),
+            Some(value) => {
+                check_absolute("spool_directory", value)?;
+                match value.trim_end_matches('/') {
+                    "" => return Err("key 'spool_directory': '/' is not a spool directory".into()),
+                    trimmed => PathBuf::from(trimmed),
+                }
             }
-            match key.as_str() {
-                "spool_directory" => {
-                    if !value.starts_with('/') {
-                        return Err(format!("key 'spool_directory': '{value}' is not an absolute path"));
-                    }
-                    config.spool_directory = PathBuf::from(value.trim_end_matches('/'));
-                    if config.spool_directory.as_os_str().is_empty() {
-                        return Err("key 'spool_directory': '/' is not a spool directory".into());
-                    }
-                }
-                "queue" => {
-                    // Exim's queue names are used as one path component.
-                    let ok = !value.is_empty()
-                        && value != "."
-                        && value != ".."
-                        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                    if !ok {
-                        return Err(format!(
-                            "key 'queue': '{value}' is not a queue name (letters, digits, '-', '_', '.')"
-                        ));
-                    }
-                    config.queue = Some(value.clone());
-                }
-                "exim" => {
-                    let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-                    match words.first() {
-                        None => config.exim = None,
-                        Some(program) if !program.starts_with('/') => {
-                            return Err(format!("key 'exim': '{program}' is not an absolute path"));
-                        }
-                        Some(_) => config.exim = Some(words),
-                    }
-                }
-                "busy_wait" => {
-                    let seconds: f64 = value
-                        .parse()
-                        .ok()
-                        .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
-                        .ok_or_else(|| {
-                            format!("key 'busy_wait': '{value}' is not a number of seconds from 0 to 3600")
-                        })?;
-                    config.busy_wait = Duration::from_secs_f64(seconds);
-                }
-                _ => return Err(format!("unknown key '{key}' (known: {KEYS})")),
-            }
+        };
+        let exim: Option<Vec<String>> =
+            exim.map(|value| value.split_whitespace().map(str::to_string).collect());
+        if let Some(program) = exim.as_ref().and_then(|words| words.first()) {
+            check_absolute("exim", program)?;
         }
-        Ok(config)
+        Ok(Config {
+            spool_directory,
+            queue,
+            exim: exim.filter(|words| !words.is_empty()),
+            busy_wait: busy_wait.unwrap_or(DEFAULT_BUSY_WAIT),
+        })
     }
 
     /// The directory holding `input/`, `msglog/` of the configured queue.
@@ -114,21 +102,6 @@ impl Config {
             Some(name) => self.spool_directory.join(name),
             None => self.spool_directory.clone(),
         }
-    }
-}
-
-/// The domain in lower case, if it is a plain host name (ASCII letters,
-/// digits, hyphens and dots between non-empty labels). The host validates
-/// ATRN domains already; this is the backend's own guard.
-pub fn checked_domain(domain: &str) -> Result<String, String> {
-    let ok = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && domain.split('.').all(|label| !label.is_empty());
-    if ok {
-        Ok(domain.to_ascii_lowercase())
-    } else {
-        Err(format!("domain '{}' is not a plain host name", domain.escape_debug()))
     }
 }
 
@@ -169,7 +142,7 @@ mod tests {
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("directory", "/x")], "unknown key 'directory'"),
-            (&[("queue", "a"), ("queue", "b")], "'queue' given more than once"),
+            (&[("queue", "a"), ("queue", "b")], "'queue' is given more than once"),
             (&[("spool_directory", "spool")], "key 'spool_directory'"),
             (&[("spool_directory", "/")], "key 'spool_directory'"),
             (&[("queue", "../etc")], "key 'queue'"),
@@ -184,14 +157,6 @@ mod tests {
         for (input, expected) in cases {
             let err = Config::from_pairs(&pairs(input)).unwrap_err();
             assert!(err.contains(expected), "{input:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn domains_are_checked_and_lowered() {
-        assert_eq!(checked_domain("Example.ORG").unwrap(), "example.org");
-        for bad in ["", "a..b", ".a.b", "a b", "a/b", "é.org"] {
-            assert!(checked_domain(bad).is_err(), "{bad:?}");
         }
     }
 }

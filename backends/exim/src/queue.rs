@@ -13,9 +13,11 @@
 //! Nothing changes on disk before `commit()`, which journals exactly the
 //! recipients the host reported delivered or bounced, under the lock.
 
-use crate::config::{checked_domain, Config};
+use crate::config::Config;
 use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
+use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::outcomes::Outcomes;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -65,7 +67,7 @@ fn selection(header: &Header, done: &HashSet<Vec<u8>>, domains: &[String]) -> Op
     if header.frozen {
         return None;
     }
-    let wanted = |r: &String| header::in_domains(r, domains) && header::is_pending(r, done);
+    let wanted = |r: &String| in_domains(r, domains) && header::is_pending(r, done);
     Some((0..header.recipients.len()).filter(|&i| wanted(&header.recipients[i])).collect())
 }
 
@@ -104,17 +106,10 @@ impl Exim {
 
     /// The requested domains, lower case, without repeats.
     fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
-        let mut out: Vec<String> = Vec::with_capacity(domains.len());
-        for d in domains {
-            let d = checked_domain(d).map_err(|why| {
-                self.log(LogLevel::Error, &why);
-                Status::InvalidArgument
-            })?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        requested_domains(domains).map_err(|why| {
+            self.log(LogLevel::Error, &why);
+            Status::InvalidArgument
+        })
     }
 
     /// The queue's messages, oldest first; Err(TempFail) when `input/`
@@ -244,10 +239,8 @@ struct Current {
     done: HashSet<Vec<u8>>,
     /// The journal exists and does not end in a newline.
     torn_journal: bool,
-    /// Indices into `header.recipients`, in the order offered.
-    offered: Vec<usize>,
-    /// Outcome per offered recipient; None = not recorded (stays queued).
-    outcomes: Vec<Option<Outcome>>,
+    /// The offered indices into `header.recipients` and their outcomes.
+    outcomes: Outcomes,
     /// Size of the message as sent, before line-end conversion.
     size: u64,
     body: Body<BufReader<File>, BufReader<File>>,
@@ -381,8 +374,7 @@ impl EximCursor {
         Ok(Some(Current {
             location: location.clone(),
             torn_journal: journal.last().is_some_and(|&b| b != b'\n'),
-            outcomes: vec![None; offered.len()],
-            offered,
+            outcomes: Outcomes::new(offered),
             done,
             header,
             size: headers_size + 1 + body_size,
@@ -418,7 +410,8 @@ impl Cursor for EximCursor {
                         sender: current.header.sender.clone(),
                         size: current.size,
                         recipients: current
-                            .offered
+                            .outcomes
+                            .offered()
                             .iter()
                             .map(|&i| current.header.recipients[i].clone())
                             .collect(),
@@ -463,21 +456,14 @@ impl Cursor for EximCursor {
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
         let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
-        let slot = current.outcomes.get_mut(index).ok_or(Status::InvalidArgument)?;
-        *slot = Some(outcome);
-        Ok(())
+        current.outcomes.set(index, outcome)
     }
 
     fn commit(&mut self) -> Result<(), Status> {
         let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
         let id = current.location.id.clone();
-        let finished: Vec<&str> = current
-            .offered
-            .iter()
-            .zip(&current.outcomes)
-            .filter(|(_, o)| matches!(o, Some(Outcome::Delivered | Outcome::PermFail)))
-            .map(|(&i, _)| current.header.recipients[i].as_str())
-            .collect();
+        let finished: Vec<&str> =
+            current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
             self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
             self.current = None;

@@ -3,9 +3,12 @@
 //! path.
 //!
 //! Owns: validating the ini keys (errors name the key), expanding `{domain}`,
-//! and refusing domains that could escape the spool (`..`, `/`, odd bytes).
+//! and refusing domains that could escape the spool (`..`, `/`, odd bytes;
+//! the rule is `odmr_api::names`').
 //! Does not: touch the file system, parse messages or take locks.
 
+use odmr_api::names::checked_domain;
+use odmr_api::settings::{check_absolute, Settings};
 use std::path::PathBuf;
 
 /// The placeholder substituted in both templates.
@@ -24,28 +27,24 @@ impl Config {
     /// Build from the `(key, value)` pairs of the ini section. Unknown keys,
     /// repeated keys and bad values are errors naming the key.
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Config, String> {
-        let mut directory = None;
-        let mut strip_prefix = None;
-        for (key, value) in pairs {
-            let slot = match key.as_str() {
-                "directory" => &mut directory,
-                "strip_prefix" => &mut strip_prefix,
-                _ => return Err(format!("unknown key '{key}' (known: directory, strip_prefix)")),
-            };
-            if slot.is_some() {
-                return Err(format!("key '{key}' given more than once"));
+        let mut settings = Settings::new(pairs)?;
+        let directory = settings.take_str("directory");
+        let strip_prefix = settings.take_str("strip_prefix");
+        settings.finish()?;
+        for (key, value) in [("directory", directory), ("strip_prefix", strip_prefix)] {
+            if let Some(value) = value {
+                check_template(key, value)?;
             }
-            check_template(key, value)?;
-            *slot = Some(value.clone());
         }
         let directory = directory.ok_or("key 'directory' is required (e.g. /var/spool/odmr/{domain})")?;
-        if !directory.starts_with('/') {
-            return Err(format!("key 'directory': '{directory}' is not an absolute path"));
-        }
+        check_absolute("directory", directory)?;
         if !directory.contains(PLACEHOLDER) {
             return Err(format!("key 'directory': '{directory}' does not contain {PLACEHOLDER}"));
         }
-        Ok(Config { directory, strip_prefix: strip_prefix.filter(|p| !p.is_empty()) })
+        Ok(Config {
+            directory: directory.to_owned(),
+            strip_prefix: strip_prefix.filter(|p| !p.is_empty()).map(str::to_owned),
+        })
     }
 
     /// The maildir of `domain`, or an error when the domain is not safe to
@@ -75,21 +74,6 @@ fn check_template(key: &str, value: &str) -> Result<(), String> {
         return Err(format!("key '{key}': '{value}' has a placeholder other than {PLACEHOLDER}"));
     }
     Ok(())
-}
-
-/// The domain in lower case, if it is a plain host name: ASCII letters,
-/// digits, hyphens and single dots between labels. The host validates domains
-/// already; this is the backend's own guard because the result becomes a path.
-pub fn checked_domain(domain: &str) -> Result<String, String> {
-    let ok = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && domain.split('.').all(|label| !label.is_empty());
-    if ok {
-        Ok(domain.to_ascii_lowercase())
-    } else {
-        Err(format!("domain '{}' is not a plain host name", domain.escape_debug()))
-    }
 }
 
 #[cfg(test)]
@@ -134,7 +118,7 @@ mod tests {
             (&[("directory", "/s/{domain}"), ("colour", "x")], "unknown key 'colour'"),
             (
                 &[("directory", "/s/{domain}"), ("directory", "/t/{domain}")],
-                "'directory' given more than once",
+                "'directory' is given more than once",
             ),
             (&[("directory", "relative/{domain}")], "key 'directory'"),
             (&[("directory", "/s/fixed")], "key 'directory'"),

@@ -3,9 +3,10 @@
 //! qmail-local, Postfix and Exim prepend.
 //!
 //! Owns: the two parsers, the byte layout they report (which lines to keep
-//! when rewriting a BSMTP file, which byte ranges a headers-mode body skips),
-//! and the recipient-domain match. Works on any `BufRead` and reads each line
-//! into a bounded buffer, so memory stays constant whatever the file size.
+//! when rewriting a BSMTP file, which byte ranges a headers-mode body skips).
+//! The recipient-domain match is `odmr_api::names::in_domains`. Works on any
+//! `BufRead` and reads each line into a bounded buffer, so memory stays
+//! constant whatever the file size.
 //! Does not: open files, take locks, stream bodies (see `body`) or decide
 //! what happens to a file.
 
@@ -101,18 +102,6 @@ pub fn parse(r: &mut impl BufRead, strip_prefix: Option<&str>) -> Result<Parsed,
         parse_bsmtp(r, first)
     } else {
         parse_headers(r, first, strip_prefix)
-    }
-}
-
-/// Does the address's domain (after the last `@`) equal one of `domains`
-/// (lower case), compared case-insensitively and exactly?
-pub fn in_domains(address: &str, domains: &[String]) -> bool {
-    match address.rfind('@') {
-        Some(at) => {
-            let domain = &address[at + 1..];
-            domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-        }
-        None => false,
     }
 }
 
@@ -562,18 +551,5 @@ mod tests {
         assert!(parse_bytes(text.as_bytes(), None).unwrap_err().contains("too long"));
         let text = format!("Return-Path: <a@b>\nX-Long: {long}\nDelivered-To: c@d\n\n");
         assert_eq!(addresses(&parse_bytes(text.as_bytes(), None).unwrap()), ["c@d"]);
-    }
-
-    #[test]
-    fn domains_match_exactly_and_case_insensitively() {
-        let want = vec!["example.org".to_string()];
-        assert!(in_domains("a@example.org", &want));
-        assert!(in_domains("a@EXAMPLE.ORG", &want));
-        assert!(in_domains("\"x@y\"@example.org", &want));
-        assert!(!in_domains("a@example.org.uk", &want));
-        assert!(!in_domains("a@xexample.org", &want));
-        assert!(!in_domains("a@sub.example.org", &want));
-        assert!(!in_domains("example.org", &want));
-        assert!(!in_domains("a@example.org@other.example", &want));
     }
 }

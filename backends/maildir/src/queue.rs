@@ -9,10 +9,12 @@
 //! system calls itself (`spool`).
 
 use crate::body::{Body, Unstuffer};
-use crate::config::{checked_domain, Config};
-use crate::envelope::{self, in_domains, Layout, Parsed, Rejected};
+use crate::config::Config;
+use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
+use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::outcomes::Outcomes;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -49,17 +51,10 @@ impl Maildir {
     /// The requested domains, lower case, without repeats; an invalid one
     /// is refused as a whole (the host should never send one).
     fn domains(&self, domains: &[String]) -> Result<Vec<String>, Status> {
-        let mut out: Vec<String> = Vec::with_capacity(domains.len());
-        for d in domains {
-            let d = checked_domain(d).map_err(|why| {
-                self.log(LogLevel::Error, &why);
-                Status::InvalidArgument
-            })?;
-            if !out.contains(&d) {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        requested_domains(domains).map_err(|why| {
+            self.log(LogLevel::Error, &why);
+            Status::InvalidArgument
+        })
     }
 
     /// The maildirs of `domains` that exist, each directory once. A missing
@@ -249,10 +244,8 @@ struct Current {
     spool: usize,
     entry: Entry,
     parsed: Parsed,
-    /// Indices into `parsed.recipients`, in the order offered to the host.
-    offered: Vec<usize>,
-    /// Outcome per offered recipient; None = not recorded (stays queued).
-    outcomes: Vec<Option<Outcome>>,
+    /// The offered indices into `parsed.recipients` and their outcomes.
+    outcomes: Outcomes,
     body: Body<File>,
     /// A second handle on the same open file, for positional copies in a rewrite.
     file: File,
@@ -323,8 +316,7 @@ impl Cursor for MaildirCursor {
             self.current = Some(Current {
                 spool: spool_index,
                 entry,
-                outcomes: vec![None; selected.offered.len()],
-                offered: selected.offered,
+                outcomes: Outcomes::new(selected.offered),
                 parsed: selected.parsed,
                 body,
                 file: selected.file,
@@ -349,9 +341,7 @@ impl Cursor for MaildirCursor {
         if current.committed {
             return Err(Status::InvalidArgument);
         }
-        let slot = current.outcomes.get_mut(index).ok_or(Status::InvalidArgument)?;
-        *slot = Some(outcome);
-        Ok(())
+        current.outcomes.set(index, outcome)
     }
 
     fn commit(&mut self) -> Result<(), Status> {
@@ -360,8 +350,8 @@ impl Cursor for MaildirCursor {
             return Ok(());
         }
         let mut done = vec![false; current.parsed.recipients.len()];
-        for (k, &i) in current.offered.iter().enumerate() {
-            done[i] = matches!(current.outcomes[k], Some(Outcome::Delivered | Outcome::PermFail));
+        for i in current.outcomes.finished() {
+            done[i] = true;
         }
         if !done.contains(&true) {
             return Ok(());

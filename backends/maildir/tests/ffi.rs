@@ -6,63 +6,16 @@ mod common;
 
 use common::*;
 use odmr_api::ffi::*;
+use odmr_api::testing::TestHost;
 use odmr_backend_maildir::maildir_plugin_init;
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::Mutex;
 
-unsafe extern "C" fn record_log(ctx: *mut c_void, level: i32, msg: *const u8, len: usize) {
-    let lines = unsafe { &*ctx.cast::<Mutex<Vec<(i32, String)>>>() };
-    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(msg, len) }).into_owned();
-    lines.lock().unwrap().push((level, text));
-}
-
-/// A host whose log lines land in the returned vector; both live until exit,
-/// as the ABI requires of the host.
-fn host() -> (&'static odmr_host, &'static Mutex<Vec<(i32, String)>>) {
-    let lines: &'static Mutex<Vec<(i32, String)>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-    let host = Box::leak(Box::new(odmr_host {
-        struct_size: std::mem::size_of::<odmr_host>() as u32,
-        abi_major: ODMR_ABI_MAJOR,
-        abi_minor: ODMR_ABI_MINOR,
-        ctx: (lines as *const Mutex<Vec<(i32, String)>>).cast_mut().cast(),
-        log: Some(record_log),
-    }));
-    (host, lines)
-}
-
-fn descriptor(host: &odmr_host) -> &'static odmr_plugin {
-    let mut out: *const odmr_plugin = ptr::null();
-    assert_eq!(unsafe { maildir_plugin_init(host, &mut out) }, ODMR_OK);
-    unsafe { &*out }
-}
-
-fn instance_new(host: &odmr_host, pairs: &[(String, String)]) -> Result<*mut odmr_instance, String> {
-    let d = descriptor(host);
-    let kvs: Vec<OdmrKv> = pairs
-        .iter()
-        .map(|(k, v)| OdmrKv {
-            key: OdmrStr::from_bytes(k.as_bytes()),
-            value: OdmrStr::from_bytes(v.as_bytes()),
-        })
-        .collect();
-    let (mut inst, mut err, mut err_len) = (ptr::null_mut(), [0u8; 256], 0usize);
-    let rc = unsafe {
-        (d.instance_new.unwrap())(
-            host,
-            kvs.as_ptr(),
-            kvs.len(),
-            &mut inst,
-            err.as_mut_ptr(),
-            err.len(),
-            &mut err_len,
-        )
-    };
-    if rc == ODMR_OK {
-        Ok(inst)
-    } else {
-        Err(String::from_utf8_lossy(&err[..err_len.min(err.len())]).into_owned())
-    }
+/// A test host with the maildir plugin loaded.
+fn host() -> (TestHost, &'static odmr_plugin) {
+    let mut host = TestHost::new();
+    let d = host.load(maildir_plugin_init);
+    (host, d)
 }
 
 #[derive(Default)]
@@ -88,8 +41,7 @@ unsafe extern "C" fn on_recipient(ctx: *mut c_void, address: OdmrStr) {
 
 #[test]
 fn descriptor_serves_only_a_queue() {
-    let (host, _) = host();
-    let d = descriptor(host);
+    let (_host, d) = host();
     assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "maildir");
     assert!(d.credentials.is_null());
     assert!(!d.queue.is_null());
@@ -100,11 +52,7 @@ fn descriptor_serves_only_a_queue() {
 #[test]
 fn instance_new_names_the_bad_key() {
     let (host, _) = host();
-    let err = instance_new(
-        host,
-        &[("directory".into(), "/spool/{domain}".into()), ("lifetime".into(), "14d".into())],
-    )
-    .unwrap_err();
+    let err = host.instance(&[("directory", "/spool/{domain}"), ("lifetime", "14d")]).unwrap_err();
     assert!(err.contains("'lifetime'"), "{err}");
 }
 
@@ -118,10 +66,9 @@ fn a_whole_collection_through_the_c_tables() {
         b"MAIL FROM:<s@sender.example>\nRCPT TO:<a@example.org>\nRCPT TO:<b@example.net>\nDATA\n..hi\n.\n",
         2,
     );
-    let (host, log) = host();
-    let d = descriptor(host);
+    let (host, d) = host();
     let ops = unsafe { &*d.queue };
-    let inst = instance_new(host, &spool.config(&[])).unwrap();
+    let inst = host.instance(&spool.config(&[])).unwrap();
     let names = [b"example.org".as_slice()];
     let doms: Vec<OdmrStr> = names.iter().map(|n| OdmrStr::from_bytes(n)).collect();
 
@@ -164,13 +111,12 @@ fn a_whole_collection_through_the_c_tables() {
     // The example.net recipient stays, alone.
     assert_eq!(read(&msg), b"MAIL FROM:<s@sender.example>\nRCPT TO:<b@example.net>\nDATA\n..hi\n.\n");
     assert_eq!(read(&bad), b"not an envelope\n");
-    let lines = log.lock().unwrap();
+    let lines = host.logs();
     assert!(
         lines.iter().any(|(level, l)| *level == ODMR_LOG_WARN && l.contains("skipped file=new/0bad")),
         "no warning for the malformed file: {lines:?}"
     );
     assert!(lines.iter().any(|(_, l)| l.contains("file=new/1good rewritten")), "{lines:?}");
-    drop(lines); // the plugin logs through the same mutex below
 
     // A bad domain is refused through the table too.
     let evil = [OdmrStr::from_bytes(b"../etc")];

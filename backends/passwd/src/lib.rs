@@ -22,6 +22,8 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
+use odmr_api::names::is_valid_domain;
+use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, Metadata};
@@ -84,16 +86,14 @@ impl Credentials for Passwd {
 
 impl Passwd {
     fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Passwd, String> {
-        let mut file = None;
-        for (key, value) in config {
-            match key.as_str() {
-                "file" if file.is_some() => return Err("key 'file' is given more than once".into()),
-                "file" if value.is_empty() => return Err("key 'file' is empty".into()),
-                "file" => file = Some(PathBuf::from(value)),
-                other => return Err(format!("unknown key '{other}' (the passwd backend knows only 'file')")),
-            }
+        let mut settings = Settings::new(config)?;
+        let file = settings.take_str("file");
+        settings.finish()?;
+        let file = file.ok_or("missing required key 'file' (the passwd-file to read)")?;
+        if file.is_empty() {
+            return Err("key 'file' is empty".into());
         }
-        let path = file.ok_or("missing required key 'file' (the passwd-file to read)")?;
+        let path = PathBuf::from(file);
         let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
         // Read it now, so that a wrong path is a configuration error at start.
         passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
@@ -259,7 +259,7 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
             "odmr_domains" => {
                 for domain in value.split(',').filter(|d| !d.is_empty()) {
                     let domain = domain.to_ascii_lowercase();
-                    if !valid_domain(&domain) {
+                    if !is_valid_domain(&domain) {
                         warn(format!("user '{user}': ignoring invalid domain '{domain}' in odmr_domains"));
                     } else if !account.domains.contains(&domain) {
                         account.domains.push(domain);
@@ -358,19 +358,6 @@ fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
     pairs.map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
-}
-
-/// A domain as RFC 2645's ATRN accepts it: two or more non-empty labels of
-/// letters, digits and hyphens.
-fn valid_domain(domain: &str) -> bool {
-    let mut labels = 0;
-    for label in domain.split('.') {
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return false;
-        }
-        labels += 1;
-    }
-    labels >= 2
 }
 
 #[cfg(test)]

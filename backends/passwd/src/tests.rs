@@ -188,7 +188,9 @@ fn domains_are_parsed_lowercased_validated_and_deduplicated() {
     let cases: [(&str, Result<Vec<&str>, Status>); 7] = [
         ("customer", Ok(vec!["example.org", "example.com"])),
         ("mixed", Ok(vec!["example.org", "b.example"])),
-        ("bad", Ok(vec!["ok-1.example", "-hy.example"])),
+        // `-hy.example` is refused by the shared RFC 2645 rule (odmr_api::names),
+        // as odmrd refuses it in ATRN: a label does not begin with a hyphen.
+        ("bad", Ok(vec!["ok-1.example"])),
         ("split", Ok(vec!["a.example", "b.example"])),
         ("none", Ok(vec![])),
         ("sha", Ok(vec!["sha.example"])),
@@ -199,11 +201,11 @@ fn domains_are_parsed_lowercased_validated_and_deduplicated() {
         assert_eq!(fx.passwd.domains(user), expected, "user {user}");
     }
     let warns = fx.logged(LogLevel::Warn);
-    for domain in ["nodot", "a..b", "trailing.dot.", "under_score.example"] {
+    for domain in ["nodot", "a..b", "trailing.dot.", "under_score.example", "-hy.example"] {
         let needle = format!("invalid domain '{domain}'");
         assert!(warns.iter().any(|w| w.contains("line 3: user 'bad'") && w.contains(&needle)), "{warns:?}");
     }
-    assert_eq!(warns.len(), 4, "{warns:?}");
+    assert_eq!(warns.len(), 5, "{warns:?}");
 }
 
 #[test]
@@ -285,26 +287,5 @@ fn configuration_is_checked() {
             (Ok(_), Some(want)) => panic!("{config:?}: accepted, expected {want}"),
             (Err(e), None) => panic!("{config:?}: {e}"),
         }
-    }
-}
-
-#[test]
-fn domain_validation() {
-    let cases = [
-        ("example.org", true),
-        ("a.b", true),
-        ("mail-1.example.co.uk", true),
-        ("xn--bcher-kva.example", true),
-        ("example", false),
-        ("", false),
-        (".example.org", false),
-        ("example.org.", false),
-        ("a..b", false),
-        ("under_score.org", false),
-        ("sp ace.org", false),
-        ("bücher.example", false),
-    ];
-    for (domain, valid) in cases {
-        assert_eq!(valid_domain(domain), valid, "{domain:?}");
     }
 }

@@ -12,7 +12,7 @@
 //! current one), read vpasswd, or log (the caller does).
 
 use crate::cdb::Cdb;
-use crate::valid_domain;
+use odmr_api::names::is_valid_domain;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,7 @@ impl Users {
         let mut consider = |domain: &str, target: &str| {
             if target.eq_ignore_ascii_case(real)
                 && !domain.eq_ignore_ascii_case(real)
-                && valid_domain(domain)
+                && is_valid_domain(domain)
                 && !aliases.iter().any(|a: &String| a == domain)
             {
                 aliases.push(domain.to_ascii_lowercase());

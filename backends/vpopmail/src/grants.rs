@@ -11,7 +11,7 @@
 //! validation. Does not: read the file (the caller does, on every ATRN, so
 //! edits need no restart) or resolve accounts.
 
-use crate::valid_domain;
+use odmr_api::names::is_valid_domain;
 use std::collections::HashMap;
 
 /// Account (`user@domain`, lower case) → granted domains (lower case).
@@ -36,7 +36,7 @@ pub fn parse(content: &[u8]) -> (Grants, Vec<String>) {
         };
         let account = account.trim().to_ascii_lowercase();
         let valid_account = account.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !local.contains(char::is_whitespace) && valid_domain(domain)
+            !local.is_empty() && !local.contains(char::is_whitespace) && is_valid_domain(domain)
         });
         if !valid_account {
             warnings.push(format!(
@@ -47,7 +47,7 @@ pub fn parse(content: &[u8]) -> (Grants, Vec<String>) {
         let granted = grants.by_account.entry(account.clone()).or_default();
         for domain in domains.split([',', ' ', '\t']).filter(|d| !d.is_empty()) {
             let domain = domain.to_ascii_lowercase();
-            if !valid_domain(&domain) {
+            if !is_valid_domain(&domain) {
                 warnings.push(format!("line {number}: {account}: ignoring invalid domain '{domain}'"));
             } else if !granted.contains(&domain) {
                 granted.push(domain);

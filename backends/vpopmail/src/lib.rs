@@ -43,6 +43,8 @@ pub mod grants;
 pub mod vpasswd;
 
 use assign::Users;
+use odmr_api::names::is_valid_domain;
+use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::HashSet;
 use std::io;
@@ -62,8 +64,6 @@ pub const DEFAULT_QMAIL_USERS: &str = "/var/qmail/users";
 pub const DEFAULT_VPOPMAIL_HOME: &str = "/home/vpopmail";
 /// Separators accepted besides `@`; vpopmail's `ATCHARS` is `@%/`.
 pub const DEFAULT_SEPARATORS: &str = "%/";
-
-const KNOWN_KEYS: &str = "qmail_users, vpopmail_home, separators, default_domain, refuse_flags, grants";
 
 /// The backend instance. It holds only configuration; every lookup reads the
 /// current files.
@@ -160,57 +160,33 @@ impl Credentials for Vpopmail {
 
 impl Vpopmail {
     fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Vpopmail, String> {
-        let mut seen = HashSet::new();
-        let mut users_dir = PathBuf::from(DEFAULT_QMAIL_USERS);
-        let mut home = PathBuf::from(DEFAULT_VPOPMAIL_HOME);
-        let mut home_given = false;
-        let mut separators = DEFAULT_SEPARATORS.to_owned();
-        let mut default_domain = None;
-        let mut refuse = flags::DEFAULT_REFUSE;
-        let mut grants = None;
-        for (key, value) in config {
-            if !seen.insert(key.as_str()) {
-                return Err(format!("key '{key}' is given more than once"));
+        let mut settings = Settings::new(config)?;
+        let users_dir = settings.take_path("qmail_users")?;
+        let home = settings.take_path("vpopmail_home")?;
+        let separators = settings.take_with("separators", |value| {
+            match value.chars().find(|c| !c.is_ascii_punctuation() || ":.-_\\#".contains(*c)) {
+                Some(bad) => Err(format!(
+                    "'{bad}' cannot separate user and domain \
+                     (use punctuation such as % or /; '@' is always accepted)"
+                )),
+                None => Ok(value),
             }
-            let path = |value: &str| -> Result<PathBuf, String> {
-                if !value.starts_with('/') {
-                    return Err(format!("key '{key}': '{value}' is not an absolute path"));
-                }
-                Ok(PathBuf::from(value))
-            };
-            match key.as_str() {
-                "qmail_users" => users_dir = path(value)?,
-                "vpopmail_home" => {
-                    home = path(value)?;
-                    home_given = true;
-                }
-                "separators" => {
-                    if let Some(bad) =
-                        value.chars().find(|c| !c.is_ascii_punctuation() || ":.-_\\#".contains(*c))
-                    {
-                        return Err(format!(
-                            "key 'separators': '{bad}' cannot separate user and domain \
-                             (use punctuation such as % or /; '@' is always accepted)"
-                        ));
-                    }
-                    separators = value.clone();
-                }
-                "default_domain" => {
-                    let domain = value.to_ascii_lowercase();
-                    if !valid_domain(&domain) {
-                        return Err(format!("key 'default_domain': '{value}' is not a domain name"));
-                    }
-                    default_domain = Some(domain);
-                }
-                "refuse_flags" => {
-                    refuse = flags::parse_mask(value).map_err(|err| format!("key 'refuse_flags': {err}"))?;
-                }
-                "grants" => grants = Some(path(value)?),
-                other => {
-                    return Err(format!("unknown key '{other}' (the vpopmail backend knows {KNOWN_KEYS})"))
-                }
+        })?;
+        let default_domain = settings.take_with("default_domain", |value| {
+            let domain = value.to_ascii_lowercase();
+            if is_valid_domain(&domain) {
+                Ok(domain)
+            } else {
+                Err(format!("'{value}' is not a domain name"))
             }
-        }
+        })?;
+        let refuse = settings.take_with("refuse_flags", flags::parse_mask)?.unwrap_or(flags::DEFAULT_REFUSE);
+        let grants = settings.take_path("grants")?;
+        settings.finish()?;
+        let home_given = home.is_some();
+        let users_dir = users_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QMAIL_USERS));
+        let home = home.unwrap_or_else(|| PathBuf::from(DEFAULT_VPOPMAIL_HOME));
+        let separators = separators.unwrap_or(DEFAULT_SEPARATORS);
         let mut separators: Vec<char> = separators.chars().collect();
         if !separators.contains(&'@') {
             separators.insert(0, '@');
@@ -297,7 +273,7 @@ impl Vpopmail {
             self.info(&format!("login '{login}' has no usable user name"));
             return Err(Status::NotFound);
         }
-        if !valid_domain(&login_domain) {
+        if !is_valid_domain(&login_domain) {
             self.info(&format!("login '{login}': '{login_domain}' is not a domain name"));
             return Err(Status::NotFound);
         }
@@ -309,7 +285,7 @@ impl Vpopmail {
             }
             Err(err) => return Err(self.users_error(&err)),
         };
-        if !valid_domain(&assignment.real) {
+        if !is_valid_domain(&assignment.real) {
             self.info(&format!(
                 "{login_domain} is assigned to '{}', which is not a vpopmail domain",
                 assignment.real
@@ -496,19 +472,6 @@ impl Logger {
             Logger::Capture(lines) => lines.lock().unwrap().push((level, msg.to_owned())),
         }
     }
-}
-
-/// A domain as RFC 2645's ATRN accepts it: two or more non-empty labels of
-/// letters, digits and hyphens.
-pub(crate) fn valid_domain(domain: &str) -> bool {
-    let mut labels = 0;
-    for label in domain.split('.') {
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return false;
-        }
-        labels += 1;
-    }
-    labels >= 2
 }
 
 #[cfg(test)]

@@ -3,67 +3,11 @@
 //! (The `unsafe` here is the test acting as the C host; the crate has none.)
 
 use odmr_api::ffi::*;
+use odmr_api::testing::{collect_domain, TestHost};
 use odmr_backend_vpopmail::vpopmail_plugin_init;
-use std::ffi::c_void;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::ptr;
-use std::sync::Mutex;
-
-static LOG: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
-
-unsafe extern "C" fn log(_ctx: *mut c_void, level: i32, msg: *const u8, len: usize) {
-    // SAFETY: the plugin passes a message valid for the call.
-    let msg = unsafe { std::slice::from_raw_parts(msg, len) };
-    LOG.lock().unwrap().push((level, String::from_utf8_lossy(msg).into_owned()));
-}
-
-unsafe extern "C" fn collect(ctx: *mut c_void, domain: OdmrStr) {
-    // SAFETY: `ctx` is the Vec passed to list_domains; `domain` is borrowed for the call.
-    let (got, domain) = unsafe { (&mut *ctx.cast::<Vec<String>>(), domain.as_str().unwrap()) };
-    got.push(domain.to_owned());
-}
-
-/// The host lives as long as the process, as odmrd's does.
-fn host() -> &'static odmr_host {
-    Box::leak(Box::new(odmr_host {
-        struct_size: std::mem::size_of::<odmr_host>() as u32,
-        abi_major: ODMR_ABI_MAJOR,
-        abi_minor: ODMR_ABI_MINOR,
-        ctx: ptr::null_mut(),
-        log: Some(log),
-    }))
-}
-
-fn descriptor() -> &'static odmr_plugin {
-    let mut out: *const odmr_plugin = ptr::null();
-    // SAFETY: valid host and out pointer.
-    assert_eq!(unsafe { vpopmail_plugin_init(host(), &mut out) }, ODMR_OK);
-    // SAFETY: the plugin hands out a static descriptor.
-    unsafe { &*out }
-}
-
-fn new_instance(kvs: &[(&str, &str)]) -> Result<*mut odmr_instance, (odmr_status, String)> {
-    let kvs: Vec<OdmrKv> = kvs
-        .iter()
-        .map(|(k, v)| OdmrKv {
-            key: OdmrStr::from_bytes(k.as_bytes()),
-            value: OdmrStr::from_bytes(v.as_bytes()),
-        })
-        .collect();
-    let mut inst = ptr::null_mut();
-    let (mut err, mut err_len) = ([0u8; 512], 0usize);
-    let new = descriptor().instance_new.unwrap();
-    // SAFETY: every pointer is valid for the call.
-    let rc =
-        unsafe { new(host(), kvs.as_ptr(), kvs.len(), &mut inst, err.as_mut_ptr(), err.len(), &mut err_len) };
-    if rc == ODMR_OK {
-        Ok(inst)
-    } else {
-        Err((rc, String::from_utf8_lossy(&err[..err_len.min(err.len())]).into_owned()))
-    }
-}
 
 /// tinycdb's `cdb -c` from records in its native input format.
 fn tinycdb(path: &Path, records: &[(&[u8], &[u8])]) {
@@ -88,13 +32,14 @@ fn tinycdb(path: &Path, records: &[(&[u8], &[u8])]) {
 
 #[test]
 fn the_exported_plugin_serves_credentials_through_the_c_tables() {
-    let d = descriptor();
+    let mut host = TestHost::new();
+    let d = host.load(vpopmail_plugin_init);
     // SAFETY: NUL-terminated static name.
     assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "vpopmail");
     assert!(!d.credentials.is_null() && d.queue.is_null());
     assert_eq!(d.flags & ODMR_F_THREADSAFE, ODMR_F_THREADSAFE);
 
-    let (rc, err) = new_instance(&[("colour", "blue")]).unwrap_err();
+    let (rc, err) = host.try_instance(&[("colour", "blue")]).unwrap_err();
     assert_eq!(rc, ODMR_INVALID_ARGUMENT);
     assert!(err.contains("unknown key 'colour'"), "{err}");
 
@@ -117,11 +62,12 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
             (b"nosmtp", b"$1$salt$hash:1:2048:No SMTP:/x/nosmtp:NOQUOTA:pw-nosmtp"),
         ],
     );
-    let inst = new_instance(&[
-        ("qmail_users", users.to_str().unwrap()),
-        ("vpopmail_home", tmp.path().to_str().unwrap()),
-    ])
-    .unwrap();
+    let inst = host
+        .instance(&[
+            ("qmail_users", users.to_str().unwrap()),
+            ("vpopmail_home", tmp.path().to_str().unwrap()),
+        ])
+        .unwrap();
     // SAFETY: non-null per the descriptor check above.
     let ops = unsafe { &*d.credentials };
     let lookup = |user: &str| {
@@ -140,9 +86,9 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     assert_eq!(lookup("customer1@unknown.example").0, ODMR_NOT_FOUND);
     assert_eq!(lookup("nosmtp@example.com").0, ODMR_DENIED);
 
-    LOG.lock().unwrap().clear();
+    host.clear_logs();
     assert_eq!(lookup("noclear@example.com").0, ODMR_UNSUPPORTED);
-    let logged = LOG.lock().unwrap().clone();
+    let logged = host.logs();
     assert!(
         logged.iter().any(|(level, m)| *level == ODMR_LOG_WARN
             && m.contains("account noclear@example.com has no clear-text password")),
@@ -156,7 +102,7 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
             inst,
             OdmrStr::from_bytes(b"Customer1@Example.com"),
             (&mut got as *mut Vec<String>).cast(),
-            collect,
+            collect_domain,
         )
     };
     assert_eq!((rc, got), (ODMR_OK, vec!["example.com".to_string(), "alias.example".to_string()]));
@@ -167,7 +113,7 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     let rc = unsafe { (ops.verify_cram_md5.unwrap())(inst, s("noclear@example.com"), s("<1.2@h>"), s("00")) };
     assert_eq!(rc, ODMR_UNSUPPORTED);
 
-    let all = LOG.lock().unwrap().clone();
+    let all = host.logs();
     assert!(all.iter().all(|(_, m)| !m.contains("S3cret") && !m.contains("$1$")), "{all:?}");
 
     // SAFETY: created by instance_new above, freed once.
