@@ -135,7 +135,7 @@ impl LogLevel {
 /// The host as a plugin sees it: a handle for logging.
 #[derive(Clone, Copy)]
 pub struct Host {
-    raw: *const odmr_host,
+    pub(crate) raw: *const odmr_host,
 }
 
 // SAFETY: the host struct is immutable and lives until the process exits, and

@@ -159,6 +159,17 @@ impl TestHost {
         self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// A kit [`Host`](crate::Host) whose log lines this test host records, for
+    /// calling a backend's `Instance::new` directly in unit tests.
+    pub fn host(&self) -> crate::Host {
+        crate::Host { raw: self.host }
+    }
+
+    /// The messages logged at `level` so far.
+    pub fn logs_at(&self, level: crate::LogLevel) -> Vec<String> {
+        self.logs().into_iter().filter(|(l, _)| *l == level.to_raw()).map(|(_, m)| m).collect()
+    }
+
     /// Forget the lines logged so far.
     pub fn clear_logs(&self) {
         self.log.lock().unwrap_or_else(PoisonError::into_inner).clear();

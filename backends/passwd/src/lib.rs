@@ -39,14 +39,14 @@ odmr_api::export_plugin!(
 
 /// The backend instance: one passwd-file, reloaded when it changes.
 pub struct Passwd {
-    log: Logger,
+    log: Host,
     path: PathBuf,
     cache: Mutex<Cache>,
 }
 
 impl Instance for Passwd {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
-        Passwd::with_logger(Logger::Host(host), config)
+        Self::open(host, config)
     }
 }
 
@@ -85,7 +85,8 @@ impl Credentials for Passwd {
 }
 
 impl Passwd {
-    fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Passwd, String> {
+    /// Read the configuration; `log` receives the backend's log lines.
+    fn open(log: Host, config: &[(String, String)]) -> Result<Passwd, String> {
         let mut settings = Settings::new(config)?;
         let file = settings.take_str("file");
         settings.finish()?;
@@ -141,24 +142,6 @@ impl Passwd {
         let mut content = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut content)?;
         Ok((Stamp::of(&meta), content))
-    }
-}
-
-/// Where log lines go: the host, or a buffer in unit tests.
-#[derive(Clone)]
-enum Logger {
-    Host(Host),
-    #[cfg(test)]
-    Capture(Arc<Mutex<Vec<(LogLevel, String)>>>),
-}
-
-impl Logger {
-    fn log(&self, level: LogLevel, msg: &str) {
-        match self {
-            Logger::Host(host) => host.log(level, msg),
-            #[cfg(test)]
-            Logger::Capture(lines) => lines.lock().unwrap().push((level, msg.to_owned())),
-        }
     }
 }
 

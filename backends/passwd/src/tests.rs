@@ -5,7 +5,7 @@ use super::*;
 use std::io::Write;
 use tempfile::TempDir;
 
-type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
+use odmr_api::testing::TestHost;
 type Config = Vec<(String, String)>;
 
 /// formats.md's synthetic `S3cret-odmr` context, as hex and as base64.
@@ -19,17 +19,17 @@ fn context() -> [u8; 32] {
 struct Fixture {
     dir: TempDir,
     passwd: Passwd,
-    lines: Lines,
+    host: TestHost,
 }
 
 impl Fixture {
     fn new(content: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("passwd"), content).unwrap();
-        let lines = Lines::default();
+        let host = TestHost::new();
         let config = [("file".to_string(), dir.path().join("passwd").display().to_string())];
-        let passwd = Passwd::with_logger(Logger::Capture(lines.clone()), &config).unwrap();
-        Fixture { dir, passwd, lines }
+        let passwd = Passwd::open(host.host(), &config).unwrap();
+        Fixture { dir, passwd, host }
     }
 
     fn path(&self) -> PathBuf {
@@ -44,13 +44,11 @@ impl Fixture {
     }
 
     fn logged(&self, level: LogLevel) -> Vec<String> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().filter(|(l, _)| *l == level).map(|(_, m)| m.clone()).collect()
+        self.host.logs_at(level)
     }
 
     fn all_logs(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("\n")
+        self.host.logs().into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -136,7 +134,7 @@ fn unsupported_schemes_are_logged_as_warnings_naming_the_scheme() {
         ("weird", "(an unrecognised scheme)"),
     ];
     for (user, scheme) in cases {
-        fx.lines.lock().unwrap().clear();
+        fx.host.clear_logs();
         assert_eq!(fx.passwd.lookup_secret(user), Err(Status::Unsupported));
         let warns = fx.logged(LogLevel::Warn);
         assert_eq!(warns.len(), 1, "{warns:?}");
@@ -279,8 +277,8 @@ fn configuration_is_checked() {
         (vec![kv("file", dir.path().to_str().unwrap())], Some("not a regular file")),
     ];
     for (config, expected) in cases {
-        let lines = Lines::default();
-        let result = Passwd::with_logger(Logger::Capture(lines.clone()), &config);
+        let host = TestHost::new();
+        let result = Passwd::open(host.host(), &config);
         match (result, expected) {
             (Ok(_), None) => {}
             (Err(e), Some(want)) => assert!(e.contains(want), "{config:?}: {e}"),

@@ -68,7 +68,7 @@ pub const DEFAULT_SEPARATORS: &str = "%/";
 /// The backend instance. It holds only configuration; every lookup reads the
 /// current files.
 pub struct Vpopmail {
-    log: Logger,
+    log: Host,
     users: Users,
     home: PathBuf,
     /// Always contains `@`.
@@ -109,7 +109,7 @@ impl Account {
 
 impl Instance for Vpopmail {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
-        Vpopmail::with_logger(Logger::Host(host), config)
+        Self::open(host, config)
     }
 }
 
@@ -159,7 +159,8 @@ impl Credentials for Vpopmail {
 }
 
 impl Vpopmail {
-    fn with_logger(log: Logger, config: &[(String, String)]) -> Result<Vpopmail, String> {
+    /// Read the configuration; `log` receives the backend's log lines.
+    fn open(log: Host, config: &[(String, String)]) -> Result<Vpopmail, String> {
         let mut settings = Settings::new(config)?;
         let users_dir = settings.take_path("qmail_users")?;
         let home = settings.take_path("vpopmail_home")?;
@@ -453,24 +454,6 @@ impl Vpopmail {
 
     fn info(&self, msg: &str) {
         self.log.log(LogLevel::Info, &format!("vpopmail: {msg}"));
-    }
-}
-
-/// Where log lines go: the host, or a buffer in unit tests.
-#[derive(Clone)]
-enum Logger {
-    Host(Host),
-    #[cfg(test)]
-    Capture(std::sync::Arc<Mutex<Vec<(LogLevel, String)>>>),
-}
-
-impl Logger {
-    fn log(&self, level: LogLevel, msg: &str) {
-        match self {
-            Logger::Host(host) => host.log(level, msg),
-            #[cfg(test)]
-            Logger::Capture(lines) => lines.lock().unwrap().push((level, msg.to_owned())),
-        }
     }
 }
 

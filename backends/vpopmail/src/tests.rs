@@ -6,10 +6,9 @@
 use super::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use tempfile::TempDir;
 
-type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
+use odmr_api::testing::TestHost;
 
 const HASH6: &str =
     "$6$Qx7vKp2L$PaGkFlIEBu0b6G5B2wPhUAfR8EbykfdgW7wcUcVJVkb1GXaqsLgOHpg4jGORtsjsHg7d8xkgxwg1F1ch.Ypbn0";
@@ -51,12 +50,12 @@ fn run_cdb(args: &[&str], path: &Path, input: &[u8]) {
 /// directory, vpopmail's home, domain directories (one hashed), alias domains.
 struct Tree {
     tmp: TempDir,
-    lines: Lines,
+    host: TestHost,
 }
 
 impl Tree {
     fn new() -> Tree {
-        let tree = Tree { tmp: tempfile::tempdir().unwrap(), lines: Lines::default() };
+        let tree = Tree { tmp: tempfile::tempdir().unwrap(), host: TestHost::new() };
         std::fs::create_dir_all(tree.users()).unwrap();
         std::fs::create_dir_all(tree.home().join("etc")).unwrap();
         tree
@@ -166,7 +165,7 @@ impl Tree {
             ("vpopmail_home".to_string(), self.home().display().to_string()),
         ];
         config.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Vpopmail::with_logger(Logger::Capture(self.lines.clone()), &config)
+        Vpopmail::open(self.host.host(), &config)
     }
 
     fn start(&self) -> Vpopmail {
@@ -174,7 +173,7 @@ impl Tree {
     }
 
     fn logs(&self) -> Vec<(LogLevel, String)> {
-        self.lines.lock().unwrap().clone()
+        self.host.logs().into_iter().map(|(level, m)| (LogLevel::from_raw(level), m)).collect()
     }
 
     fn logged(&self, needle: &str) -> bool {
@@ -182,7 +181,7 @@ impl Tree {
     }
 
     fn clear_logs(&self) {
-        self.lines.lock().unwrap().clear();
+        self.host.clear_logs();
     }
 
     /// No log line may contain a password or a crypted hash.
@@ -568,14 +567,13 @@ fn configuration_is_checked() {
         assert!(err.contains(want), "{extra:?}: {err}");
     }
     let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let logger = || Logger::Capture(Lines::default());
-    let err = Vpopmail::with_logger(logger(), &[kv("qmail_users", &missing)]).err().unwrap();
+    let logger = || TestHost::new().host();
+    let err = Vpopmail::open(logger(), &[kv("qmail_users", &missing)]).err().unwrap();
     assert!(err.contains("neither") && err.contains("missing/cdb"), "{err}");
-    let err = Vpopmail::with_logger(logger(), &[kv("qmail_users", &users), kv("vpopmail_home", &missing)])
-        .err()
-        .unwrap();
+    let err =
+        Vpopmail::open(logger(), &[kv("qmail_users", &users), kv("vpopmail_home", &missing)]).err().unwrap();
     assert!(err.contains("key 'vpopmail_home'"), "{err}");
-    let err = Vpopmail::with_logger(logger(), &[kv("qmail_users", "users")]).err().unwrap();
+    let err = Vpopmail::open(logger(), &[kv("qmail_users", "users")]).err().unwrap();
     assert!(err.contains("not an absolute path"), "{err}");
     // A corrupt users/cdb is found at start.
     std::fs::write(tree.users().join("cdb"), vec![0xffu8; 2100]).unwrap();
@@ -583,7 +581,7 @@ fn configuration_is_checked() {
     assert!(err.contains("corrupt cdb"), "{err}");
     // The defaults name vpopmail's usual places (absent here: a clear error).
     if !Path::new(DEFAULT_QMAIL_USERS).exists() {
-        let err = Vpopmail::with_logger(logger(), &[]).err().unwrap();
+        let err = Vpopmail::open(logger(), &[]).err().unwrap();
         assert!(err.contains("/var/qmail/users/cdb"), "{err}");
     }
     // The start-up line says what is refused.
