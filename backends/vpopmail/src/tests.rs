@@ -4,8 +4,7 @@
 //! crate, so the reader is checked against an independent writer.
 
 use super::*;
-use std::io::Write;
-use std::process::{Command, Stdio};
+
 use tempfile::TempDir;
 
 use odmr_api::testing::TestHost;
@@ -14,37 +13,9 @@ const HASH6: &str =
     "$6$Qx7vKp2L$PaGkFlIEBu0b6G5B2wPhUAfR8EbykfdgW7wcUcVJVkb1GXaqsLgOHpg4jGORtsjsHg7d8xkgxwg1F1ch.Ypbn0";
 const HASH1: &str = "$1$Qx7vKp2L$uZMpE2SG/pgYgOdeVC73u1";
 
-/// Builds `path` with tinycdb from `(key, data)` records in cdb's native
-/// input format (`+klen,dlen:key->data`, any bytes), via `path.tmp` and a
-/// rename, as `cdb -c` does by default.
-pub fn tinycdb(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
-    let mut input = Vec::new();
-    for (key, data) in records {
-        input.extend_from_slice(format!("+{},{}:", key.len(), data.len()).as_bytes());
-        input.extend_from_slice(key);
-        input.extend_from_slice(b"->");
-        input.extend_from_slice(data);
-        input.push(b'\n');
-    }
-    input.push(b'\n');
-    run_cdb(&["-c"], path, &input);
-}
-
-/// `cdb -c -m`: one `key value` line per record (what an operator types).
-fn tinycdb_map(path: &Path, lines: &str) {
-    run_cdb(&["-c", "-m"], path, lines.as_bytes());
-}
-
-fn run_cdb(args: &[&str], path: &Path, input: &[u8]) {
-    let mut child = Command::new("cdb")
-        .args(args)
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run tinycdb's `cdb` (Debian package tinycdb; t/setup-deps installs it)");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    assert!(child.wait().unwrap().success(), "cdb {args:?} {}", path.display());
-}
+#[path = "../tests/cdb_tool/mod.rs"]
+mod cdb_tool;
+use cdb_tool::{tinycdb, tinycdb_map};
 
 /// A vpopmail installation in a temporary directory: qmail's users
 /// directory, vpopmail's home, domain directories (one hashed), alias domains.
@@ -625,7 +596,7 @@ fn the_cdb_reader_finds_what_tinycdb_wrote() {
     assert_eq!(cdb.get(b"beta").unwrap(), Some(b"three:four".to_vec()));
 
     // An empty database.
-    tinycdb(&path, &[]);
+    tinycdb::<&[u8], &[u8]>(&path, &[]);
     let mut cdb = cdb::Cdb::open(&path).unwrap().unwrap();
     assert_eq!(cdb.get(b"anything").unwrap(), None);
     let mut n = 0;

@@ -5,30 +5,9 @@
 use odmr_api::ffi::*;
 use odmr_api::testing::{collect_domain, TestHost};
 use odmr_backend_vpopmail::vpopmail_plugin_init;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 
-/// tinycdb's `cdb -c` from records in its native input format.
-fn tinycdb(path: &Path, records: &[(&[u8], &[u8])]) {
-    let mut input = Vec::new();
-    for (key, data) in records {
-        input.extend_from_slice(format!("+{},{}:", key.len(), data.len()).as_bytes());
-        input.extend_from_slice(key);
-        input.extend_from_slice(b"->");
-        input.extend_from_slice(data);
-        input.push(b'\n');
-    }
-    input.push(b'\n');
-    let mut child = Command::new("cdb")
-        .arg("-c")
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run tinycdb's `cdb` (Debian package tinycdb; t/setup-deps installs it)");
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    assert!(child.wait().unwrap().success());
-}
+mod cdb_tool;
+use cdb_tool::tinycdb;
 
 #[test]
 fn the_exported_plugin_serves_credentials_through_the_c_tables() {
@@ -50,11 +29,11 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     std::fs::create_dir_all(&users).unwrap();
     std::fs::create_dir_all(&domain).unwrap();
     let value = format!("example.com\x0089\x0089\x00{}\x00-\x00", domain.display());
-    tinycdb(
+    tinycdb::<&[u8], &[u8]>(
         &users.join("cdb"),
         &[(b"!example.com-", value.as_bytes()), (b"!alias.example-", value.as_bytes()), (b"", b"-")],
     );
-    tinycdb(
+    tinycdb::<&[u8], &[u8]>(
         &domain.join("vpasswd.cdb"),
         &[
             (b"customer1", b"$1$salt$hash:1:0:Customer One:/x/customer1:NOQUOTA:S3cret-odmr"),
