@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use support::odmrd::{start_inetd_command, Client, EHLO_NAME};
+use support::odmrd::{shared_object, start_inetd_command, Client, EHLO_NAME};
 
 /// A message as the customer's MTA received it.
 #[derive(Debug, Clone)]
@@ -509,4 +509,32 @@ fn without_the_exim_users_rights_the_answer_is_451_with_a_clear_log_line() {
     assert!(log.contains(&format!("{id}-D")), "the log must name the file: {log}");
     assert!(log.contains("must run as the Exim user"), "the log must say what is needed: {log}");
     assert_eq!(p.pending(&[]), map(&[(&id, &["a@example.org"])]));
+}
+
+/// `builtin:exim` is also available as a shared object (issue 5): the same session through
+/// `plugin = .../libodmr_backend_exim.so` leaves exactly the other recipients on Exim's queue.
+#[test]
+fn the_exim_backend_loaded_as_a_shared_object_serves_a_session() {
+    let mut p = Provider::new(false);
+    let so = shared_object("libodmr_backend_exim.so");
+    p.queue_plugin = so.display().to_string();
+    let id = p.queue(
+        "alice@sender.example",
+        &["a@example.org", "defer-me@example.org", "c@example.net", "z@other.example"],
+        "by path",
+        "body\n.dot\n",
+    );
+    let other = p.queue("bob@sender.example", &["b@example.net"], "not asked", "later\n");
+    let (received, log) = collect(&p, RunAs::EximUser, "example.org", |_| {});
+    assert_eq!(deliveries(&received), [("by path".into(), "a@example.org".into())], "{log}");
+    assert!(received[0].data.ends_with("\n\nbody\n.dot\n"), "{:?}", received[0].data);
+    assert!(log.contains(&format!("section=queue loaded={}", so.display())), "{log}");
+    let expected = map(&[
+        (&id, &["defer-me@example.org", "c@example.net", "z@other.example"]),
+        (&other, &["b@example.net"]),
+    ]);
+    assert_eq!(p.pending(&[]), expected, "{log}");
+    p.exim(&["-qff"]);
+    assert_eq!(p.pending(&[]), expected, "{}", p.exim_logs());
+    assert!(p.journals().is_empty(), "journal not merged: {:?}\n{}", p.journals(), p.exim_logs());
 }
