@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::odmrd::{start_inetd, Client, Daemon};
+use support::RecordingSendmail;
 
 const PASSWORD: &str = "S3cret-odmr";
 const HASH: &str = "$1$Qx7vKp2L$uZMpE2SG/pgYgOdeVC73u1";
@@ -45,11 +46,13 @@ fn tinycdb(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
 struct Provider {
     dir: tempfile::TempDir,
     grants: Option<String>,
+    sendmail: RecordingSendmail,
 }
 
 impl Provider {
     fn new() -> Provider {
-        let p = Provider { dir: tempfile::tempdir().unwrap(), grants: None };
+        let p =
+            Provider { dir: tempfile::tempdir().unwrap(), grants: None, sendmail: RecordingSendmail::new() };
         for sub in ["qmail/users", "vpopmail/etc", "locks"] {
             std::fs::create_dir_all(p.path().join(sub)).unwrap();
         }
@@ -59,12 +62,6 @@ impl Provider {
             &[("customer1", 0, Some(PASSWORD)), ("noclear", 0, None), ("nosmtp", 2048, Some("pw-nosmtp"))],
         );
         p.vpasswd("0/big.example", &[("boss", 0, Some("boss-pw"))]);
-        std::fs::write(p.path().join("sendmail"), "#!/bin/sh\ncat > /dev/null\n").unwrap();
-        std::fs::set_permissions(
-            p.path().join("sendmail"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
         p
     }
 
@@ -162,8 +159,9 @@ impl Provider {
              vpopmail_home = {d}/vpopmail\n{grants}\
              [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}/Maildir\n\
              strip_prefix = odmr-{{domain}}-\n\
-             [bounce]\nsendmail = {d}/sendmail\n\
-             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n"
+             [bounce]\nsendmail = {sendmail}\n\
+             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
+            sendmail = self.sendmail.path().display()
         );
         let path = self.path().join("odmrd.ini");
         std::fs::write(&path, ini).unwrap();
@@ -197,8 +195,7 @@ fn cram_md5_with_the_vpopmail_password_then_bare_atrn_collects_the_domain_and_it
     c.turn_around("odmr.test.example", &[]);
     let mut got = [c.receive_one(), c.receive_one()];
     got.sort();
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (status, log) = c.finish();
     assert!(status.success(), "{log}");
     assert_eq!(got[0].0, "MAIL FROM:<alice@sender.example>");
@@ -317,8 +314,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     let (mail, rcpts, _) = c.receive_one();
     assert_eq!(mail, "MAIL FROM:<a@sender.example>");
     assert_eq!(rcpts, ["RCPT TO:<x@example.org>"]);
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (_, log) = c.finish();
     assert!(!org.exists(), "{log}");
     assert!(com.exists(), "example.com was never granted to boss");
@@ -333,8 +329,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     c.turn_around("odmr.test.example", &[]);
     let (_, rcpts, _) = c.receive_one();
     assert_eq!(rcpts, ["RCPT TO:<y@example.com>"]);
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     c.finish();
     assert_eq!(p.queued("example.org"), 1);
 }
