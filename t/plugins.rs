@@ -235,17 +235,13 @@ fn the_c_example_serves_a_whole_session_with_a_deferred_and_a_bounced_recipient(
     c.command("ATRN example.net", 453); // nothing queued for it
     c.command("ATRN example.org", 250);
     c.turn_around(EHLO_NAME, &[]);
-    assert_eq!(c.line(), "MAIL FROM:<alice@s.example>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<ok@example.org>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<later@example.org>\r\n");
-    c.send("451 4.3.0 try later");
-    assert_eq!(c.line(), "RCPT TO:<gone@example.org>\r\n");
-    c.send("550 5.1.1 no such user");
-    assert_eq!(c.line(), "DATA\r\n");
-    c.send("354 go");
-    assert_eq!(c.data(), "Subject: mixed\r\nFrom: alice@s.example\r\n\r\n..leading dot\r\nbody\r\n");
+    let (mail, rcpts, data) = c.receive_data(&["250 ok", "451 4.3.0 try later", "550 5.1.1 no such user"]);
+    assert_eq!(mail, "MAIL FROM:<alice@s.example>");
+    assert_eq!(
+        rcpts,
+        ["RCPT TO:<ok@example.org>", "RCPT TO:<later@example.org>", "RCPT TO:<gone@example.org>"]
+    );
+    assert_eq!(data, "Subject: mixed\r\nFrom: alice@s.example\r\n\r\n..leading dot\r\nbody\r\n");
     assert_eq!(queue_files(&p)[1].1, mixed, "nothing changes before the reply to the final dot");
     c.send("250 queued");
     c.expect_quit();

@@ -417,7 +417,18 @@ impl Client {
     /// Play the MTA for one message, accepting everything: (MAIL line, RCPT
     /// lines, data), all without line ends.
     pub fn receive_one(&mut self) -> (String, Vec<String>, String) {
+        let message = self.receive_data(&[]);
+        self.send("250 accepted");
+        message
+    }
+
+    /// Play the MTA for one message up to its final dot: 250 to MAIL,
+    /// `rcpt_replies[n]` to the n-th RCPT (250 beyond the list), 354 to DATA.
+    /// Returns (MAIL line, RCPT lines, data), all without line ends; the reply
+    /// to the final dot is the caller's.
+    pub fn receive_data(&mut self, rcpt_replies: &[&str]) -> (String, Vec<String>, String) {
         let mail = self.line().trim_end().to_string();
+        assert!(mail.starts_with("MAIL FROM:"), "MAIL expected, got {mail:?}");
         self.send("250 ok");
         let mut rcpts = Vec::new();
         loop {
@@ -425,13 +436,12 @@ impl Client {
             if line == "DATA" {
                 break;
             }
+            assert!(line.starts_with("RCPT TO:"), "RCPT or DATA expected after {rcpts:?}, got {line:?}");
+            self.send(rcpt_replies.get(rcpts.len()).copied().unwrap_or("250 ok"));
             rcpts.push(line);
-            self.send("250 ok");
         }
         self.send("354 go");
-        let data = self.data();
-        self.send("250 accepted");
-        (mail, rcpts, data)
+        (mail, rcpts, self.data())
     }
 
     /// In the reversed state: expect odmrd's QUIT and answer 221.
