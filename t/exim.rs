@@ -6,24 +6,15 @@
 
 #[path = "exim_common.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-use base64::Engine as _;
 use common::{is_root, set, Provider, RunAs, PASSWORD, USER};
-use hmac::{Hmac, Mac};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Stdio};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-
-/// The test's end of an `odmrd --inetd` session.
-struct Session {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-    child: Option<Child>,
-}
+use support::odmrd::{shared_object, start_inetd_command, Client, EHLO_NAME};
 
 /// A message as the customer's MTA received it.
 #[derive(Debug, Clone)]
@@ -33,162 +24,87 @@ struct Received {
     data: String,
 }
 
-impl Session {
-    fn start(p: &Provider, who: RunAs) -> Session {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let child = p
-            .odmrd_command(who)
-            .arg("--inetd")
-            .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
-            .stdout(Stdio::from(OwnedFd::from(theirs)))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        ours.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let reader = BufReader::new(ours.try_clone().unwrap());
-        Session { stream: ours, reader, child: Some(child) }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line.trim_end_matches(['\r', '\n']).to_string()
-    }
-
-    /// One reply (all lines); returns the last line.
-    fn reply(&mut self) -> String {
-        loop {
-            let line = self.line();
-            assert!(line.len() >= 3, "unexpected EOF or short reply: {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line;
-            }
-        }
-    }
-
-    /// Log in and send ATRN; returns the reply line.
-    fn atrn(&mut self, domains: &str) -> String {
-        assert!(self.reply().starts_with("220"));
-        self.send("EHLO customer.example");
-        self.reply();
-        self.send("AUTH CRAM-MD5");
-        let challenge = self.reply();
-        assert!(challenge.starts_with("334 "), "{challenge}");
-        let challenge = base64::engine::general_purpose::STANDARD.decode(&challenge[4..]).unwrap();
-        let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
-        mac.update(&challenge);
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        self.send(&base64::engine::general_purpose::STANDARD.encode(format!("{USER} {digest}")));
-        assert!(self.reply().starts_with("235"));
-        self.send(&format!("ATRN {domains}"));
-        self.reply()
-    }
-
-    /// Play the customer's MTA until QUIT: recipients whose local part starts with `defer` get
-    /// 451, `reject` 550, others 250. `on_data(n)` runs when the n-th message's data has
-    /// arrived, before the 250 for it.
-    fn customer(&mut self, mut on_data: impl FnMut(usize)) -> Vec<Received> {
-        self.send("220 customer.example ESMTP");
-        let mut received = Vec::new();
-        let mut from = String::new();
-        let mut rcpts: Vec<String> = Vec::new();
-        loop {
-            let line = self.line();
-            let upper = line.to_ascii_uppercase();
-            if line.is_empty() {
-                break;
-            } else if upper.starts_with("EHLO") {
-                self.stream
-                    .write_all(
-                        b"250-customer.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n",
-                    )
-                    .unwrap();
-            } else if upper.starts_with("MAIL FROM:<") {
-                from = line[11..line.find('>').unwrap()].to_string();
-                rcpts.clear();
-                self.send("250 OK");
-            } else if upper.starts_with("RCPT TO:<") {
-                let rcpt = line[9..line.find('>').unwrap()].to_string();
-                if rcpt.starts_with("defer") {
-                    self.send("451 4.3.0 try later");
-                } else if rcpt.starts_with("reject") {
-                    self.send("550 5.1.1 no such user");
-                } else {
-                    rcpts.push(rcpt);
-                    self.send("250 OK");
-                }
-            } else if upper == "DATA" {
-                if rcpts.is_empty() {
-                    self.send("554 no valid recipients");
-                    continue;
-                }
-                self.send("354 go ahead");
-                let mut data = String::new();
-                loop {
-                    let l = self.line();
-                    if l == "." {
-                        break;
-                    }
-                    data.push_str(l.strip_prefix('.').unwrap_or(&l));
-                    data.push('\n');
-                }
-                on_data(received.len());
-                received.push(Received { from: from.clone(), rcpts: rcpts.clone(), data });
-                self.send("250 OK queued");
-            } else if upper == "RSET" {
-                self.send("250 OK");
-            } else if upper == "QUIT" {
-                self.send("221 bye");
-                break;
-            } else {
-                self.send("500 what?");
-            }
-        }
-        received
-    }
-
-    /// Close our end and collect odmrd's log (stderr).
-    fn finish(mut self) -> String {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        let mut child = self.child.take().unwrap();
-        let mut log = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
-        child.wait().unwrap();
-        log
-    }
+/// `odmrd --inetd` as `who`, on a socketpair.
+fn start(p: &Provider, who: RunAs) -> Client {
+    start_inetd_command(p.odmrd_command(who))
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+/// Log in and send ATRN; returns the (last) reply line.
+fn atrn(c: &mut Client, domains: &str) -> String {
+    c.login(USER, PASSWORD);
+    c.send(&format!("ATRN {domains}"));
+    c.reply().pop().unwrap()
+}
+
+/// Play the customer's MTA until QUIT: recipients whose local part starts with `defer` get
+/// 451, `reject` 550, others 250. `on_data(n)` runs when the n-th message's data has
+/// arrived, before the 250 for it.
+fn customer(c: &mut Client, mut on_data: impl FnMut(usize)) -> Vec<Received> {
+    c.turn_around(EHLO_NAME, &["PIPELINING", "8BITMIME", "SIZE 10000000"]);
+    let mut received = Vec::new();
+    let mut from = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
+    loop {
+        let line = c.line();
+        let line = line.trim_end_matches(['\r', '\n']);
+        let upper = line.to_ascii_uppercase();
+        if line.is_empty() {
+            break;
+        } else if upper.starts_with("MAIL FROM:<") {
+            from = line[11..line.find('>').unwrap()].to_string();
+            rcpts.clear();
+            c.send("250 OK");
+        } else if upper.starts_with("RCPT TO:<") {
+            let rcpt = line[9..line.find('>').unwrap()].to_string();
+            if rcpt.starts_with("defer") {
+                c.send("451 4.3.0 try later");
+            } else if rcpt.starts_with("reject") {
+                c.send("550 5.1.1 no such user");
+            } else {
+                rcpts.push(rcpt);
+                c.send("250 OK");
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                c.send("554 no valid recipients");
+                continue;
+            }
+            c.send("354 go ahead");
+            // Undo the dot-stuffing, keep LF line ends.
+            let data = c.data().lines().map(|l| format!("{}\n", l.strip_prefix('.').unwrap_or(l))).collect();
+            on_data(received.len());
+            received.push(Received { from: from.clone(), rcpts: rcpts.clone(), data });
+            c.send("250 OK queued");
+        } else if upper == "RSET" {
+            c.send("250 OK");
+        } else if upper == "QUIT" {
+            c.send("221 bye");
+            break;
+        } else {
+            c.send("500 what?");
         }
     }
+    received
 }
 
 /// One full collection: ATRN must get 250; returns what the customer received and the log.
 fn collect(p: &Provider, who: RunAs, domains: &str, on_data: impl FnMut(usize)) -> (Vec<Received>, String) {
-    let mut s = Session::start(p, who);
-    let reply = s.atrn(domains);
+    let mut c = start(p, who);
+    let reply = atrn(&mut c, domains);
     if !reply.starts_with("250") {
-        let log = s.finish();
+        let (_, log) = c.finish();
         panic!("ATRN {domains}: {reply}\n{log}\n{}", p.exim_logs());
     }
-    let received = s.customer(on_data);
-    (received, s.finish())
+    let received = customer(&mut c, on_data);
+    (received, c.finish().1)
 }
 
 /// ATRN that must not get 250; returns the reply and the log.
 fn refused(p: &Provider, who: RunAs, domains: &str) -> (String, String) {
-    let mut s = Session::start(p, who);
-    let reply = s.atrn(domains);
-    s.send("QUIT");
-    (reply, s.finish())
+    let mut c = start(p, who);
+    let reply = atrn(&mut c, domains);
+    c.send("QUIT");
+    (reply, c.finish().1)
 }
 
 /// Every (message subject, recipient) the customer got, to check exactly-once delivery.
@@ -274,10 +190,11 @@ fn a_4xx_recipient_stays_and_a_5xx_recipient_is_bounced_once() {
     );
     let (received, log) = collect(&p, RunAs::EximUser, "example.org", |_| {});
     assert_eq!(deliveries(&received), [("mixed outcomes".into(), "ok@example.org".into())], "{log}");
-    let dsns = p.dsns();
+    let dsns = p.sendmail.calls();
     assert_eq!(dsns.len(), 1, "{log}");
-    assert!(dsns[0].1.contains("reject-me@example.org"), "{}", dsns[0].1);
-    assert!(dsns[0].1.contains("alice@sender.example"), "{}", dsns[0].1);
+    let dsn = String::from_utf8_lossy(&dsns[0].stdin);
+    assert!(dsn.contains("reject-me@example.org"), "{dsn}");
+    assert!(dsn.contains("alice@sender.example"), "{dsn}");
     let expected = map(&[(&id, &["defer-me@example.org", "z@other.example"])]);
     assert_eq!(p.pending(&[]), expected, "{log}");
 
@@ -286,7 +203,7 @@ fn a_4xx_recipient_stays_and_a_5xx_recipient_is_bounced_once() {
     assert_eq!(received.len(), 0, "{log}");
     assert!(log.contains("defer-me@example.org"), "{log}");
     assert!(!log.contains("to=<reject-me@example.org>"), "{log}");
-    assert_eq!(p.dsns().len(), 1);
+    assert_eq!(p.sendmail.calls().len(), 1);
     p.exim(&["-qff"]);
     assert_eq!(p.pending(&[]), expected);
 }
@@ -418,40 +335,33 @@ fn a_queue_run_racing_a_session_neither_loses_nor_duplicates() {
     expected_deliveries.sort();
 
     // Three queue runners start before the session and keep going during it.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let runners: Vec<_> = (0..3)
-        .map(|_| {
-            let stop = stop.clone();
-            let conf = p.conf();
-            let (uid, gid, dir) = (p.uid, p.gid, p.path().to_path_buf());
-            std::thread::spawn(move || {
-                let mut runs = 0;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) || runs == 0 {
-                    let mut cmd = std::process::Command::new(common::EXIM);
-                    cmd.arg("-C").arg(&conf).arg("-qff").current_dir(&dir);
-                    cmd.stdin(Stdio::null()).stderr(Stdio::null());
-                    if is_root() {
-                        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
-                        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (received, log, runs, took) = std::thread::scope(|scope| {
+        let runners: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut runs = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) || runs == 0 {
+                        assert!(p.spawn_queue_run().wait().unwrap().success());
+                        runs += 1;
                     }
-                    assert!(cmd.status().unwrap().success());
-                    runs += 1;
-                }
-                runs
+                    runs
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    // odmrd as the caller: as root this also checks that journals are handed to the Exim user.
-    let started = Instant::now();
-    // A customer that takes a little time per message, so that the session spans queue runs.
-    let (received, log) = collect(&p, RunAs::Caller, "example.org,example.net", |_| {
-        std::thread::sleep(Duration::from_millis(20))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // odmrd as the caller: as root this also checks that journals are handed to the Exim user.
+        let started = Instant::now();
+        // A customer that takes a little time per message, so that the session spans queue runs.
+        let (received, log) = collect(&p, RunAs::Caller, "example.org,example.net", |_| {
+            std::thread::sleep(Duration::from_millis(20))
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let runs: usize = runners.into_iter().map(|r| r.join().unwrap()).sum();
+        (received, log, runs, started.elapsed())
     });
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let runs: usize = runners.into_iter().map(|r| r.join().unwrap()).sum();
     assert_eq!(deliveries(&received), expected_deliveries, "{log}");
-    assert!(started.elapsed() < Duration::from_secs(50));
+    assert!(took < Duration::from_secs(50));
     // How hard the race was (it varies from run to run; the assertions hold either way).
     eprintln!(
         "race: {runs} queue runs, {} odmrd claims found a message locked by Exim, {} Exim attempts found one locked by odmrd",
@@ -481,10 +391,7 @@ fn a_named_queue_with_exim_mc_merging_the_journal_at_once() {
     assert_eq!(deliveries(&received), [("named".into(), "a@example.org".into())], "{log}");
     // exim -Mc runs after the session released the lock; wait for it to merge the journal.
     let journal = p.spool().join("odmr/input").join(format!("{id}-J"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while journal.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_until(Duration::from_secs(20), || !journal.exists());
     assert!(!journal.exists(), "-Mc did not merge the journal\n{log}\n{}", p.exim_logs());
     let header = fs::read_to_string(p.spool().join("odmr/input").join(format!("{id}-H"))).unwrap();
     assert!(header.contains("NN a@example.org\n"), "{header}");
@@ -602,4 +509,32 @@ fn without_the_exim_users_rights_the_answer_is_451_with_a_clear_log_line() {
     assert!(log.contains(&format!("{id}-D")), "the log must name the file: {log}");
     assert!(log.contains("must run as the Exim user"), "the log must say what is needed: {log}");
     assert_eq!(p.pending(&[]), map(&[(&id, &["a@example.org"])]));
+}
+
+/// `builtin:exim` is also available as a shared object (issue 5): the same session through
+/// `plugin = .../libodmr_backend_exim.so` leaves exactly the other recipients on Exim's queue.
+#[test]
+fn the_exim_backend_loaded_as_a_shared_object_serves_a_session() {
+    let mut p = Provider::new(false);
+    let so = shared_object("libodmr_backend_exim.so");
+    p.queue_plugin = so.display().to_string();
+    let id = p.queue(
+        "alice@sender.example",
+        &["a@example.org", "defer-me@example.org", "c@example.net", "z@other.example"],
+        "by path",
+        "body\n.dot\n",
+    );
+    let other = p.queue("bob@sender.example", &["b@example.net"], "not asked", "later\n");
+    let (received, log) = collect(&p, RunAs::EximUser, "example.org", |_| {});
+    assert_eq!(deliveries(&received), [("by path".into(), "a@example.org".into())], "{log}");
+    assert!(received[0].data.ends_with("\n\nbody\n.dot\n"), "{:?}", received[0].data);
+    assert!(log.contains(&format!("section=queue loaded={}", so.display())), "{log}");
+    let expected = map(&[
+        (&id, &["defer-me@example.org", "c@example.net", "z@other.example"]),
+        (&other, &["b@example.net"]),
+    ]);
+    assert_eq!(p.pending(&[]), expected, "{log}");
+    p.exim(&["-qff"]);
+    assert_eq!(p.pending(&[]), expected, "{}", p.exim_logs());
+    assert!(p.journals().is_empty(), "journal not merged: {:?}\n{}", p.journals(), p.exim_logs());
 }

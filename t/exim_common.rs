@@ -1,4 +1,5 @@
-//! Shared by the Exim end-to-end tests (`t/exim.rs`, `t/exim_fetchmail.rs`): a provider whose
+//! Shared by the Exim end-to-end tests (`t/exim.rs`, `t/exim_fetchmail.rs`, which also include
+//! `t/support/mod.rs` as `support`): a provider whose
 //! mail is held by the real Exim 4.96 from Debian (`/usr/sbin/exim4`), run only as command-line
 //! invocations with a private `-C` configuration and a private spool — no daemon — and the
 //! odmrd configuration that serves that spool with `builtin:exim`.
@@ -18,11 +19,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
-pub const EXIM: &str = "/usr/sbin/exim4";
-pub const USER: &str = "customer";
-pub const PASSWORD: &str = "S3cret-odmr";
+pub use crate::support::odmrd::{PASSWORD, USER};
+use crate::support::RecordingSendmail;
+pub use crate::support::EXIM;
+
 /// The domains the customer may collect.
 pub const ODMR_DOMAINS: &str = "example.org : example.net : example.org.uk";
 
@@ -68,6 +70,10 @@ pub struct Provider {
     pub dir: tempfile::TempDir,
     pub uid: u32,
     pub gid: u32,
+    /// Records the DSNs odmrd submits.
+    pub sendmail: RecordingSendmail,
+    /// odmrd's `[queue] plugin`: `builtin:exim` or the path of a shared object.
+    pub queue_plugin: String,
     /// Extra lines for odmrd's `[queue]` section.
     pub queue_extra: String,
 }
@@ -82,7 +88,6 @@ impl Provider {
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
         fs::create_dir(root.join("spool")).unwrap();
         fs::create_dir(root.join("locks")).unwrap();
-        fs::create_dir(root.join("dsn")).unwrap();
         let d = root.display();
         let conf = format!(
             "# Provider Exim for odmrd's tests (t/exim_common.rs)\n\
@@ -106,19 +111,16 @@ impl Provider {
             format!("{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org,example.net,example.org.uk\n"),
         )
         .unwrap();
-        let recorder = root.join("sendmail");
-        fs::write(
-            &recorder,
-            format!(
-                "#!/bin/sh\nn=$(date +%s%N)\nprintf '%s\\n' \"$@\" > {d}/dsn/$n.args\ncat > {d}/dsn/$n.msg\n"
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755)).unwrap();
         chown_tree(root, uid, gid);
         fs::set_permissions(root.join("locks"), fs::Permissions::from_mode(0o777)).unwrap();
-        fs::set_permissions(root.join("dsn"), fs::Permissions::from_mode(0o777)).unwrap();
-        Provider { dir, uid, gid, queue_extra: String::new() }
+        Provider {
+            dir,
+            uid,
+            gid,
+            sendmail: RecordingSendmail::new(),
+            queue_plugin: "builtin:exim".into(),
+            queue_extra: String::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -233,22 +235,9 @@ impl Provider {
         [input.join(&name), input.join(&id[5..6]).join(&name)].into_iter().find(|p| p.exists())
     }
 
-    /// Exim's main and panic logs, without the expected "-C" privilege note.
-    pub fn exim_logs(&self) -> String {
-        let read = |n: &str| {
-            fs::read_to_string(self.spool().join("log").join(n))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.contains("lost privilege for using -C option"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
-        };
-        format!("--- mainlog\n{}--- paniclog\n{}", read("mainlog"), read("paniclog"))
-    }
-
-    /// The panic log without the expected "-C" privilege notes.
-    pub fn panics(&self) -> String {
-        fs::read_to_string(self.spool().join("log/paniclog"))
+    /// One of Exim's logs (`mainlog`, `paniclog`) without the expected "-C" privilege notes.
+    fn exim_log(&self, name: &str) -> String {
+        fs::read_to_string(self.spool().join("log").join(name))
             .unwrap_or_default()
             .lines()
             .filter(|l| !l.contains("lost privilege for using -C option"))
@@ -256,17 +245,14 @@ impl Provider {
             .collect()
     }
 
-    /// Recorded DSN submissions: (argv, message).
-    pub fn dsns(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(self.path().join("dsn")).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "msg") {
-                let args = fs::read_to_string(p.with_extension("args")).unwrap();
-                out.push((args, fs::read_to_string(&p).unwrap()));
-            }
-        }
-        out
+    /// Exim's main and panic logs, without the expected "-C" privilege note.
+    pub fn exim_logs(&self) -> String {
+        format!("--- mainlog\n{}--- paniclog\n{}", self.exim_log("mainlog"), self.exim_log("paniclog"))
+    }
+
+    /// The panic log without the expected "-C" privilege notes.
+    pub fn panics(&self) -> String {
+        self.exim_log("paniclog")
     }
 
     /// odmrd's configuration for this provider; `listen` for the standalone tests.
@@ -276,10 +262,12 @@ impl Provider {
             "[server]\nhostname = odmr.test.example\nlock_directory = {d}/locks\n\
              [auth]\nmax_failures = 3\n\
              [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
-             [queue]\nplugin = builtin:exim\nspool_directory = {d}/spool\n{extra}\n\
-             [bounce]\nsendmail = {d}/sendmail\n\
+             [queue]\nplugin = {plugin}\nspool_directory = {d}/spool\n{extra}\n\
+             [bounce]\nsendmail = {sendmail}\n\
              [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
-            extra = self.queue_extra
+            plugin = self.queue_plugin,
+            extra = self.queue_extra,
+            sendmail = self.sendmail.path().display()
         );
         let path = self.path().join("odmrd.ini");
         fs::write(&path, ini).unwrap();
@@ -289,8 +277,7 @@ impl Provider {
 
     /// An odmrd command with this configuration, as `who`.
     pub fn odmrd_command(&self, who: RunAs) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_odmrd"));
-        cmd.arg("-c").arg(self.odmrd_config());
+        let mut cmd = crate::support::odmrd::odmrd_command(&self.odmrd_config());
         match who {
             RunAs::Caller => {}
             RunAs::EximUser => {
@@ -335,11 +322,4 @@ pub fn parse_bp(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// Convenience: a set of strings.
 pub fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-/// Wait for `child` and assert it succeeded.
-pub fn wait_ok(mut child: Child, what: &str) -> Output {
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{what}: {status}");
-    Output { status, stdout: Vec::new(), stderr: Vec::new() }
 }

@@ -12,48 +12,8 @@ mod support;
 
 use common::{set, Provider, RunAs, PASSWORD, USER};
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::Duration;
-
-/// odmrd listening on a free loopback port; killed on drop.
-struct Odmrd {
-    child: Child,
-    port: u16,
-}
-
-impl Odmrd {
-    fn start(p: &Provider) -> Odmrd {
-        for _ in 0..5 {
-            let port = support::free_port();
-            let mut child = p
-                .odmrd_command(RunAs::EximUser)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let up = support::wait_until(Duration::from_secs(10), || {
-                TcpStream::connect(("127.0.0.1", port)).is_ok() || !matches!(child.try_wait(), Ok(None))
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return Odmrd { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("odmrd did not start listening");
-    }
-}
-
-impl Drop for Odmrd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::odmrd::Daemon;
 
 #[test]
 fn fetchmail_collects_from_odmrd_serving_exims_spool() {
@@ -68,8 +28,8 @@ fn fetchmail_collects_from_odmrd_serving_exims_spool() {
     let not_asked = p.queue("carol@sender.example", &["d@example.net"], "not asked", "later\n");
 
     let mta = support::CustomerMta::start();
-    let odmrd = Odmrd::start(&p);
-    let run = support::Fetchmail::new(odmrd.port)
+    let odmrd = Daemon::start_command(|| p.odmrd_command(RunAs::EximUser));
+    let run = support::Fetchmail::new(odmrd.port())
         .user(USER, PASSWORD)
         .domains(&["example.org"])
         .smtp_port(mta.port())
@@ -105,7 +65,7 @@ fn fetchmail_collects_from_odmrd_serving_exims_spool() {
     assert!(p.journals().is_empty(), "{}", p.exim_logs());
 
     // A second collection has nothing for example.org: fetchmail gets 453 and exits 0.
-    let again = support::Fetchmail::new(odmrd.port)
+    let again = support::Fetchmail::new(odmrd.port())
         .user(USER, PASSWORD)
         .domains(&["example.org"])
         .smtp_port(mta.port())

@@ -8,10 +8,11 @@ mod support;
 
 use nix::sys::signal::Signal;
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::odmrd::{connect_from, Daemon, Provider, PASSWORD, USER};
+use support::odmrd::{
+    check_config, connect_from, odmrd_command, spawn_inetd_on, start_inetd, Daemon, Provider, PASSWORD, USER,
+};
 
 #[test]
 fn sessions_beyond_the_limits_get_421() {
@@ -94,14 +95,7 @@ fn inetd_mode_takes_the_peer_address_from_a_socket_on_fd_0() {
     for (source, code) in [("127.0.0.1", 554), ("127.0.0.2", 220)] {
         let client = connect_from(source, port);
         let (accepted, _) = listener.accept().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-            .args(["--inetd", "-c"])
-            .arg(&config)
-            .stdin(Stdio::from(OwnedFd::from(accepted.try_clone().unwrap())))
-            .stdout(Stdio::from(OwnedFd::from(accepted)))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_inetd_on(odmrd_command(&config), accepted);
         client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut reply = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(&client), &mut reply).unwrap();
@@ -119,11 +113,7 @@ fn a_configuration_error_names_file_line_and_key_and_exits_78() {
     let config = p.config();
     let text = std::fs::read_to_string(&config).unwrap().replace("[auth]\n", "[auth]\nmax_failurez = 3\n");
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-        .args(["--check-config", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check_config(&config);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     let line = std::fs::read_to_string(&config)
@@ -136,24 +126,12 @@ fn a_configuration_error_names_file_line_and_key_and_exits_78() {
     assert!(err.contains("max_failurez"), "{err}");
 
     // Under inetd the client learns with a 421 before odmrd exits.
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-        .args(["--inetd", "-c"])
-        .arg(&config)
-        .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let mut reply = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(&ours), &mut reply).unwrap();
-    assert!(reply.starts_with("421 "), "{reply}");
+    let mut c = start_inetd(&config);
+    c.expect(421);
+    let (status, log) = c.finish();
+    assert_eq!(status.code(), Some(78), "{log}");
 
-    let ok = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-        .args(["--check-config", "-c"])
-        .arg(p.config())
-        .output()
-        .unwrap();
+    let ok = check_config(&p.config());
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 

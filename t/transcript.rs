@@ -252,20 +252,14 @@ fn a_message_is_delivered_and_removed_only_after_the_final_2xx() {
     login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &["SIZE 1000000", "8BITMIME"]);
-    let mail = c.line();
+    let (mail, rcpts, data) = c.receive_data(&[]);
     assert!(mail.starts_with("MAIL FROM:<alice@s.example> SIZE="), "{mail}");
-    assert!(mail.ends_with(" BODY=8BITMIME\r\n"), "{mail}");
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<bob@example.org>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "DATA\r\n");
-    c.send("354 go");
-    let data = c.data();
+    assert!(mail.ends_with(" BODY=8BITMIME"), "{mail}");
+    assert_eq!(rcpts, ["RCPT TO:<bob@example.org>"]);
     assert_eq!(data, "Subject: hi\r\n\r\n..leading dot\r\nline\r\nlast line without newline\r\n");
     assert!(file.exists(), "nothing is removed before the reply to the final dot");
     c.send("250 queued as X");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (status, log) = c.finish();
     assert!(status.success());
     assert!(!file.exists());
@@ -292,8 +286,7 @@ fn pipelining_sends_the_envelope_in_one_batch() {
     c.send_raw(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
     while c.line() != ".\r\n" {}
     c.send("250 done");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     c.finish();
     assert!(p.queued("example.org").is_empty());
 }
@@ -307,16 +300,10 @@ fn other_domains_recipients_stay_queued() {
     login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &[]);
-    assert_eq!(c.line(), "MAIL FROM:<a@s.example>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<x@example.org>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "DATA\r\n");
-    c.send("354 go");
-    while c.line() != ".\r\n" {}
-    c.send("250 done");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    let (mail, rcpts, _) = c.receive_one();
+    assert_eq!(mail, "MAIL FROM:<a@s.example>");
+    assert_eq!(rcpts, ["RCPT TO:<x@example.org>"]);
+    c.expect_quit();
     c.finish();
     let left = p.queued("example.org");
     assert_eq!(left, [bsmtp("a@s.example", &["y@example.net"], "Subject: two\n\nbody\n")]);
@@ -397,20 +384,13 @@ fn a_4xx_recipient_stays_queued_and_a_5xx_one_is_bounced_with_a_dsn() {
     login(&mut c);
     c.command("ATRN example.org", 250);
     turn_around(&mut c, &[]);
-    c.line();
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<ok@example.org>\r\n");
-    c.send("250 ok");
-    assert_eq!(c.line(), "RCPT TO:<later@example.org>\r\n");
-    c.send("451 4.3.0 try later");
-    assert_eq!(c.line(), "RCPT TO:<gone@example.org>\r\n");
-    c.send("550 5.1.1 no such user");
-    assert_eq!(c.line(), "DATA\r\n");
-    c.send("354 go");
-    while c.line() != ".\r\n" {}
+    let (_, rcpts, _) = c.receive_data(&["250 ok", "451 4.3.0 try later", "550 5.1.1 no such user"]);
+    assert_eq!(
+        rcpts,
+        ["RCPT TO:<ok@example.org>", "RCPT TO:<later@example.org>", "RCPT TO:<gone@example.org>"]
+    );
     c.send("250 done");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (_, log) = c.finish();
     assert_eq!(
         p.queued("example.org"),
@@ -442,16 +422,10 @@ fn a_rejected_message_from_the_null_sender_is_removed_without_a_dsn() {
     login(&mut c);
     c.command("ATRN", 250);
     turn_around(&mut c, &[]);
-    assert_eq!(c.line(), "MAIL FROM:<>\r\n");
-    c.send("250 ok");
-    c.line();
-    c.send("250 ok");
-    c.line();
-    c.send("354 go");
-    while c.line() != ".\r\n" {}
+    let (mail, _, _) = c.receive_data(&[]);
+    assert_eq!(mail, "MAIL FROM:<>");
     c.send("554 5.6.0 rejected");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (_, log) = c.finish();
     assert!(p.queued("example.org").is_empty());
     assert!(p.sendmail.calls().is_empty());
@@ -473,8 +447,7 @@ fn a_failing_dsn_keeps_the_recipient_queued() {
     c.send("550 no");
     assert_eq!(c.line(), "RSET\r\n");
     c.send("250 ok");
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (_, log) = c.finish();
     assert!(file.exists(), "{log}");
     assert!(log.contains("event=dsn-failed"), "{log}");
@@ -492,14 +465,8 @@ fn ehlo_refused_falls_back_to_helo() {
     c.send("500 what?");
     assert_eq!(c.line(), "HELO odmr.test.example\r\n");
     c.send("250 old.example");
-    assert_eq!(c.line(), "MAIL FROM:<a@s.example>\r\n", "no ESMTP parameters after HELO");
-    c.send("250 ok");
-    c.line();
-    c.send("250 ok");
-    c.line();
-    c.send("354 go");
-    while c.line() != ".\r\n" {}
-    c.send("250 ok");
+    let (mail, _, _) = c.receive_one();
+    assert_eq!(mail, "MAIL FROM:<a@s.example>", "no ESMTP parameters after HELO");
     assert_eq!(c.line(), "QUIT\r\n");
     c.finish();
     assert!(p.queued("example.org").is_empty());

@@ -15,7 +15,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::odmrd::{start_inetd, Client, Daemon};
+use support::odmrd::{shared_object, start_inetd, Client, Daemon};
+use support::RecordingSendmail;
 
 const PASSWORD: &str = "S3cret-odmr";
 const HASH: &str = "$1$Qx7vKp2L$uZMpE2SG/pgYgOdeVC73u1";
@@ -45,11 +46,19 @@ fn tinycdb(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
 struct Provider {
     dir: tempfile::TempDir,
     grants: Option<String>,
+    /// `[credentials] plugin`: `builtin:vpopmail` or the path of a shared object.
+    credentials_plugin: String,
+    sendmail: RecordingSendmail,
 }
 
 impl Provider {
     fn new() -> Provider {
-        let p = Provider { dir: tempfile::tempdir().unwrap(), grants: None };
+        let p = Provider {
+            dir: tempfile::tempdir().unwrap(),
+            grants: None,
+            credentials_plugin: "builtin:vpopmail".into(),
+            sendmail: RecordingSendmail::new(),
+        };
         for sub in ["qmail/users", "vpopmail/etc", "locks"] {
             std::fs::create_dir_all(p.path().join(sub)).unwrap();
         }
@@ -59,12 +68,6 @@ impl Provider {
             &[("customer1", 0, Some(PASSWORD)), ("noclear", 0, None), ("nosmtp", 2048, Some("pw-nosmtp"))],
         );
         p.vpasswd("0/big.example", &[("boss", 0, Some("boss-pw"))]);
-        std::fs::write(p.path().join("sendmail"), "#!/bin/sh\ncat > /dev/null\n").unwrap();
-        std::fs::set_permissions(
-            p.path().join("sendmail"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
         p
     }
 
@@ -158,12 +161,14 @@ impl Provider {
         let ini = format!(
             "[server]\nhostname = odmr.test.example\nlock_directory = {d}/locks\n\
              [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
-             [credentials]\nplugin = builtin:vpopmail\nqmail_users = {d}/qmail/users\n\
+             [credentials]\nplugin = {plugin}\nqmail_users = {d}/qmail/users\n\
              vpopmail_home = {d}/vpopmail\n{grants}\
              [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}/Maildir\n\
              strip_prefix = odmr-{{domain}}-\n\
-             [bounce]\nsendmail = {d}/sendmail\n\
-             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n"
+             [bounce]\nsendmail = {sendmail}\n\
+             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
+            plugin = self.credentials_plugin,
+            sendmail = self.sendmail.path().display()
         );
         let path = self.path().join("odmrd.ini");
         std::fs::write(&path, ini).unwrap();
@@ -197,8 +202,7 @@ fn cram_md5_with_the_vpopmail_password_then_bare_atrn_collects_the_domain_and_it
     c.turn_around("odmr.test.example", &[]);
     let mut got = [c.receive_one(), c.receive_one()];
     got.sort();
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (status, log) = c.finish();
     assert!(status.success(), "{log}");
     assert_eq!(got[0].0, "MAIL FROM:<alice@sender.example>");
@@ -207,6 +211,34 @@ fn cram_md5_with_the_vpopmail_password_then_bare_atrn_collects_the_domain_and_it
     assert_eq!(got[1].0, "MAIL FROM:<carol@sender.example>");
     assert_eq!(got[1].1, ["RCPT TO:<dave@alias.example>"]);
     assert!(!own.exists() && !alias.exists(), "{log}");
+    assert!(log.contains("event=auth user=customer1@example.com result=ok"), "{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("$1$"), "no secret is ever logged:\n{log}");
+}
+
+/// `builtin:vpopmail` is also available as a shared object (issue 4): CRAM-MD5 and ATRN
+/// through `plugin = .../libodmr_backend_vpopmail.so` in `[credentials]`.
+#[test]
+fn the_vpopmail_backend_loaded_as_a_shared_object_serves_a_session() {
+    let mut p = Provider::new();
+    let so = shared_object("libodmr_backend_vpopmail.so");
+    p.credentials_plugin = so.display().to_string();
+    let own = p.queue("example.com", "1.a", "alice@sender.example", "bob", "Subject: one\n\nfor bob\n");
+    let mut c = p.start();
+    c.hello();
+    c.auth("customer1@example.com", "wrong", 535);
+    c.auth("customer1@example.com", PASSWORD, 235);
+    c.command("ATRN example.org", 450);
+    c.command("ATRN example.com", 250);
+    c.turn_around("odmr.test.example", &[]);
+    let (mail, rcpts, data) = c.receive_one();
+    c.expect_quit();
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+    assert_eq!(mail, "MAIL FROM:<alice@sender.example>");
+    assert_eq!(rcpts, ["RCPT TO:<bob@example.com>"]);
+    assert_eq!(data, "Subject: one\r\n\r\nfor bob\r\n");
+    assert!(!own.exists(), "{log}");
+    assert!(log.contains(&format!("section=credentials loaded={}", so.display())), "{log}");
     assert!(log.contains("event=auth user=customer1@example.com result=ok"), "{log}");
     assert!(!log.contains(PASSWORD) && !log.contains("$1$"), "no secret is ever logged:\n{log}");
 }
@@ -317,8 +349,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     let (mail, rcpts, _) = c.receive_one();
     assert_eq!(mail, "MAIL FROM:<a@sender.example>");
     assert_eq!(rcpts, ["RCPT TO:<x@example.org>"]);
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     let (_, log) = c.finish();
     assert!(!org.exists(), "{log}");
     assert!(com.exists(), "example.com was never granted to boss");
@@ -333,8 +364,7 @@ fn grants_widen_what_bare_and_explicit_atrn_collect() {
     c.turn_around("odmr.test.example", &[]);
     let (_, rcpts, _) = c.receive_one();
     assert_eq!(rcpts, ["RCPT TO:<y@example.com>"]);
-    assert_eq!(c.line(), "QUIT\r\n");
-    c.send("221 bye");
+    c.expect_quit();
     c.finish();
     assert_eq!(p.queued("example.org"), 1);
 }

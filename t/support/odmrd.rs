@@ -1,9 +1,14 @@
 //! Running odmrd itself in tests, and speaking to it as the ODMR customer.
 //!
+//! - [`odmrd_command`]: `odmrd -c CONFIG`, for the caller to add a mode to;
+//!   [`check_config`]: `odmrd -c CONFIG --check-config`, its output;
 //! - [`start_inetd`]: `odmrd --inetd -c CONFIG` with fds 0 and 1 on one end of
-//!   a socketpair (as inetd would), the test holding the other end;
+//!   a socketpair (as inetd would), the test holding the other end
+//!   ([`start_inetd_command`] for a command prepared by the caller,
+//!   [`spawn_inetd_on`] for any socket);
 //! - [`Daemon`]: a standalone `odmrd -c CONFIG --listen 127.0.0.1:PORT` on a
 //!   free port, with its log captured, stopped by SIGTERM;
+//! - [`shared_object`]: the in-tree Rust plugins built as cdylibs, by file name;
 //! - [`Provider`]: the files of a provider on the built-in backends;
 //! - [`Client`]: the customer's end of a session, before the turnaround
 //!   (commands, replies, CRAM-MD5) and after it (raw lines, as the MTA).
@@ -11,13 +16,14 @@
 use super::RecordingSendmail;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a test waits for any one line from odmrd.
@@ -41,12 +47,18 @@ pub const EHLO_NAME: &str = "odmr.test.example";
 /// A provider on the built-in backends: the test's account (`USER`/`PASSWORD`,
 /// may collect example.org and example.net), another (`other`, example.com),
 /// a maildir spool per domain and a recording sendmail. Its files: configuration, passwd, maildir spool, bounce recorder.
+/// The `[credentials]` and `[queue]` sections are fields, to be replaced whole
+/// (e.g. by plugins loaded by path).
 pub struct Provider {
     dir: tempfile::TempDir,
     /// Records the DSNs odmrd submits.
     pub sendmail: RecordingSendmail,
     /// Extra lines for `[server]`.
     pub extra_server: String,
+    /// The lines of `[credentials]`: `builtin:passwd` on the passwd file.
+    pub credentials: String,
+    /// The lines of `[queue]`: `builtin:maildir` on `spool/{domain}`.
+    pub queue: String,
 }
 
 impl Provider {
@@ -64,7 +76,14 @@ impl Provider {
             ),
         )
         .unwrap();
-        Provider { dir, sendmail, extra_server: String::new() }
+        let d = dir.path().display().to_string();
+        Provider {
+            sendmail,
+            extra_server: String::new(),
+            credentials: format!("plugin = builtin:passwd\nfile = {d}/passwd\n"),
+            queue: format!("plugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n"),
+            dir,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -76,11 +95,13 @@ impl Provider {
         let ini = format!(
             "[server]\nhostname = {EHLO_NAME}\nlock_directory = {d}/locks\n{extra}\n\
              [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
-             [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
-             [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
+             [credentials]\n{credentials}\
+             [queue]\n{queue}\
              [bounce]\nsendmail = {sendmail}\n\
              [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
             extra = self.extra_server,
+            credentials = self.credentials,
+            queue = self.queue,
             sendmail = self.sendmail.path().display()
         );
         let path = self.path().join("odmrd.ini");
@@ -112,25 +133,92 @@ impl Provider {
         contents
     }
 
+    /// odmrd under inetd for one session.
     pub fn start(&self) -> Client {
         start_inetd(&self.config())
     }
+
+    /// A standalone odmrd.
+    pub fn start_daemon(&self) -> Daemon {
+        Daemon::start(&self.config())
+    }
+}
+
+/// The workspace's root directory.
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `odmrd -c config`; the caller adds the mode (`--inetd`, `--listen`, ...).
+pub fn odmrd_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_odmrd"));
+    command.arg("-c").arg(config);
+    command
+}
+
+/// `odmrd -c config --check-config`, run to its end.
+pub fn check_config(config: &Path) -> Output {
+    odmrd_command(config).arg("--check-config").stdin(Stdio::null()).output().unwrap()
+}
+
+/// Spawn `command --inetd` with fds 0 and 1 on `socket` and stderr piped.
+pub fn spawn_inetd_on(mut command: Command, socket: impl Into<OwnedFd>) -> Child {
+    let socket: OwnedFd = socket.into();
+    command
+        .arg("--inetd")
+        .stdin(Stdio::from(socket.try_clone().unwrap()))
+        .stdout(Stdio::from(socket))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Start `odmrd --inetd -c config` on a socketpair.
 pub fn start_inetd(config: &Path) -> Client {
+    start_inetd_command(odmrd_command(config))
+}
+
+/// Start `command --inetd` (an [`odmrd_command`], perhaps with a uid set) on a socketpair.
+pub fn start_inetd_command(command: Command) -> Client {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-        .args(["--inetd", "-c"])
-        .arg(config)
-        .stdin(Stdio::from(OwnedFd::from(theirs.try_clone().unwrap())))
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_inetd_on(command, theirs);
     ours.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     let reader = Box::new(ours.try_clone().unwrap());
     Client::new(Box::new(ours), reader, Some(child))
+}
+
+/// The in-tree Rust plugins built as cdylibs (`target/<profile>/lib*.so`), by
+/// file name, e.g. `libodmr_backend_vpopmail.so`. `cargo test` does not build
+/// cdylib members, so all of them are built here, once per test binary.
+pub fn shared_object(file_name: &str) -> PathBuf {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.current_dir(workspace()).arg("build").arg("--message-format=json");
+        for package in [
+            "odmr-backend-passwd-so",
+            "odmr-backend-maildir-so",
+            "odmr-backend-vpopmail-so",
+            "odmr-backend-exim-so",
+            "odmr-test-panicky",
+        ] {
+            cargo.args(["-p", package]);
+        }
+        if env!("CARGO_BIN_EXE_odmrd").contains("/release/") {
+            cargo.arg("--release");
+        }
+        let out = cargo.stderr(Stdio::inherit()).output().expect("running cargo build for the plugins");
+        assert!(out.status.success(), "cargo build of the plugin cdylibs failed");
+        let mut found = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"cdylib\"")) {
+            let Some(at) = line.find("\"filenames\":[\"") else { continue };
+            let rest = &line[at + "\"filenames\":[\"".len()..];
+            let path = PathBuf::from(&rest[..rest.find('"').unwrap()]);
+            found.insert(path.file_name().unwrap().to_string_lossy().into_owned(), path);
+        }
+        found
+    });
+    built.get(file_name).unwrap_or_else(|| panic!("{file_name} was not built: {built:?}")).clone()
 }
 
 /// A standalone odmrd on a free loopback port.
@@ -143,11 +231,16 @@ pub struct Daemon {
 impl Daemon {
     /// Start `odmrd -c config --listen 127.0.0.1:PORT` and wait until it listens.
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_command(|| odmrd_command(config))
+    }
+
+    /// Start `command() --listen 127.0.0.1:PORT` (`command` makes an
+    /// [`odmrd_command`], perhaps with a uid set; it is called again when the
+    /// port was taken meanwhile) and wait until it listens.
+    pub fn start_command(command: impl Fn() -> Command) -> Daemon {
         for _attempt in 0..5 {
             let port = super::free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
-                .arg("-c")
-                .arg(config)
+            let mut child = command()
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -219,6 +312,13 @@ impl Daemon {
         let status = self.child.try_wait().ok().flatten();
         std::thread::sleep(Duration::from_millis(50));
         (status, self.log())
+    }
+
+    /// SIGTERM, then wait for it to exit; returns its status and whole log.
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, log) = self.wait(Duration::from_secs(30));
+        (status.unwrap_or_else(|| panic!("odmrd did not exit after SIGTERM:\n{log}")), log)
     }
 }
 
@@ -317,7 +417,18 @@ impl Client {
     /// Play the MTA for one message, accepting everything: (MAIL line, RCPT
     /// lines, data), all without line ends.
     pub fn receive_one(&mut self) -> (String, Vec<String>, String) {
+        let message = self.receive_data(&[]);
+        self.send("250 accepted");
+        message
+    }
+
+    /// Play the MTA for one message up to its final dot: 250 to MAIL,
+    /// `rcpt_replies[n]` to the n-th RCPT (250 beyond the list), 354 to DATA.
+    /// Returns (MAIL line, RCPT lines, data), all without line ends; the reply
+    /// to the final dot is the caller's.
+    pub fn receive_data(&mut self, rcpt_replies: &[&str]) -> (String, Vec<String>, String) {
         let mail = self.line().trim_end().to_string();
+        assert!(mail.starts_with("MAIL FROM:"), "MAIL expected, got {mail:?}");
         self.send("250 ok");
         let mut rcpts = Vec::new();
         loop {
@@ -325,13 +436,18 @@ impl Client {
             if line == "DATA" {
                 break;
             }
+            assert!(line.starts_with("RCPT TO:"), "RCPT or DATA expected after {rcpts:?}, got {line:?}");
+            self.send(rcpt_replies.get(rcpts.len()).copied().unwrap_or("250 ok"));
             rcpts.push(line);
-            self.send("250 ok");
         }
         self.send("354 go");
-        let data = self.data();
-        self.send("250 accepted");
-        (mail, rcpts, data)
+        (mail, rcpts, self.data())
+    }
+
+    /// In the reversed state: expect odmrd's QUIT and answer 221.
+    pub fn expect_quit(&mut self) {
+        assert_eq!(self.line(), "QUIT\r\n");
+        self.send("221 bye");
     }
 
     /// Expect the connection to be closed by odmrd.
