@@ -11,9 +11,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::odmrd::{shared_object, start_inetd, Client, Daemon};
 use support::RecordingSendmail;
@@ -21,26 +19,9 @@ use support::RecordingSendmail;
 const PASSWORD: &str = "S3cret-odmr";
 const HASH: &str = "$1$Qx7vKp2L$uZMpE2SG/pgYgOdeVC73u1";
 
-/// tinycdb's `cdb -c`, from records in its native input format.
-fn tinycdb(path: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
-    let mut input = Vec::new();
-    for (key, data) in records {
-        input.extend_from_slice(format!("+{},{}:", key.len(), data.len()).as_bytes());
-        input.extend_from_slice(key);
-        input.extend_from_slice(b"->");
-        input.extend_from_slice(data);
-        input.push(b'\n');
-    }
-    input.push(b'\n');
-    let mut child = Command::new("cdb")
-        .arg("-c")
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run tinycdb's `cdb` (Debian package tinycdb; t/setup-deps installs it)");
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    assert!(child.wait().unwrap().success());
-}
+#[path = "../backends/vpopmail/tests/cdb_tool/mod.rs"]
+mod cdb_tool;
+use cdb_tool::tinycdb;
 
 /// A qmail + vpopmail provider in a temporary directory.
 struct Provider {
