@@ -182,6 +182,31 @@ impl TestHost {
 /// A domain that is not UTF-8 is kept with replacement characters (a panic
 /// here could not unwind out of the callback).
 ///
+/// Call a credentials table's `list_domains` for `user`, as the host does:
+/// the status and the domains the plugin reported.
+///
+/// # Safety
+/// `inst` must be a live instance of the plugin `ops` belongs to.
+pub unsafe fn list_domains(
+    ops: &odmr_credentials_ops,
+    inst: *mut odmr_instance,
+    user: &str,
+) -> (odmr_status, Vec<String>) {
+    let mut domains: Vec<String> = Vec::new();
+    let Some(list) = ops.list_domains else { return (ODMR_UNSUPPORTED, domains) };
+    // SAFETY: `inst` per the caller; `domains` outlives the call and is what
+    // `collect_domain` expects as its context.
+    let status = unsafe {
+        list(
+            inst,
+            OdmrStr::from_bytes(user.as_bytes()),
+            (&mut domains as *mut Vec<String>).cast(),
+            collect_domain,
+        )
+    };
+    (status, domains)
+}
+
 /// # Safety
 /// `ctx` must point to a `Vec<String>` not otherwise borrowed during the
 /// call; `domain` must be borrowed for the call.

@@ -2,7 +2,7 @@
 //! driven through its raw function tables, as the host does.
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{collect_domain, TestHost};
+use odmr_api::testing::{list_domains, TestHost};
 use odmr_api::*;
 use std::ptr;
 
@@ -116,15 +116,8 @@ fn list_domains_calls_back_per_domain() {
     let d = descriptor();
     let ops = unsafe { &*d.credentials };
     let inst = new_instance(&[]).unwrap();
-    let mut got: Vec<String> = Vec::new();
-    let rc = unsafe {
-        (ops.list_domains.unwrap())(
-            inst,
-            OdmrStr::from_bytes(b"alice"),
-            (&mut got as *mut Vec<String>).cast(),
-            collect_domain,
-        )
-    };
+    // SAFETY: our live instance of this plugin.
+    let (rc, got) = unsafe { list_domains(ops, inst, "alice") };
     assert_eq!(rc, ODMR_OK);
     assert_eq!(got, ["example.org", "example.net"]);
 }

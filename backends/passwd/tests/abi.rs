@@ -3,7 +3,7 @@
 //! (The `unsafe` here is the test acting as the C host; the crate has none.)
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{collect_domain, TestHost};
+use odmr_api::testing::{list_domains, TestHost};
 use odmr_backend_passwd::passwd_plugin_init;
 
 const CTX_HEX: &str = "42d5ce522a349cfb0efdd84a3c80b7ecf4fe938d4df1d7b9813b26e76095b1e1";
@@ -62,16 +62,8 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
         "{logged:?}"
     );
 
-    let mut got: Vec<String> = Vec::new();
-    // SAFETY: our instance; `got` outlives the call.
-    let rc = unsafe {
-        (ops.list_domains.unwrap())(
-            inst,
-            OdmrStr::from_bytes(b"customer"),
-            (&mut got as *mut Vec<String>).cast(),
-            collect_domain,
-        )
-    };
+    // SAFETY: our live instance of this plugin.
+    let (rc, got) = unsafe { list_domains(ops, inst, "customer") };
     assert_eq!((rc, got), (ODMR_OK, vec!["example.org".to_string(), "example.com".to_string()]));
 
     // The kit's default: this store reveals secrets, it does not verify.

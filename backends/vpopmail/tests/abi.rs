@@ -3,7 +3,7 @@
 //! (The `unsafe` here is the test acting as the C host; the crate has none.)
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{collect_domain, TestHost};
+use odmr_api::testing::{list_domains, TestHost};
 use odmr_backend_vpopmail::vpopmail_plugin_init;
 
 mod cdb_tool;
@@ -74,16 +74,8 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
         "{logged:?}"
     );
 
-    let mut got: Vec<String> = Vec::new();
-    // SAFETY: our instance; `got` outlives the call.
-    let rc = unsafe {
-        (ops.list_domains.unwrap())(
-            inst,
-            OdmrStr::from_bytes(b"Customer1@Example.com"),
-            (&mut got as *mut Vec<String>).cast(),
-            collect_domain,
-        )
-    };
+    // SAFETY: our live instance of this plugin.
+    let (rc, got) = unsafe { list_domains(ops, inst, "Customer1@Example.com") };
     assert_eq!((rc, got), (ODMR_OK, vec!["example.com".to_string(), "alias.example".to_string()]));
 
     // The store reveals secrets; it does not verify digests itself.
