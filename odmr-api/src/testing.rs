@@ -182,6 +182,15 @@ impl TestHost {
 /// A domain that is not UTF-8 is kept with replacement characters (a panic
 /// here could not unwind out of the callback).
 ///
+/// What a descriptor declares, for one assertion in a plugin's test:
+/// (name, serves credentials, serves a queue, thread-safe).
+pub fn describe(d: &odmr_plugin) -> (String, bool, bool, bool) {
+    // SAFETY: a descriptor's name is a NUL-terminated static string (ABI rule);
+    // `load` only hands out descriptors the plugin returned.
+    let name = unsafe { std::ffi::CStr::from_ptr(d.name) }.to_string_lossy().into_owned();
+    (name, !d.credentials.is_null(), !d.queue.is_null(), d.flags & ODMR_F_THREADSAFE != 0)
+}
+
 /// Call a credentials table's `list_domains` for `user`, as the host does:
 /// the status and the domains the plugin reported.
 ///

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use odmr_api::ffi::*;
-use odmr_api::testing::TestHost;
+use odmr_api::testing::{describe, TestHost};
 use odmr_backend_maildir::maildir_plugin_init;
 use std::ffi::c_void;
 use std::ptr;
@@ -42,9 +42,7 @@ unsafe extern "C" fn on_recipient(ctx: *mut c_void, address: OdmrStr) {
 #[test]
 fn descriptor_serves_only_a_queue() {
     let (_host, d) = host();
-    assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "maildir");
-    assert!(d.credentials.is_null());
-    assert!(!d.queue.is_null());
+    assert_eq!(describe(d), ("maildir".to_string(), false, true, true));
     let ops = unsafe { &*d.queue };
     assert_eq!(ops.struct_size as usize, std::mem::size_of::<odmr_queue_ops>());
 }

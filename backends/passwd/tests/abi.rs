@@ -3,7 +3,7 @@
 //! (The `unsafe` here is the test acting as the C host; the crate has none.)
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{list_domains, TestHost};
+use odmr_api::testing::{describe, list_domains, TestHost};
 use odmr_backend_passwd::passwd_plugin_init;
 
 const CTX_HEX: &str = "42d5ce522a349cfb0efdd84a3c80b7ecf4fe938d4df1d7b9813b26e76095b1e1";
@@ -12,10 +12,7 @@ const CTX_HEX: &str = "42d5ce522a349cfb0efdd84a3c80b7ecf4fe938d4df1d7b9813b26e76
 fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     let mut host = TestHost::new();
     let d = host.load(passwd_plugin_init);
-    // SAFETY: NUL-terminated static name.
-    assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "passwd");
-    assert!(!d.credentials.is_null() && d.queue.is_null());
-    assert_eq!(d.flags & ODMR_F_THREADSAFE, ODMR_F_THREADSAFE);
+    assert_eq!(describe(d), ("passwd".to_string(), true, false, true));
 
     let (rc, err) = host.try_instance(&[("colour", "blue")]).unwrap_err();
     assert_eq!(rc, ODMR_INVALID_ARGUMENT);

@@ -3,7 +3,7 @@
 //! (The `unsafe` here is the test acting as the C host; the crate has none.)
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{list_domains, TestHost};
+use odmr_api::testing::{describe, list_domains, TestHost};
 use odmr_backend_vpopmail::vpopmail_plugin_init;
 
 mod cdb_tool;
@@ -13,10 +13,7 @@ use cdb_tool::tinycdb;
 fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     let mut host = TestHost::new();
     let d = host.load(vpopmail_plugin_init);
-    // SAFETY: NUL-terminated static name.
-    assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "vpopmail");
-    assert!(!d.credentials.is_null() && d.queue.is_null());
-    assert_eq!(d.flags & ODMR_F_THREADSAFE, ODMR_F_THREADSAFE);
+    assert_eq!(describe(d), ("vpopmail".to_string(), true, false, true));
 
     let (rc, err) = host.try_instance(&[("colour", "blue")]).unwrap_err();
     assert_eq!(rc, ODMR_INVALID_ARGUMENT);
