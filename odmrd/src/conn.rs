@@ -26,6 +26,13 @@ pub trait Wire: Read + Write {
     fn read_fd(&self) -> BorrowedFd<'_>;
     /// The descriptor written to.
     fn write_fd(&self) -> BorrowedFd<'_>;
+    /// Input received but held inside the wire (TLS plaintext already decrypted), which polling
+    /// the descriptor would not show.
+    fn has_buffered_input(&mut self) -> bool {
+        false
+    }
+    /// The deadline for the wire's own blocking (a TLS layer reading or writing whole records).
+    fn set_deadline(&mut self, _deadline: Option<std::time::Instant>) {}
 }
 
 impl Wire for std::net::TcpStream {
@@ -129,6 +136,21 @@ impl<W: Wire> Conn<W> {
         self.timeout = timeout;
     }
 
+    /// The wire under this connection (to start TLS on it).
+    pub fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
+    /// Forget input received but not yet consumed. After STARTTLS, whatever the client sent
+    /// behind the command in clear text must never be read as if it came inside TLS
+    /// (the CVE-2011-0411 class of command injection).
+    pub fn discard_buffered_input(&mut self) -> usize {
+        let discarded = self.rlen - self.rpos;
+        self.rpos = 0;
+        self.rlen = 0;
+        discarded
+    }
+
     /// Queue bytes for sending; they go out at [`Conn::flush`] or when the
     /// buffer is full.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -152,6 +174,7 @@ impl<W: Wire> Conn<W> {
     }
 
     fn write_all_timed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        self.wire.set_deadline(Some(std::time::Instant::now() + self.timeout));
         while !bytes.is_empty() {
             if !wait(self.wire.write_fd(), PollFlags::POLLOUT, self.timeout)? {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
@@ -171,7 +194,8 @@ impl<W: Wire> Conn<W> {
         if self.rpos < self.rlen {
             return Ok(Received::Item(()));
         }
-        if !wait(self.wire.read_fd(), PollFlags::POLLIN, self.timeout)? {
+        self.wire.set_deadline(Some(std::time::Instant::now() + self.timeout));
+        if !self.wire.has_buffered_input() && !wait(self.wire.read_fd(), PollFlags::POLLIN, self.timeout)? {
             return Ok(Received::TimedOut);
         }
         loop {
@@ -184,6 +208,7 @@ impl<W: Wire> Conn<W> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Received::TimedOut),
                 Err(e) => return Err(e),
             }
         }
