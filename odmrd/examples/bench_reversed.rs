@@ -133,7 +133,7 @@ fn run(name: &str, count: usize, body_size: usize) {
     let rss_before = peak_rss_kib();
     let start = Instant::now();
     let customer = std::thread::spawn(move || customer(ours));
-    odmrd::session::serve(&config, &backends, theirs, None);
+    odmrd::session::serve(&config, &backends, None, odmrd::session::Start::Clear, theirs, None);
     let (messages, bytes) = customer.join().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let left = std::fs::read_dir(dir.path().join("spool/example.org/new")).unwrap().count();

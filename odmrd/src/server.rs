@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
-use crate::session;
+use crate::session::{self, Start};
+use crate::tls::Identity;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
@@ -36,10 +37,16 @@ pub fn stdin_is_socket() -> bool {
     crate::conn::fd_is_socket(0)
 }
 
-/// inetd mode: serve exactly one session on standard input and output.
-pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
+/// inetd mode: serve exactly one session on standard input and output (`start` says whether
+/// it begins with a TLS handshake: `odmrd --inetd --tls`).
+pub fn run_inetd(
+    config: &Config,
+    backends: &Backends,
+    tls: Option<&Identity>,
+    start: session::Start,
+) -> io::Result<session::End> {
     let wire = Stdio::take()?;
-    Ok(session::serve(config, backends, wire, stdin_peer()))
+    Ok(session::serve(config, backends, tls, start, wire, stdin_peer()))
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -134,15 +141,32 @@ impl Drop for Slot {
     }
 }
 
+/// The standalone listeners: the ODMR port (clear text, STARTTLS when `[tls]` is set) and,
+/// with `[server] listen_tls`, an implicit-TLS port.
+pub struct Listeners {
+    pub clear: TcpListener,
+    pub implicit_tls: Option<TcpListener>,
+}
+
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
 /// then wait for the running sessions to finish.
-pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpListener) -> io::Result<()> {
+pub fn run_standalone(
+    config: Arc<Config>,
+    backends: Backends,
+    tls: Option<Arc<Identity>>,
+    listeners: Listeners,
+) -> io::Result<()> {
+    let Listeners { clear: listener, implicit_tls } = listeners;
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::low_level::pipe::register(signal, signal_writer.try_clone()?)?;
     }
     listener.set_nonblocking(true)?;
+    if let Some(tls_listener) = &implicit_tls {
+        tls_listener.set_nonblocking(true)?;
+        log::info(&format!("event=listening address={} tls=implicit", tls_listener.local_addr()?));
+    }
     let limits = Arc::new(Limits {
         max_total: config.server.max_sessions,
         max_per_ip: config.server.max_sessions_per_ip,
@@ -151,45 +175,65 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
     });
     log::info(&format!("event=listening address={}", listener.local_addr()?));
     'serving: loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(tls_listener) = &implicit_tls {
+            fds.push(PollFd::new(tls_listener.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             let _ = signals.read(&mut [0u8; 16]);
             break 'serving;
         }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => start_session(&config, &backends, &limits, stream, peer.ip()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors and the like: keep serving, slowly.
-                    log::error(&format!("event=accept-failed error=\"{e}\""));
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-            }
+        let ready: Vec<bool> =
+            fds[1..].iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        let ports = [(Some(&listener), Start::Clear), (implicit_tls.as_ref(), Start::ImplicitTls)];
+        for ((port, start), _) in ports.into_iter().zip(ready).filter(|(_, ready)| *ready) {
+            let Some(port) = port else { continue };
+            accept_ready(port, |stream, ip| {
+                start_session(&config, &backends, &tls, &limits, stream, ip, start)
+            });
         }
     }
     drop(listener);
+    drop(implicit_tls);
     log::info("event=shutdown note=\"stopped accepting; waiting for running sessions\"");
     limits.wait_idle();
     log::info("event=stopped");
     Ok(())
 }
 
+/// Accept every connection waiting on `listener`.
+fn accept_ready(listener: &TcpListener, mut start: impl FnMut(TcpStream, IpAddr)) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => start(stream, peer.ip()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of descriptors and the like: keep serving, slowly.
+                log::error(&format!("event=accept-failed error=\"{e}\""));
+                std::thread::sleep(Duration::from_millis(100));
+                break;
+            }
+        }
+    }
+}
+
 fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
+    tls: &Option<Arc<Identity>>,
     limits: &Arc<Limits>,
     stream: TcpStream,
     ip: IpAddr,
+    start: Start,
 ) {
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
@@ -205,10 +249,10 @@ fn start_session(
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    let (config, backends) = (Arc::clone(config), backends.clone());
+    let (config, backends, tls) = (Arc::clone(config), backends.clone(), tls.clone());
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
         let _slot = slot;
-        session::serve(&config, &backends, stream, Some(ip));
+        session::serve(&config, &backends, tls.as_deref(), start, stream, Some(ip));
     });
     if let Err(e) = spawned {
         log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));
