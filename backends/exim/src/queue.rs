@@ -20,7 +20,7 @@ use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -112,9 +112,9 @@ impl Exim {
         })
     }
 
-    /// The queue's messages, oldest first; Err(TempFail) when `input/`
-    /// cannot be listed. The count is of unreadable subdirectories.
-    fn list(&self) -> Result<(Vec<Location>, usize), Status> {
+    /// The queue (messages oldest first), its unreadable subdirectories
+    /// logged; Err(TempFail) when `input/` cannot be listed.
+    fn list(&self) -> Result<spool::Listing, Status> {
         let root = self.config.queue_root();
         let listing = spool::list(&root).map_err(|e| {
             log_open_error(&self.host, "list", &root.join("input"), &e);
@@ -123,7 +123,29 @@ impl Exim {
         for (dir, e) in &listing.errors {
             log_open_error(&self.host, "list", dir, e);
         }
-        Ok((listing.messages, listing.errors.len()))
+        Ok(listing)
+    }
+
+    /// Finish the removals of ours that were interrupted (a kill between the
+    /// unlinks of [`spool::remove`]), and log each.
+    fn reclaim(&self, leftovers: &[Location]) {
+        for leftover in leftovers {
+            let id = &leftover.id;
+            match spool::reclaim(leftover) {
+                Ok(spool::Reclaimed::Removed) => self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "id={id} removed what an interrupted removal left in {} (-D/-J without -H; every recipient was journaled)",
+                        leftover.input_dir().display()
+                    ),
+                ),
+                Ok(spool::Reclaimed::Busy) => {
+                    self.log(LogLevel::Info, &format!("id={id} leftover of a removal is locked; left for later"))
+                }
+                Ok(spool::Reclaimed::Message) => {}
+                Err(e) => self.log(LogLevel::Warn, &format!("id={id} cannot remove the leftover of a removal: {e}")),
+            }
+        }
     }
 
     /// The unlocked look (a hint; the cursor re-reads under the lock).
@@ -176,8 +198,9 @@ impl Queue for Exim {
 
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
-        let (messages, mut errors) = self.list()?;
-        for location in &messages {
+        let listing = self.list()?;
+        let mut errors = listing.errors.len();
+        for location in &listing.messages {
             match self.peek(location, &domains) {
                 Peek::Offer => return Ok(true),
                 Peek::Nothing => {}
@@ -194,7 +217,9 @@ impl Queue for Exim {
 
     fn open(&self, domains: &[String]) -> Result<EximCursor, Status> {
         let domains = self.domains(domains)?;
-        let (messages, _) = self.list()?;
+        let listing = self.list()?;
+        self.reclaim(&listing.leftovers);
+        let messages = listing.messages;
         Ok(EximCursor {
             host: self.host,
             config: self.config.clone(),
@@ -266,7 +291,21 @@ impl EximCursor {
                 }
             }
         }
-        self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        if fs::symlink_metadata(listed.file("-H")).is_ok() {
+            // Exim's own removal (msglog, -D, -H, -J) leaves this when it is
+            // interrupted; ours never does (spool::remove). Not ours to delete
+            // without the -D lock that no longer exists: tell the operator.
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "id={id} has {} but no -D (an interrupted removal, or one in progress); skipped. `exim -Mrm {id}` removes it",
+                    listed.file("-H").display(),
+                    id = listed.id
+                ),
+            );
+        } else {
+            self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        }
         Err(Claim::Skip)
     }
 
