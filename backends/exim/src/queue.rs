@@ -399,6 +399,22 @@ impl EximCursor {
                 return Ok(None);
             }
             Some(offered) if offered.is_empty() => {
+                if !journal.is_empty() && !header.recipients.iter().any(|r| header::is_pending(r, &done)) {
+                    // Every recipient journaled, but the removal that should
+                    // have followed never ran (a session killed in between):
+                    // finish it now, under the lock, as that commit would have.
+                    match spool::remove(location) {
+                        Ok(()) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled but the message was still queued (an interrupted session); removed"),
+                        ),
+                        Err(e) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled, but removal failed ({e}); Exim will finish it"),
+                        ),
+                    }
+                    return Ok(None);
+                }
                 self.log(LogLevel::Debug, &format!("id={id} has nothing pending for these domains now"));
                 return Ok(None);
             }
@@ -767,6 +783,36 @@ mod tests {
         for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
             assert!(!p.exists(), "{} left behind", p.display());
         }
+    }
+
+    #[test]
+    fn what_an_interrupted_session_left_is_finished_by_the_next_cursor() {
+        let s = Spool::new();
+        // Killed after journaling the last recipient, before removing.
+        let journaled = s.add(Msg {
+            recipients: &["a@example.org", "b@example.net"],
+            journal: Some("a@example.org\nb@example.net\n"),
+            ..Msg::default()
+        });
+        // Killed inside the removal, after -H (spool::remove's order).
+        let removing = s.add(Msg {
+            id: "1xV7gx-0004Qd-11",
+            recipients: &["c@example.org"],
+            journal: Some("c@example.org\n"),
+            ..Msg::default()
+        });
+        fs::remove_file(removing.file("-H")).unwrap();
+        // Nothing journaled: Exim's business, not ours, even with nothing for us.
+        let other = s.add(Msg { id: "1xV7gy-0004Qd-11", recipients: &["d@example.com"], ..Msg::default() });
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        for l in [&journaled, &removing] {
+            for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
+                assert!(!p.exists(), "{} left behind", p.display());
+            }
+        }
+        assert!(other.file("-H").exists() && other.file("-D").exists());
     }
 
     #[test]

@@ -1,0 +1,467 @@
+//! Fault injection: a standalone odmrd is killed with SIGKILL at random instants while the
+//! customer collects, and started again, over a maildir spool and over a real Exim 4.96 spool
+//! (t/exim_common.rs). At the end every recipient the customer could accept arrived at least
+//! once (lost = 0), the queue holds exactly the rest (the recipients the customer defers and
+//! those of domains not collected), and no leftover of an interrupted commit remains (maildir
+//! `tmp/`, an Exim `-D`/`-J` without `-H`). Duplicates are allowed (a kill between the
+//! customer's 250 and the commit) and are counted and printed.
+//!
+//! The instants come from a seeded generator: the seed is printed, and `ODMRD_FAULT_SEED=N`
+//! replays a run. The customer is [`collect`], a fast MTA that survives the connection
+//! breaking at any point (the `Client` of t/support panics there, as a test client should).
+
+#[path = "exim_common.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use nix::sys::signal::Signal;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::odmrd::{cram_md5_response, Daemon, PASSWORD, USER};
+
+/// Kills that must land inside a session (between the connection and the customer's QUIT)
+/// before a run ends; a run also ends after [`TIME_BUDGET`].
+const KILLS: usize = 60;
+/// Wall-clock budget for the kill rounds of one spool (the final checks come on top).
+const TIME_BUDGET: Duration = Duration::from_secs(25);
+/// Messages queued whenever the queue has nothing left to deliver.
+const BATCH: usize = 12;
+
+/// splitmix64: small, seedable, good enough to spread kill instants and sizes.
+struct Rng(u64);
+
+impl Rng {
+    /// From `ODMRD_FAULT_SEED`, else from the clock; prints the seed either way.
+    fn from_env(what: &str) -> Rng {
+        let seed = std::env::var("ODMRD_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        println!("{what}: ODMRD_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One queued message: its marker (the `Subject:`) and recipients by fate.
+struct Message {
+    marker: String,
+    sender: String,
+    /// The customer accepts these.
+    deliverable: Vec<String>,
+    /// The customer answers 451 to these (local part `defer…`): they stay.
+    deferred: Vec<String>,
+    /// Not in the collected domains: they stay, untouched.
+    other: Vec<String>,
+    body: String,
+}
+
+impl Message {
+    fn random(n: usize, rng: &mut Rng, domains: &[&str], other_domain: &str) -> Message {
+        let domain = |rng: &mut Rng| domains[rng.below(domains.len() as u64) as usize];
+        let deliverable = (0..1 + rng.below(3)).map(|k| format!("u{n}-{k}@{}", domain(rng))).collect();
+        let deferred = if rng.below(6) == 0 { vec![format!("defer{n}@{}", domain(rng))] } else { vec![] };
+        let other = if rng.below(3) == 0 { vec![format!("x{n}@{other_domain}")] } else { vec![] };
+        // Mostly small, some large enough for a kill to land inside the body.
+        let size = match rng.below(10) {
+            0..=5 => 200,
+            6..=8 => 20_000,
+            _ => 400_000,
+        };
+        let line = "..a line of the body, starting with a dot to be stuffed\n";
+        let body = line.repeat(size / line.len() + 1);
+        Message {
+            marker: format!("fault-{n}"),
+            sender: format!("s{n}@sender.example"),
+            deliverable,
+            deferred,
+            other,
+            body,
+        }
+    }
+
+    fn recipients(&self) -> Vec<&str> {
+        self.deliverable.iter().chain(&self.deferred).chain(&self.other).map(String::as_str).collect()
+    }
+
+    /// The (marker, recipient) pairs that must stay queued.
+    fn rest(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.deferred.iter().chain(&self.other).map(|r| (self.marker.clone(), r.clone()))
+    }
+}
+
+/// What the customer acknowledged: (marker, recipient) for each recipient it had accepted,
+/// recorded just before its 250 to the final dot, in order (repeats are duplicates).
+type Acknowledged = Arc<Mutex<Vec<(String, String)>>>;
+
+/// How a [`collect`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// odmrd ended the reversed session with QUIT.
+    Quit,
+    /// ATRN was answered 453: nothing queued.
+    NothingQueued,
+}
+
+/// The customer: log in, `ATRN domains`, then play a fast MTA (PIPELINING, no body kept,
+/// constant work per line) until QUIT. Any broken connection is an `Err`.
+fn collect(port: u16, domains: &str, acknowledged: &Acknowledged) -> io::Result<Ended> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| -> io::Result<()> {
+        line.clear();
+        // A line cut short (no LF) is a connection that broke mid-line.
+        if input.read_line(line)? == 0 || !line.ends_with('\n') {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    };
+    // One reply: its code and the text of its last line.
+    let mut reply = |line: &mut String| -> io::Result<(u16, String)> {
+        loop {
+            read_line(line)?;
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Ok((code, line.get(4..).unwrap_or("").trim_end().to_string()));
+            }
+        }
+    };
+    let refused =
+        |step: &str, (code, text): (u16, String)| io::Error::other(format!("{step} answered {code} {text}"));
+    let mut expect = |line: &mut String, out: &mut TcpStream, send: &str, want: u16| -> io::Result<String> {
+        if !send.is_empty() {
+            out.write_all(format!("{send}\r\n").as_bytes())?;
+        }
+        match reply(line)? {
+            (code, text) if code == want => Ok(text),
+            other => Err(refused(send, other)),
+        }
+    };
+    expect(&mut line, &mut out, "", 220)?;
+    expect(&mut line, &mut out, "EHLO customer.example", 250)?;
+    let challenge = expect(&mut line, &mut out, "AUTH CRAM-MD5", 334)?;
+    expect(&mut line, &mut out, &cram_md5_response(USER, PASSWORD, &challenge), 235)?;
+    out.write_all(format!("ATRN {domains}\r\n").as_bytes())?;
+    match reply(&mut line)? {
+        (250, _) => {}
+        (453, _) => return Ok(Ended::NothingQueued),
+        other => return Err(refused("ATRN", other)),
+    }
+
+    out.write_all(b"220 customer.example ESMTP\r\n")?;
+    let mut marker = String::new();
+    let mut accepted: Vec<String> = Vec::new();
+    loop {
+        read_line(&mut line)?;
+        let command = line.trim_end().to_ascii_uppercase();
+        let answer: &str = if command.starts_with("EHLO") {
+            "250-customer.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000"
+        } else if command.starts_with("MAIL FROM:") {
+            accepted.clear();
+            "250 ok"
+        } else if let Some(rest) = line.trim_end().strip_prefix("RCPT TO:<") {
+            let rcpt = rest.split('>').next().unwrap_or_default();
+            if rcpt.starts_with("defer") {
+                "451 deferred by the customer"
+            } else {
+                accepted.push(rcpt.to_string());
+                "250 ok"
+            }
+        } else if command == "DATA" {
+            if accepted.is_empty() {
+                "554 no valid recipients"
+            } else {
+                out.write_all(b"354 go ahead\r\n")?;
+                marker.clear();
+                loop {
+                    read_line(&mut line)?;
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    if marker.is_empty() {
+                        if let Some(subject) = line.strip_prefix("Subject: ") {
+                            marker = subject.trim_end().to_string();
+                        }
+                    }
+                }
+                let mut acked = acknowledged.lock().unwrap();
+                acked.extend(accepted.drain(..).map(|r| (marker.clone(), r)));
+                "250 ok, delivered"
+            }
+        } else if command == "RSET" {
+            "250 ok"
+        } else if command == "QUIT" {
+            out.write_all(b"221 bye\r\n")?;
+            return Ok(Ended::Quit);
+        } else {
+            return Err(io::Error::other(format!("unexpected line from odmrd: {line:?}")));
+        };
+        out.write_all(format!("{answer}\r\n").as_bytes())?;
+    }
+}
+
+/// A spool under test: queue messages, start odmrd on it, read what is still queued.
+trait Spool {
+    /// The domains the customer collects, for ATRN.
+    fn atrn(&self) -> &str;
+    fn queue(&self, message: &Message);
+    fn start(&self) -> Daemon;
+    /// (marker, recipient) pairs still pending in the queue, and how many messages hold them.
+    fn pending(&self) -> (BTreeSet<(String, String)>, usize);
+    /// Files an interrupted commit left behind (should be none once a session has run).
+    fn leftovers(&self) -> Vec<String>;
+}
+
+/// The numbers of one run.
+#[derive(Default, Debug)]
+struct Tally {
+    rounds: usize,
+    /// Kills that landed while a session was open.
+    kills_in_session: usize,
+    /// Kills after the session had ended (or before it began).
+    kills_outside: usize,
+    /// Leftovers seen right after a kill (each removed by a later session).
+    leftovers_seen: usize,
+}
+
+/// Kill odmrd at random instants during collections until [`KILLS`] kills landed inside
+/// sessions (or the time budget is spent), refilling the queue whenever it holds only the
+/// rest; then one collection without a kill, and the checks.
+fn run(name: &str, spool: &impl Spool, other_domain: &str, domains: &[&str]) {
+    let mut rng = Rng::from_env(name);
+    let acknowledged: Acknowledged = Arc::default();
+    let mut messages: Vec<Message> = Vec::new();
+    let mut tally = Tally::default();
+    // Kill within this long after the customer connects; adapted to how long sessions take.
+    let mut window = Duration::from_millis(50);
+    let started = Instant::now();
+    let rest = |messages: &[Message]| -> BTreeSet<(String, String)> {
+        messages.iter().flat_map(Message::rest).collect()
+    };
+    while tally.kills_in_session < KILLS && started.elapsed() < TIME_BUDGET {
+        if spool.pending().0 == rest(&messages) {
+            for _ in 0..BATCH {
+                let message = Message::random(messages.len(), &mut rng, domains, other_domain);
+                spool.queue(&message);
+                messages.push(message);
+            }
+        }
+        tally.rounds += 1;
+        let daemon = spool.start();
+        let (port, atrn, acked) = (daemon.port(), spool.atrn().to_string(), Arc::clone(&acknowledged));
+        let began = Instant::now();
+        let customer = std::thread::spawn(move || {
+            let result = collect(port, &atrn, &acked);
+            (result, began.elapsed())
+        });
+        let delay = Duration::from_micros(rng.below(window.as_micros() as u64 + 1));
+        std::thread::sleep(delay);
+        daemon.signal(Signal::SIGKILL);
+        let _ = daemon.wait(Duration::from_secs(10));
+        let (result, took) = customer.join().unwrap();
+        match result {
+            Ok(_) => {
+                tally.kills_outside += 1;
+                // The session was shorter than the window: aim closer.
+                window = (took * 3 / 2).max(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Other => panic!("{name}: the customer saw {e}"),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => tally.kills_outside += 1,
+            Err(_) => {
+                tally.kills_in_session += 1;
+                window = (window * 11 / 10).min(Duration::from_secs(2));
+            }
+        }
+        tally.leftovers_seen += spool.leftovers().len();
+    }
+
+    // One whole collection without a kill: it must end with QUIT and leave only the rest.
+    let daemon = spool.start();
+    let ended = collect(daemon.port(), spool.atrn(), &acknowledged);
+    let (_, log) = daemon.stop();
+    let expected_rest = rest(&messages);
+    match ended {
+        Ok(Ended::Quit) => {}
+        Ok(Ended::NothingQueued) if expected_rest.is_empty() => {}
+        other => panic!("{name}: the final collection ended with {other:?}\n{log}"),
+    }
+
+    let acknowledged = acknowledged.lock().unwrap();
+    let delivered: BTreeSet<(String, String)> = acknowledged.iter().cloned().collect();
+    let deliverable: BTreeSet<(String, String)> =
+        messages.iter().flat_map(|m| m.deliverable.iter().map(|r| (m.marker.clone(), r.clone()))).collect();
+    let lost: Vec<_> = deliverable.difference(&delivered).collect();
+    let wrong: Vec<_> = delivered.difference(&deliverable).collect();
+    let duplicates = acknowledged.len() - delivered.len();
+    let (pending, holding) = spool.pending();
+    println!(
+        "{name}: {} messages, {} recipients delivered, {} rounds, {} kills inside a session, \
+         {} outside, lost={}, duplicates={duplicates}, leftovers seen after kills={}, \
+         recipients left queued={} in {holding} messages",
+        messages.len(),
+        deliverable.len(),
+        tally.rounds,
+        tally.kills_in_session,
+        tally.kills_outside,
+        lost.len(),
+        tally.leftovers_seen,
+        pending.len()
+    );
+    assert!(lost.is_empty(), "{name}: lost {lost:?}\n{log}");
+    assert!(wrong.is_empty(), "{name}: delivered what should have stayed: {wrong:?}");
+    assert_eq!(pending, expected_rest, "{name}: the queue does not hold exactly the rest\n{log}");
+    let holders: BTreeSet<&str> = expected_rest.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(holding, holders.len(), "{name}: messages without a pending recipient remain");
+    assert_eq!(spool.leftovers(), Vec::<String>::new(), "{name}: leftovers of interrupted commits remain");
+    assert!(tally.kills_in_session >= KILLS / 3, "{name}: too few kills landed inside a session: {tally:?}");
+}
+
+/// The `Subject:` of a message file or a delivered message, our marker.
+fn marker_of(text: &str) -> String {
+    text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_string()
+}
+
+/// Maildir: one maildir per domain (the support `Provider`); messages are BSMTP files with
+/// recipients in several domains, so a partial commit rewrites the file through `tmp/`.
+struct MaildirSpool(support::odmrd::Provider);
+
+const MAILDIR_DOMAINS: [&str; 2] = ["example.org", "example.net"];
+
+impl Spool for MaildirSpool {
+    fn atrn(&self) -> &str {
+        "example.org,example.net"
+    }
+
+    fn queue(&self, m: &Message) {
+        let text = format!("Subject: {}\nFrom: {}\n\n{}", m.marker, m.sender, m.body);
+        let file = support::bsmtp(&m.sender, &m.recipients(), text.as_bytes());
+        // In the maildir of its first recipient's domain, as Exim's per-domain BSMTP does.
+        let domain = m.deliverable[0].split('@').nth(1).unwrap();
+        self.0.queue(domain, &format!("{}.M1P1.provider", m.marker), std::str::from_utf8(&file).unwrap());
+    }
+
+    fn start(&self) -> Daemon {
+        self.0.start_daemon()
+    }
+
+    fn pending(&self) -> (BTreeSet<(String, String)>, usize) {
+        let mut pending = BTreeSet::new();
+        let mut files = 0;
+        for domain in MAILDIR_DOMAINS {
+            for text in self.0.queued(domain) {
+                files += 1;
+                let marker = marker_of(&text);
+                let rcpts =
+                    text.lines().take_while(|l| *l != "DATA").filter_map(|l| l.strip_prefix("RCPT TO:<"));
+                pending.extend(rcpts.map(|r| (marker.clone(), r.trim_end_matches('>').to_string())));
+            }
+        }
+        (pending, files)
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for domain in MAILDIR_DOMAINS {
+            let tmp = self.0.path().join("spool").join(domain).join("tmp");
+            for entry in fs::read_dir(&tmp).into_iter().flatten() {
+                found.push(entry.unwrap().path().display().to_string());
+            }
+        }
+        found
+    }
+}
+
+#[test]
+fn kill_9_at_random_instants_over_maildir_loses_nothing() {
+    let spool = MaildirSpool(support::odmrd::Provider::new());
+    run("maildir", &spool, "example.com", &MAILDIR_DOMAINS);
+}
+
+/// Exim: the real Exim 4.96 queues the mail (`exim -odq`); odmrd runs as the Exim user.
+struct EximSpool {
+    provider: common::Provider,
+    /// Exim's id → our marker.
+    ids: Mutex<BTreeMap<String, String>>,
+}
+
+impl Spool for EximSpool {
+    fn atrn(&self) -> &str {
+        "example.org,example.net"
+    }
+
+    fn queue(&self, m: &Message) {
+        let id = self.provider.queue(&m.sender, &m.recipients(), &m.marker, &m.body);
+        self.ids.lock().unwrap().insert(id, m.marker.clone());
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start_command(|| self.provider.odmrd_command(common::RunAs::EximUser))
+    }
+
+    fn pending(&self) -> (BTreeSet<(String, String)>, usize) {
+        let ids = self.ids.lock().unwrap();
+        let queue = self.provider.pending(&[]);
+        let mut pending = BTreeSet::new();
+        for (id, rcpts) in &queue {
+            let marker = ids.get(id).unwrap_or_else(|| panic!("exim -bp lists an unknown id {id}"));
+            pending.extend(rcpts.iter().map(|r| (marker.clone(), r.clone())));
+        }
+        (pending, queue.len())
+    }
+
+    /// Spool files of a message without its `-H` (what an interrupted removal leaves), and
+    /// `-H` files without their `-D`.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let input = self.provider.spool().join("input");
+        let mut dirs = vec![input.clone()];
+        for entry in fs::read_dir(&input).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        let exists = |dir: &Path, id: &str, suffix: &str| dir.join(format!("{id}{suffix}")).exists();
+        for dir in dirs {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                let Some((id, suffix)) = name.rsplit_once('-') else { continue };
+                let orphan = match suffix {
+                    "D" | "J" => !exists(&dir, id, "-H"),
+                    "H" => !exists(&dir, id, "-D"),
+                    _ => false,
+                };
+                if orphan {
+                    found.push(dir.join(&name).display().to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+#[test]
+fn kill_9_at_random_instants_over_an_exim_spool_loses_nothing() {
+    let spool = EximSpool { provider: common::Provider::new(false), ids: Mutex::default() };
+    run("exim", &spool, "elsewhere.example", &MAILDIR_DOMAINS);
+}
