@@ -465,3 +465,59 @@ fn kill_9_at_random_instants_over_an_exim_spool_loses_nothing() {
     let spool = EximSpool { provider: common::Provider::new(false), ids: Mutex::default() };
     run("exim", &spool, "elsewhere.example", &MAILDIR_DOMAINS);
 }
+
+/// A kill at each point of a removal, made exact: the spool is left as a kill between two
+/// unlinks leaves it (odmrd's order: `-H`, msglog, `-D`, `-J`; and Exim's own: msglog, `-D`,
+/// `-H`, `-J`), then the real Exim lists the queue and one session runs.
+#[test]
+fn a_kill_between_the_unlinks_of_an_exim_removal_leaves_nothing_exim_lists() {
+    let p = common::Provider::new(false);
+    let queue = |rcpt: &str| p.queue("s@sender.example", &[rcpt], "removal", "body\n");
+    let file = |id: &str, suffix: &str| p.spool().join("input").join(format!("{id}{suffix}"));
+    let msglog = |id: &str| p.spool().join("msglog").join(id);
+    // Every recipient journaled, as odmrd does before removing.
+    let journaled = |rcpt: &str| {
+        let id = queue(rcpt);
+        fs::write(file(&id, "-J"), format!("{rcpt}\n")).unwrap();
+        common::chown_tree(&file(&id, "-J"), p.uid, p.gid);
+        id
+    };
+    let before_any_unlink = journaled("a@example.org");
+    let after_h = journaled("b@example.org");
+    fs::remove_file(file(&after_h, "-H")).unwrap();
+    let after_d = journaled("c@example.org");
+    for path in [file(&after_d, "-H"), msglog(&after_d), file(&after_d, "-D")] {
+        fs::remove_file(path).unwrap();
+    }
+    let exims_own_after_d = journaled("d@example.org");
+    for path in [msglog(&exims_own_after_d), file(&exims_own_after_d, "-D")] {
+        fs::remove_file(path).unwrap();
+    }
+    let pending = queue("e@example.org");
+
+    // What odmrd's order leaves is invisible to Exim at once.
+    let listed = p.ids(&[]);
+    assert_eq!(listed, common::set(&[&before_any_unlink, &exims_own_after_d, &pending]));
+
+    let mut c = support::odmrd::start_inetd_command(p.odmrd_command(common::RunAs::EximUser));
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org", 250);
+    c.turn_around(support::odmrd::EHLO_NAME, &["PIPELINING"]);
+    let (_, rcpts, _) = c.receive_one();
+    assert_eq!(rcpts, ["RCPT TO:<e@example.org>"]);
+    c.expect_quit();
+    let (_, log) = c.finish();
+
+    for id in [&before_any_unlink, &after_h, &after_d, &pending] {
+        for path in [file(id, "-H"), file(id, "-D"), file(id, "-J"), msglog(id)] {
+            assert!(!path.exists(), "{} left behind\n{log}", path.display());
+        }
+    }
+    assert!(log.contains(&format!("id={before_any_unlink} every recipient was journaled")), "{log}");
+    for id in [&after_h, &after_d] {
+        assert!(log.contains(&format!("id={id} removed what an interrupted removal left")), "{log}");
+    }
+    // Exim's own window: not ours to delete without a -D to lock; the operator is told.
+    assert!(log.contains(&format!("exim -Mrm {exims_own_after_d}")), "{log}");
+    assert_eq!(p.ids(&[]), common::set(&[&exims_own_after_d]));
+}
