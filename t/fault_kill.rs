@@ -1,6 +1,6 @@
 //! Fault injection: a standalone odmrd is killed with SIGKILL at random instants while the
 //! customer collects, and started again, over a maildir spool and over a real Exim 4.96 spool
-//! (t/exim_common.rs). At the end every recipient the customer could accept arrived at least
+//! (t/exim_common.rs) with Exim queue runs racing odmrd. At the end every recipient the customer could accept arrived at least
 //! once (lost = 0), the queue holds exactly the rest (the recipients the customer defers and
 //! those of domains not collected), and no leftover of an interrupted commit remains (maildir
 //! `tmp/`, an Exim `-D`/`-J` without `-H`). Duplicates are allowed (a kill between the
@@ -230,6 +230,10 @@ trait Spool {
     fn pending(&self) -> (BTreeSet<(String, String)>, usize);
     /// Files an interrupted commit left behind (should be none once a session has run).
     fn leftovers(&self) -> Vec<String>;
+    /// Another process working on the queue at the same time, if the spool has one.
+    fn race(&self) -> Option<std::process::Child> {
+        None
+    }
 }
 
 /// The numbers of one run.
@@ -242,6 +246,8 @@ struct Tally {
     kills_outside: usize,
     /// Leftovers seen right after a kill (each removed by a later session).
     leftovers_seen: usize,
+    /// Rounds with a racing process (an Exim queue run).
+    races: usize,
 }
 
 /// Kill odmrd at random instants during collections until [`KILLS`] kills landed inside
@@ -254,6 +260,7 @@ fn run(name: &str, spool: &impl Spool, other_domain: &str, domains: &[&str]) {
     let mut tally = Tally::default();
     // Kill within this long after the customer connects; adapted to how long sessions take.
     let mut window = Duration::from_millis(50);
+    let mut racers = Vec::new();
     let started = Instant::now();
     let rest = |messages: &[Message]| -> BTreeSet<(String, String)> {
         messages.iter().flat_map(Message::rest).collect()
@@ -267,6 +274,9 @@ fn run(name: &str, spool: &impl Spool, other_domain: &str, domains: &[&str]) {
             }
         }
         tally.rounds += 1;
+        if rng.below(3) == 0 {
+            racers.extend(spool.race());
+        }
         let daemon = spool.start();
         let (port, atrn, acked) = (daemon.port(), spool.atrn().to_string(), Arc::clone(&acknowledged));
         let began = Instant::now();
@@ -295,6 +305,10 @@ fn run(name: &str, spool: &impl Spool, other_domain: &str, domains: &[&str]) {
         tally.leftovers_seen += spool.leftovers().len();
     }
 
+    tally.races = racers.len();
+    for mut racer in racers {
+        racer.wait().unwrap();
+    }
     // One whole collection without a kill: it must end with QUIT and leave only the rest.
     let daemon = spool.start();
     let ended = collect(daemon.port(), spool.atrn(), &acknowledged);
@@ -316,13 +330,14 @@ fn run(name: &str, spool: &impl Spool, other_domain: &str, domains: &[&str]) {
     let (pending, holding) = spool.pending();
     println!(
         "{name}: {} messages, {} recipients delivered, {} rounds, {} kills inside a session, \
-         {} outside, lost={}, duplicates={duplicates}, leftovers seen after kills={}, \
-         recipients left queued={} in {holding} messages",
+         {} outside, {} racing queue runs, lost={}, duplicates={duplicates}, \
+         leftovers seen after kills={}, recipients left queued={} in {holding} messages",
         messages.len(),
         deliverable.len(),
         tally.rounds,
         tally.kills_in_session,
         tally.kills_outside,
+        tally.races,
         lost.len(),
         tally.leftovers_seen,
         pending.len()
@@ -457,6 +472,12 @@ impl Spool for EximSpool {
             }
         }
         found
+    }
+
+    /// `exim -qff`: takes Exim's locks on every message and merges journals (the provider's
+    /// routers defer every domain, so it never delivers).
+    fn race(&self) -> Option<std::process::Child> {
+        Some(self.provider.spawn_queue_run())
     }
 }
 
