@@ -6,8 +6,9 @@
 //! `tmp/`, an Exim `-D`/`-J` without `-H`). Duplicates are allowed (a kill between the
 //! customer's 250 and the commit) and are counted and printed.
 //!
-//! The instants come from a seeded generator: the seed is printed, and `ODMRD_FAULT_SEED=N`
-//! replays a run. The customer is [`collect`], a fast MTA that survives the connection
+//! The messages and the kill delays come from a seeded generator: the seed is printed, and
+//! `ODMRD_FAULT_SEED=N` replays them (where in the session a delay lands still depends on the
+//! machine's speed). The customer is [`collect`], a fast MTA that survives the connection
 //! breaking at any point (the `Client` of t/support panics there, as a test client should).
 
 #[path = "exim_common.rs"]
@@ -120,66 +121,86 @@ enum Ended {
     NothingQueued,
 }
 
-/// The customer: log in, `ATRN domains`, then play a fast MTA (PIPELINING, no body kept,
-/// constant work per line) until QUIT. Any broken connection is an `Err`.
-fn collect(port: u16, domains: &str, acknowledged: &Acknowledged) -> io::Result<Ended> {
-    let stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    let mut line = String::new();
-    let mut read_line = |line: &mut String| -> io::Result<()> {
-        line.clear();
-        // A line cut short (no LF) is a connection that broke mid-line.
-        if input.read_line(line)? == 0 || !line.ends_with('\n') {
+/// The customer's end of a connection that may break at any moment: every read and write
+/// is fallible, and a line cut short counts as a broken connection.
+struct Wire {
+    input: BufReader<TcpStream>,
+    out: TcpStream,
+    line: String,
+}
+
+impl Wire {
+    fn connect(port: u16) -> io::Result<Wire> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Wire { out: stream.try_clone()?, input: BufReader::new(stream), line: String::new() })
+    }
+
+    /// The next line, with its line end.
+    fn line(&mut self) -> io::Result<&str> {
+        self.line.clear();
+        if self.input.read_line(&mut self.line)? == 0 || !self.line.ends_with('\n') {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        Ok(())
-    };
-    // One reply: its code and the text of its last line.
-    let mut reply = |line: &mut String| -> io::Result<(u16, String)> {
+        Ok(&self.line)
+    }
+
+    /// Send `text` and CRLF.
+    fn send(&mut self, text: &str) -> io::Result<()> {
+        self.out.write_all(format!("{text}\r\n").as_bytes())
+    }
+
+    /// One reply: its code and the text of its last line.
+    fn reply(&mut self) -> io::Result<(u16, String)> {
         loop {
-            read_line(line)?;
+            let line = self.line()?;
             if line.as_bytes().get(3) != Some(&b'-') {
                 let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
                 return Ok((code, line.get(4..).unwrap_or("").trim_end().to_string()));
             }
         }
-    };
-    let refused =
-        |step: &str, (code, text): (u16, String)| io::Error::other(format!("{step} answered {code} {text}"));
-    let mut expect = |line: &mut String, out: &mut TcpStream, send: &str, want: u16| -> io::Result<String> {
-        if !send.is_empty() {
-            out.write_all(format!("{send}\r\n").as_bytes())?;
-        }
-        match reply(line)? {
-            (code, text) if code == want => Ok(text),
-            other => Err(refused(send, other)),
-        }
-    };
-    expect(&mut line, &mut out, "", 220)?;
-    expect(&mut line, &mut out, "EHLO customer.example", 250)?;
-    let challenge = expect(&mut line, &mut out, "AUTH CRAM-MD5", 334)?;
-    expect(&mut line, &mut out, &cram_md5_response(USER, PASSWORD, &challenge), 235)?;
-    out.write_all(format!("ATRN {domains}\r\n").as_bytes())?;
-    match reply(&mut line)? {
-        (250, _) => {}
-        (453, _) => return Ok(Ended::NothingQueued),
-        other => return Err(refused("ATRN", other)),
     }
 
-    out.write_all(b"220 customer.example ESMTP\r\n")?;
+    /// Send `command` (none if empty) and expect `want`; returns the reply's text. Another
+    /// reply is an `Other` error: odmrd misbehaved, which is not a kill.
+    fn command(&mut self, command: &str, want: u16) -> io::Result<String> {
+        if !command.is_empty() {
+            self.send(command)?;
+        }
+        match self.reply()? {
+            (code, text) if code == want => Ok(text),
+            (code, text) => Err(io::Error::other(format!("{command:?} answered {code} {text}"))),
+        }
+    }
+}
+
+/// The customer: log in, `ATRN domains`, then play a fast MTA (PIPELINING, no body kept,
+/// constant work per line) until QUIT. Any broken connection is an `Err`.
+fn collect(port: u16, domains: &str, acknowledged: &Acknowledged) -> io::Result<Ended> {
+    let mut wire = Wire::connect(port)?;
+    wire.command("", 220)?;
+    wire.command("EHLO customer.example", 250)?;
+    let challenge = wire.command("AUTH CRAM-MD5", 334)?;
+    wire.command(&cram_md5_response(USER, PASSWORD, &challenge), 235)?;
+    wire.send(&format!("ATRN {domains}"))?;
+    match wire.reply()? {
+        (250, _) => {}
+        (453, _) => return Ok(Ended::NothingQueued),
+        (code, text) => return Err(io::Error::other(format!("ATRN answered {code} {text}"))),
+    }
+
+    wire.send("220 customer.example ESMTP")?;
     let mut marker = String::new();
     let mut accepted: Vec<String> = Vec::new();
     loop {
-        read_line(&mut line)?;
-        let command = line.trim_end().to_ascii_uppercase();
+        let line = wire.line()?.trim_end().to_string();
+        let command = line.to_ascii_uppercase();
         let answer: &str = if command.starts_with("EHLO") {
             "250-customer.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000"
         } else if command.starts_with("MAIL FROM:") {
             accepted.clear();
             "250 ok"
-        } else if let Some(rest) = line.trim_end().strip_prefix("RCPT TO:<") {
+        } else if let Some(rest) = line.strip_prefix("RCPT TO:<") {
             let rcpt = rest.split('>').next().unwrap_or_default();
             if rcpt.starts_with("defer") {
                 "451 deferred by the customer"
@@ -191,10 +212,10 @@ fn collect(port: u16, domains: &str, acknowledged: &Acknowledged) -> io::Result<
             if accepted.is_empty() {
                 "554 no valid recipients"
             } else {
-                out.write_all(b"354 go ahead\r\n")?;
+                wire.send("354 go ahead")?;
                 marker.clear();
                 loop {
-                    read_line(&mut line)?;
+                    let line = wire.line()?;
                     if line == ".\r\n" {
                         break;
                     }
@@ -211,12 +232,12 @@ fn collect(port: u16, domains: &str, acknowledged: &Acknowledged) -> io::Result<
         } else if command == "RSET" {
             "250 ok"
         } else if command == "QUIT" {
-            out.write_all(b"221 bye\r\n")?;
+            wire.send("221 bye")?;
             return Ok(Ended::Quit);
         } else {
             return Err(io::Error::other(format!("unexpected line from odmrd: {line:?}")));
         };
-        out.write_all(format!("{answer}\r\n").as_bytes())?;
+        wire.send(answer)?;
     }
 }
 
