@@ -291,3 +291,76 @@ fn wait(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::MAX_COMMAND_LINE;
+    use std::os::unix::net::UnixStream;
+    use std::thread::JoinHandle;
+
+    /// The peer writes `bytes` one at a time, `gap` apart, until done or closed.
+    fn trickle(mut peer: UnixStream, bytes: Vec<u8>, gap: Duration) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            for byte in bytes {
+                if peer.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        })
+    }
+
+    #[test]
+    fn a_trickled_line_times_out_counted_from_its_first_byte() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_millis(300));
+        // 100 bytes 40 ms apart: each gap is well inside the timeout, the
+        // line as a whole (4 s) is far beyond it.
+        let line = format!("NOOP {}\r\n", "x".repeat(93)).into_bytes();
+        let peer = trickle(theirs, line, Duration::from_millis(40));
+        let started = Instant::now();
+        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        drop(conn);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_trickled_reply_times_out_as_a_whole() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_millis(300));
+        let reply = "250-line\r\n".repeat(40).into_bytes();
+        let peer = trickle(theirs, reply, Duration::from_millis(10));
+        let started = Instant::now();
+        let got = conn.read_reply().unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        drop(conn);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn the_limit_bounds_every_wait_whatever_the_timeout() {
+        let (ours, _silent) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_secs(600));
+        conn.set_limit(Some(Instant::now() + Duration::from_millis(200)));
+        assert!(!conn.limit_reached());
+        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(conn.limit_reached());
+        conn.set_limit(None);
+        assert!(!conn.limit_reached());
+    }
+
+    #[test]
+    fn what_already_arrived_is_read_even_past_the_limit() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(b"NOOP\r\n").unwrap();
+        let mut conn = Conn::new(ours, Duration::from_secs(1));
+        conn.set_limit(Some(Instant::now()));
+        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
+        assert!(matches!(got, Received::Item(Line::Complete(ref line)) if line == b"NOOP"), "{got:?}");
+    }
+}

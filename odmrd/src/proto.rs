@@ -705,7 +705,12 @@ mod tests {
         for (input, expected) in cases {
             for sizes in splits(input.len()) {
                 let got = split_lines_limited(&limits, input.as_bytes(), &sizes);
-                assert!(got == expected, "input of {} octets, split {:?}..", input.len(), &sizes[..3.min(sizes.len())]);
+                assert!(
+                    got == expected,
+                    "input of {} octets, split {:?}..",
+                    input.len(),
+                    &sizes[..3.min(sizes.len())]
+                );
             }
         }
     }

@@ -131,7 +131,8 @@ impl<W: Wire> Session<'_, W> {
                 };
                 // The limit is spent; the 421 still gets the usual time to go out.
                 self.conn.set_limit(None);
-                let _ = self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
+                let _ =
+                    self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
                 self.log(&format!("event=timeout reason={reason}"));
                 Err(End::TimedOut)
             }
