@@ -49,6 +49,21 @@ impl Sender {
     fn line(&mut self) -> String {
         line(&mut self.reader)
     }
+
+    /// Past the `250 OK` replies to NOOPs: a 421 with `text`, not before
+    /// `limit` after `since` (nor long after), and the end of the connection.
+    fn expect_421_after(&mut self, since: Instant, limit: Duration, text: &str) {
+        let reply = loop {
+            let reply = self.line();
+            if reply != "250 OK\r\n" {
+                break reply;
+            }
+        };
+        let waited = since.elapsed();
+        assert!(reply.starts_with("421 ") && reply.contains(text), "{reply:?}");
+        assert!(waited >= limit && waited < limit + Duration::from_secs(13), "421 after {waited:?}");
+        assert_eq!(self.line(), "");
+    }
 }
 
 impl Drop for Sender {
@@ -81,11 +96,7 @@ fn a_line_trickled_byte_by_byte_gets_421_within_idle_timeout_of_its_first_byte()
     let first_byte = Instant::now();
     let mut c =
         Sender::start(&daemon, bytes.chunks(1).map(<[u8]>::to_vec).collect(), Duration::from_millis(500));
-    let reply = c.line();
-    let waited = first_byte.elapsed();
-    assert!(reply.starts_with("421 ") && reply.contains("idle timeout"), "{reply:?}");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(15), "421 after {waited:?}");
-    assert_eq!(c.line(), "");
+    c.expect_421_after(first_byte, Duration::from_secs(2), "idle timeout");
     daemon.wait_for_log("event=timeout reason=idle-timeout", Duration::from_secs(10));
 }
 
@@ -97,15 +108,7 @@ fn session_timeout_ends_even_a_busy_dialogue_with_421() {
     let started = Instant::now();
     // Never idle: a NOOP every 200 ms for a minute.
     let mut c = Sender::start(&daemon, vec![b"NOOP\r\n".to_vec(); 300], Duration::from_millis(200));
-    let reply = loop {
-        let reply = c.line();
-        if reply != "250 OK\r\n" {
-            break reply;
-        }
-    };
-    let waited = started.elapsed();
-    assert!(reply.starts_with("421 ") && reply.contains("session time limit"), "{reply:?}");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(15), "421 after {waited:?}");
+    c.expect_421_after(started, Duration::from_secs(2), "session time limit");
     daemon.wait_for_log("event=timeout reason=session-timeout", Duration::from_secs(10));
 }
 

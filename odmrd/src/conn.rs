@@ -303,48 +303,46 @@ mod tests {
     use super::*;
     use crate::proto::MAX_COMMAND_LINE;
     use std::os::unix::net::UnixStream;
-    use std::thread::JoinHandle;
 
-    /// The peer writes `bytes` one at a time, `gap` apart, until done or closed.
-    fn trickle(mut peer: UnixStream, bytes: Vec<u8>, gap: Duration) -> JoinHandle<()> {
-        std::thread::spawn(move || {
+    /// The peer writes `bytes` one at a time, `gap` apart, to a Conn with a
+    /// 300 ms timeout: each gap well inside the timeout, the whole far beyond
+    /// it. `read` must time out long before the peer could finish.
+    fn assert_trickle_times_out<T: std::fmt::Debug>(
+        bytes: Vec<u8>,
+        gap: Duration,
+        read: impl FnOnce(&mut Conn<UnixStream>) -> io::Result<Received<T>>,
+    ) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_millis(300));
+        assert!(gap * bytes.len() as u32 >= Duration::from_secs(4));
+        let peer = std::thread::spawn(move || {
             for byte in bytes {
-                if peer.write_all(&[byte]).is_err() {
+                if theirs.write_all(&[byte]).is_err() {
                     return;
                 }
                 std::thread::sleep(gap);
             }
-        })
+        });
+        let started = Instant::now();
+        let got = read(&mut conn).unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        drop(conn);
+        peer.join().unwrap();
     }
 
     #[test]
     fn a_trickled_line_times_out_counted_from_its_first_byte() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(ours, Duration::from_millis(300));
-        // 100 bytes 40 ms apart: each gap is well inside the timeout, the
-        // line as a whole (4 s) is far beyond it.
         let line = format!("NOOP {}\r\n", "x".repeat(93)).into_bytes();
-        let peer = trickle(theirs, line, Duration::from_millis(40));
-        let started = Instant::now();
-        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
-        assert!(matches!(got, Received::TimedOut), "{got:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-        drop(conn);
-        peer.join().unwrap();
+        assert_trickle_times_out(line, Duration::from_millis(40), |conn| {
+            conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE))
+        });
     }
 
     #[test]
     fn a_trickled_reply_times_out_as_a_whole() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(ours, Duration::from_millis(300));
         let reply = "250-line\r\n".repeat(40).into_bytes();
-        let peer = trickle(theirs, reply, Duration::from_millis(10));
-        let started = Instant::now();
-        let got = conn.read_reply().unwrap();
-        assert!(matches!(got, Received::TimedOut), "{got:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-        drop(conn);
-        peer.join().unwrap();
+        assert_trickle_times_out(reply, Duration::from_millis(10), Conn::read_reply);
     }
 
     #[test]
