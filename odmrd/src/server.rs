@@ -66,17 +66,18 @@ pub fn bind(addr: SocketAddr, backlog: Option<u32>) -> io::Result<TcpListener> {
     // As std does: a restarted daemon can bind while old connections linger.
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    let backlog = backlog.unwrap_or_else(system_max_backlog).min(i32::MAX as u32) as i32;
-    socket.listen(backlog)?;
+    socket.listen(listen_backlog(backlog).min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }
 
-/// The kernel's cap on listen backlogs (`net.core.somaxconn`); a larger
-/// request would be cut to it anyway.
-fn system_max_backlog() -> u32 {
-    let configured = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
-    // 4096: Linux's default since 5.4.
-    configured.and_then(|text| text.trim().parse().ok()).unwrap_or(4096)
+/// The backlog asked for: `configured`, or else the kernel's cap on listen
+/// backlogs (`net.core.somaxconn`; a larger request would be cut to it anyway).
+fn listen_backlog(configured: Option<u32>) -> u32 {
+    configured.unwrap_or_else(|| {
+        let system = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
+        // 4096: Linux's default since 5.4.
+        system.and_then(|text| text.trim().parse().ok()).unwrap_or(4096)
+    })
 }
 
 /// Raise the soft limit on open files to the hard limit: each session holds
@@ -205,7 +206,11 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
     });
     let open = Arc::new(OpenConnections::default());
     let mut acceptor = Acceptor::new(&config.server.hostname);
-    log::info(&format!("event=listening address={}", listener.local_addr()?));
+    log::info(&format!(
+        "event=listening address={} backlog={}",
+        listener.local_addr()?,
+        listen_backlog(config.server.listen_backlog)
+    ));
     'serving: loop {
         // While backing off, only a signal ends the wait.
         let backoff = acceptor.backoff.take();
