@@ -14,8 +14,8 @@
 //! - a command line: the wait for its first byte, then the whole line from
 //!   that first byte ([`Conn::read_line`]);
 //! - a reply of the customer, all its lines ([`Conn::read_reply`]);
-//! - a flush of the write buffer (at most [`WRITE_BUFFER`] octets, one
-//!   "record" of a body).
+//! - a write: one flush of the write buffer, or one large send (about
+//!   64 KiB, a "record" of a body).
 //!
 //! On top of that an optional limit ([`Conn::set_limit`]) bounds every wait
 //! whatever the current timeout: the session's total time before ATRN.
