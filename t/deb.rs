@@ -282,6 +282,11 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
         assert!(!log.contains(PASSWORD), "a password was logged");
     }
 
+    // Installing again (as an upgrade does) keeps the operator's edit and the file's group.
+    dpkg(&["-i", deb.to_str().unwrap()]);
+    assert!(fs::read_to_string("/etc/odmrd/passwd").unwrap().contains(&format!("{USER}:{{CRAM-MD5}}")));
+    assert_owner_and_mode("/etc/odmrd/passwd", "root", "odmrd", 0o640);
+
     // remove: configuration (edited) and spool stay, the program goes.
     dpkg(&["--remove", "odmrd"]);
     assert!(!Path::new("/usr/sbin/odmrd").exists());
@@ -316,6 +321,31 @@ fn lintian_reports_no_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(!report.lines().any(|l| l.starts_with("E: ")), "{report}");
+}
+
+/// The socket's connection limits are the packaged configuration's session limits, which odmrd
+/// itself applies only in standalone mode.
+#[test]
+fn the_socket_limits_match_the_packaged_session_limits() {
+    let config = odmrd::config::Config::load(&workspace().join("etc/odmrd.ini")).unwrap();
+    let socket = fs::read_to_string(workspace().join("etc/systemd/odmrd.socket")).unwrap();
+    let setting = |name: &str| -> usize {
+        let line = socket
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}="));
+        line[name.len() + 1..].trim().parse().unwrap()
+    };
+    assert_eq!(
+        setting("MaxConnections"),
+        config.server.max_sessions,
+        "MaxConnections vs [server] max_sessions"
+    );
+    assert_eq!(
+        setting("MaxConnectionsPerSource"),
+        config.server.max_sessions_per_ip,
+        "MaxConnectionsPerSource vs [server] max_sessions_per_ip"
+    );
 }
 
 /// `systemd-analyze security` works on unit files without a running systemd (--offline).
