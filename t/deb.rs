@@ -4,10 +4,11 @@
 //! installed binary started as the packaged odmrd.service starts it (user odmrd, the packaged
 //! /etc/odmrd.ini, only the address changed to a free loopback port) serves a session to the
 //! real fetchmail, `dpkg -r` keeps the configuration and the spool, `dpkg -P` removes the
-//! configuration but never held mail. Also: lintian finds no error, `systemd-analyze verify`
+//! configuration but never held mail. That session runs under strace, and what odmrd did must
+//! fit the unit's sandbox (system call filter, address families, no W+X memory). Also: lintian finds no error, `systemd-analyze verify`
 //! accepts the installed units and `systemd-analyze security` rates each unit "OK" or better.
 //!
-//! Needs root (dpkg), and debhelper, scdoc, lintian (t/setup-deps). The package is purged again
+//! Needs root (dpkg), and debhelper, scdoc, lintian, strace (t/setup-deps). The package is purged again
 //! at the end, whatever happens, and what the test added to the spool is removed; the system
 //! user odmrd stays, as Debian's policy wants for system users.
 //!
@@ -20,6 +21,7 @@ mod support;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Group, Pid, User};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -240,23 +242,31 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     let not_collected =
         queue(&com, &odmrd, &qmail_message("x@sender.example", "y@example.com", b"\nstays\n"));
 
-    // As odmrd.service starts it: user odmrd, the packaged configuration, from /.
+    // As odmrd.service starts it: user odmrd, the packaged configuration, from /; under strace,
+    // to compare what it does with what the unit's sandbox allows.
+    let trace_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(trace_dir.path(), Some(odmrd.uid.as_raw()), Some(odmrd.gid.as_raw())).unwrap();
+    let trace = trace_dir.path().join("strace");
     let port = support::free_port();
-    let mut daemon = Command::new("/usr/sbin/odmrd")
-        .args(["-c", "/etc/odmrd.ini", "--listen", &format!("127.0.0.1:{port}")])
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .args(["--", "/usr/sbin/odmrd", "-c", "/etc/odmrd.ini", "--listen", &format!("127.0.0.1:{port}")])
         .uid(odmrd.uid.as_raw())
         .gid(odmrd.gid.as_raw())
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("strace is missing: install it (t/setup-deps)");
     let listening = wait_until(Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            || daemon.try_wait().ok().flatten().is_some()
+            || strace.try_wait().ok().flatten().is_some()
     });
-    assert!(listening && daemon.try_wait().unwrap().is_none(), "odmrd did not start:\n{}", syslog.text());
+    assert!(listening && strace.try_wait().unwrap().is_none(), "odmrd did not start:\n{}", syslog.text());
+    // strace's first line is odmrd's execve, with odmrd's process id.
+    let daemon =
+        fs::read_to_string(&trace).unwrap().split_whitespace().next().unwrap().parse::<i32>().unwrap();
     let mta = CustomerMta::start();
     let run = Fetchmail::new(port).user(USER, PASSWORD).domains(&["example.org"]).smtp_port(mta.port()).run();
     assert_eq!(run.code, Some(0), "{}\n--- odmrd\n{}", run.report(), syslog.text());
@@ -269,13 +279,14 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     assert!(!held.exists(), "the delivered message must leave the spool");
     assert!(not_collected.exists(), "example.com was not requested");
 
-    // SIGTERM, as systemctl stop sends it: a clean exit.
-    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    // SIGTERM, as systemctl stop sends it: a clean exit (strace exits with odmrd's status).
+    kill(Pid::from_raw(daemon), Signal::SIGTERM).unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || daemon.try_wait().ok().flatten().is_some()),
+        wait_until(Duration::from_secs(30), || strace.try_wait().ok().flatten().is_some()),
         "odmrd ignored SIGTERM"
     );
-    assert_eq!(daemon.wait().unwrap().code(), Some(0), "{}", syslog.text());
+    assert_eq!(strace.wait().unwrap().code(), Some(0), "{}", syslog.text());
+    assert_inside_sandbox(&fs::read_to_string(&trace).unwrap(), "odmrd.service");
     if syslog.own {
         let log = syslog.text();
         assert!(log.contains("status=sent"), "{log}");
@@ -302,6 +313,85 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     }
     assert!(not_collected.exists(), "purge must not delete held mail");
     assert!(!installed());
+}
+
+/// The system calls of a systemd syscall group, nested groups expanded.
+fn syscall_group(group: &str) -> BTreeSet<String> {
+    let output = run_ok(Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", group]));
+    let mut calls = BTreeSet::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines().skip(1) {
+        match line.trim() {
+            "" => {}
+            item if item.starts_with('#') => {}
+            item if item.starts_with('@') => calls.extend(syscall_group(item)),
+            item => {
+                calls.insert(item.to_string());
+            }
+        }
+    }
+    calls
+}
+
+/// The values of every `KEY=` line of a unit file, in order.
+fn unit_settings(unit: &str, key: &str) -> Vec<String> {
+    unit.lines().filter_map(|line| line.strip_prefix(&format!("{key}="))).map(str::to_string).collect()
+}
+
+/// What an `strace -f` log shows odmrd doing must be allowed by `unit`'s sandbox: every system
+/// call by its SystemCallFilter= lines (an allow list, then `~` deny lists), every socket()
+/// family by RestrictAddressFamilies=, and no mapping both writable and executable
+/// (MemoryDenyWriteExecute=).
+fn assert_inside_sandbox(trace: &str, unit: &str) {
+    let unit_text = fs::read_to_string(workspace().join("etc/systemd").join(unit)).unwrap();
+    let mut allowed = BTreeSet::new();
+    for filter in unit_settings(&unit_text, "SystemCallFilter") {
+        let (deny, items) = match filter.strip_prefix('~') {
+            Some(items) => (true, items.to_string()),
+            None => (false, filter.clone()),
+        };
+        for item in items.split_whitespace() {
+            let calls =
+                if item.starts_with('@') { syscall_group(item) } else { BTreeSet::from([item.to_string()]) };
+            if deny {
+                allowed.retain(|call| !calls.contains(call));
+            } else {
+                allowed.extend(calls);
+            }
+        }
+    }
+    assert!(allowed.contains("read"), "{unit}: no SystemCallFilter= allow list");
+    let families: Vec<String> = unit_settings(&unit_text, "RestrictAddressFamilies")
+        .iter()
+        .flat_map(|line| line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+
+    let mut refused = BTreeSet::new();
+    for line in trace.lines() {
+        // "PID name(args) = result", "PID name(args <unfinished ...>", "PID <... name resumed>".
+        let Some((_pid, call)) = line.split_once(' ') else { continue };
+        let call = call.trim_start();
+        let Some((name, args)) = call.split_once('(') else { continue };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        if !allowed.contains(name) {
+            refused.insert(format!("system call {name}"));
+        }
+        if name == "socket" {
+            let family = args.split(',').next().unwrap_or_default();
+            if !families.iter().any(|f| f == family) {
+                refused.insert(format!("socket family {family}"));
+            }
+        }
+        if (name == "mmap" || name == "mprotect") && args.contains("PROT_WRITE|PROT_EXEC") {
+            refused.insert(format!("writable and executable memory: {line}"));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{unit}'s sandbox would refuse what odmrd did:\n    {}",
+        Vec::from_iter(refused).join("\n    ")
+    );
 }
 
 #[test]
