@@ -246,15 +246,9 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     // to compare what it does with what the unit's sandbox allows.
     let trace_dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(trace_dir.path(), Some(odmrd.uid.as_raw()), Some(odmrd.gid.as_raw())).unwrap();
-    let trace = trace_dir.path().join("strace");
+    let trace = trace_dir.path().join("standalone.strace");
     let port = support::free_port();
-    let mut strace = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .args(["--", "/usr/sbin/odmrd", "-c", "/etc/odmrd.ini", "--listen", &format!("127.0.0.1:{port}")])
-        .uid(odmrd.uid.as_raw())
-        .gid(odmrd.gid.as_raw())
-        .current_dir("/")
+    let mut strace = as_the_units_run(&odmrd, &trace, &["--listen", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -287,6 +281,32 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     );
     assert_eq!(strace.wait().unwrap().code(), Some(0), "{}", syslog.text());
     assert_inside_sandbox(&fs::read_to_string(&trace).unwrap(), "odmrd.service");
+
+    // As odmrd.socket and odmrd@.service run it: a process per accepted connection, which is
+    // its stdin and stdout.
+    let again = queue(&org, &odmrd, &qmail_message("carol@sender.example", "dave@example.org", b"\nagain\n"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trace = trace_dir.path().join("inetd.strace");
+    let accepted = {
+        let (odmrd, trace) = (odmrd.clone(), trace.clone());
+        std::thread::spawn(move || {
+            let (connection, _) = listener.accept().unwrap();
+            as_the_units_run(&odmrd, &trace, &["--inetd"])
+                .stdin(std::os::fd::OwnedFd::from(connection.try_clone().unwrap()))
+                .stdout(std::os::fd::OwnedFd::from(connection))
+                .spawn()
+                .unwrap()
+        })
+    };
+    let run = Fetchmail::new(port).user(USER, PASSWORD).domains(&["example.org"]).smtp_port(mta.port()).run();
+    assert_eq!(run.code, Some(0), "{}\n--- odmrd\n{}", run.report(), syslog.text());
+    let session = accepted.join().unwrap().wait_with_output().unwrap();
+    assert_eq!(session.status.code(), Some(0), "{}", syslog.text());
+    let delivered = mta.wait_for(2, Duration::from_secs(60));
+    assert!(delivered.iter().any(|m| envelope_of(m).1 == ["dave@example.org"]), "{}", syslog.text());
+    assert!(!again.exists(), "the delivered message must leave the spool");
+    assert_inside_sandbox(&fs::read_to_string(&trace).unwrap(), "odmrd@.service");
     if syslog.own {
         let log = syslog.text();
         assert!(log.contains("status=sent"), "{log}");
@@ -313,6 +333,21 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     }
     assert!(not_collected.exists(), "purge must not delete held mail");
     assert!(!installed());
+}
+
+/// The installed odmrd with `mode_args` as the packaged units start it (user odmrd, the
+/// packaged configuration, from /), under `strace -f -o trace`.
+fn as_the_units_run(odmrd: &User, trace: &Path, mode_args: &[&str]) -> Command {
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "-qq", "-o"])
+        .arg(trace)
+        .args(["--", "/usr/sbin/odmrd", "-c", "/etc/odmrd.ini"])
+        .args(mode_args)
+        .uid(odmrd.uid.as_raw())
+        .gid(odmrd.gid.as_raw())
+        .current_dir("/");
+    command
 }
 
 /// The system calls of a systemd syscall group, nested groups expanded.
