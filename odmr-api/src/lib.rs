@@ -8,6 +8,8 @@
 //!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
 //!   log).
 //!
+//! - [`dsn`] is what RFC 3461 lets a sender ask of the envelope (NOTIFY,
+//!   RET, xtext for ENVID and ORCPT), parsed and formatted once.
 //! - [`names`] is the one domain rule shared by odmrd and every backend
 //!   (what a domain is, which domain an address belongs to).
 //! - [`outcomes`] is a queue cursor's per-message bookkeeping: the offered
@@ -22,6 +24,7 @@
 //! This crate owns no policy beyond those shared rules: it does not know
 //! SMTP, files or any backend's configuration.
 
+pub mod dsn;
 pub mod ffi;
 pub mod kit;
 pub mod names;
@@ -29,4 +32,8 @@ pub mod outcomes;
 pub mod settings;
 pub mod testing;
 
-pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};
+pub use dsn::{Notify, Ret};
+pub use kit::{
+    Credentials, Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, RecipientDetails,
+    Secret, Status,
+};

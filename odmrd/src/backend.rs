@@ -607,6 +607,40 @@ unsafe extern "C" fn sink_recipient(ctx: *mut c_void, address: OdmrStr) {
     }));
 }
 
+unsafe extern "C" fn sink_message_details(
+    ctx: *mut c_void,
+    arrival: i64,
+    envid: OdmrStr,
+    ret: u32,
+    flags: u32,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `sink_message`.
+        let (b, envid) = unsafe { (&mut *ctx.cast::<EnvelopeBuilder>(), envid.as_bytes()) };
+        let e = &mut b.envelope;
+        e.arrival = odmr_api::kit::arrival_from_raw(arrival);
+        e.envid = (!envid.is_empty()).then(|| String::from_utf8_lossy(envid).into_owned());
+        e.ret = odmr_api::Ret::from_raw(ret);
+        e.set_flags(flags);
+    }));
+}
+
+unsafe extern "C" fn sink_recipient_details(ctx: *mut c_void, notify: u32, orcpt: OdmrStr) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `sink_message`.
+        let (b, orcpt) = unsafe { (&mut *ctx.cast::<EnvelopeBuilder>(), orcpt.as_bytes()) };
+        let e = &mut b.envelope;
+        // Details belong to the recipient just reported; earlier ones without
+        // details keep the defaults.
+        let Some(index) = e.recipients.len().checked_sub(1) else { return };
+        e.details.resize(index + 1, Default::default());
+        e.details[index] = odmr_api::RecipientDetails {
+            notify: odmr_api::Notify::from_raw(notify),
+            orcpt: (!orcpt.is_empty()).then(|| String::from_utf8_lossy(orcpt).into_owned()),
+        };
+    }));
+}
+
 impl Cursor {
     fn call(&self, what: &str, f: impl FnOnce(&odmr_queue_ops) -> odmr_status) -> Result<(), Status> {
         let status = {
@@ -626,6 +660,8 @@ impl Cursor {
             ctx: (&mut builder as *mut EnvelopeBuilder).cast(),
             message: sink_message,
             recipient: sink_recipient,
+            message_details: Some(sink_message_details),
+            recipient_details: Some(sink_recipient_details),
         };
         let status = {
             let _serial = self.queue.instance.enter();
@@ -740,6 +776,9 @@ mod tests {
             set_outcome: Some(outcome),
             commit: Some(commit),
             cursor_close: Some(close),
+            flags: 0,
+            list: None,
+            set_outcome_reply: None,
         }
     }
 
@@ -766,10 +805,11 @@ mod tests {
 
     #[test]
     fn the_v1_0_minimums_are_the_ends_of_the_last_v1_0_fields() {
-        // In ABI 1.0 the structs end with their last v1.0 field.
-        assert_eq!(ODMR_PLUGIN_V1_0_SIZE, size_of::<odmr_plugin>());
-        assert_eq!(ODMR_QUEUE_OPS_V1_0_SIZE, size_of::<odmr_queue_ops>());
-        assert_eq!(ODMR_CREDENTIALS_OPS_V1_0_SIZE, size_of::<odmr_credentials_ops>());
+        // ABI 1.1 appended fields after each of these.
+        assert_eq!(ODMR_PLUGIN_V1_0_SIZE, offset_of!(odmr_plugin, check));
+        assert_eq!(ODMR_QUEUE_OPS_V1_0_SIZE, offset_of!(odmr_queue_ops, flags));
+        assert_eq!(ODMR_CREDENTIALS_OPS_V1_0_SIZE, offset_of!(odmr_credentials_ops, verify_password));
+        assert_eq!(ODMR_ENVELOPE_SINK_V1_0_SIZE, offset_of!(odmr_envelope_sink, message_details));
         assert_eq!(ODMR_HOST_V1_0_SIZE, size_of::<odmr_host>());
         assert!(check_size("t", ODMR_QUEUE_OPS_V1_0_SIZE as u32 - 8, ODMR_QUEUE_OPS_V1_0_SIZE)
             .unwrap_err()

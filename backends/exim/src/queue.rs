@@ -415,6 +415,7 @@ impl Cursor for EximCursor {
                             .iter()
                             .map(|&i| current.header.recipients[i].clone())
                             .collect(),
+                        ..Envelope::default()
                     };
                     self.yielded = true;
                     self.current = Some(current);

@@ -312,6 +312,7 @@ impl Cursor for MaildirCursor {
                     .iter()
                     .map(|&i| selected.parsed.recipients[i].address.clone())
                     .collect(),
+                ..Envelope::default()
             };
             self.current = Some(Current {
                 spool: spool_index,

@@ -81,6 +81,8 @@ fn a_whole_collection_through_the_c_tables() {
         ctx: (&mut seen as *mut Seen).cast(),
         message: on_message,
         recipient: on_recipient,
+        message_details: None,
+        recipient_details: None,
     };
     assert_eq!(unsafe { (ops.cursor_next.unwrap())(cur, &sink) }, ODMR_OK);
     assert_eq!((seen.id.as_str(), seen.sender.as_str()), ("new/1good", "s@sender.example"));
