@@ -10,14 +10,17 @@
 //!
 //! - [`dsn`] is what RFC 3461 lets a sender ask of the envelope (NOTIFY,
 //!   RET, xtext for ENVID and ORCPT), parsed and formatted once.
+//! - [`host`] is the host's side: loading a plugin's descriptor, checking it
+//!   once, and safe wrappers over its tables (`CredentialStore`,
+//!   `MailQueue`, `QueueCursor`), used by odmrd and by [`testing`].
 //! - [`names`] is the one domain rule shared by odmrd and every backend
 //!   (what a domain is, which domain an address belongs to).
 //! - [`outcomes`] is a queue cursor's per-message bookkeeping: the offered
 //!   recipients and what the host recorded for each.
 //! - [`settings`] reads a plugin's ini section with the shared conventions
 //!   (errors name the key; repeated and unknown keys are errors).
-//! - [`testing`] is a test aid: a host that drives a plugin through its raw
-//!   C tables and keeps its log lines.
+//! - [`testing`] is a test aid: [`host`] with a log buffer, driving a plugin
+//!   through its C tables as odmrd does.
 //!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
@@ -26,6 +29,7 @@
 
 pub mod dsn;
 pub mod ffi;
+pub mod host;
 pub mod kit;
 pub mod names;
 pub mod outcomes;

@@ -250,3 +250,53 @@ fn check_verify_password_and_list_reach_the_backend() {
     // SAFETY: created by this descriptor's instance_new, freed once.
     unsafe { d.instance_free.unwrap()(inst) };
 }
+
+#[test]
+fn odmrds_host_code_gets_back_what_the_backend_described() {
+    let mut host = TestHost::new();
+    host.load(detailed_init);
+    let queue = host.queue(&[] as &[(&str, &str)]).unwrap();
+    assert!(queue.next_before_commit());
+    let mut cursor = queue.open(&["example.org".to_string()]).unwrap();
+    assert_eq!(cursor.next_message(), Ok(Some(envelope())));
+    assert_eq!(cursor.set_outcome_with_reply(0, Outcome::PermFail, "550 no"), Ok(()));
+    drop(cursor);
+
+    let mut listed = Vec::new();
+    let mut report = |entry: Listed<'_>| listed.push(format!("{entry:?}"));
+    queue.list(&["example.org".to_string()], &mut report).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[0].contains("last_replies: [\"451 4.2.2 mailbox full\", \"\"]"), "{listed:?}");
+    assert!(listed[1].starts_with("Unreadable { domain: \"example.org\", id: \"new/bad\""), "{listed:?}");
+
+    // An older host's plugin answers the same calls without the details.
+    let mut old = TestHost::with_abi(1, 0);
+    old.load(detailed_init);
+    let mut cursor = old.queue(&[] as &[(&str, &str)]).unwrap().open(&[]).unwrap();
+    let bare = Envelope {
+        details: vec![],
+        arrival: None,
+        envid: None,
+        ret: None,
+        smtputf8: false,
+        eight_bit: None,
+        ..envelope()
+    };
+    assert_eq!(cursor.next_message(), Ok(Some(bare)));
+}
+
+#[test]
+fn a_raw_outcome_the_abi_does_not_define_is_refused() {
+    let mut host = TestHost::new();
+    let d = host.load(detailed_init);
+    let inst = host.instance(&[] as &[(&str, &str)]).unwrap();
+    // SAFETY: the descriptor's tables are static; the instance is live.
+    let ops = unsafe { &*d.queue };
+    let mut cur = std::ptr::null_mut();
+    // SAFETY: as above; `cur` receives the cursor.
+    assert_eq!(unsafe { ops.cursor_open.unwrap()(inst, std::ptr::null(), 0, &mut cur) }, ODMR_OK);
+    // SAFETY: the cursor is open.
+    assert_eq!(unsafe { ops.set_outcome.unwrap()(cur, 0, 99) }, ODMR_INVALID_ARGUMENT);
+    // SAFETY: closed once.
+    unsafe { ops.cursor_close.unwrap()(cur) };
+}
