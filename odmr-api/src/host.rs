@@ -16,9 +16,9 @@
 //! [`CredentialStore`], a [`MailQueue`] and a [`QueueCursor`]; a plugin
 //! implements [`crate::Credentials`], [`crate::Queue`] and [`crate::Cursor`].
 
-use crate::dsn::{Notify, Ret};
 use crate::ffi::*;
 use crate::kit::{arrival_from_raw, Envelope, Listed, LogLevel, Outcome, RecipientDetails, Secret, Status};
+use crate::params::{Notify, Ret};
 use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

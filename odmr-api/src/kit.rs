@@ -12,8 +12,8 @@
 //! crate then exports it by path with [`crate::export_shared_object!`]; odmrd
 //! links its built-ins as rlibs without that symbol.
 
-use crate::dsn::{Notify, Ret};
 use crate::ffi::*;
+use crate::params::{Notify, Ret};
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

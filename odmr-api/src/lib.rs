@@ -8,7 +8,7 @@
 //!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
 //!   log).
 //!
-//! - [`dsn`] is what RFC 3461 lets a sender ask of the envelope (NOTIFY,
+//! - [`params`] is what a sender's MAIL and RCPT parameters ask (NOTIFY,
 //!   RET, xtext for ENVID and ORCPT), parsed and formatted once.
 //! - [`host`] is the host's side: loading a plugin's descriptor, checking it
 //!   once, and safe wrappers over its tables (`CredentialStore`,
@@ -27,17 +27,17 @@
 //! This crate owns no policy beyond those shared rules: it does not know
 //! SMTP, files or any backend's configuration.
 
-pub mod dsn;
 pub mod ffi;
 pub mod host;
 pub mod kit;
 pub mod names;
 pub mod outcomes;
+pub mod params;
 pub mod settings;
 pub mod testing;
 
-pub use dsn::{Notify, Ret};
 pub use kit::{
     Credentials, Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, RecipientDetails,
     Secret, Status,
 };
+pub use params::{Notify, Ret};

@@ -1,10 +1,12 @@
-//! What RFC 3461 (DSN) and RFC 6531 (SMTPUTF8) let a sender ask of the
-//! envelope, as values: NOTIFY, RET, and the xtext encoding of ENVID and
-//! ORCPT. Shared by the backends, which read these from their queue files,
-//! and by odmrd, which passes them on to the customer and honours them in
-//! its own DSNs. Parsing and formatting only; safe code.
+//! What a sender's MAIL and RCPT parameters ask of the envelope, as values:
+//! RFC 3461's NOTIFY, RET and the xtext of ENVID and ORCPT, and whether a
+//! body needs RFC 6152's BODY=8BITMIME. Shared by the backends, which read
+//! these from their queue files, and by odmrd, which passes them on to the
+//! customer and honours them in its own DSNs. Parsing, formatting and one
+//! bounded scan; safe code.
 
 use crate::ffi::*;
+use std::io::{self, Read};
 
 /// A recipient's NOTIFY (RFC 3461 §4.1): when the sender wants a DSN.
 /// [`Notify::UNSPECIFIED`] (no NOTIFY given) reports failures, as RFC 3461
@@ -186,6 +188,47 @@ pub fn orcpt_param(decoded: &str) -> String {
     }
 }
 
+/// How many bytes of a message [`eight_bit_within`] reads at most, by
+/// convention for the backends: enough for nearly all mail, and a bound on
+/// the extra reading for the rest (which are then "unknown").
+pub const EIGHT_BIT_SCAN_LIMIT: u64 = 1 << 20;
+
+/// Does `content` hold an octet above 127? Reads at most `limit` bytes:
+/// Some(true) as soon as one is found, Some(false) when all of it was read
+/// without one, None when the limit came first.
+pub fn eight_bit_within(content: impl Read, limit: u64) -> io::Result<Option<bool>> {
+    let mut content = content.take(limit + 1);
+    let mut buf = [0u8; 8192];
+    let mut seen = 0u64;
+    loop {
+        let n = match content.read(&mut buf) {
+            Ok(0) => return Ok(Some(false)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().any(|&b| b > 127) {
+            return Ok(Some(true));
+        }
+        seen += n as u64;
+        if seen > limit {
+            return Ok(None);
+        }
+    }
+}
+
+/// The ESMTP parameters after a path (`<a@b> NOTIFY=NEVER ORCPT=...`), as
+/// `(KEYWORD, value)` with the keyword upper-cased; a bare keyword has an
+/// empty value.
+pub fn esmtp_params(text: &str) -> Vec<(String, String)> {
+    text.split_ascii_whitespace()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_ascii_uppercase(), v.to_string()),
+            None => (p.to_ascii_uppercase(), String::new()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +247,22 @@ mod tests {
         assert_eq!(Notify::UNSPECIFIED.param(), None);
         assert_eq!(Notify::from_raw(ODMR_NOTIFY_NEVER | ODMR_NOTIFY_SUCCESS), Notify::NEVER);
         assert_eq!(Notify::from_raw(0x100 | ODMR_NOTIFY_DELAY).to_raw(), ODMR_NOTIFY_DELAY);
+    }
+
+    #[test]
+    fn eight_bit_scans_stop_at_the_limit() {
+        assert_eq!(eight_bit_within(&b"plain"[..], 10).unwrap(), Some(false));
+        assert_eq!(eight_bit_within("h\u{e9}".as_bytes(), 10).unwrap(), Some(true));
+        assert_eq!(eight_bit_within(&[b'a'; 20][..], 10).unwrap(), None);
+        assert_eq!(eight_bit_within(&[b'a'; 10][..], 10).unwrap(), Some(false));
+        assert_eq!(
+            esmtp_params(" notify=SUCCESS  SMTPUTF8 ORCPT=rfc822;a@b"),
+            [
+                ("NOTIFY".into(), "SUCCESS".into()),
+                ("SMTPUTF8".into(), String::new()),
+                ("ORCPT".into(), "rfc822;a@b".into())
+            ]
+        );
     }
 
     #[test]
