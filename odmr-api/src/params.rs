@@ -6,7 +6,9 @@
 //! bounded scan; safe code.
 
 use crate::ffi::*;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 /// A recipient's NOTIFY (RFC 3461 §4.1): when the sender wants a DSN.
 /// [`Notify::UNSPECIFIED`] (no NOTIFY given) reports failures, as RFC 3461
@@ -215,6 +217,32 @@ pub fn eight_bit_within(content: impl Read, limit: u64) -> io::Result<Option<boo
             return Ok(None);
         }
     }
+}
+
+/// Reads a file from a position with `pread`, leaving the file offset
+/// (which its clones share, e.g. a body reader's) alone.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// [`eight_bit_within`] over `parts` (each a file from an offset to its
+/// end, one after the other) with [`EIGHT_BIT_SCAN_LIMIT`], never moving the
+/// files' offsets. None also when reading fails: the answer is then unknown.
+pub fn eight_bit_in(parts: &[(&File, u64)]) -> Option<bool> {
+    let mut content: Box<dyn Read + '_> = Box::new(io::empty());
+    for &(file, pos) in parts {
+        content = Box::new(content.chain(ReadAt { file, pos }));
+    }
+    eight_bit_within(content, EIGHT_BIT_SCAN_LIMIT).unwrap_or(None)
 }
 
 /// The ESMTP parameters after a path (`<a@b> NOTIFY=NEVER ORCPT=...`), as

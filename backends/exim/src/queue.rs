@@ -18,11 +18,11 @@ use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::{eight_bit_within, EIGHT_BIT_SCAN_LIMIT};
+use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -36,21 +36,6 @@ const RETRY_PAUSE: (Duration, Duration) = (Duration::from_millis(50), Duration::
 /// What odmrd needs, for every "permission denied" log line.
 const ACCESS_HINT: &str = "odmrd must run as the Exim user (the owner of the spool, e.g. Debian-exim) \
 or as root: it opens -D read-write to lock it, writes -J and removes finished messages";
-
-/// Reads a file from a position with `pread`, leaving the file offset (which
-/// its clones share) alone.
-struct ReadAt<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
 
 /// A `builtin:exim` instance.
 pub struct Exim {
@@ -385,9 +370,7 @@ impl EximCursor {
         };
         // Exim keeps no 8BITMIME mark in the spool: look (the page cache
         // then serves the delivery), without moving the readers' offsets.
-        let content = ReadAt { file: reader.get_ref(), pos: header.headers_offset }
-            .chain(ReadAt { file: &data, pos: offset });
-        let eight_bit = eight_bit_within(content, EIGHT_BIT_SCAN_LIMIT).unwrap_or(None);
+        let eight_bit = eight_bit_in(&[(reader.get_ref(), header.headers_offset), (&data, offset)]);
         reader.seek(SeekFrom::Start(header.headers_offset)).map_err(with(&h_path))?;
         let mut body_file = data.try_clone().map_err(with(&d_path))?;
         body_file.seek(SeekFrom::Start(offset)).map_err(with(&d_path))?;
