@@ -7,7 +7,7 @@
 //! it runs under inetd or a listener, and it does not parse bytes itself
 //! ([`crate::proto`] does).
 
-use crate::backend::{Backends, Cursor};
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
 use crate::locks::{DomainLocks, LockError};
@@ -15,6 +15,7 @@ use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
+use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -385,7 +386,7 @@ impl<W: Wire> Session<'_, W> {
         user: &str,
         domains: &[String],
         list: &str,
-    ) -> std::io::Result<Option<(Cursor, Envelope)>> {
+    ) -> std::io::Result<Option<(QueueCursor, Envelope)>> {
         let queue = &self.backends.queue;
         let found = queue.has_pending(domains).and_then(|pending| {
             if !pending {

@@ -18,13 +18,14 @@ use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
+use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Read buffer per open spool file: memory per cursor stays at this,
 /// whatever the message size.
@@ -268,6 +269,8 @@ struct Current {
     outcomes: Outcomes,
     /// Size of the message as sent, before line-end conversion.
     size: u64,
+    /// Whether headers and body hold 8-bit octets (None: too large to scan).
+    eight_bit: Option<bool>,
     body: Body<BufReader<File>, BufReader<File>>,
     /// The locked `-D`; the lock lasts until this and `body` are dropped.
     data: File,
@@ -420,6 +423,9 @@ impl EximCursor {
             }
             Some(offered) => offered,
         };
+        // Exim keeps no 8BITMIME mark in the spool: look (the page cache
+        // then serves the delivery), without moving the readers' offsets.
+        let eight_bit = eight_bit_in(&[(reader.get_ref(), header.headers_offset), (&data, offset)]);
         reader.seek(SeekFrom::Start(header.headers_offset)).map_err(with(&h_path))?;
         let mut body_file = data.try_clone().map_err(with(&d_path))?;
         body_file.seek(SeekFrom::Start(offset)).map_err(with(&d_path))?;
@@ -433,6 +439,7 @@ impl EximCursor {
             done,
             header,
             size: headers_size + 1 + body_size,
+            eight_bit,
             body,
             data,
         }))
@@ -469,6 +476,17 @@ impl Cursor for EximCursor {
                             .offered()
                             .iter()
                             .map(|&i| current.header.recipients[i].clone())
+                            .collect(),
+                        arrival: Some(UNIX_EPOCH + Duration::from_secs(current.header.received)),
+                        envid: current.header.envid.clone(),
+                        ret: current.header.ret,
+                        smtputf8: current.header.smtputf8,
+                        eight_bit: current.eight_bit,
+                        details: current
+                            .outcomes
+                            .offered()
+                            .iter()
+                            .map(|&i| current.header.details[i].clone())
                             .collect(),
                     };
                     self.yielded = true;
@@ -722,6 +740,32 @@ mod tests {
             }
             out.extend_from_slice(&buf[..n]);
         }
+    }
+
+    #[test]
+    fn the_envelope_carries_arrival_dsn_data_and_the_8bit_finding() {
+        let s = Spool::new();
+        s.add(Msg {
+            recipients: &[
+                "a@example.org rfc822;A+2Bx@example.org 24,12  0,-1#3",
+                "b@example.net",
+                "c@example.org",
+            ],
+            body: "h\u{e9}llo\n",
+            ..Msg::default()
+        });
+        let mut c = s.exim(&[]).open(&["example.org".into()]).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.recipients, ["a@example.org", "c@example.org"]);
+        assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(1795354394)));
+        assert_eq!(e.eight_bit, Some(true));
+        assert_eq!(e.recipient_details(0).orcpt.as_deref(), Some("rfc822;A+x@example.org"));
+        assert!(e.recipient_details(0).notify.on_success());
+        assert_eq!(e.recipient_details(1), Default::default());
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let e = s.exim(&[]).open(&["example.org".into()]).unwrap().next_message().unwrap().unwrap();
+        assert_eq!((e.eight_bit, e.envid, e.ret, e.smtputf8), (Some(false), None, None, false));
     }
 
     #[test]

@@ -15,11 +15,13 @@ use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
+use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Size of the read buffer for each message: memory per cursor stays at this
 /// whatever the message size.
@@ -286,6 +288,19 @@ impl MaildirCursor {
     }
 }
 
+/// When a file reached the maildir: the Unix time that starts a maildir
+/// file name (`1795354394.M1P2.host`), which survives our rewrites; else
+/// the file's modification time.
+fn arrival(entry: &Entry, meta: Option<&std::fs::Metadata>) -> Option<SystemTime> {
+    let name = entry.id.rsplit('/').next().unwrap_or(&entry.id);
+    let stamp =
+        name.split('.').next().filter(|t| (9..=11).contains(&t.len())).and_then(|t| t.parse::<u64>().ok());
+    match stamp {
+        Some(secs) => Some(UNIX_EPOCH + Duration::from_secs(secs)),
+        None => meta.and_then(|m| m.modified().ok()),
+    }
+}
+
 fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
     let mut handle = file.try_clone()?;
     Ok(match layout {
@@ -326,7 +341,11 @@ impl Cursor for MaildirCursor {
                     continue;
                 }
             };
-            let size = selected.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let meta = selected.file.metadata().ok();
+            let size = meta.as_ref().map_or(0, |m| m.len());
+            let params = &selected.parsed.params;
+            // BSMTP data was scanned while parsing; the headers form is read here.
+            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, 0)]));
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
@@ -335,6 +354,16 @@ impl Cursor for MaildirCursor {
                     .offered
                     .iter()
                     .map(|&i| selected.parsed.recipients[i].address.clone())
+                    .collect(),
+                arrival: arrival(&entry, meta.as_ref()),
+                envid: params.envid.clone(),
+                ret: params.ret,
+                smtputf8: params.smtputf8,
+                eight_bit,
+                details: selected
+                    .offered
+                    .iter()
+                    .map(|&i| selected.parsed.recipients[i].details.clone())
                     .collect(),
             };
             self.current = Some(Current {

@@ -457,3 +457,43 @@ fn opening_a_cursor_cleans_tmp_only_under_the_lock_and_never_a_fresh_delivery() 
     drop(cursor);
     assert!(spool.root.path().join("example.org/new/m").exists());
 }
+
+#[test]
+fn bsmtp_parameters_and_the_file_fill_the_abi_1_1_envelope() {
+    use odmr_api::params::{Notify, Ret};
+    use std::time::{Duration, UNIX_EPOCH};
+    let spool = Spool::new();
+    let with_dsn = b"MAIL FROM:<bob@sender.example> RET=HDRS ENVID=q+2B1 BODY=7BIT\n\
+RCPT TO:<u1@example.org> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;U1+2Bx@example.org\n\
+RCPT TO:<u2@example.org> NOTIFY=NEVER\nRCPT TO:<u3@example.org> NOTIFY=bogus\nDATA\nSubject: p\n\nh\xc3\xa9\n.\n";
+    spool.put("example.org", "new/1795354394.M1P1.h", with_dsn, 100);
+    let utf8 = "MAIL FROM:<\u{fc}@sender.example> SMTPUTF8\nRCPT TO:<u4@example.org>\nDATA\nx\n.\n";
+    spool.put("example.org", "new/1795354395.M2P2.h", utf8.as_bytes(), 200);
+    let headers = b"Return-Path: <a@sender.example>\nDelivered-To: u5@example.org\n\nplain\n";
+    spool.put("example.org", "new/h-form", headers, 300);
+    let q = instance(&spool, &[]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    let got = drain(&mut cursor);
+    assert_eq!(got.len(), 3);
+
+    let e = &got[0].0;
+    assert_eq!(
+        (e.envid.as_deref(), e.ret, e.smtputf8, e.eight_bit),
+        (Some("q+1"), Some(Ret::Headers), false, Some(true))
+    );
+    assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(1795354394)), "from the maildir name");
+    let d0 = e.recipient_details(0);
+    assert_eq!(
+        (d0.notify, d0.orcpt.as_deref()),
+        (Notify::parse("SUCCESS,DELAY").unwrap(), Some("rfc822;U1+x@example.org"))
+    );
+    assert_eq!(e.recipient_details(1).notify, Notify::NEVER);
+    assert_eq!(e.recipient_details(2).notify, Notify::UNSPECIFIED, "a bad NOTIFY is as if absent");
+
+    let e = &got[1].0;
+    assert_eq!((e.smtputf8, e.eight_bit, e.envid.as_deref()), (true, Some(false), None));
+
+    let e = &got[2].0;
+    assert_eq!((e.smtputf8, e.eight_bit), (false, Some(false)));
+    assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(300)), "no time in the name: the file's");
+}
