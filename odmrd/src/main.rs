@@ -4,6 +4,7 @@
 
 use odmrd::backend::Backends;
 use odmrd::config::Config;
+use odmrd::session::Start;
 use odmrd::{demo, log, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,11 +136,8 @@ fn main() -> ExitCode {
 
     let identity = match &config.tls.identity {
         None if options.tls => {
-            return fail_start(
-                &format!("{}: --tls needs [tls] certificate and key", path.display()),
-                EX_CONFIG,
-                &hostname,
-            )
+            let message = format!("{}: --tls needs [tls] certificate and key", path.display());
+            return fail_start(&message, EX_CONFIG, &hostname);
         }
         None => None,
         Some(files) => match odmrd::tls::Identity::load(&files.certificate, &files.key) {
@@ -150,18 +148,15 @@ fn main() -> ExitCode {
                 } else {
                     ("certificate", files.certificate_line)
                 };
-                return fail_start(
-                    &format!("{}:{line}: [tls] {key}: {e}", path.display()),
-                    EX_CONFIG,
-                    &hostname,
-                );
+                let message = format!("{}:{line}: [tls] {key}: {e}", path.display());
+                return fail_start(&message, EX_CONFIG, &hostname);
             }
         },
     };
     let bind = |addr: Option<std::net::SocketAddr>| match (addr, options.check_config) {
-        (Some(addr), false) => {
-            server::bind(addr).map(Some).map_err(|e| format!("cannot listen on {addr}: {e}"))
-        }
+        (Some(addr), false) => server::bind(addr, config.server.listen_backlog)
+            .map(Some)
+            .map_err(|e| format!("cannot listen on {addr}: {e}")),
         _ => Ok(None),
     };
     let (listener, tls_listener) = match (bind(config.server.listen), bind(config.server.listen_tls)) {
@@ -182,13 +177,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = match listener {
-        Some(clear) => {
-            let listeners = server::Listeners { clear, implicit_tls: tls_listener };
-            server::run_standalone(Arc::new(config), backends, identity, listeners)
+        Some(listener) => {
+            server::run_standalone(Arc::new(config), backends, identity, listener, tls_listener)
         }
         None => {
-            let start =
-                if options.tls { odmrd::session::Start::ImplicitTls } else { odmrd::session::Start::Clear };
+            let start = if options.tls { Start::ImplicitTls } else { Start::Clear };
             server::run_inetd(&config, &backends, identity.as_deref(), start).map(drop)
         }
     };
