@@ -835,6 +835,10 @@ plugin = builtin:maildir
         assert_eq!(config.auth.mechanisms, vec!["CRAM-MD5"]);
         assert_eq!(config.auth.max_failures, 3);
         assert_eq!(config.auth.failure_delay, Duration::from_secs(1));
+        assert_eq!(config.auth.address_penalty, Duration::from_secs(2));
+        assert_eq!(config.auth.address_max_penalty, Duration::from_secs(15));
+        assert_eq!(config.auth.address_max_failures, 20);
+        assert_eq!(config.auth.address_failure_window, Duration::from_secs(3600));
         assert!(config.credentials.settings.is_empty());
         assert_eq!(config.bounce.sendmail, vec!["/usr/sbin/sendmail"]);
         assert_eq!(facility(&config.log), Some(syslog::Facility::LOG_MAIL as i32));

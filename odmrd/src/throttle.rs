@@ -7,16 +7,18 @@
 //! - **Penalty**: after a failure from an address, its next AUTH waits
 //!   `address_penalty` (2 s), doubling with each further consecutive failure
 //!   up to `address_max_penalty` (15 s). Attempts from one address are
-//!   serialised: each reserves its turn, so ten parallel sessions from one
-//!   address guess no faster than one; an attempt whose turn is further away
-//!   than `address_max_penalty` is refused (421) instead of queued.
+//!   serialised: each reserves its turn as if it were going to fail, so ten
+//!   parallel sessions from one address guess no faster than one (a success
+//!   gives the turn back at once); an attempt whose turn is further away than
+//!   `address_max_penalty` is refused (421) instead of queued.
 //! - **Cap**: `address_max_failures` (20) failures within
 //!   `address_failure_window` (1 h) from one address, and it gets 421, at
 //!   connect and at AUTH, until the window that began with its first failure
 //!   ends.
 //!
 //! A success from the address ends the penalty (not the cap's count). An
-//! address with no failure leaves no record and never waits.
+//! address without failures keeps no record once its attempt succeeded, and
+//! waits only for an attempt of its own still in progress.
 //!
 //! **Addresses**: IPv4 (and IPv4-mapped IPv6) addresses count one by one;
 //! IPv6 addresses count per /64. A /64 is the smallest network an IPv6 site
@@ -81,10 +83,11 @@ pub struct Record {
     pub window_start: Millis,
     /// Failures within the current window.
     pub failures: u32,
-    /// Consecutive failures since the last success: the penalty's exponent.
+    /// Attempts since the last success (each counts from its start, as the
+    /// failure it may be): the penalty's exponent.
     pub streak: u32,
-    /// The latest failure.
-    pub last_failure: Millis,
+    /// The latest attempt or failure.
+    pub last_attempt: Millis,
     /// The earliest time the next attempt may proceed (turns are reserved).
     pub next_turn: Millis,
 }
@@ -159,12 +162,12 @@ impl Policy {
     }
 
     /// Forget what lies a whole window in the past: the count when its window
-    /// has ended, the penalty when the last failure is a window old.
+    /// has ended, the penalty when the last attempt is a window old.
     fn age(&self, record: &mut Record, now: Millis) {
         if now >= record.window_start.saturating_add(self.window) {
             record.failures = 0;
         }
-        if now >= record.last_failure.saturating_add(self.window) {
+        if now >= record.last_attempt.saturating_add(self.window) {
             record.streak = 0;
         }
     }
@@ -198,19 +201,24 @@ impl Policy {
         if wait > self.max_penalty {
             return Decision::Refuse(Refusal::Busy { turn_in: wait });
         }
+        // Until it is decided, the attempt counts as the failure it may be: a
+        // parallel attempt from the address takes the turn after its penalty.
+        record.streak = record.streak.saturating_add(1);
+        record.last_attempt = now;
         record.next_turn = turn.saturating_add(self.penalty_after(record.streak));
         Decision::Proceed { wait }
     }
 
-    /// The attempt failed: count it; Some when the address is now capped.
+    /// The attempt (begun with [`Policy::attempt`]) failed: count it; Some
+    /// when the address is now capped.
     pub fn failed(&self, record: &mut Record, now: Millis) -> Option<Refusal> {
         self.age(record, now);
         if record.failures == 0 {
             record.window_start = now;
         }
         record.failures = record.failures.saturating_add(1);
-        record.streak = record.streak.saturating_add(1);
-        record.last_failure = now;
+        record.streak = record.streak.max(1);
+        record.last_attempt = now;
         record.next_turn = record.next_turn.max(now.saturating_add(self.penalty_after(record.streak)));
         self.capped(record, now)
     }
@@ -263,7 +271,7 @@ impl Store for MemoryStore {
 }
 
 /// The inetd store: a text file, one address a line
-/// (`KEY WINDOW_START FAILURES STREAK LAST_FAILURE NEXT_TURN`, times in ms
+/// (`KEY WINDOW_START FAILURES STREAK LAST_ATTEMPT NEXT_TURN`, times in ms
 /// since the epoch), read and rewritten in place under an exclusive `flock`
 /// (not replaced by rename, which would split the lock from the file). A line
 /// that does not parse (a crash mid-write) is dropped: at worst an address's
@@ -293,7 +301,7 @@ impl FileStore {
 }
 
 const FILE_HEADER: &str =
-    "# odmrd auth throttle: KEY WINDOW_START FAILURES STREAK LAST_FAILURE NEXT_TURN (ms)\n";
+    "# odmrd auth throttle: KEY WINDOW_START FAILURES STREAK LAST_ATTEMPT NEXT_TURN (ms)\n";
 
 fn parse_table(text: &str) -> Table {
     let parse_line = |line: &str| -> Option<(String, Record)> {
@@ -304,7 +312,7 @@ fn parse_table(text: &str) -> Table {
             window_start: number()?,
             failures: u32::try_from(number()?).ok()?,
             streak: u32::try_from(number()?).ok()?,
-            last_failure: number()?,
+            last_attempt: number()?,
             next_turn: number()?,
         };
         Some((key, record))
@@ -317,7 +325,7 @@ fn format_table(table: &Table) -> String {
     for (key, r) in table {
         text.push_str(&format!(
             "{key} {} {} {} {} {}\n",
-            r.window_start, r.failures, r.streak, r.last_failure, r.next_turn
+            r.window_start, r.failures, r.streak, r.last_attempt, r.next_turn
         ));
     }
     text
@@ -424,7 +432,7 @@ impl Throttle {
 /// While the table is full, drop the record that failed longest ago.
 fn make_room(table: &mut Table) {
     while table.len() >= MAX_ENTRIES {
-        let Some(oldest) = table.iter().min_by_key(|(_, r)| r.last_failure).map(|(k, _)| k.clone()) else {
+        let Some(oldest) = table.iter().min_by_key(|(_, r)| r.last_attempt).map(|(k, _)| k.clone()) else {
             break;
         };
         table.remove(&oldest);
@@ -532,9 +540,10 @@ mod tests {
     #[test]
     fn histories_table() {
         let lenient = Policy { max_failures: 100, window: 3_600_000, ..POLICY };
+        let busy = |turn_in| Decision::Refuse(Refusal::Busy { turn_in });
         let cases: Vec<(&str, Policy, Vec<Step>)> = vec![
             (
-                "an address without failures never waits",
+                "an address without failures waits only for its own attempt in progress",
                 POLICY,
                 vec![
                     Connect(0, None),
@@ -543,6 +552,9 @@ mod tests {
                     Attempt(6, proceed(0)),
                     Succeed(7),
                     Attempt(8, proceed(0)),
+                    Attempt(9, proceed(1999)),
+                    Succeed(10),
+                    Attempt(11, proceed(0)),
                 ],
             ),
             (
@@ -563,23 +575,22 @@ mod tests {
                 ],
             ),
             (
-                "parallel attempts take turns; one beyond the maximum penalty is refused",
+                "parallel attempts take the same turns; one beyond the maximum penalty is refused",
                 lenient,
                 vec![
                     Attempt(0, proceed(0)),
-                    Fail(0, None),
                     Attempt(0, proceed(2000)),
+                    Attempt(0, proceed(6000)),
+                    Attempt(0, proceed(14_000)),
+                    Attempt(0, busy(29_000)),
+                    Connect(0, Some(Refusal::Busy { turn_in: 29_000 })),
+                    Fail(0, None),
                     Fail(2000, None),
-                    Attempt(2000, proceed(4000)),
                     Fail(6000, None),
-                    Attempt(6000, proceed(8000)),
                     Fail(14_000, None),
-                    // Streak 4: each turn is 15 s; the first waits 15 s, the second 30 s.
                     Attempt(14_000, proceed(15_000)),
-                    Connect(14_000, Some(Refusal::Busy { turn_in: 30_000 })),
-                    Attempt(14_000, Decision::Refuse(Refusal::Busy { turn_in: 30_000 })),
-                    // The refusal reserved nothing: once the next free turn (44 s) is near, one waits for it.
-                    Attempt(16_000, Decision::Refuse(Refusal::Busy { turn_in: 28_000 })),
+                    // A refusal reserves nothing: once the next free turn (44 s) is near, one waits for it.
+                    Attempt(16_000, busy(28_000)),
                     Connect(29_000, None),
                     Attempt(29_000, proceed(15_000)),
                 ],
@@ -588,15 +599,18 @@ mod tests {
                 "the cap refuses at the third failure until the window ends",
                 POLICY,
                 vec![
+                    Attempt(1000, proceed(0)),
                     Fail(1000, None),
+                    Attempt(3000, proceed(0)),
                     Fail(3000, None),
                     Connect(3000, None),
+                    Attempt(3000, proceed(4000)),
                     Fail(7000, capped(3, 54_000)),
                     Connect(7000, capped(3, 54_000)),
                     Attempt(60_000, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 1000 })),
                     // The window began at the first failure (t=1 s): at 61 s it is over,
                     Connect(61_000, None),
-                    // but the penalty of the streak stays until a window after the last failure.
+                    // but the penalty of the streak stays until a window after the last attempt.
                     Attempt(61_000, proceed(0)),
                     Fail(61_000, None),
                     Attempt(61_000, proceed(15_000)),
@@ -606,7 +620,9 @@ mod tests {
                 "a success ends the penalty but not the count",
                 POLICY,
                 vec![
+                    Attempt(0, proceed(0)),
                     Fail(0, None),
+                    Attempt(0, proceed(2000)),
                     Fail(2000, None),
                     Attempt(2000, proceed(4000)),
                     Succeed(6000),
@@ -615,10 +631,12 @@ mod tests {
                 ],
             ),
             (
-                "a streak is forgotten a window after its last failure",
+                "a streak is forgotten a window after its last attempt",
                 POLICY,
                 vec![
+                    Attempt(0, proceed(0)),
                     Fail(0, None),
+                    Attempt(0, proceed(2000)),
                     Fail(2000, None),
                     Attempt(62_000, proceed(0)),
                     Fail(62_000, None),
@@ -629,6 +647,7 @@ mod tests {
                 "no penalty configured: only the cap",
                 Policy { penalty: 0, max_penalty: 0, ..POLICY },
                 vec![
+                    Attempt(0, proceed(0)),
                     Fail(0, None),
                     Attempt(0, proceed(0)),
                     Attempt(0, proceed(0)),
@@ -645,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_spent_once_a_window_passed_since_its_last_failure_and_its_turn() {
+    fn a_record_is_spent_once_a_window_passed_since_its_last_attempt_and_its_turn() {
         let fresh = Record::default();
         assert!(POLICY.is_spent(&fresh, 0));
         let mut record = Record::default();
@@ -706,6 +725,8 @@ mod tests {
         assert!(file_throttle(&path).on_connect(guesser).is_some());
         assert_eq!(file_throttle(&path).on_connect(other), None);
         assert_eq!(file_throttle(&path).attempt(other), proceed(0));
+        assert_eq!(file_throttle(&path).attempt(other), proceed(2000), "the first might be a failure");
+        file_throttle(&path).succeeded(other);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# odmrd auth throttle"), "{text}");
         assert_eq!(text.lines().filter(|l| l.starts_with("192.0.2.1 ")).count(), 1, "{text}");
@@ -740,7 +761,7 @@ mod tests {
                     window_start: now,
                     failures: 1,
                     streak: 1,
-                    last_failure: now + u64::from(n),
+                    last_attempt: now + u64::from(n),
                     next_turn: now,
                 };
                 (std::net::Ipv4Addr::from(0x0a00_0000 + n).to_string(), record)
@@ -770,7 +791,11 @@ mod tests {
         );
         std::thread::scope(|scope| {
             for _ in 0..8 {
-                scope.spawn(|| (0..25).for_each(|_| drop(throttle.failed(ip("2001:db8::1")))));
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        let _ = throttle.failed(ip("2001:db8::1"));
+                    }
+                });
             }
         });
         assert_eq!(throttle.failed(ip("2001:db8::2")), None);
