@@ -15,7 +15,7 @@ use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
-use crate::throttle::{Decision, Gate};
+use crate::throttle::{Decision, Gate, Refusal};
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,11 +210,7 @@ impl<W: Wire> Session<'_, W> {
                 self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
                 self.gate.wait(std::time::Duration::from_millis(wait));
             }
-            Decision::Refuse(refusal) => {
-                self.log(&format!("event=throttle client={} {refusal}", self.client));
-                self.reply(421, refusal.reply_text())?;
-                return Ok(Some(End::Refused));
-            }
+            Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
         }
         let challenge = sasl::new_challenge(&self.config.server.hostname);
         {
@@ -260,9 +256,7 @@ impl<W: Wire> Session<'_, W> {
                 let capped = self.gate.failed();
                 self.gate.wait(self.config.auth.failure_delay);
                 if let Some(refusal) = capped {
-                    self.log(&format!("event=throttle client={} {refusal}", self.client));
-                    self.reply(421, refusal.reply_text())?;
-                    return Ok(Some(End::Refused));
+                    return self.refuse_throttled(refusal);
                 }
                 if self.failures >= self.config.auth.max_failures {
                     self.reply(421, "Too many authentication failures, closing connection")?;
@@ -272,6 +266,13 @@ impl<W: Wire> Session<'_, W> {
                 Ok(None)
             }
         }
+    }
+
+    /// The throttle refuses this client's AUTH: log, 421, end.
+    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
+        self.log(&format!("event=throttle client={} {refusal}", self.client));
+        self.reply(421, refusal.reply_text())?;
+        Ok(Some(End::Refused))
     }
 
     fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {

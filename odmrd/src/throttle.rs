@@ -46,10 +46,10 @@
 use crate::config::AuthConfig;
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -289,14 +289,7 @@ impl FileStore {
         if let Some(directory) = self.path.parent().filter(|d| !d.is_dir()) {
             std::fs::DirBuilder::new().recursive(true).mode(0o750).create(directory)?;
         }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o640)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&self.path)
+        crate::locks::open_lock_file(&self.path)
     }
 }
 
@@ -541,121 +534,54 @@ mod tests {
     fn histories_table() {
         let lenient = Policy { max_failures: 100, window: 3_600_000, ..POLICY };
         let busy = |turn_in| Decision::Refuse(Refusal::Busy { turn_in });
+        #[rustfmt::skip]
         let cases: Vec<(&str, Policy, Vec<Step>)> = vec![
-            (
-                "an address without failures waits only for its own attempt in progress",
-                POLICY,
-                vec![
-                    Connect(0, None),
-                    Attempt(0, proceed(0)),
-                    Succeed(5),
-                    Attempt(6, proceed(0)),
-                    Succeed(7),
-                    Attempt(8, proceed(0)),
-                    Attempt(9, proceed(1999)),
-                    Succeed(10),
-                    Attempt(11, proceed(0)),
-                ],
-            ),
-            (
-                "one guesser waits 2, 4, 8, 15, 15 s",
-                lenient,
-                vec![
-                    Attempt(0, proceed(0)),
-                    Fail(0, None),
-                    Attempt(10, proceed(1990)),
-                    Fail(2000, None),
-                    Attempt(2000, proceed(4000)),
-                    Fail(6000, None),
-                    Attempt(6000, proceed(8000)),
-                    Fail(14_000, None),
-                    Attempt(14_000, proceed(15_000)),
-                    Fail(29_000, None),
-                    Attempt(29_000, proceed(15_000)),
-                ],
-            ),
-            (
-                "parallel attempts take the same turns; one beyond the maximum penalty is refused",
-                lenient,
-                vec![
-                    Attempt(0, proceed(0)),
-                    Attempt(0, proceed(2000)),
-                    Attempt(0, proceed(6000)),
-                    Attempt(0, proceed(14_000)),
-                    Attempt(0, busy(29_000)),
-                    Connect(0, Some(Refusal::Busy { turn_in: 29_000 })),
-                    Fail(0, None),
-                    Fail(2000, None),
-                    Fail(6000, None),
-                    Fail(14_000, None),
-                    Attempt(14_000, proceed(15_000)),
-                    // A refusal reserves nothing: once the next free turn (44 s) is near, one waits for it.
-                    Attempt(16_000, busy(28_000)),
-                    Connect(29_000, None),
-                    Attempt(29_000, proceed(15_000)),
-                ],
-            ),
-            (
-                "the cap refuses at the third failure until the window ends",
-                POLICY,
-                vec![
-                    Attempt(1000, proceed(0)),
-                    Fail(1000, None),
-                    Attempt(3000, proceed(0)),
-                    Fail(3000, None),
-                    Connect(3000, None),
-                    Attempt(3000, proceed(4000)),
-                    Fail(7000, capped(3, 54_000)),
-                    Connect(7000, capped(3, 54_000)),
-                    Attempt(60_000, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 1000 })),
-                    // The window began at the first failure (t=1 s): at 61 s it is over,
-                    Connect(61_000, None),
-                    // but the penalty of the streak stays until a window after the last attempt.
-                    Attempt(61_000, proceed(0)),
-                    Fail(61_000, None),
-                    Attempt(61_000, proceed(15_000)),
-                ],
-            ),
-            (
-                "a success ends the penalty but not the count",
-                POLICY,
-                vec![
-                    Attempt(0, proceed(0)),
-                    Fail(0, None),
-                    Attempt(0, proceed(2000)),
-                    Fail(2000, None),
-                    Attempt(2000, proceed(4000)),
-                    Succeed(6000),
-                    Attempt(6000, proceed(0)),
-                    Fail(6000, capped(3, 54_000)),
-                ],
-            ),
-            (
-                "a streak is forgotten a window after its last attempt",
-                POLICY,
-                vec![
-                    Attempt(0, proceed(0)),
-                    Fail(0, None),
-                    Attempt(0, proceed(2000)),
-                    Fail(2000, None),
-                    Attempt(62_000, proceed(0)),
-                    Fail(62_000, None),
-                    Attempt(62_000, proceed(2000)),
-                ],
-            ),
-            (
-                "no penalty configured: only the cap",
-                Policy { penalty: 0, max_penalty: 0, ..POLICY },
-                vec![
-                    Attempt(0, proceed(0)),
-                    Fail(0, None),
-                    Attempt(0, proceed(0)),
-                    Attempt(0, proceed(0)),
-                    Fail(0, None),
-                    Fail(0, capped(3, 60_000)),
-                    Attempt(1, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 59_999 })),
-                ],
-            ),
+            ("an address without failures waits only for its own attempt in progress", POLICY, vec![
+                Connect(0, None), Attempt(0, proceed(0)), Succeed(5), Attempt(6, proceed(0)), Succeed(7),
+                Attempt(8, proceed(0)), Attempt(9, proceed(1999)), Succeed(10), Attempt(11, proceed(0)),
+            ]),
+            ("one guesser waits 2, 4, 8, 15, 15 s", lenient, vec![
+                Attempt(0, proceed(0)), Fail(0, None),
+                Attempt(10, proceed(1990)), Fail(2000, None),
+                Attempt(2000, proceed(4000)), Fail(6000, None),
+                Attempt(6000, proceed(8000)), Fail(14_000, None),
+                Attempt(14_000, proceed(15_000)), Fail(29_000, None),
+                Attempt(29_000, proceed(15_000)),
+            ]),
+            ("parallel attempts take the same turns; one beyond the maximum penalty is refused", lenient, vec![
+                Attempt(0, proceed(0)), Attempt(0, proceed(2000)), Attempt(0, proceed(6000)),
+                Attempt(0, proceed(14_000)), Attempt(0, busy(29_000)),
+                Connect(0, Some(Refusal::Busy { turn_in: 29_000 })),
+                Fail(0, None), Fail(2000, None), Fail(6000, None), Fail(14_000, None),
+                Attempt(14_000, proceed(15_000)),
+                // A refusal reserves nothing: once the next free turn (44 s) is near, one waits for it.
+                Attempt(16_000, busy(28_000)), Connect(29_000, None), Attempt(29_000, proceed(15_000)),
+            ]),
+            ("the cap refuses at the third failure until the window ends", POLICY, vec![
+                Attempt(1000, proceed(0)), Fail(1000, None),
+                Attempt(3000, proceed(0)), Fail(3000, None), Connect(3000, None),
+                Attempt(3000, proceed(4000)), Fail(7000, capped(3, 54_000)),
+                Connect(7000, capped(3, 54_000)),
+                Attempt(60_000, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 1000 })),
+                // The window began at the first failure (t=1 s): at 61 s it is over,
+                Connect(61_000, None),
+                // but the penalty of the streak stays until a window after the last attempt.
+                Attempt(61_000, proceed(0)), Fail(61_000, None), Attempt(61_000, proceed(15_000)),
+            ]),
+            ("a success ends the penalty but not the count", POLICY, vec![
+                Attempt(0, proceed(0)), Fail(0, None), Attempt(0, proceed(2000)), Fail(2000, None),
+                Attempt(2000, proceed(4000)), Succeed(6000),
+                Attempt(6000, proceed(0)), Fail(6000, capped(3, 54_000)),
+            ]),
+            ("a streak is forgotten a window after its last attempt", POLICY, vec![
+                Attempt(0, proceed(0)), Fail(0, None), Attempt(0, proceed(2000)), Fail(2000, None),
+                Attempt(62_000, proceed(0)), Fail(62_000, None), Attempt(62_000, proceed(2000)),
+            ]),
+            ("no penalty configured: only the cap", Policy { penalty: 0, max_penalty: 0, ..POLICY }, vec![
+                Attempt(0, proceed(0)), Fail(0, None), Attempt(0, proceed(0)), Attempt(0, proceed(0)),
+                Fail(0, None), Fail(0, capped(3, 60_000)),
+                Attempt(1, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 59_999 })),
+            ]),
         ];
         for (name, policy, steps) in cases {
             eprintln!("history: {name}");
