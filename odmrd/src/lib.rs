@@ -16,3 +16,4 @@ pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod throttle;
+pub mod verdict;
