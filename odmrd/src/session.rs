@@ -209,6 +209,9 @@ impl<W: Wire> Session<'_, W> {
             Decision::Proceed { wait } => {
                 self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
                 self.gate.wait(std::time::Duration::from_millis(wait));
+                if let Some(refusal) = self.gate.after_wait() {
+                    return self.refuse_throttled(refusal);
+                }
             }
             Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
         }

@@ -209,6 +209,14 @@ impl Policy {
         Decision::Proceed { wait }
     }
 
+    /// An attempt has waited for its turn: refused if the address reached its
+    /// cap meanwhile (through the attempts whose turns came first).
+    pub fn after_wait(&self, record: &Record, now: Millis) -> Option<Refusal> {
+        let mut record = *record;
+        self.age(&mut record, now);
+        self.capped(&record, now)
+    }
+
     /// The attempt (begun with [`Policy::attempt`]) failed: count it; Some
     /// when the address is now capped.
     pub fn failed(&self, record: &mut Record, now: Millis) -> Option<Refusal> {
@@ -411,6 +419,12 @@ impl Throttle {
         self.update(ip, Decision::Proceed { wait: 0 }, |policy, record, now| policy.attempt(record, now))
     }
 
+    /// An AUTH attempt from `ip` has waited for its turn: Some when the
+    /// address was capped meanwhile.
+    pub fn after_wait(&self, ip: IpAddr) -> Option<Refusal> {
+        self.update(ip, None, |policy, record, now| policy.after_wait(record, now))
+    }
+
     /// An AUTH attempt from `ip` failed; Some when the address is now capped.
     pub fn failed(&self, ip: IpAddr) -> Option<Refusal> {
         self.update(ip, None, |policy, record, now| policy.failed(record, now))
@@ -465,9 +479,14 @@ impl<'a> Gate<'a> {
     }
 
     /// An AUTH attempt begins: the decision (Proceed{0} when not throttled).
-    /// The caller waits (through [`Gate::wait`]) and logs.
+    /// The caller logs; on Proceed it waits (through [`Gate::wait`]) and
+    /// then asks [`Gate::after_wait`].
     pub fn attempt(&self) -> Decision {
         self.throttle.map_or(Decision::Proceed { wait: 0 }, |(throttle, ip)| throttle.attempt(ip))
+    }
+
+    pub fn after_wait(&self) -> Option<Refusal> {
+        self.throttle.and_then(|(throttle, ip)| throttle.after_wait(ip))
     }
 
     pub fn failed(&self) -> Option<Refusal> {
@@ -504,6 +523,7 @@ mod tests {
     enum Step {
         Connect(u64, Option<Refusal>),
         Attempt(u64, Decision),
+        AfterWait(u64, Option<Refusal>),
         Fail(u64, Option<Refusal>),
         Succeed(u64),
     }
@@ -524,6 +544,9 @@ mod tests {
             match *step {
                 Connect(now, expected) => assert_eq!(policy.on_connect(&record, now), expected, "{context}"),
                 Attempt(now, expected) => assert_eq!(policy.attempt(&mut record, now), expected, "{context}"),
+                AfterWait(now, expected) => {
+                    assert_eq!(policy.after_wait(&record, now), expected, "{context}")
+                }
                 Fail(now, expected) => assert_eq!(policy.failed(&mut record, now), expected, "{context}"),
                 Succeed(now) => policy.succeeded(&mut record, now),
             }
@@ -560,7 +583,11 @@ mod tests {
             ("the cap refuses at the third failure until the window ends", POLICY, vec![
                 Attempt(1000, proceed(0)), Fail(1000, None),
                 Attempt(3000, proceed(0)), Fail(3000, None), Connect(3000, None),
-                Attempt(3000, proceed(4000)), Fail(7000, capped(3, 54_000)),
+                // Two attempts take their turns; the first reaches the cap, so the second,
+                // done waiting, is refused without its guess.
+                Attempt(3000, proceed(4000)), Attempt(3000, proceed(12_000)),
+                AfterWait(7000, None), Fail(7000, capped(3, 54_000)),
+                AfterWait(15_000, capped(3, 46_000)),
                 Connect(7000, capped(3, 54_000)),
                 Attempt(60_000, Decision::Refuse(Refusal::Capped { failures: 3, retry_after: 1000 })),
                 // The window began at the first failure (t=1 s): at 61 s it is over,
