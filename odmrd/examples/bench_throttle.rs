@@ -13,10 +13,14 @@
 //! become 20 → 150 ms, the one-hour window 36 s, `failure_delay` 10 ms.
 //! Figures are printed in simulated time (real time × SCALE).
 //!
-//! Two phases, each one simulated hour with a fresh daemon:
-//! 1. one guessing address (127.0.0.2);
+//! Three phases, each with a fresh daemon:
+//! 1. one guessing address (127.0.0.2), one simulated hour;
 //! 2. ten guessing addresses (127.0.0.2–11) and, meanwhile, a legitimate
-//!    customer from 127.0.0.200 logging in (AUTH, then QUIT) every 20 ms.
+//!    customer from 127.0.0.200 logging in (AUTH, then QUIT) every 20 ms,
+//!    one simulated hour;
+//! 3. a check of the scaling: one guessing address with the real (unscaled)
+//!    durations for 30 s, whose guesses must come at the same simulated
+//!    times as in phase 1.
 //!
 //! Each guessing address runs `max_sessions_per_ip` (10) connections in
 //! parallel, each guessing as fast as the server answers (EHLO once, then
@@ -32,22 +36,20 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Every configured duration is divided by this; figures are multiplied back.
 const SCALE: u32 = 100;
-/// One simulated hour, in real time.
-const PHASE: Duration = Duration::from_secs(3600 / SCALE as u64);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 const CUSTOMER_INTERVAL: Duration = Duration::from_millis(20);
 const PASSWORD: &str = "bench-secret";
 
-fn config(dir: &Path) -> Config {
+fn config(dir: &Path, scale: u32) -> Config {
     let d = dir.display();
     std::fs::write(dir.join("passwd"), format!("bench:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org\n"))
         .unwrap();
-    let scaled = |seconds: f64| seconds / f64::from(SCALE);
+    let scaled = |seconds: f64| seconds / f64::from(scale);
     let text = format!(
         "[server]\nhostname = bench.example\nlock_directory = {d}/locks\n\
          [auth]\nfailure_delay = {}\naddress_penalty = {}\naddress_max_penalty = {}\n\
@@ -58,14 +60,14 @@ fn config(dir: &Path) -> Config {
         scaled(1.0),
         scaled(2.0),
         scaled(15.0),
-        3600 / SCALE,
+        3600 / scale,
     );
     Config::parse(&text, &dir.join("bench.ini")).expect("bench configuration")
 }
 
 /// Start a standalone odmrd in this process; returns its port.
-fn start_daemon(dir: &Path) -> u16 {
-    let config = config(dir);
+fn start_daemon(dir: &Path, scale: u32) -> u16 {
+    let config = config(dir, scale);
     odmrd::log::init(&config.log).unwrap();
     let backends = Backends::load(&config.credentials, &config.queue).unwrap();
     let listener = odmrd::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -127,15 +129,21 @@ fn cram_md5_response(user: &str, password: &str, challenge_reply: &str) -> Strin
 struct Tally {
     /// Wrong passwords the server checked (answered 535, or 421 at the cap).
     guesses: AtomicU64,
-    /// Guesses within the first simulated minute.
-    first_minute: AtomicU64,
+    /// When each guess was answered, from the phase's start.
+    times: Mutex<Vec<Duration>>,
     /// Connections answered 421 at once.
     refused_at_connect: AtomicU64,
 }
 
-/// One of a guessing address's parallel connections, until `stop`.
-fn guesser(source: Ipv4Addr, port: u16, start: Instant, tally: &Tally, stop: &AtomicBool) {
-    let minute = PHASE / 60;
+/// One of a guessing address's parallel connections, until `stop`; counts
+/// the guesses answered within `length` from `start`.
+fn guesser(
+    source: Ipv4Addr,
+    port: u16,
+    (start, length): (Instant, Duration),
+    tally: &Tally,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
         if let Some(mut line) = Line::open(source, port) {
             if !line.ask(None).starts_with("220") {
@@ -148,14 +156,12 @@ fn guesser(source: Ipv4Addr, port: u16, start: Instant, tally: &Tally, stop: &At
                         break;
                     }
                     let verdict = line.ask(Some(&cram_md5_response("bench", "guess", &challenge)));
-                    // Guesses answered after the hour (a thread still in its last
+                    // Guesses answered after the phase (a thread still in its last
                     // exchange) would belong to the next window: not counted.
                     let elapsed = start.elapsed();
-                    if (verdict.starts_with("535") || verdict.starts_with("421")) && elapsed < PHASE {
+                    if (verdict.starts_with("535") || verdict.starts_with("421")) && elapsed < length {
                         tally.guesses.fetch_add(1, Ordering::Relaxed);
-                        if elapsed < minute {
-                            tally.first_minute.fetch_add(1, Ordering::Relaxed);
-                        }
+                        tally.times.lock().unwrap().push(elapsed);
                     }
                     if !verdict.starts_with("535") {
                         break;
@@ -190,9 +196,11 @@ fn customer(port: u16, stop: &AtomicBool) -> (u64, u64) {
     (tried, succeeded)
 }
 
-fn phase(name: &str, addresses: u8, with_customer: bool) {
+/// Attack with `addresses` guessing addresses (and the customer) for
+/// `length` of real time, durations divided by `scale`; print the figures.
+fn phase(name: &str, scale: u32, length: Duration, addresses: u8, with_customer: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let port = start_daemon(dir.path());
+    let port = start_daemon(dir.path(), scale);
     let stop = AtomicBool::new(false);
     let tallies: Vec<Tally> = (0..addresses).map(|_| Tally::default()).collect();
     let start = Instant::now();
@@ -201,33 +209,34 @@ fn phase(name: &str, addresses: u8, with_customer: bool) {
             let source = Ipv4Addr::new(127, 0, 0, 2 + n as u8);
             for _ in 0..10 {
                 let stop = &stop;
-                scope.spawn(move || guesser(source, port, start, tally, stop));
+                scope.spawn(move || guesser(source, port, (start, length), tally, stop));
             }
         }
         let customer = with_customer.then(|| scope.spawn(|| customer(port, &stop)));
-        std::thread::sleep(PHASE);
+        std::thread::sleep(length);
         stop.store(true, Ordering::Relaxed);
         customer.map(|c| c.join().unwrap())
     });
-    let simulated_minutes = PHASE.as_secs_f64() * f64::from(SCALE) / 60.0;
-    let per_address = |get: fn(&Tally) -> u64| tallies.iter().map(get).collect::<Vec<_>>();
-    let guesses = per_address(|t| t.guesses.load(Ordering::Relaxed));
-    let first_minute = per_address(|t| t.first_minute.load(Ordering::Relaxed));
-    let refused = per_address(|t| t.refused_at_connect.load(Ordering::Relaxed));
+    // In simulated time.
+    let minutes = length.as_secs_f64() * f64::from(scale) / 60.0;
+    let simulated = |real: Duration| real.as_secs_f64() * f64::from(scale);
+    let guesses: Vec<u64> = tallies.iter().map(|t| t.guesses.load(Ordering::Relaxed)).collect();
+    let refused: Vec<u64> = tallies.iter().map(|t| t.refused_at_connect.load(Ordering::Relaxed)).collect();
+    let first_minute: usize = tallies
+        .iter()
+        .map(|t| t.times.lock().unwrap().iter().filter(|&&at| simulated(at) < 60.0).count())
+        .sum();
     let total: u64 = guesses.iter().sum();
+    println!("{name} ({minutes:.1} simulated minutes, {:.1} s real):", start.elapsed().as_secs_f64());
     println!(
-        "{name} ({:.0} simulated minutes, {:.1} s real):",
-        simulated_minutes,
-        start.elapsed().as_secs_f64()
+        "  guesses: {total} in all, {:.2}/min per address on average, {first_minute} in the first minute",
+        total as f64 / minutes / f64::from(addresses),
     );
-    println!(
-        "  guesses: {total} in all, {:.1}/min on average over the hour ({:.2}/min per address), \
-         {} in the first minute",
-        total as f64 / simulated_minutes,
-        total as f64 / simulated_minutes / f64::from(addresses),
-        first_minute.iter().sum::<u64>()
-    );
-    println!("  guesses per address in the hour: {guesses:?}");
+    println!("  guesses per address: {guesses:?}");
+    let mut times = tallies[0].times.lock().unwrap().clone();
+    times.sort();
+    let times: Vec<String> = times.iter().take(8).map(|&at| format!("{:.1}", simulated(at))).collect();
+    println!("  first guesses of 127.0.0.2 answered at (simulated s): {}", times.join(", "));
     println!("  connections refused at connect (421), per address: {refused:?}");
     if let Some((tried, succeeded)) = customer_result {
         println!(
@@ -238,10 +247,12 @@ fn phase(name: &str, addresses: u8, with_customer: bool) {
 }
 
 fn main() {
+    let hour = Duration::from_secs(3600 / u64::from(SCALE));
     println!(
         "Durations divided by {SCALE}: one simulated hour = {} s; figures in simulated time.",
-        PHASE.as_secs()
+        hour.as_secs()
     );
-    phase("one guessing address", 1, false);
-    phase("ten guessing addresses and a legitimate customer", 10, true);
+    phase("one guessing address", SCALE, hour, 1, false);
+    phase("ten guessing addresses and a legitimate customer", SCALE, hour, 10, true);
+    phase("check of the scaling: one guessing address, real durations", 1, Duration::from_secs(30), 1, false);
 }
