@@ -55,7 +55,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Most addresses remembered; when full, records without effect go first,
-/// then the least recently failed. Bounds the memory of the standalone daemon
+/// then the least recently active. Bounds the memory of the standalone daemon
 /// and the state file (about 100 bytes an address) against address floods.
 pub const MAX_ENTRIES: usize = 2048;
 
@@ -258,6 +258,14 @@ pub fn address_key(ip: IpAddr) -> String {
     }
 }
 
+/// Is `text` something [`address_key`] returns?
+fn is_address_key(text: &str) -> bool {
+    match text.strip_suffix("/64") {
+        Some(network) => network.parse::<Ipv6Addr>().is_ok_and(|ip| address_key(IpAddr::V6(ip)) == text),
+        None => text.parse::<std::net::Ipv4Addr>().is_ok(),
+    }
+}
+
 /// The records of all addresses, by [`address_key`].
 pub type Table = HashMap<String, Record>;
 
@@ -282,8 +290,8 @@ impl Store for MemoryStore {
 /// (`KEY WINDOW_START FAILURES STREAK LAST_ATTEMPT NEXT_TURN`, times in ms
 /// since the epoch), read and rewritten in place under an exclusive `flock`
 /// (not replaced by rename, which would split the lock from the file). A line
-/// that does not parse (a crash mid-write) is dropped: at worst an address's
-/// record is forgotten.
+/// that does not parse (a crash mid-write, garbage) is dropped with the next
+/// rewrite: at worst records are forgotten, never is the store unusable.
 pub struct FileStore {
     path: PathBuf,
 }
@@ -307,7 +315,7 @@ const FILE_HEADER: &str =
 fn parse_table(text: &str) -> Table {
     let parse_line = |line: &str| -> Option<(String, Record)> {
         let mut words = line.split(' ');
-        let key = words.next().filter(|k| !k.is_empty() && !k.starts_with('#'))?.to_string();
+        let key = words.next().filter(|&key| is_address_key(key))?.to_string();
         let mut number = || words.next()?.parse::<u64>().ok();
         let record = Record {
             window_start: number()?,
@@ -333,14 +341,21 @@ fn format_table(table: &Table) -> String {
 }
 
 impl Store for FileStore {
+    /// Errors name the file.
     fn with_table(&self, change: &mut dyn FnMut(&mut Table)) -> io::Result<()> {
+        self.rewrite(change).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
+}
+
+impl FileStore {
+    fn rewrite(&self, change: &mut dyn FnMut(&mut Table)) -> io::Result<()> {
         let file = self.open()?;
         let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| io::Error::from(errno))?;
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         // Bounded read: a file grown beyond any table we write is not ours to trust whole.
-        (&*file).take((MAX_ENTRIES as u64 + 1) * 128).read_to_string(&mut text)?;
-        let mut table = parse_table(&text);
+        (&*file).take((MAX_ENTRIES as u64 + 1) * 128).read_to_end(&mut bytes)?;
+        let mut table = parse_table(&String::from_utf8_lossy(&bytes));
         let before = table.clone();
         change(&mut table);
         if table != before {
@@ -436,7 +451,7 @@ impl Throttle {
     }
 }
 
-/// While the table is full, drop the record that failed longest ago.
+/// While the table is full, drop the record least recently active.
 fn make_room(table: &mut Table) {
     while table.len() >= MAX_ENTRIES {
         let Some(oldest) = table.iter().min_by_key(|(_, r)| r.last_attempt).map(|(k, _)| k.clone()) else {
@@ -694,8 +709,16 @@ mod tests {
         for n in 0..5 {
             throttle.failed(ip(&format!("192.0.2.{n}")));
         }
-        std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "garbage line\n2001:db8::/64 1 x\n")
-            .unwrap();
+        let mut damaged = std::fs::read(&path).unwrap();
+        damaged.extend_from_slice(b"garbage line\n2001:db8::/64 1 x\n");
+        // Lines whose records would still have effect, but whose keys are no address keys.
+        let now = test_clock();
+        for key in ["\u{fffd}", "2001:db8::1/64", "192.0.2.300", "::ffff:192.0.2.1"] {
+            damaged.extend_from_slice(format!("{key} {now} 1 1 {now} {now}\n").as_bytes());
+        }
+        damaged.extend_from_slice(b"\xff\xfe");
+        damaged.extend_from_slice(format!(" {now} 1 1 {now} {now}\n").as_bytes());
+        std::fs::write(&path, damaged).unwrap();
         assert_eq!(throttle.failed(ip("192.0.2.0")), None);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1 + 5, "the records survive, the garbage goes: {text}");
