@@ -15,5 +15,6 @@ pub mod relay;
 pub mod sasl;
 pub mod server;
 pub mod session;
+pub mod throttle;
 pub mod tls;
 pub mod verdict;

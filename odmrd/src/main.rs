@@ -141,7 +141,22 @@ fn main() -> ExitCode {
         }
         None => None,
         Some(files) => match odmrd::tls::Identity::load(&files.certificate, &files.key) {
-            Ok(identity) => Some(Arc::new(identity)),
+            Ok(identity) => {
+                let days = identity.days_left(std::time::SystemTime::now());
+                if days < odmrd::tls::EXPIRY_WARNING_DAYS {
+                    let message = format!(
+                        "{}:{}: [tls] certificate: {} expires in {days} days",
+                        path.display(),
+                        files.certificate_line,
+                        files.certificate.display()
+                    );
+                    if options.check_config {
+                        eprintln!("odmrd: warning: {message}");
+                    }
+                    log::warn(&message);
+                }
+                Some(Arc::new(identity))
+            }
             Err(e) => {
                 let (key, line) = if e.path == files.key {
                     ("key", files.key_line)

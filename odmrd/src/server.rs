@@ -3,7 +3,9 @@
 //!
 //! This module owns the listening socket (with a backlog that lets a burst of
 //! customers queue), the session limits (`max_sessions`,
-//! `max_sessions_per_ip`, answered with 421), running out of file descriptors
+//! `max_sessions_per_ip`, answered with 421), where the AUTH throttle of
+//! [`crate::throttle`] lives (in memory standalone, a state file under inetd)
+//! and its refusals at connect, running out of file descriptors
 //! (a reserve descriptor so that excess clients still get 421; accept backs
 //! off and the condition is logged once per interval), SIGTERM/SIGINT (stop
 //! accepting, let running sessions finish within `shutdown_grace`, then close
@@ -17,6 +19,7 @@ use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
 use crate::session::{self, Start};
+use crate::throttle::{Gate, Refusal, Throttle};
 use crate::tls::Identity;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
@@ -50,8 +53,23 @@ pub fn run_inetd(
     tls: Option<&Identity>,
     start: Start,
 ) -> io::Result<session::End> {
-    let wire = Stdio::take()?;
-    Ok(session::serve(config, backends, tls, start, wire, stdin_peer()))
+    let mut wire = Stdio::take()?;
+    let peer = stdin_peer();
+    let throttle = Throttle::in_file(&config.auth, &config.server.lock_directory);
+    if let Some(refusal) = peer.and_then(|ip| throttle.on_connect(ip)) {
+        refuse_throttled(&mut wire, &config.server.hostname, peer, refusal);
+        return Ok(session::End::Refused);
+    }
+    let gate = Gate::new(&throttle, peer, &std::thread::sleep);
+    Ok(session::serve_gated(config, backends, tls, start, wire, peer, &gate))
+}
+
+/// Log a refusal at connect by the throttle and answer 421.
+fn refuse_throttled(out: &mut impl Write, hostname: &str, peer: Option<IpAddr>, refusal: Refusal) {
+    let client = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    log::warn(&format!("event=throttle client={client} stage=connect {refusal}"));
+    let _ = out.write_all(proto::reply(421, &format!("{hostname} {}", refusal.reply_text())).as_bytes());
+    let _ = out.flush();
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -118,6 +136,10 @@ pub fn drop_privileges(user: &str) -> Result<(), String> {
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Of `total`, those waiting out an AUTH delay: they keep their place in
+    /// `per_ip` but not in `max_sessions`, so guessers waiting out their
+    /// penalties cannot crowd out other addresses.
+    waiting: usize,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -142,7 +164,7 @@ impl Limits {
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let mut counts = self.counts();
-        if counts.total >= self.max_total {
+        if counts.total - counts.waiting >= self.max_total {
             return Err("too many sessions");
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
@@ -165,6 +187,16 @@ impl Limits {
             counts = self.idle.wait_timeout(counts, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
         true
+    }
+}
+
+impl Slot {
+    /// Sleep `duration` outside of the `max_sessions` count (still counted per
+    /// address, and by the shutdown's wait for running sessions).
+    fn wait(&self, duration: Duration) {
+        self.limits.counts().waiting += 1;
+        std::thread::sleep(duration);
+        self.limits.counts().waiting -= 1;
     }
 }
 
@@ -224,6 +256,7 @@ pub fn run_standalone(
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
+    let throttle = Arc::new(Throttle::in_memory(&config.auth));
     let open = Arc::new(OpenConnections::default());
     let mut acceptor = Acceptor::new(&config.server.hostname);
     log::info(&format!(
@@ -262,7 +295,7 @@ pub fn run_standalone(
                     Ok((stream, peer)) => {
                         acceptor.recovered();
                         let new = NewSession { stream, ip: peer.ip(), start, tls: tls.clone() };
-                        start_session(&config, &backends, &limits, &open, new);
+                        start_session(&config, &backends, &limits, &throttle, &open, new);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -472,10 +505,18 @@ fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
+    throttle: &Arc<Throttle>,
     open: &Arc<OpenConnections>,
     new: NewSession,
 ) {
     let NewSession { stream, ip, start, tls } = new;
+    // Before taking a place or a thread: a capped guesser costs one reply.
+    if let Some(refusal) = throttle.on_connect(ip) {
+        let mut stream = stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        refuse_throttled(&mut stream, &config.server.hostname, Some(ip), refusal);
+        return;
+    }
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
         Err(why) => {
@@ -491,10 +532,11 @@ fn start_session(
         return;
     }
     let stream = open.track(stream);
-    let (config, backends) = (Arc::clone(config), backends.clone());
+    let (config, backends, throttle) = (Arc::clone(config), backends.clone(), Arc::clone(throttle));
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
-        let _slot = slot;
-        session::serve(&config, &backends, tls.as_deref(), start, stream, Some(ip));
+        let wait = |duration| slot.wait(duration);
+        let gate = Gate::new(&throttle, Some(ip), &wait);
+        session::serve_gated(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));

@@ -15,6 +15,7 @@ use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
+use crate::throttle::{Decision, Gate, Refusal};
 use crate::tls::{Identity, Link};
 use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
@@ -67,6 +68,10 @@ struct Session<'a, W: Wire> {
     failures: u32,
     /// After STARTTLS everything learnt in clear text is forgotten: a new EHLO comes first.
     needs_ehlo: bool,
+    /// The client's address as logged (`client=`).
+    client: String,
+    /// Authentication throttling across connections.
+    gate: &'a Gate<'a>,
 }
 
 /// How the connection starts.
@@ -78,8 +83,9 @@ pub enum Start {
     ImplicitTls,
 }
 
-/// Serve one session on `wire` from the peer `peer` (None when unknown). `tls` is the identity
-/// to present on STARTTLS or, with [`Start::ImplicitTls`], at once.
+/// Serve one session on `wire` from the peer `peer` (None when unknown), without throttling
+/// across connections. `tls` is the identity to present on STARTTLS or, with
+/// [`Start::ImplicitTls`], at once.
 pub fn serve<W: Wire>(
     config: &Config,
     backends: &Backends,
@@ -87,6 +93,19 @@ pub fn serve<W: Wire>(
     start: Start,
     wire: W,
     peer: Option<IpAddr>,
+) -> End {
+    serve_gated(config, backends, tls, start, wire, peer, &Gate::open())
+}
+
+/// Serve one session, its AUTH attempts throttled through `gate`.
+pub fn serve_gated<W: Wire>(
+    config: &Config,
+    backends: &Backends,
+    tls: Option<&Identity>,
+    start: Start,
+    wire: W,
+    peer: Option<IpAddr>,
+    gate: &Gate<'_>,
 ) -> End {
     let id = new_session_id();
     let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
@@ -100,6 +119,8 @@ pub fn serve<W: Wire>(
         user: None,
         failures: 0,
         needs_ehlo: false,
+        client: client.clone(),
+        gate,
     };
     session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
@@ -314,6 +335,17 @@ impl<W: Wire> Session<'_, W> {
             }
             return Ok(None);
         }
+        match self.gate.attempt() {
+            Decision::Proceed { wait: 0 } => {}
+            Decision::Proceed { wait } => {
+                self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
+                self.gate.wait(std::time::Duration::from_millis(wait));
+                if let Some(refusal) = self.gate.after_wait() {
+                    return self.refuse_throttled(refusal);
+                }
+            }
+            Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
+        }
         let exchange = match mechanism {
             "PLAIN" => self.plain_exchange(initial_response)?,
             "LOGIN" => self.login_exchange(initial_response)?,
@@ -327,6 +359,7 @@ impl<W: Wire> Session<'_, W> {
         match verdict {
             Ok(()) => {
                 self.log(&format!("event=auth user={user} result=ok mechanism={mechanism}"));
+                self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
                 Ok(None)
@@ -342,7 +375,11 @@ impl<W: Wire> Session<'_, W> {
                     "event=auth user={user} result=failed reason={reason} failures={}",
                     self.failures
                 ));
-                std::thread::sleep(self.config.auth.failure_delay);
+                let capped = self.gate.failed();
+                self.gate.wait(self.config.auth.failure_delay);
+                if let Some(refusal) = capped {
+                    return self.refuse_throttled(refusal);
+                }
                 if self.failures >= self.config.auth.max_failures {
                     self.reply(421, "Too many authentication failures, closing connection")?;
                     return Ok(Some(End::Refused));
@@ -351,6 +388,13 @@ impl<W: Wire> Session<'_, W> {
                 Ok(None)
             }
         }
+    }
+
+    /// The throttle refuses this client's AUTH: log, 421, end.
+    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
+        self.log(&format!("event=throttle client={} {refusal}", self.client));
+        self.reply(421, refusal.reply_text())?;
+        Ok(Some(End::Refused))
     }
 
     /// Send a `334` with `prompt` (base64-encoded) and read the answer; `*` cancels (501).

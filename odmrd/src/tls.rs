@@ -76,8 +76,8 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// Within this time of expiry `--check-config` warns.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Within this many days of the certificate's expiry, start-up and `--check-config` warn.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 impl Identity {
     /// Read the PEM chain at `certificate` (end entity first) and the PEM key at `key`, and check
