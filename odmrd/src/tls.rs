@@ -170,6 +170,9 @@ impl<W: Wire> TlsWire<W> {
             Err(e) => return Err((io::Error::other(e), inner)),
         };
         let mut wire = TlsWire { inner, tls, framing, deadline: Some(deadline) };
+        // Records wait in rustls only until the end of the write that made them (see `write`),
+        // so memory stays bounded by one write; a limit would split a line across records.
+        wire.tls.set_buffer_limit(None);
         match wire.handshake() {
             Ok(()) => Ok(wire),
             Err(e) => Err((e, wire.inner)),
@@ -258,19 +261,10 @@ impl<W: Wire> TlsWire<W> {
         Ok(n > 0)
     }
 
-    /// Encrypt `plaintext` as records of its own (rustls makes one or more records per write
-    /// call) and send them.
-    fn send_record(&mut self, mut plaintext: &[u8]) -> io::Result<()> {
-        while !plaintext.is_empty() {
-            let n = self.tls.writer().write(plaintext)?;
-            plaintext = &plaintext[n..];
-            if n == 0 || self.tls.wants_write() {
-                // Either rustls's buffer is full or records are ready: send them now so memory
-                // stays bounded by one write.
-                self.write_records()?;
-            }
-        }
-        Ok(())
+    /// Encrypt `plaintext` as records of its own: rustls makes one record (more past 16 KiB)
+    /// per write call, and with no buffer limit it never takes part of a call.
+    fn encrypt(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(plaintext)
     }
 }
 
@@ -298,13 +292,16 @@ impl<W: Wire> Read for TlsWire<W> {
 impl<W: Wire> Write for TlsWire<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.framing {
-            Framing::Packed => self.send_record(buf)?,
+            Framing::Packed => self.encrypt(buf)?,
             Framing::Line => {
                 for line in buf.split_inclusive(|&b| b == b'\n') {
-                    self.send_record(line)?;
+                    self.encrypt(line)?;
                 }
             }
         }
+        // All the records of this write go out together (one vectored write where the socket
+        // takes them), and nothing is left buffered behind the caller's back.
+        self.write_records()?;
         Ok(buf.len())
     }
 
