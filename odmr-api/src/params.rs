@@ -182,11 +182,16 @@ pub fn orcpt_decode(value: &str) -> Option<String> {
     Some(format!("{kind};{}", xtext_decode(address)?))
 }
 
-/// The `ORCPT=` value for a decoded `addr-type;address`.
+/// The `ORCPT=` value for a decoded `addr-type;address` (an address
+/// without a valid type is taken as `rfc822`).
 pub fn orcpt_param(decoded: &str) -> String {
     match decoded.split_once(';') {
-        Some((kind, address)) => format!("{kind};{}", xtext_encode(address)),
-        None => format!("rfc822;{}", xtext_encode(decoded)),
+        Some((kind, address))
+            if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            format!("{kind};{}", xtext_encode(address))
+        }
+        _ => format!("rfc822;{}", xtext_encode(decoded)),
     }
 }
 
@@ -345,5 +350,6 @@ mod tests {
         assert_eq!(orcpt_decode("rfc822;bob+2Bx@example.org").as_deref(), Some("rfc822;bob+x@example.org"));
         assert_eq!(orcpt_decode("bob@example.org"), None);
         assert_eq!(orcpt_param("rfc822;bob+x@example.org"), "rfc822;bob+2Bx@example.org");
+        assert_eq!(orcpt_param("bad type;b@x"), "rfc822;bad+20type+3Bb@x");
     }
 }

@@ -440,6 +440,12 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub starttls: bool,
     pub chunking: bool,
+    /// DSN (RFC 3461): NOTIFY, ORCPT, RET and ENVID are passed on.
+    pub dsn: bool,
+    /// `LIMITS RCPTMAX=n` (RFC 9422): recipients per transaction.
+    pub rcptmax: Option<usize>,
+    /// `LIMITS MAILMAX=n` (RFC 9422): transactions per session.
+    pub mailmax: Option<usize>,
 }
 
 impl Capabilities {
@@ -465,6 +471,19 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "STARTTLS" => caps.starttls = true,
                 "CHUNKING" => caps.chunking = true,
+                "DSN" => caps.dsn = true,
+                "LIMITS" => {
+                    for limit in words {
+                        let Some((name, value)) = limit.split_once('=') else { continue };
+                        // A limit of 0 or one we cannot read is ignored (RFC 9422 §3).
+                        let value = value.parse::<usize>().ok().filter(|&n| n > 0);
+                        match name.to_ascii_uppercase().as_str() {
+                            "RCPTMAX" => caps.rcptmax = value,
+                            "MAILMAX" => caps.mailmax = value,
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -556,21 +575,28 @@ fn clean_address(address: &str) -> String {
 
 /// `"MAIL FROM:<s> SIZE=n BODY=8BITMIME\r\n"`; an empty sender gives `"<>"`. SIZE only with
 /// `Some(n)`, BODY=8BITMIME only when `body_8bitmime`.
-pub fn mail_from(sender: &str, size: Option<u64>, body_8bitmime: bool) -> String {
+pub fn mail_from(sender: &str, params: &[String]) -> String {
     let mut out = format!("MAIL FROM:<{}>", clean_address(sender));
-    if let Some(n) = size {
-        out.push_str(&format!(" SIZE={n}"));
-    }
-    if body_8bitmime {
-        out.push_str(" BODY=8BITMIME");
-    }
-    out.push_str("\r\n");
+    push_params(&mut out, params);
     out
 }
 
-/// `"RCPT TO:<a>\r\n"`.
-pub fn rcpt_to(address: &str) -> String {
-    format!("RCPT TO:<{}>\r\n", clean_address(address))
+/// `"RCPT TO:<a> PARAM...\r\n"`.
+pub fn rcpt_to(address: &str, params: &[String]) -> String {
+    let mut out = format!("RCPT TO:<{}>", clean_address(address));
+    push_params(&mut out, params);
+    out
+}
+
+/// ESMTP parameters (ours: keywords, numbers, xtext) and the line end; any
+/// white space or control character in one is dropped, so a parameter can
+/// never split the command.
+fn push_params(out: &mut String, params: &[String]) {
+    for param in params {
+        out.push(' ');
+        out.extend(param.chars().filter(|c| !c.is_whitespace() && !c.is_control()));
+    }
+    out.push_str("\r\n");
 }
 
 #[cfg(test)]
@@ -1008,8 +1034,17 @@ mod tests {
             smtputf8,
             starttls,
             chunking,
+            ..Capabilities::default()
         };
+        let limits =
+            |dsn, rcptmax, mailmax| Capabilities { dsn, rcptmax, mailmax, ..Capabilities::default() };
         let cases: Vec<(Reply, Capabilities)> = vec![
+            (r(250, &["x", "DSN", "LIMITS RCPTMAX=3 MAILMAX=2"]).unwrap(), limits(true, Some(3), Some(2))),
+            (
+                r(250, &["x", "limits mailmax=5 rcptdomainmax=1 rcptmax=0"]).unwrap(),
+                limits(false, None, Some(5)),
+            ),
+            (r(250, &["x", "LIMITS RCPTMAX=many MAILMAX"]).unwrap(), limits(false, None, None)),
             (r(250, &["customer.example"]).unwrap(), Capabilities::default()),
             (r(250, &["PIPELINING greeting name is skipped"]).unwrap(), Capabilities::default()),
             (
@@ -1028,7 +1063,7 @@ mod tests {
                     ],
                 )
                 .unwrap(),
-                caps(true, true, Some(10240000), true, true, true),
+                Capabilities { dsn: true, ..caps(true, true, Some(10240000), true, true, true) },
             ),
             (
                 r(250, &["x", "pipelining", "8bitmime", "size"]).unwrap(),
@@ -1107,14 +1142,17 @@ mod tests {
     #[test]
     fn envelope_commands() {
         let cases = [
-            (mail_from("a@b.example", None, false), "MAIL FROM:<a@b.example>\r\n"),
-            (mail_from("", None, false), "MAIL FROM:<>\r\n"),
-            (mail_from("a@b.example", Some(1234), false), "MAIL FROM:<a@b.example> SIZE=1234\r\n"),
-            (mail_from("a@b.example", None, true), "MAIL FROM:<a@b.example> BODY=8BITMIME\r\n"),
-            (mail_from("", Some(0), true), "MAIL FROM:<> SIZE=0 BODY=8BITMIME\r\n"),
-            (mail_from("a@b\r\nRCPT TO:<x@y>", None, false), "MAIL FROM:<a@bRCPT TO:<x@y>>\r\n"),
-            (rcpt_to("c@d.example"), "RCPT TO:<c@d.example>\r\n"),
-            (rcpt_to("c@d\n.example"), "RCPT TO:<c@d.example>\r\n"),
+            (mail_from("a@b.example", &[]), "MAIL FROM:<a@b.example>\r\n"),
+            (mail_from("", &[]), "MAIL FROM:<>\r\n"),
+            (mail_from("a@b.example", &["SIZE=1234".into()]), "MAIL FROM:<a@b.example> SIZE=1234\r\n"),
+            (
+                mail_from("", &["SIZE=0".into(), "BODY=8BITMIME".into()]),
+                "MAIL FROM:<> SIZE=0 BODY=8BITMIME\r\n",
+            ),
+            (mail_from("a@b\r\nRCPT TO:<x@y>", &[]), "MAIL FROM:<a@bRCPT TO:<x@y>>\r\n"),
+            (mail_from("a@b", &["ENVID=x\r\nRSET y".into()]), "MAIL FROM:<a@b> ENVID=xRSETy\r\n"),
+            (rcpt_to("c@d.example", &[]), "RCPT TO:<c@d.example>\r\n"),
+            (rcpt_to("c@d\n.example", &["NOTIFY=NEVER".into()]), "RCPT TO:<c@d.example> NOTIFY=NEVER\r\n"),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);

@@ -272,7 +272,7 @@ impl<W: Wire> Session<'_, W> {
         let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
         let list = domains.join(",");
         let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
-        let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
+        let Some((cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
         self.log(&format!("event=atrn user={user} domains={list} result=250"));
         self.reply(250, "OK now reversing the connection")?;
@@ -281,14 +281,15 @@ impl<W: Wire> Session<'_, W> {
             hostname: &self.config.server.hostname,
             sendmail: &self.config.bounce.sendmail,
             timeouts: relay::Timeouts::default(),
+            queue: &self.backends.queue,
+            domains: &domains,
         };
-        let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
+        // The cursor (and the queue's own locks) are closed inside, before the domain locks go.
+        let summary = relay::deliver(&mut self.conn, cursor, first, &context);
         self.log(&format!(
             "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
             summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
         ));
-        // The cursor (and the queue's own locks) go before the domain locks.
-        drop(cursor);
         drop(locks);
         Ok(Some(End::Normal))
     }
