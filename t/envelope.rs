@@ -36,32 +36,6 @@ fn collect(p: &Provider, caps: &[&str]) -> Client {
     c
 }
 
-/// Answer one transaction without PIPELINING: 250 to MAIL, `replies[n]` to
-/// the n-th RCPT, and 354 and `end` when one was accepted (else the RSET).
-/// Returns the MAIL line and the RCPT lines, without line ends.
-fn transaction(c: &mut Client, replies: &[&str], end: &str) -> (String, Vec<String>) {
-    let mail = c.line().trim_end().to_string();
-    assert!(mail.starts_with("MAIL FROM:"), "{mail}");
-    c.send("250 ok");
-    let mut rcpts = Vec::new();
-    for reply in replies {
-        let line = c.line().trim_end().to_string();
-        assert!(line.starts_with("RCPT TO:"), "RCPT expected, got {line:?}");
-        rcpts.push(line);
-        c.send(reply);
-    }
-    if replies.iter().any(|r| r.starts_with('2')) {
-        assert_eq!(c.line(), "DATA\r\n");
-        c.send("354 go");
-        c.data();
-        c.send(end);
-    } else {
-        assert_eq!(c.line(), "RSET\r\n");
-        c.send("250 ok");
-    }
-    (mail, rcpts)
-}
-
 const DSN_MAIL: &str = "<alice@s.example> RET=FULL ENVID=env+2B1";
 const DSN_RCPTS: [&str; 3] = [
     "<fail@example.org> NOTIFY=FAILURE ORCPT=rfc822;Fail+2Bx@example.org",
@@ -75,7 +49,7 @@ fn dsn_parameters_go_to_a_customer_that_offers_dsn() {
     let p = Provider::new();
     p.queue("example.org", "1795354394.M1P1.h", &bsmtp(DSN_MAIL, &DSN_RCPTS, DSN_BODY));
     let mut c = collect(&p, &["DSN"]);
-    let (mail, rcpts) = transaction(&mut c, &["250 ok", "250 ok", "250 ok"], "250 queued");
+    let (mail, rcpts) = c.transaction(&["250 ok", "250 ok", "250 ok"], "250 queued");
     assert_eq!(mail, "MAIL FROM:<alice@s.example> RET=FULL ENVID=env+2B1");
     assert_eq!(
         rcpts,
@@ -97,8 +71,7 @@ fn our_dsns_follow_notify_and_return_the_whole_message_for_ret_full() {
     let p = Provider::new();
     p.queue("example.org", "1795354394.M1P1.h", &bsmtp(DSN_MAIL, &DSN_RCPTS, DSN_BODY));
     let mut c = collect(&p, &[]);
-    let (mail, rcpts) =
-        transaction(&mut c, &["550 5.1.1 no such user", "550 5.1.1 gone", "250 ok"], "250 queued");
+    let (mail, rcpts) = c.transaction(&["550 5.1.1 no such user", "550 5.1.1 gone", "250 ok"], "250 queued");
     assert_eq!(mail, "MAIL FROM:<alice@s.example>", "no DSN parameters to a customer without DSN");
     assert_eq!(rcpts[1], "RCPT TO:<never@example.org>");
     c.expect_quit();
@@ -137,7 +110,7 @@ fn ret_full_is_returned_from_the_queue_when_no_body_was_sent() {
     let p = Provider::new();
     p.queue("example.org", "1.m", &bsmtp(DSN_MAIL, &DSN_RCPTS[..1], DSN_BODY));
     let mut c = collect(&p, &[]);
-    transaction(&mut c, &["550 5.1.1 no such user"], "");
+    c.transaction(&["550 5.1.1 no such user"], "");
     c.expect_quit();
     let (_, log) = c.finish();
     let calls = p.sendmail.calls();
@@ -156,12 +129,12 @@ fn rcptmax_and_452_leave_nothing_for_the_next_session() {
     let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
     let file = p.queue("example.org", "1.m", &bsmtp("<a@s.example>", &rcpts, "Subject: many\n\nbody\n"));
     let mut c = collect(&p, &["LIMITS RCPTMAX=2"]);
-    let (_, first) = transaction(&mut c, &["250 ok", "250 ok"], "250 queued");
+    let (_, first) = c.transaction(&["250 ok", "250 ok"], "250 queued");
     assert_eq!(first, ["RCPT TO:<r1@example.org>", "RCPT TO:<r2@example.org>"]);
     assert!(file.exists(), "three recipients are still to go");
-    let (_, second) = transaction(&mut c, &["250 ok", "452 4.5.3 Too many recipients"], "250 queued");
+    let (_, second) = c.transaction(&["250 ok", "452 4.5.3 Too many recipients"], "250 queued");
     assert_eq!(second, ["RCPT TO:<r3@example.org>", "RCPT TO:<r4@example.org>"]);
-    let (_, third) = transaction(&mut c, &["250 ok", "250 ok"], "250 queued");
+    let (_, third) = c.transaction(&["250 ok", "250 ok"], "250 queued");
     assert_eq!(third, ["RCPT TO:<r4@example.org>", "RCPT TO:<r5@example.org>"]);
     c.expect_quit();
     let (status, log) = c.finish();
@@ -182,8 +155,8 @@ fn mailmax_ends_the_session_cleanly_and_the_rest_stays_queued() {
         );
     }
     let mut c = collect(&p, &["LIMITS MAILMAX=2"]);
-    transaction(&mut c, &["250 ok"], "250 queued");
-    transaction(&mut c, &["250 ok"], "250 queued");
+    c.transaction(&["250 ok"], "250 queued");
+    c.transaction(&["250 ok"], "250 queued");
     c.expect_quit();
     let (status, log) = c.finish();
     assert!(status.success(), "{log}");
@@ -206,7 +179,7 @@ fn smtputf8_envelopes_wait_for_a_customer_that_offers_it() {
     assert!(file.exists());
 
     let mut c = collect(&p, &["8BITMIME", "SMTPUTF8"]);
-    let (mail, _) = transaction(&mut c, &["250 ok"], "250 queued");
+    let (mail, _) = c.transaction(&["250 ok"], "250 queued");
     assert_eq!(mail, "MAIL FROM:<\u{fc}ser@s.example> SMTPUTF8");
     c.expect_quit();
     c.finish();
@@ -224,8 +197,8 @@ fn body_8bitmime_only_for_8bit_bodies_and_what_a_7bit_customer_gets_is_logged() 
         &bsmtp("<a@s.example>", &["<r2@example.org>"], &format!("Subject: 8\n\nh\u{e9}\n{long}\n")),
     );
     let mut c = collect(&p, &["8BITMIME"]);
-    let (seven, _) = transaction(&mut c, &["250 ok"], "250 queued");
-    let (eight, _) = transaction(&mut c, &["250 ok"], "250 queued");
+    let (seven, _) = c.transaction(&["250 ok"], "250 queued");
+    let (eight, _) = c.transaction(&["250 ok"], "250 queued");
     c.expect_quit();
     let (_, log) = c.finish();
     assert_eq!(seven, "MAIL FROM:<a@s.example>");
@@ -235,7 +208,7 @@ fn body_8bitmime_only_for_8bit_bodies_and_what_a_7bit_customer_gets_is_logged() 
 
     p.queue("example.org", "3.m", &bsmtp("<a@s.example>", &["<r3@example.org>"], "h\u{e9}\n"));
     let mut c = collect(&p, &[]);
-    let (mail, _) = transaction(&mut c, &["250 ok"], "250 queued");
+    let (mail, _) = c.transaction(&["250 ok"], "250 queued");
     c.expect_quit();
     let (_, log) = c.finish();
     assert_eq!(mail, "MAIL FROM:<a@s.example>");
