@@ -234,3 +234,18 @@ fn size_is_never_below_the_octets_sent() {
     c.expect_quit();
     c.finish();
 }
+
+#[test]
+fn an_atrn_list_with_spaces_is_served_and_logged() {
+    let p = Provider::new();
+    p.queue("example.org", "1.m", &bsmtp("<a@s.example>", &["<r@example.org>"], "x\n"));
+    let mut c = p.start();
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org, example.net", 250);
+    c.turn_around(EHLO_NAME, &[]);
+    c.transaction(&["250 ok"], "250 queued");
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(log.contains("event=atrn-list-with-spaces"), "{log}");
+    assert!(log.contains("domains=example.org,example.net result=250"), "{log}");
+}

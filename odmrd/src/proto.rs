@@ -249,6 +249,14 @@ pub fn parse_atrn_domains(args: &str) -> Result<Vec<String>, CommandError> {
     Ok(domains)
 }
 
+/// Does this ATRN command line have white space around a comma of its domain list? Accepted
+/// (see [`parse_atrn_domains`]) but outside RFC 2645's grammar, so the session logs it.
+pub fn atrn_list_has_spaces(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let args = text.trim_end_matches(['\r', '\n']).get(4..).unwrap_or("").trim_matches([' ', '\t']);
+    args.split(',').any(|part| part != part.trim_matches([' ', '\t']))
+}
+
 /// The RFC 2645 domain rule, shared with every backend: at least two labels separated by single
 /// dots; each label 1 to 63 ASCII letters, digits or hyphens, not beginning or ending with a
 /// hyphen; at most 255 octets in all; no trailing dot. Safe to use as a file-name component once
@@ -804,6 +812,15 @@ mod tests {
         let input = format!("ATRN {}\r\nQUIT\r\n", "a.".repeat(300));
         let lines = split_lines(MAX_COMMAND_LINE, input.as_bytes(), &[input.len()]);
         assert_eq!(lines, vec![Line::TooLong, c("QUIT")]);
+    }
+
+    #[test]
+    fn spaces_in_an_atrn_list_are_noticed() {
+        assert!(atrn_list_has_spaces(b"ATRN a.example, b.example\r\n"));
+        assert!(atrn_list_has_spaces(b"atrn a.example ,b.example"));
+        assert!(!atrn_list_has_spaces(b"ATRN a.example,b.example\r\n"));
+        assert!(!atrn_list_has_spaces(b"ATRN  a.example\r\n"));
+        assert!(!atrn_list_has_spaces(b"ATRN"));
     }
 
     #[test]

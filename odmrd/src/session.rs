@@ -129,7 +129,12 @@ impl<W: Wire> Session<'_, W> {
                 Err(end) => return end,
             };
             let step = match proto::parse_command(&line) {
-                Ok(command) => self.command(command),
+                Ok(command) => {
+                    if matches!(command, Command::Atrn(_)) && proto::atrn_list_has_spaces(&line) {
+                        self.log("event=atrn-list-with-spaces note=\"accepted; RFC 2645 has no spaces in the list\"");
+                    }
+                    self.command(command)
+                }
                 Err(CommandError::Unknown) => self.reply(500, "Command unrecognized").map(|()| None),
                 Err(CommandError::Syntax(why)) => self.reply(501, why).map(|()| None),
             };
