@@ -81,7 +81,7 @@ fn plugin_log() -> LogFn {
 
 /// Resolve, initialise and check the plugin of `config`, then create its
 /// instance. Plugins are never unloaded: their code lives until exit.
-fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError> {
+pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError> {
     let (label, init) = match &config.source {
         PluginSource::Builtin(name) => {
             let label = format!("builtin:{name}");

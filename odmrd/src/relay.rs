@@ -28,7 +28,8 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::time::Duration;
 
-/// Client timeouts of RFC 5321 §4.5.3.2.
+/// Client timeouts of RFC 5321 §4.5.3.2, each a deadline for a whole reply (all its lines) or
+/// for one flush of the body, however slowly the bytes trickle ([`crate::conn`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Waiting for the 220 greeting, and for EHLO/HELO/RSET/QUIT replies.
@@ -39,7 +40,7 @@ pub struct Timeouts {
     pub rcpt: Duration,
     /// DATA's 354.
     pub data: Duration,
-    /// Each write of the body.
+    /// Each flush of the body (about 64 KiB).
     pub data_block: Duration,
     /// The reply to the final dot.
     pub data_end: Duration,

@@ -21,7 +21,7 @@ use odmr_api::outcomes::Outcomes;
 use odmr_api::params::{scan_files, wire_size_bound};
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -113,9 +113,9 @@ impl Exim {
         })
     }
 
-    /// The queue's messages, oldest first; Err(TempFail) when `input/`
-    /// cannot be listed. The count is of unreadable subdirectories.
-    fn list(&self) -> Result<(Vec<Location>, usize), Status> {
+    /// The queue (messages oldest first), its unreadable subdirectories
+    /// logged; Err(TempFail) when `input/` cannot be listed.
+    fn list(&self) -> Result<spool::Listing, Status> {
         let root = self.config.queue_root();
         let listing = spool::list(&root).map_err(|e| {
             log_open_error(&self.host, "list", &root.join("input"), &e);
@@ -124,7 +124,29 @@ impl Exim {
         for (dir, e) in &listing.errors {
             log_open_error(&self.host, "list", dir, e);
         }
-        Ok((listing.messages, listing.errors.len()))
+        Ok(listing)
+    }
+
+    /// Finish the removals of ours that were interrupted (a kill between the
+    /// unlinks of [`spool::remove`]), and log each.
+    fn reclaim(&self, leftovers: &[Location]) {
+        for leftover in leftovers {
+            let id = &leftover.id;
+            match spool::reclaim(leftover) {
+                Ok(spool::Reclaimed::Removed) => self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "id={id} removed what an interrupted removal left in {} (-D/-J without -H; every recipient was journaled)",
+                        leftover.input_dir().display()
+                    ),
+                ),
+                Ok(spool::Reclaimed::Busy) => {
+                    self.log(LogLevel::Info, &format!("id={id} leftover of a removal is locked; left for later"))
+                }
+                Ok(spool::Reclaimed::Message) => {}
+                Err(e) => self.log(LogLevel::Warn, &format!("id={id} cannot remove the leftover of a removal: {e}")),
+            }
+        }
     }
 
     /// The unlocked look (a hint; the cursor re-reads under the lock).
@@ -177,8 +199,9 @@ impl Queue for Exim {
 
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
-        let (messages, mut errors) = self.list()?;
-        for location in &messages {
+        let listing = self.list()?;
+        let mut errors = listing.errors.len();
+        for location in &listing.messages {
             match self.peek(location, &domains) {
                 Peek::Offer => return Ok(true),
                 Peek::Nothing => {}
@@ -195,7 +218,9 @@ impl Queue for Exim {
 
     fn open(&self, domains: &[String]) -> Result<EximCursor, Status> {
         let domains = self.domains(domains)?;
-        let (messages, _) = self.list()?;
+        let listing = self.list()?;
+        self.reclaim(&listing.leftovers);
+        let messages = listing.messages;
         Ok(EximCursor {
             host: self.host,
             config: self.config.clone(),
@@ -271,7 +296,21 @@ impl EximCursor {
                 }
             }
         }
-        self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        if fs::symlink_metadata(listed.file("-H")).is_ok() {
+            // Exim's own removal (msglog, -D, -H, -J) leaves this when it is
+            // interrupted; ours never does (spool::remove). Not ours to delete
+            // without the -D lock that no longer exists: tell the operator.
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "id={id} has {} but no -D (an interrupted removal, or one in progress); skipped. `exim -Mrm {id}` removes it",
+                    listed.file("-H").display(),
+                    id = listed.id
+                ),
+            );
+        } else {
+            self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        }
         Err(Claim::Skip)
     }
 
@@ -365,6 +404,22 @@ impl EximCursor {
                 return Ok(None);
             }
             Some(offered) if offered.is_empty() => {
+                if !journal.is_empty() && !header.recipients.iter().any(|r| header::is_pending(r, &done)) {
+                    // Every recipient journaled, but the removal that should
+                    // have followed never ran (a session killed in between):
+                    // finish it now, under the lock, as that commit would have.
+                    match spool::remove(location) {
+                        Ok(()) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled but the message was still queued (an interrupted session); removed"),
+                        ),
+                        Err(e) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled, but removal failed ({e}); Exim will finish it"),
+                        ),
+                    }
+                    return Ok(None);
+                }
                 self.log(LogLevel::Debug, &format!("id={id} has nothing pending for these domains now"));
                 return Ok(None);
             }
@@ -782,6 +837,36 @@ mod tests {
         for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
             assert!(!p.exists(), "{} left behind", p.display());
         }
+    }
+
+    #[test]
+    fn what_an_interrupted_session_left_is_finished_by_the_next_cursor() {
+        let s = Spool::new();
+        // Killed after journaling the last recipient, before removing.
+        let journaled = s.add(Msg {
+            recipients: &["a@example.org", "b@example.net"],
+            journal: Some("a@example.org\nb@example.net\n"),
+            ..Msg::default()
+        });
+        // Killed inside the removal, after -H (spool::remove's order).
+        let removing = s.add(Msg {
+            id: "1xV7gx-0004Qd-11",
+            recipients: &["c@example.org"],
+            journal: Some("c@example.org\n"),
+            ..Msg::default()
+        });
+        fs::remove_file(removing.file("-H")).unwrap();
+        // Nothing journaled: Exim's business, not ours, even with nothing for us.
+        let other = s.add(Msg { id: "1xV7gy-0004Qd-11", recipients: &["d@example.com"], ..Msg::default() });
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        for l in [&journaled, &removing] {
+            for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
+                assert!(!p.exists(), "{} left behind", p.display());
+            }
+        }
+        assert!(other.file("-H").exists() && other.file("-D").exists());
     }
 
     #[test]

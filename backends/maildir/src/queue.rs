@@ -110,6 +110,27 @@ impl Maildir {
     }
 }
 
+impl Maildir {
+    /// Remove the leftovers in `spool`'s `tmp/` ([`spool::clean_tmp`]; the
+    /// caller holds its lock) and log each.
+    fn clean_tmp(&self, spool: &Spool) {
+        let (removed, failed) = spool::clean_tmp(&spool.path, std::time::SystemTime::now());
+        for r in removed {
+            let why = if r.ours {
+                "left by an interrupted rewrite of odmrd's (the message itself was kept)"
+            } else {
+                "untouched for 36 hours (maildir convention)"
+            };
+            self.log(LogLevel::Warn, &format!("domain={} removed file={}: {why}", spool.domain, r.id));
+        }
+        for (id, e) in failed {
+            let msg =
+                format!("domain={} cannot clean file={} in {}: {e}", spool.domain, id, spool.path.display());
+            self.log(LogLevel::Warn, &msg);
+        }
+    }
+}
+
 /// A parsed message file and the indices of its recipients in `domains`.
 struct Selected {
     file: File,
@@ -205,6 +226,9 @@ impl Queue for Maildir {
                     continue;
                 }
             }
+            // Under the lock no rewrite of ours is in progress: what is left
+            // in tmp/ by a killed one can go now.
+            self.clean_tmp(&spool);
             // Listed under the lock, so that the list is what this cursor owns.
             if let Ok(entries) = self.scan(&spool) {
                 queue.extend(entries.into_iter().map(|e| (spools.len(), e)));

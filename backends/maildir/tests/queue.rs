@@ -420,6 +420,45 @@ fn a_failed_rewrite_keeps_the_message_and_reports_tempfail() {
 }
 
 #[test]
+fn opening_a_cursor_cleans_tmp_only_under_the_lock_and_never_a_fresh_delivery() {
+    let spool = Spool::new();
+    spool.put("example.org", "new/m", b"MAIL FROM:<>\nRCPT TO:<x@example.org>\nDATA\n.\n", 1);
+    // What a rewrite killed before its rename leaves (fresh), another writer's
+    // delivery in progress (fresh) and another writer's long-dead one.
+    let ours = "1795354421.M53429P17987Q3.odmrd-rewrite";
+    let fresh = "1795354421.M1P2.mda.example";
+    let now = std::time::SystemTime::now();
+    let dead = spool.put("example.org", "tmp/1600000000.M1P2.mda.example", b"x", 1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&dead)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(now - std::time::Duration::from_secs(37 * 3600)))
+        .unwrap();
+    let ours_path = spool.root.path().join("example.org/tmp").join(ours);
+    fs::write(&ours_path, b"MAIL FROM:<>\n").unwrap();
+    let fresh_path = spool.root.path().join("example.org/tmp").join(fresh);
+    fs::write(&fresh_path, b"half a delivery").unwrap();
+    let q = instance(&spool, &[]);
+
+    // Someone else holds the maildir: nothing in tmp/ is touched.
+    let lockfile = spool.root.path().join("example.org/seriallock");
+    let held = Flock::lock(fs::File::create(&lockfile).unwrap(), FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    drop(q.open(&domains(&["example.org"])).unwrap());
+    assert!(ours_path.exists() && fresh_path.exists() && dead.exists());
+    drop(held);
+
+    let cursor = q.open(&domains(&["example.org"])).unwrap();
+    assert!(!ours_path.exists(), "our rewrite leftover stayed");
+    assert!(!dead.exists(), "a file untouched for 37 hours stayed");
+    assert_eq!(fs::read(&fresh_path).unwrap(), b"half a delivery", "another writer's fresh file was touched");
+    drop(cursor);
+    assert!(spool.root.path().join("example.org/new/m").exists());
+}
+
+#[test]
 fn bsmtp_parameters_and_the_file_fill_the_abi_1_1_envelope() {
     use odmr_api::params::{Notify, Ret};
     use std::time::{Duration, UNIX_EPOCH};
