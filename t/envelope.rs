@@ -83,8 +83,7 @@ fn our_dsns_follow_notify_and_return_the_whole_message_for_ret_full() {
     let calls = p.sendmail.calls();
     assert_eq!(calls.len(), 1, "one DSN for the failure and the relayed success: {log}");
     let dsn = String::from_utf8_lossy(&calls[0].stdin).into_owned();
-    let field =
-        |name: &str| dsn.lines().filter(|l| l.starts_with(name)).map(str::to_string).collect::<Vec<_>>();
+    let field = |name: &str| support::lines_starting(&dsn, name);
     assert_eq!(field("Original-Envelope-Id:"), ["Original-Envelope-Id: env+2B1"]);
     assert_eq!(field("Arrival-Date:"), ["Arrival-Date: Sun, 22 Nov 2026 13:33:14 +0000"], "from the queue");
     assert_eq!(field("Original-Recipient:"), ["Original-Recipient: rfc822;Fail+2Bx@example.org"]);

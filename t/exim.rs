@@ -255,8 +255,7 @@ fn dsn_parameters_exim_spooled_reach_the_customer_and_our_dsns() {
     let calls = p.sendmail.calls();
     assert_eq!(calls.len(), 1, "{log}");
     let dsn = String::from_utf8_lossy(&calls[0].stdin).into_owned();
-    let field =
-        |name: &str| dsn.lines().filter(|l| l.starts_with(name)).map(str::to_string).collect::<Vec<_>>();
+    let field = |name: &str| support::lines_starting(&dsn, name);
     assert_eq!(field("Original-Envelope-Id:"), ["Original-Envelope-Id: env+2B1"]);
     assert_eq!(field("Final-Recipient:"), ["Final-Recipient: rfc822; fail@example.org"]);
     assert_eq!(field("Original-Recipient:"), ["Original-Recipient: rfc822;fail@example.org"]);
