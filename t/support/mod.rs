@@ -93,6 +93,12 @@ pub fn header_section(message: &[u8]) -> &[u8] {
     &message[..message.len() - body.len()]
 }
 
+/// Every line of `text` (a DSN, say) that starts with `prefix` (`"Action:"`), whole, in order:
+/// for checking the fields of all parts of a report at once.
+pub fn lines_starting(text: &str, prefix: &str) -> Vec<String> {
+    text.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
+}
+
 /// The value of the first header field called `name` (case-insensitive) in the header section,
 /// unfolded (continuation lines joined with one space) and trimmed; `None` if absent.
 pub fn header(message: &[u8], name: &str) -> Option<String> {

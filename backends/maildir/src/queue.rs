@@ -15,7 +15,7 @@ use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::eight_bit_in;
+use odmr_api::params::{scan_files, wire_size_bound};
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -344,8 +344,13 @@ impl Cursor for MaildirCursor {
             let meta = selected.file.metadata().ok();
             let size = meta.as_ref().map_or(0, |m| m.len());
             let params = &selected.parsed.params;
-            // BSMTP data was scanned while parsing; the headers form is read here.
-            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, 0)]));
+            // BSMTP data was scanned while parsing; the headers form is read
+            // here (its envelope headers, not sent, only make the bound safer).
+            let (eight_bit, lines) = match (params.eight_bit, params.lines) {
+                (Some(eight_bit), Some(lines)) => (Some(eight_bit), Some(lines)),
+                _ => scan_files(&[(&selected.file, 0)])
+                    .map_or((None, None), |s| (Some(s.eight_bit), Some(s.lines))),
+            };
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
@@ -360,6 +365,7 @@ impl Cursor for MaildirCursor {
                 ret: params.ret,
                 smtputf8: params.smtputf8,
                 eight_bit,
+                wire_size: lines.map(|lines| wire_size_bound(size, lines)),
                 details: selected
                     .offered
                     .iter()

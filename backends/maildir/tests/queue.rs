@@ -490,6 +490,8 @@ RCPT TO:<u2@example.org> NOTIFY=NEVER\nRCPT TO:<u3@example.org> NOTIFY=bogus\nDA
     assert_eq!(e.recipient_details(1).notify, Notify::NEVER);
     assert_eq!(e.recipient_details(2).notify, Notify::UNSPECIFIED, "a bad NOTIFY is as if absent");
 
+    // Data "Subject: p\n\nhé\n" is 16 octets with CRLF: the bound covers it.
+    assert!(e.wire_size.is_some_and(|w| w >= 16), "{:?}", e.wire_size);
     let e = &got[1].0;
     assert_eq!((e.smtputf8, e.eight_bit, e.envid.as_deref()), (true, Some(false), None));
 
