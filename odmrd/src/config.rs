@@ -60,8 +60,18 @@ pub struct ServerConfig {
     pub allow: Vec<IpNet>,
     /// Per-domain collection locks; default `/run/odmrd`; absolute.
     pub lock_directory: PathBuf,
+    /// Key `lock`: where the per-domain collection locks live.
+    pub lock: LockKind,
     /// Key `idle_timeout`, whole seconds, default 300, at least 1.
     pub idle_timeout: Duration,
+}
+
+/// `[server] lock`: `flock` (the default, one host) or `database` (the
+/// `[credentials]` database of `builtin:sql`, shared by several hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Flock,
+    Database,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +84,7 @@ impl Default for ServerConfig {
             max_sessions_per_ip: 10,
             allow: Vec::new(),
             lock_directory: PathBuf::from("/run/odmrd"),
+            lock: LockKind::Flock,
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -188,6 +199,7 @@ const SERVER_KEYS: &[&str] = &[
     "max_sessions_per_ip",
     "allow",
     "lock_directory",
+    "lock",
     "idle_timeout",
 ];
 const AUTH_KEYS: &[&str] = &["mechanisms", "max_failures", "failure_delay"];
@@ -241,7 +253,7 @@ impl Config {
         }
         let section = |name: &str| ini.section(Some(name));
 
-        Ok(Config {
+        let config = Config {
             path: path.to_path_buf(),
             server: parse_server(&ctx, section("server"))?,
             auth: parse_auth(&ctx, section("auth"))?,
@@ -249,7 +261,11 @@ impl Config {
             queue: parse_plugin(&ctx, "queue", section("queue"))?,
             bounce: parse_bounce(&ctx, section("bounce"))?,
             log: parse_log(&ctx, section("log"))?,
-        })
+        };
+        if config.server.lock == LockKind::Database {
+            crate::locks::Locker::new(&config).map_err(|e| ctx.error("server", Some("lock"), e))?;
+        }
+        Ok(config)
     }
 }
 
@@ -442,6 +458,13 @@ fn parse_server(ctx: &Ctx, properties: Option<&Properties>) -> Result<ServerConf
                     return Err(fail(format!("{value:?} is not an absolute path")));
                 }
                 server.lock_directory = PathBuf::from(value);
+            }
+            "lock" => {
+                server.lock = match value {
+                    "flock" => LockKind::Flock,
+                    "database" => LockKind::Database,
+                    _ => return Err(fail(format!("{value:?} is not flock or database"))),
+                }
             }
             "idle_timeout" => {
                 let seconds = parse_count(value).map_err(fail)?;
@@ -740,6 +763,7 @@ plugin = builtin:maildir
                 max_sessions_per_ip: 10,
                 allow: vec!["127.0.0.0/8".parse().unwrap(), "192.0.2.0/24".parse().unwrap()],
                 lock_directory: "/run/odmrd".into(),
+                lock: LockKind::Flock,
                 idle_timeout: Duration::from_secs(300),
             }
         );
