@@ -222,6 +222,7 @@ fn outage(credentials: String, halt: &mut dyn FnMut(), resume: &mut dyn FnMut())
     before.login("customer@example.net", PASSWORD);
     halt();
     before.command("ATRN example.org", 451);
+    before.command("QUIT", 221);
     session(451);
     session(451);
     assert_eq!(daemon.log().matches("database unavailable").count(), 1, "{}", daemon.log());

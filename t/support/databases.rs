@@ -50,10 +50,10 @@ fn run(command: &mut Command, what: &str) {
     assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-fn stop(child: &mut Option<Child>) {
+/// Stop a server with `signal` and wait for it.
+fn stop(child: &mut Option<Child>, signal: nix::sys::signal::Signal) {
     if let Some(mut child) = child.take() {
-        // SIGINT: PostgreSQL's fast shutdown; MariaDB shuts down on it too.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
         let _ = child.wait();
     }
 }
@@ -114,9 +114,9 @@ impl Postgres {
         assert!(ready, "PostgreSQL did not start: {}", std::fs::read_to_string(self.dir.join("log")).unwrap_or_default());
     }
 
-    /// Fast shutdown: sessions are cut, the data stays.
+    /// Fast shutdown (SIGINT): sessions are cut, the data stays.
     pub fn halt(&mut self) {
-        stop(&mut self.child);
+        stop(&mut self.child, nix::sys::signal::Signal::SIGINT);
     }
 
     fn psql_command(&self) -> Command {
@@ -155,12 +155,11 @@ impl Mariadb {
         }
         let (top, dir) = server_dir("my");
         run(
-            as_server_user(Command::new("/usr/bin/mariadb-install-db").current_dir(&dir).args([
-                "--no-defaults",
-                "--datadir=data",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])),
+            as_server_user(
+                Command::new("/usr/bin/mariadb-install-db")
+                    .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
+                    .arg(format!("--datadir={}", dir.join("data").display())),
+            ),
             "mariadb-install-db",
         );
         let mut db = Mariadb { _top: top, dir, child: None };
@@ -182,13 +181,13 @@ impl Mariadb {
     pub fn resume(&mut self) {
         let child = as_server_user(Command::new(MARIADBD).current_dir(&self.dir).args([
             "--no-defaults",
-            "--datadir=data",
             "--skip-networking",
             "--innodb-buffer-pool-size=16M",
             "--innodb-log-file-size=8M",
-            "--log-error=err.log",
-            "--pid-file=mariadbd.pid",
         ]))
+        .arg(format!("--datadir={}", self.dir.join("data").display()))
+        .arg(format!("--log-error={}", self.dir.join("err.log").display()))
+        .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
         .arg(format!("--socket={}", self.socket().display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -199,12 +198,12 @@ impl Mariadb {
         let ready = wait_until(Duration::from_secs(60), || {
             self.client().arg("-e").arg("SELECT 1").output().is_ok_and(|o| o.status.success())
         });
-        assert!(ready, "MariaDB did not start: {}", std::fs::read_to_string(self.dir.join("data/err.log")).unwrap_or_default());
+        assert!(ready, "MariaDB did not start: {}", std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default());
     }
 
-    /// Shutdown: sessions are cut, the data stays.
+    /// Shutdown (SIGTERM): sessions are cut, the data stays.
     pub fn halt(&mut self) {
-        stop(&mut self.child);
+        stop(&mut self.child, nix::sys::signal::Signal::SIGTERM);
     }
 
     fn client(&self) -> Command {
