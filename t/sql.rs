@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::databases::{Mariadb, Postgres};
-use support::odmrd::{check_config, Client, Provider, EHLO_NAME};
+use support::odmrd::{check_config, shared_object, Client, Provider, EHLO_NAME};
 use support::{bsmtp, doveadm_cram_md5};
 
 const PASSWORD: &str = "S3cret-odmr";
@@ -197,6 +197,9 @@ fn sqlite_plain_schema() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let credentials = example("plain", "sqlite", &db.display().to_string());
     plain_schema_cases(credentials.clone());
+    // The same code as a shared object loaded by path.
+    let so = shared_object("libodmr_backend_sql.so").display().to_string();
+    plain_schema_cases(credentials.replace("builtin:sql", &so));
     check_config_refuses_broken_query(credentials.clone());
     // SQLite has no locks shared between hosts.
     let mut p = provider(credentials, &[]);
