@@ -27,7 +27,8 @@ const NASTY: &str = "o'brien\"; DROP TABLE odmr_users; --%_\\@example.org";
 
 /// The `[credentials]` lines of `etc/sql/NAME.ini` with `driver` and `connect` replaced.
 fn example(name: &str, driver: &str, connect: &str) -> String {
-    let ini = std::fs::read_to_string(support::odmrd::workspace().join(format!("etc/sql/{name}.ini"))).unwrap();
+    let ini =
+        std::fs::read_to_string(support::odmrd::workspace().join(format!("etc/sql/{name}.ini"))).unwrap();
     let mut lines = String::new();
     for line in ini.lines().filter(|l| !l.starts_with(';') && !l.starts_with('[') && !l.trim().is_empty()) {
         let line = match line.split_once(" = ").map(|(k, _)| k) {
@@ -206,7 +207,11 @@ fn sqlite_plain_schema() {
     p.extra_server = "lock = database\n".into();
     let out = check_config(&p.config());
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lock"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Stop the database under a running standalone odmrd: AUTH and ATRN answer
@@ -306,7 +311,8 @@ fn two_front_ends(credentials: String) {
     first.extra_server = "lock = database\n".into();
     for domain in DOMAINS {
         for n in 0..PER_DOMAIN {
-            let message = bsmtp("sender@example.net", &[&format!("r{n}@{domain}")], b"Subject: hi\n\nhello\n");
+            let message =
+                bsmtp("sender@example.net", &[&format!("r{n}@{domain}")], b"Subject: hi\n\nhello\n");
             first.queue(domain, &format!("{n}.{domain}"), std::str::from_utf8(&message).unwrap());
         }
     }

@@ -16,8 +16,8 @@
 
 use crate::config::{Config, LockKind, PluginSource};
 use crate::proto::is_valid_domain;
-use odmr_backend_sql::lock::{DatabaseLocks, LockFailure};
 use nix::fcntl::{Flock, FlockArg};
+use odmr_backend_sql::lock::{DatabaseLocks, LockFailure};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -66,9 +66,11 @@ impl Locker {
             LockKind::Flock => Ok(Locker::Flock(config.server.lock_directory.clone())),
             LockKind::Database => {
                 if config.credentials.source != PluginSource::Builtin("sql".into()) {
-                    return Err("lock = database needs [credentials] plugin = builtin:sql (the locks live in \
+                    return Err(
+                        "lock = database needs [credentials] plugin = builtin:sql (the locks live in \
                                 that database)"
-                        .into());
+                            .into(),
+                    );
                 }
                 let pairs: Vec<(String, String)> =
                     config.credentials.settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();

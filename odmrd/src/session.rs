@@ -322,7 +322,7 @@ impl<W: Wire> Session<'_, W> {
 
     /// Take the per-domain collection locks, or None after a 450/451.
     fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<HeldLocks>> {
-        match Locker::new(&self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
+        match Locker::new(self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
                 self.log(&format!(

@@ -47,7 +47,12 @@ fn missing(what: &str, package: &str) {
 
 fn run(command: &mut Command, what: &str) {
     let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Stop a server with `signal` and wait for it.
@@ -80,7 +85,15 @@ impl Postgres {
         let (top, dir) = server_dir("pg");
         run(
             as_server_user(Command::new(bin.join("initdb")).current_dir(&dir).args([
-                "-D", "data", "-U", "odmr", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C",
+                "-D",
+                "data",
+                "-U",
+                "odmr",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
             ])),
             "initdb",
         );
@@ -98,7 +111,14 @@ impl Postgres {
     pub fn resume(&mut self) {
         let log = std::fs::File::create(self.dir.join("log")).unwrap();
         let child = as_server_user(Command::new(self.bin.join("postgres")).current_dir(&self.dir).args([
-            "-D", "data", "-p", "5432", "-c", "listen_addresses=", "-c", "fsync=off",
+            "-D",
+            "data",
+            "-p",
+            "5432",
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "fsync=off",
         ]))
         .arg("-k")
         .arg(&self.dir)
@@ -111,7 +131,11 @@ impl Postgres {
         let ready = wait_until(Duration::from_secs(30), || {
             self.psql_command().arg("-c").arg("SELECT 1").output().is_ok_and(|o| o.status.success())
         });
-        assert!(ready, "PostgreSQL did not start: {}", std::fs::read_to_string(self.dir.join("log")).unwrap_or_default());
+        assert!(
+            ready,
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
     }
 
     /// Fast shutdown (SIGINT): sessions are cut, the data stays.
@@ -121,7 +145,9 @@ impl Postgres {
 
     fn psql_command(&self) -> Command {
         let mut command = Command::new(self.bin.join("psql"));
-        command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-U", "odmr", "-p", "5432", "-h"]).arg(&self.dir);
+        command
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-U", "odmr", "-p", "5432", "-h"])
+            .arg(&self.dir);
         command
     }
 
@@ -198,7 +224,11 @@ impl Mariadb {
         let ready = wait_until(Duration::from_secs(60), || {
             self.client().arg("-e").arg("SELECT 1").output().is_ok_and(|o| o.status.success())
         });
-        assert!(ready, "MariaDB did not start: {}", std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default());
+        assert!(
+            ready,
+            "MariaDB did not start: {}",
+            std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default()
+        );
     }
 
     /// Shutdown (SIGTERM): sessions are cut, the data stays.
@@ -208,7 +238,10 @@ impl Mariadb {
 
     fn client(&self) -> Command {
         let mut command = Command::new("/usr/bin/mariadb");
-        command.arg("--no-defaults").arg(format!("--socket={}", self.socket().display())).args(["-u", "root"]);
+        command
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-u", "root"]);
         command
     }
 

@@ -28,7 +28,11 @@ impl Driver {
             "postgresql" | "pgsql" => Driver::Postgresql,
             "mysql" | "mariadb" => Driver::Mysql,
             "sqlite" => Driver::Sqlite,
-            _ => return Err(format!("key 'driver': unknown driver '{name}' (known: postgresql, mysql, sqlite)")),
+            _ => {
+                return Err(format!(
+                    "key 'driver': unknown driver '{name}' (known: postgresql, mysql, sqlite)"
+                ))
+            }
         };
         if !driver.built_in() {
             return Err(format!(
@@ -122,7 +126,8 @@ pub trait Connection: Send {
 /// A stable 64-bit hash of a lock name (FNV-1a), the same on every host, for
 /// databases whose locks take a number.
 pub fn lock_number(name: &str) -> i64 {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     hash as i64
 }
 
@@ -153,7 +158,11 @@ mod pg {
     }
 
     fn columns(statement: &postgres::Statement) -> Vec<Column> {
-        statement.columns().iter().map(|c| Column { name: c.name().to_owned(), text: Some(is_text(c.type_())) }).collect()
+        statement
+            .columns()
+            .iter()
+            .map(|c| Column { name: c.name().to_owned(), text: Some(is_text(c.type_())) })
+            .collect()
     }
 
     impl Pg {
@@ -199,7 +208,9 @@ mod pg {
         let ty = row.columns()[i].type_().clone();
         let name = row.columns()[i].name().to_owned();
         let text = match ty {
-            Type::BOOL => row.try_get::<_, Option<bool>>(i).map(|v| v.map(|b| if b { "1" } else { "0" }.into())),
+            Type::BOOL => {
+                row.try_get::<_, Option<bool>>(i).map(|v| v.map(|b| if b { "1" } else { "0" }.into()))
+            }
             Type::INT2 => row.try_get::<_, Option<i16>>(i).map(|v| v.map(|n| n.to_string())),
             Type::INT4 => row.try_get::<_, Option<i32>>(i).map(|v| v.map(|n| n.to_string())),
             Type::INT8 => row.try_get::<_, Option<i64>>(i).map(|v| v.map(|n| n.to_string())),
@@ -230,12 +241,23 @@ mod my {
 
     fn is_text(ty: ColumnType) -> bool {
         use ColumnType::*;
-        matches!(ty, MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_STRING | MYSQL_TYPE_BLOB
-            | MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB)
+        matches!(
+            ty,
+            MYSQL_TYPE_VARCHAR
+                | MYSQL_TYPE_VAR_STRING
+                | MYSQL_TYPE_STRING
+                | MYSQL_TYPE_BLOB
+                | MYSQL_TYPE_TINY_BLOB
+                | MYSQL_TYPE_MEDIUM_BLOB
+                | MYSQL_TYPE_LONG_BLOB
+        )
     }
 
     fn columns(statement: &mysql::Statement) -> Vec<Column> {
-        let column = |c: &mysql::Column| Column { name: c.name_str().into_owned(), text: Some(is_text(c.column_type())) };
+        let column = |c: &mysql::Column| Column {
+            name: c.name_str().into_owned(),
+            text: Some(is_text(c.column_type())),
+        };
         statement.columns().iter().map(column).collect()
     }
 
@@ -256,7 +278,8 @@ mod my {
 
         fn try_lock(&mut self, name: &str) -> Result<bool, String> {
             // MariaDB and MySQL limit lock names to 64 characters.
-            let name = if name.len() <= 64 { name.to_owned() } else { format!("odmrd#{:016x}", lock_number(name)) };
+            let name =
+                if name.len() <= 64 { name.to_owned() } else { format!("odmrd#{:016x}", lock_number(name)) };
             let got: Option<Option<i64>> =
                 self.0.exec_first("SELECT GET_LOCK(?, 0)", (name,)).map_err(|e| e.to_string())?;
             match got.flatten() {
@@ -302,14 +325,21 @@ mod lite {
     impl Connection for Lite {
         fn columns(&mut self, query: &Query) -> Result<Vec<Column>, String> {
             let statement = self.0.prepare(&query.sql).map_err(|e| e.to_string())?;
-            Ok(statement.column_names().into_iter().map(|name| Column { name: name.to_owned(), text: None }).collect())
+            Ok(statement
+                .column_names()
+                .into_iter()
+                .map(|name| Column { name: name.to_owned(), text: None })
+                .collect())
         }
 
         fn rows(&mut self, query: &Query, params: &[String]) -> Result<(Vec<Column>, Vec<Row>), String> {
             let mut statement = self.0.prepare_cached(&query.sql).map_err(|e| e.to_string())?;
             let width = statement.column_count();
-            let columns =
-                statement.column_names().into_iter().map(|name| Column { name: name.to_owned(), text: None }).collect();
+            let columns = statement
+                .column_names()
+                .into_iter()
+                .map(|name| Column { name: name.to_owned(), text: None })
+                .collect();
             let rows = statement
                 .query_map(params_from_iter(params.iter()), |row| {
                     (0..width).map(|i| row.get_ref(i).map(text)).collect::<Result<Row, _>>()
@@ -328,7 +358,9 @@ mod lite {
             ValueRef::Null => None,
             ValueRef::Integer(n) => Some(n.to_string()),
             ValueRef::Real(n) => Some(n.to_string()),
-            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
         }
     }
 }

@@ -97,7 +97,7 @@ impl Instance for Sql {
         let sql = Sql {
             password_query: parse("password_query", password_query)?,
             domains_query: parse("domains_query", domains_query)?,
-            pool: Pool::new(driver, target, pool_size, host.clone()),
+            pool: Pool::new(driver, target, pool_size, host),
             log: host,
         };
         sql.check_queries()?;
@@ -128,16 +128,16 @@ impl Sql {
 
     fn query(&self, query: &Query, user: &str) -> Result<(Vec<Column>, Vec<driver::Row>), Status> {
         let params = query.bind(user);
-        self.pool
-            .with(query.key, |conn| conn.rows(query, &params))
-            .map_err(|_| Status::TempFail)
+        self.pool.with(query.key, |conn| conn.rows(query, &params)).map_err(|_| Status::TempFail)
     }
 }
 
 /// Where the columns of `password_query` are; errors name the key.
 fn password_layout(columns: &[Column]) -> Result<Layout, String> {
     let find = |name: &str| columns.iter().position(|c| c.name.eq_ignore_ascii_case(name));
-    if let Some(extra) = columns.iter().find(|c| !PASSWORD_COLUMNS.iter().any(|k| c.name.eq_ignore_ascii_case(k))) {
+    if let Some(extra) =
+        columns.iter().find(|c| !PASSWORD_COLUMNS.iter().any(|k| c.name.eq_ignore_ascii_case(k)))
+    {
         return Err(format!(
             "key 'password_query': unknown result column '{}' (known: {}; rename with AS)",
             extra.name,
@@ -155,7 +155,10 @@ fn check_domains_columns(columns: &[Column]) -> Result<(), String> {
     match columns {
         [only] if only.text != Some(false) => Ok(()),
         [only] => Err(format!("key 'domains_query': column '{}' is not text", only.name)),
-        _ => Err(format!("key 'domains_query': returns {} columns, expected exactly 1 (the domain)", columns.len())),
+        _ => Err(format!(
+            "key 'domains_query': returns {} columns, expected exactly 1 (the domain)",
+            columns.len()
+        )),
     }
 }
 
@@ -228,7 +231,10 @@ impl Credentials for Sql {
             if !is_valid_domain(&domain) {
                 self.log.log(
                     LogLevel::Warn,
-                    &format!("sql: domains_query gave user '{user}' an invalid domain '{}'; ignored", value.escape_debug()),
+                    &format!(
+                        "sql: domains_query gave user '{user}' an invalid domain '{}'; ignored",
+                        value.escape_debug()
+                    ),
                 );
             } else if !domains.contains(&domain) {
                 domains.push(domain);

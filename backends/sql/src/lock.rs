@@ -53,9 +53,11 @@ impl DatabaseLocks {
         let (driver, target) = crate::connection(&mut settings)?;
         let driver = driver.ok_or("missing required key 'driver'")?;
         if !driver.has_session_locks() {
-            return Err("lock = database needs driver postgresql or mysql (SQLite locks are local to one host; \
+            return Err(
+                "lock = database needs driver postgresql or mysql (SQLite locks are local to one host; \
                         use lock = flock)"
-                .into());
+                    .into(),
+            );
         }
         Ok(DatabaseLocks { driver, target })
     }

@@ -147,15 +147,20 @@ mod tests {
         assert_eq!(q.parts, [Part::Local, Part::Domain, Part::User]);
         let q = Query::parse("password_query", template, Style::Question).unwrap();
         assert_eq!(q.sql, "SELECT password FROM users WHERE userid = ? AND domain = ? OR login = ?");
-        let q = Query::parse("domains_query", "SELECT d FROM t WHERE u = %{user} AND x LIKE 'a%%'", Style::Question)
-            .unwrap();
+        let q = Query::parse(
+            "domains_query",
+            "SELECT d FROM t WHERE u = %{user} AND x LIKE 'a%%'",
+            Style::Question,
+        )
+        .unwrap();
         assert_eq!(q.sql, "SELECT d FROM t WHERE u = ? AND x LIKE 'a%'");
         assert_eq!(q.parts, [Part::User]);
     }
 
     #[test]
     fn metacharacters_in_a_login_stay_in_the_parameters() {
-        let q = Query::parse("password_query", "SELECT password FROM u WHERE l = '%u'", Style::Question).unwrap();
+        let q =
+            Query::parse("password_query", "SELECT password FROM u WHERE l = '%u'", Style::Question).unwrap();
         let login = "x' OR '1'='1'; DROP TABLE u; --@example.org";
         assert_eq!(q.bind(login), [login]);
         assert_eq!(q.sql, "SELECT password FROM u WHERE l = ?");
