@@ -82,7 +82,10 @@ impl Driver {
             #[cfg(feature = "sqlite")]
             Driver::Sqlite => lite::connect(target),
             #[allow(unreachable_patterns)]
-            _ => Err(format!("no {} driver in this build", self.feature())),
+            _ => {
+                let _ = target;
+                Err(format!("no {} driver in this build", self.feature()))
+            }
         }
     }
 }
