@@ -15,3 +15,4 @@ pub mod relay;
 pub mod sasl;
 pub mod server;
 pub mod session;
+pub mod verdict;
