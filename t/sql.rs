@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::databases::{Mariadb, Postgres};
-use support::odmrd::{check_config, shared_object, Client, Provider, EHLO_NAME};
+use support::odmrd::{check_config, shared_object, Client, Daemon, Provider, EHLO_NAME};
 use support::{bsmtp, doveadm_cram_md5};
 
 const PASSWORD: &str = "S3cret-odmr";
@@ -296,19 +296,25 @@ fn mariadb_schemas_outage_and_check_config() {
 }
 
 /// Two front ends (standalone odmrd processes with their own lock
-/// directories, standing for two hosts) over one maildir spool and one
-/// database: many concurrent collections of the same domains deliver every
-/// recipient exactly once.
-fn two_front_ends(credentials: String) {
+/// directories, standing for two hosts) over one maildir spool with claims
+/// and one database, with `lock` (`database`, or `flock`: then the claims
+/// alone keep them apart): many concurrent collections of the same domains
+/// deliver every recipient exactly once. Returns the provider and front ends.
+fn two_front_ends(credentials: String, lock: &str) -> (Provider, [Daemon; 2]) {
     const DOMAINS: [&str; 3] = ["example.org", "example.net", "example.com"];
     const PER_DOMAIN: usize = 15;
-    let first = provider(credentials.clone(), &[]);
-    let mut second = provider(credentials, &[]);
-    // One spool: the second provider's queue points into the first's.
-    second.queue = first.queue.clone();
-    second.extra_server = "lock = database\n".into();
-    let mut first = first;
-    first.extra_server = "lock = database\n".into();
+    let fronts: Vec<Provider> = (0..2)
+        .map(|_| {
+            let mut p = provider(credentials.clone(), &[]);
+            p.extra_server = format!("lock = {lock}\n");
+            p
+        })
+        .collect();
+    // One spool: both queues point into the first provider's.
+    let spool = format!("{}claim = yes\n", fronts[0].queue);
+    let [mut first, mut second]: [Provider; 2] = fronts.try_into().ok().unwrap();
+    first.queue = format!("{spool}claim_host = front-one\n");
+    second.queue = format!("{spool}claim_host = front-two\n");
     for domain in DOMAINS {
         for n in 0..PER_DOMAIN {
             let message =
@@ -316,40 +322,34 @@ fn two_front_ends(credentials: String) {
             first.queue(domain, &format!("{n}.{domain}"), std::str::from_utf8(&message).unwrap());
         }
     }
-    let fronts = [first.start_daemon(), second.start_daemon()];
+    let daemons = [first.start_daemon(), second.start_daemon()];
     let received: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let users = [("customer@example.net", "example.org,example.net"), ("cram@example.net", "example.com")];
+    let collect_on = |front: &Daemon, user: &str, domains: &str| {
+        let mut c = front.connect();
+        c.login(user, PASSWORD);
+        c.send(&format!("ATRN {domains}"));
+        let reply = c.reply().join("");
+        if reply.starts_with("250") {
+            for rcpt in play_mta(&mut c) {
+                *received.lock().unwrap().entry(rcpt).or_default() += 1;
+            }
+        } else {
+            assert!(reply.starts_with("450") || reply.starts_with("453"), "{reply}");
+            c.command("QUIT", 221);
+        }
+    };
     std::thread::scope(|scope| {
         for round in 0..12 {
-            let front = &fronts[round % 2];
             let (user, domains) = users[(round / 2) % 2];
-            let received = Arc::clone(&received);
-            scope.spawn(move || {
-                let mut c = front.connect();
-                c.login(user, PASSWORD);
-                c.send(&format!("ATRN {domains}"));
-                let reply = c.reply().join("");
-                if reply.starts_with("250") {
-                    for rcpt in play_mta(&mut c) {
-                        *received.lock().unwrap().entry(rcpt).or_default() += 1;
-                    }
-                } else {
-                    assert!(reply.starts_with("450") || reply.starts_with("453"), "{reply}");
-                    c.command("QUIT", 221);
-                }
-            });
+            let front = &daemons[round % 2];
+            let collect_on = &collect_on;
+            scope.spawn(move || collect_on(front, user, domains));
         }
     });
     // Whatever the races left, one last collection per user takes the rest.
     for (user, domains) in users {
-        let mut c = fronts[0].connect();
-        c.login(user, PASSWORD);
-        c.send(&format!("ATRN {domains}"));
-        if c.reply().join("").starts_with("250") {
-            for rcpt in play_mta(&mut c) {
-                *received.lock().unwrap().entry(rcpt).or_default() += 1;
-            }
-        }
+        collect_on(&daemons[0], user, domains);
     }
     let received = received.lock().unwrap();
     assert_eq!(received.len(), DOMAINS.len() * PER_DOMAIN, "{received:?}");
@@ -358,8 +358,60 @@ fn two_front_ends(credentials: String) {
     for domain in DOMAINS {
         assert!(first.queued(domain).is_empty(), "{domain} still queued");
     }
-    let busy: usize = fronts.iter().map(|f| f.log().matches("reason=busy").count()).sum();
-    eprintln!("two front ends: {} recipients once each, {busy} collections refused as busy", received.len());
+    let busy: usize = daemons.iter().map(|f| f.log().matches("reason=busy").count()).sum();
+    eprintln!(
+        "two front ends (lock = {lock}): {} recipients once each, {busy} ATRN refused as busy",
+        received.len()
+    );
+    (first, daemons)
+}
+
+/// A front end killed (-9) in the middle of a message: its database lock
+/// is free at once, its claim comes back once stale, and the message is
+/// then delivered by the other front end: nothing lost.
+fn kill_mid_session(first: Provider, daemons: [Daemon; 2]) {
+    let message = bsmtp("sender@example.net", &["last@example.com"], b"Subject: hi\n\nhello\n");
+    first.queue("example.com", "last.example.com", std::str::from_utf8(&message).unwrap());
+    let [victim, survivor] = daemons;
+    let mut c = victim.connect();
+    c.login("cram@example.net", PASSWORD);
+    c.command("ATRN example.com", 250);
+    c.turn_around(EHLO_NAME, &[]);
+    let (_, rcpts, _) = c.receive_data(&[]);
+    assert_eq!(rcpts, ["RCPT TO:<last@example.com>"]);
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(c);
+    // The lock dies with the front end's connection, as soon as the database
+    // notices: then 453, not 450 (the claim is still fresh, the message hidden).
+    let freed = support::wait_until(Duration::from_secs(10), || {
+        atrn_reply(&survivor, "example.com").starts_with("453")
+    });
+    assert!(freed, "the lock of the killed front end was never released");
+    // A third front end, on the same spool, that considers claims older than
+    // one second stale.
+    let mut third = provider(first.credentials.clone(), &[]);
+    third.extra_server = first.extra_server.clone();
+    third.queue =
+        first.queue.replace("claim_host = front-one", "claim_host = front-three\nstale_claim_after = 1");
+    std::thread::sleep(Duration::from_millis(2100));
+    let third = third.start_daemon();
+    let mut c = third.connect();
+    c.login("cram@example.net", PASSWORD);
+    c.command("ATRN example.com", 250);
+    assert_eq!(play_mta(&mut c), ["last@example.com"]);
+    assert!(third.log().contains("stale claim returned"), "{}", third.log());
+    assert!(first.queued("example.com").is_empty());
+}
+
+/// The reply to ATRN on `front` (as cram@example.net), which must not be 250.
+fn atrn_reply(front: &Daemon, domains: &str) -> String {
+    let mut c = front.connect();
+    c.login("cram@example.net", PASSWORD);
+    c.send(&format!("ATRN {domains}"));
+    let reply = c.reply().join("");
+    assert!(!reply.starts_with("250"), "{reply}");
+    c.command("QUIT", 221);
+    reply
 }
 
 #[test]
@@ -367,13 +419,17 @@ fn two_front_ends_share_a_spool_and_postgresql_locks() {
     let Some(pg) = Postgres::start() else { return };
     pg.sql(&schema("plain"));
     pg.sql(&plain_rows());
-    two_front_ends(example("plain", "postgresql", &pg.connect()));
+    let (first, daemons) = two_front_ends(example("plain", "postgresql", &pg.connect()), "database");
+    kill_mid_session(first, daemons);
 }
 
+/// With MariaDB's locks, and then with per-host flock locks only, where
+/// the claims alone keep the two front ends apart.
 #[test]
 fn two_front_ends_share_a_spool_and_mariadb_locks() {
     let Some(db) = Mariadb::start() else { return };
     db.sql(&schema("plain"));
     db.sql(&plain_rows().replace('\\', "\\\\"));
-    two_front_ends(example("plain", "mysql", &db.connect()));
+    two_front_ends(example("plain", "mysql", &db.connect()), "database");
+    two_front_ends(example("plain", "mysql", &db.connect()), "flock");
 }
