@@ -5,6 +5,22 @@
 use super::*;
 use odmr_api::testing::TestHost;
 
+/// Configuration pairs as `Instance::new` receives them.
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The four keys of an SQLite instance on `path`.
+#[cfg(feature = "sqlite")]
+fn sqlite_pairs(path: &std::path::Path, password_query: &str, domains_query: &str) -> Vec<(String, String)> {
+    pairs(&[
+        ("driver", "sqlite"),
+        ("connect", path.to_str().unwrap()),
+        ("password_query", password_query),
+        ("domains_query", domains_query),
+    ])
+}
+
 #[test]
 fn result_columns_are_checked_naming_the_key() {
     let col = |name: &str, text| Column { name: name.into(), text };
@@ -67,16 +83,7 @@ mod sqlite {
         let path = dir.path().join("db.sqlite");
         rusqlite::Connection::open(&path).unwrap().execute_batch(script).unwrap();
         let host = TestHost::new();
-        let pairs: Vec<(String, String)> = [
-            ("driver", "sqlite"),
-            ("connect", path.to_str().unwrap()),
-            ("password_query", password_query),
-            ("domains_query", domains_query),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let sql = Sql::new(host.host(), &pairs).unwrap();
+        let sql = Sql::new(host.host(), &sqlite_pairs(&path, password_query, domains_query)).unwrap();
         Fixture { _dir: dir, sql, host }
     }
 
@@ -140,15 +147,12 @@ mod sqlite {
 
     /// An instance on a path where no database is (yet): starts, with a warning.
     fn fixture_at_missing_path(f: &Fixture) -> Sql {
-        let pairs: Vec<(String, String)> = [
-            ("driver", "sqlite"),
-            ("connect", f._dir.path().join("db.sqlite").to_str().unwrap()),
-            ("password_query", "SELECT password FROM u WHERE login = %u"),
-            ("domains_query", "SELECT domain FROM d WHERE login = %u"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let path = f._dir.path().join("db.sqlite");
+        let pairs = sqlite_pairs(
+            &path,
+            "SELECT password FROM u WHERE login = %u",
+            "SELECT domain FROM d WHERE login = %u",
+        );
         Sql::new(f.host.host(), &pairs).unwrap()
     }
 
@@ -158,18 +162,7 @@ mod sqlite {
         let path = dir.path().join("db.sqlite");
         rusqlite::Connection::open(&path).unwrap().execute_batch(USERS).unwrap();
         let host = TestHost::new();
-        let pairs = |pq: &str, dq: &str| -> Vec<(String, String)> {
-            [
-                ("driver", "sqlite"),
-                ("connect", path.to_str().unwrap()),
-                ("password_query", pq),
-                ("domains_query", dq),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-        };
-        let err = |pq: &str, dq: &str| Sql::new(host.host(), &pairs(pq, dq)).err().unwrap();
+        let err = |pq: &str, dq: &str| Sql::new(host.host(), &sqlite_pairs(&path, pq, dq)).err().unwrap();
         assert!(err("SELECT password FROM nowhere WHERE l = %u", "SELECT domain FROM d")
             .contains("key 'password_query'"));
         assert!(err("SELECT password FROM u", "SELECT domain, login FROM d").contains("2 columns"));
