@@ -48,11 +48,7 @@ fn nologin_values() {
 #[test]
 fn configuration_errors_name_the_key() {
     let host = TestHost::new();
-    let new = |pairs: &[(&str, &str)]| {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Sql::new(host.host(), &pairs).err().unwrap()
-    };
+    let new = |items: &[(&str, &str)]| Sql::new(host.host(), &pairs(items)).err().unwrap();
     assert!(new(&[("driver", "oracle")]).contains("unknown driver 'oracle'"));
     assert!(new(&[("colour", "blue")]).contains("unknown key 'colour'"));
     assert!(new(&[("driver", "sqlite"), ("connect", "/x"), ("domains_query", "SELECT 1")])
