@@ -183,6 +183,9 @@ impl Mariadb {
         run(
             as_server_user(
                 Command::new("/usr/bin/mariadb-install-db")
+                    // Its own temporary files: two servers set up at once
+                    // would collide in /tmp.
+                    .env("TMPDIR", &dir)
                     .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
                     .arg(format!("--datadir={}", dir.join("data").display())),
             ),
@@ -212,6 +215,7 @@ impl Mariadb {
             "--innodb-log-file-size=8M",
         ]))
         .arg(format!("--datadir={}", self.dir.join("data").display()))
+        .arg(format!("--tmpdir={}", self.dir.display()))
         .arg(format!("--log-error={}", self.dir.join("err.log").display()))
         .arg(format!("--pid-file={}", self.dir.join("mariadbd.pid").display()))
         .arg(format!("--socket={}", self.socket().display()))

@@ -144,6 +144,19 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_off_unless_asked_for() {
+        let c = Config::from_pairs(&pairs(&[("directory", "/s/{domain}")])).unwrap();
+        assert_eq!(c.claims, None);
+        let c = Config::from_pairs(&pairs(&[
+            ("directory", "/s/{domain}"),
+            ("claim", "yes"),
+            ("claim_host", "a"),
+        ]))
+        .unwrap();
+        assert_eq!(c.claims, Some(Claims { host: "a".into(), stale_after: 3600 }));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "'directory' is required"),
@@ -156,6 +169,12 @@ mod tests {
             (&[("directory", "/s/fixed")], "key 'directory'"),
             (&[("directory", "/s/{domian}")], "key 'directory'"),
             (&[("directory", "/s/{domain}"), ("strip_prefix", "{user}-")], "key 'strip_prefix'"),
+            (&[("directory", "/s/{domain}"), ("claim", "maybe")], "key 'claim'"),
+            (&[("directory", "/s/{domain}"), ("claim_host", "a")], "need claim = yes"),
+            (
+                &[("directory", "/s/{domain}"), ("claim", "yes"), ("stale_claim_after", "soon")],
+                "stale_claim_after",
+            ),
         ];
         for (input, expected) in cases {
             let err = Config::from_pairs(&pairs(input)).unwrap_err();
