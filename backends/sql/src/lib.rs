@@ -103,6 +103,16 @@ impl Instance for Sql {
         sql.check_queries()?;
         Ok(sql)
     }
+
+    /// `--check-config`: the database must answer now, and both queries
+    /// prepare with the right columns (`new` let an unreachable database pass).
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        let checked = self.pool.dedicated().map_err(|e| format!("key 'connect': cannot connect: {e}"));
+        if let Err(e) = checked.and_then(|mut conn| self.verify_queries(conn.as_mut())) {
+            report(LogLevel::Error, &e);
+        }
+        Ok(())
+    }
 }
 
 impl Sql {
@@ -118,12 +128,18 @@ impl Sql {
                 return Ok(());
             }
         };
+        self.verify_queries(conn.as_mut())?;
+        self.pool.give_back(conn);
+        Ok(())
+    }
+
+    /// Prepare both queries on `conn` and check their columns; the error
+    /// names the key.
+    fn verify_queries(&self, conn: &mut dyn driver::Connection) -> Result<(), String> {
         let columns = conn.columns(&self.password_query).map_err(|e| format!("key 'password_query': {e}"))?;
         password_layout(&columns)?;
         let columns = conn.columns(&self.domains_query).map_err(|e| format!("key 'domains_query': {e}"))?;
-        check_domains_columns(&columns)?;
-        self.pool.give_back(conn);
-        Ok(())
+        check_domains_columns(&columns)
     }
 
     fn query(&self, query: &Query, user: &str) -> Result<(Vec<Column>, Vec<driver::Row>), Status> {

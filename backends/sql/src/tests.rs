@@ -51,6 +51,10 @@ fn configuration_errors_name_the_key() {
     let new = |items: &[(&str, &str)]| Sql::new(host.host(), &pairs(items)).err().unwrap();
     assert!(new(&[("driver", "oracle")]).contains("unknown driver 'oracle'"));
     assert!(new(&[("colour", "blue")]).contains("unknown key 'colour'"));
+    if !cfg!(feature = "sqlite") {
+        assert!(new(&[("driver", "sqlite")]).contains("cargo feature 'sqlite'"));
+        return;
+    }
     assert!(new(&[("driver", "sqlite"), ("connect", "/x"), ("domains_query", "SELECT 1")])
         .contains("missing required key 'password_query'"));
     assert!(new(&[
