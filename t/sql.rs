@@ -325,8 +325,10 @@ fn two_front_ends(credentials: String, lock: &str) -> (Provider, [Daemon; 2]) {
     let daemons = [first.start_daemon(), second.start_daemon()];
     let received: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let users = [("customer@example.net", "example.org,example.net"), ("cram@example.net", "example.com")];
-    let collect_on = |front: &Daemon, user: &str, domains: &str| {
-        let mut c = front.connect();
+    // Each concurrent customer from an address of its own (AUTH attempts from
+    // one address are serialised by the throttle).
+    let collect_on = |front: &Daemon, source: &str, user: &str, domains: &str| {
+        let mut c = front.connect_from(source);
         c.login(user, PASSWORD);
         c.send(&format!("ATRN {domains}"));
         let reply = c.reply().join("");
@@ -344,12 +346,12 @@ fn two_front_ends(credentials: String, lock: &str) -> (Provider, [Daemon; 2]) {
             let (user, domains) = users[(round / 2) % 2];
             let front = &daemons[round % 2];
             let collect_on = &collect_on;
-            scope.spawn(move || collect_on(front, user, domains));
+            scope.spawn(move || collect_on(front, &format!("127.0.0.{}", round + 2), user, domains));
         }
     });
     // Whatever the races left, one last collection per user takes the rest.
     for (user, domains) in users {
-        collect_on(&daemons[0], user, domains);
+        collect_on(&daemons[0], "127.0.0.1", user, domains);
     }
     let received = received.lock().unwrap();
     assert_eq!(received.len(), DOMAINS.len() * PER_DOMAIN, "{received:?}");
