@@ -10,7 +10,7 @@
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
-use crate::locks::{DomainLocks, LockError};
+use crate::locks::{HeldLocks, LockError, Locker};
 use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
@@ -405,8 +405,8 @@ impl<W: Wire> Session<'_, W> {
     }
 
     /// Take the per-domain collection locks, or None after a 450/451.
-    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<DomainLocks>> {
-        match DomainLocks::acquire(&self.config.server.lock_directory, domains) {
+    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<HeldLocks>> {
+        match Locker::new(self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
                 self.log(&format!(

@@ -213,6 +213,7 @@ pub fn shared_object(file_name: &str) -> PathBuf {
             "odmr-backend-maildir-so",
             "odmr-backend-vpopmail-so",
             "odmr-backend-exim-so",
+            "odmr-backend-sql-so",
             "odmr-test-panicky",
         ] {
             cargo.args(["-p", package]);
