@@ -81,8 +81,9 @@ fn malformed(user: &str) -> io::Error {
 
 /// Parses the fields after the name (`crypted:uid:gid:gecos:dir:quota[:clear]`);
 /// `min` is the number of fields required (6, as vpopmail's `vgetent()`
-/// requires at least 6 colons in the whole line).
-fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
+/// requires at least 6 colons in the whole line). Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
     let fields: Vec<&[u8]> = rest.splitn(7, |&b| b == b':').collect();
     if fields.len() < min {
         return None;
