@@ -120,4 +120,32 @@ mod tests {
             assert_eq!(got, expected, "{}", String::from_utf8_lossy(rest));
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// The fields after the name, in the 7-field and the 8-field form (the clear
+            /// password being the rest of the line, colons included).
+            #[test]
+            fn written_fields_parse_back(
+                gid in any::<u32>(),
+                other in proptest::collection::vec("[^:\\n]{0,12}", 5),
+                clear in proptest::option::of("[^\\n]{0,30}"),
+            ) {
+                let mut rest = format!("{}:{}:{gid}:{}:{}:{}", other[0], other[1], other[2], other[3], other[4]);
+                if let Some(clear) = &clear {
+                    rest.push(':');
+                    rest.push_str(clear);
+                }
+                let entry = parse_fields(rest.as_bytes(), 6).expect("six fields or more");
+                prop_assert_eq!(entry.gid, Ok(gid));
+                let expected = clear.filter(|c| !c.is_empty()).map(String::into_bytes);
+                prop_assert_eq!(entry.clear, expected);
+            }
+        }
+    }
 }
