@@ -229,8 +229,13 @@ pub fn maildir_envelope(data: &[u8]) {
     let len = file.len() as u64;
     let mut cursor = Cursor::new(file);
     let body = match parsed.layout {
-        Layout::Bsmtp { mail_line, data_start, .. } => {
-            assert!(data_start <= len && file.starts_with(&mail_line));
+        Layout::Bsmtp { mail_line, data_line, data_start } => {
+            // A rewrite keeps these lines verbatim: together they must be the whole envelope.
+            let mut envelope = mail_line;
+            parsed.recipients.iter().for_each(|r| envelope.extend_from_slice(&r.line));
+            envelope.extend_from_slice(&data_line);
+            assert_eq!(envelope.len() as u64, data_start);
+            assert!(file.starts_with(&envelope), "the kept lines are not the file's envelope");
             cursor.seek(SeekFrom::Start(data_start)).expect("seek in memory");
             Body::Bsmtp { reader: BufReader::with_capacity(5, cursor), unstuffer: Unstuffer::default() }
         }
@@ -238,6 +243,9 @@ pub fn maildir_envelope(data: &[u8]) {
             for (i, range) in skip.iter().enumerate() {
                 assert!(range.start < range.end && range.end <= len, "skip {range:?} of {len}");
                 assert!(i == 0 || skip[i - 1].end <= range.start, "skip ranges overlap");
+                let field = &file[range.start as usize..];
+                let name = |n: &[u8]| field.len() >= n.len() && field[..n.len()].eq_ignore_ascii_case(n);
+                assert!(name(b"Return-Path:") || name(b"Delivered-To:"), "skipping another field");
             }
             Body::Headers { reader: BufReader::with_capacity(5, cursor), pos: 0, skip }
         }
