@@ -60,8 +60,19 @@ pub struct ServerConfig {
     pub allow: Vec<IpNet>,
     /// Per-domain collection locks; default `/run/odmrd`; absolute.
     pub lock_directory: PathBuf,
-    /// Key `idle_timeout`, whole seconds, default 300, at least 1.
+    /// Key `idle_timeout`, whole seconds, default 300, at least 1: the wait for a command line's
+    /// first byte, and again from that byte to the line's end.
     pub idle_timeout: Duration,
+    /// Key `session_timeout`, whole seconds, default 600, at least 1: the whole dialogue before
+    /// ATRN's 250 (the reversed state has RFC 5321's limits per reply instead).
+    pub session_timeout: Duration,
+    /// Key `shutdown_grace`, seconds (decimals allowed), default 30: after SIGTERM, how long
+    /// running sessions may go on before their connections are closed (current messages stay
+    /// queued).
+    pub shutdown_grace: Duration,
+    /// Key `listen_backlog`, at least 1; None (the default): the system's maximum
+    /// (`net.core.somaxconn`).
+    pub listen_backlog: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +86,9 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             lock_directory: PathBuf::from("/run/odmrd"),
             idle_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            listen_backlog: None,
         }
     }
 }
@@ -89,6 +103,18 @@ pub struct AuthConfig {
     pub max_failures: u32,
     /// Key `failure_delay`, seconds (decimals allowed), default 1.
     pub failure_delay: Duration,
+    /// Key `address_penalty`, seconds (decimals allowed), default 2: after a failure from a client
+    /// address, its next AUTH waits this long, doubling with each further failure (0: no penalty).
+    /// See [`crate::throttle`].
+    pub address_penalty: Duration,
+    /// Key `address_max_penalty`, seconds (decimals allowed), default 15, at least
+    /// `address_penalty`: where the doubling stops.
+    pub address_max_penalty: Duration,
+    /// Key `address_max_failures`, default 20, at least 1: failed AUTH attempts from one client
+    /// address per window; beyond them the address gets 421 until the window ends.
+    pub address_max_failures: u32,
+    /// Key `address_failure_window`, whole seconds, default 3600, at least 1.
+    pub address_failure_window: Duration,
 }
 
 impl Default for AuthConfig {
@@ -97,6 +123,10 @@ impl Default for AuthConfig {
             mechanisms: vec!["CRAM-MD5".to_string()],
             max_failures: 3,
             failure_delay: Duration::from_secs(1),
+            address_penalty: Duration::from_secs(2),
+            address_max_penalty: Duration::from_secs(15),
+            address_max_failures: 20,
+            address_failure_window: Duration::from_secs(3600),
         }
     }
 }
@@ -189,8 +219,19 @@ const SERVER_KEYS: &[&str] = &[
     "allow",
     "lock_directory",
     "idle_timeout",
+    "session_timeout",
+    "shutdown_grace",
+    "listen_backlog",
 ];
-const AUTH_KEYS: &[&str] = &["mechanisms", "max_failures", "failure_delay"];
+const AUTH_KEYS: &[&str] = &[
+    "mechanisms",
+    "max_failures",
+    "failure_delay",
+    "address_penalty",
+    "address_max_penalty",
+    "address_max_failures",
+    "address_failure_window",
+];
 const BOUNCE_KEYS: &[&str] = &["sendmail"];
 const LOG_KEYS: &[&str] = &["syslog", "stderr", "level"];
 const MECHANISMS: &[&str] = &["CRAM-MD5", "PLAIN", "LOGIN"];
@@ -443,9 +484,13 @@ fn parse_server(ctx: &Ctx, properties: Option<&Properties>) -> Result<ServerConf
                 }
                 server.lock_directory = PathBuf::from(value);
             }
-            "idle_timeout" => {
-                let seconds = parse_count(value).map_err(fail)?;
-                server.idle_timeout = Duration::from_secs(seconds as u64);
+            "idle_timeout" => server.idle_timeout = parse_whole_seconds(value).map_err(fail)?,
+            "session_timeout" => server.session_timeout = parse_whole_seconds(value).map_err(fail)?,
+            "shutdown_grace" => server.shutdown_grace = parse_seconds(value).map_err(fail)?,
+            "listen_backlog" => {
+                let n = parse_count(value).map_err(&fail)?;
+                let n = u32::try_from(n).ok().filter(|&n| n <= i32::MAX as u32);
+                server.listen_backlog = Some(n.ok_or_else(|| fail(format!("{value:?} is too large")))?);
             }
             _ => return Err(ctx.unknown_key("server", key, SERVER_KEYS)),
         }
@@ -459,13 +504,24 @@ fn parse_auth(ctx: &Ctx, properties: Option<&Properties>) -> Result<AuthConfig, 
         let fail = |message: String| ctx.error("auth", Some(key), message);
         match key {
             "mechanisms" => auth.mechanisms = parse_mechanisms(value).map_err(fail)?,
-            "max_failures" => {
-                let n = parse_count(value).map_err(&fail)?;
-                auth.max_failures = u32::try_from(n).map_err(|_| fail(format!("{value:?} is too large")))?;
-            }
+            "max_failures" => auth.max_failures = parse_count_u32(value).map_err(fail)?,
             "failure_delay" => auth.failure_delay = parse_seconds(value).map_err(fail)?,
+            "address_penalty" => auth.address_penalty = parse_seconds(value).map_err(fail)?,
+            "address_max_penalty" => auth.address_max_penalty = parse_seconds(value).map_err(fail)?,
+            "address_max_failures" => auth.address_max_failures = parse_count_u32(value).map_err(fail)?,
+            "address_failure_window" => {
+                auth.address_failure_window = parse_whole_seconds(value).map_err(fail)?
+            }
             _ => return Err(ctx.unknown_key("auth", key, AUTH_KEYS)),
         }
+    }
+    if auth.address_max_penalty < auth.address_penalty {
+        let message = format!(
+            "{}s is less than address_penalty ({}s)",
+            auth.address_max_penalty.as_secs_f64(),
+            auth.address_penalty.as_secs_f64()
+        );
+        return Err(ctx.error("auth", Some("address_max_penalty"), message));
     }
     Ok(auth)
 }
@@ -595,6 +651,16 @@ fn parse_count(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{value:?} is too large")),
     }
+}
+
+/// A whole number, at least 1, that fits in 32 bits.
+fn parse_count_u32(value: &str) -> Result<u32, String> {
+    u32::try_from(parse_count(value)?).map_err(|_| format!("{value:?} is too large"))
+}
+
+/// Whole seconds, at least 1.
+fn parse_whole_seconds(value: &str) -> Result<Duration, String> {
+    parse_count(value).map(|seconds| Duration::from_secs(seconds as u64))
 }
 
 /// Seconds, decimals allowed (`1`, `0.5`, `2.`), at least 0.
@@ -741,6 +807,9 @@ plugin = builtin:maildir
                 allow: vec!["127.0.0.0/8".parse().unwrap(), "192.0.2.0/24".parse().unwrap()],
                 lock_directory: "/run/odmrd".into(),
                 idle_timeout: Duration::from_secs(300),
+                session_timeout: Duration::from_secs(600),
+                shutdown_grace: Duration::from_secs(30),
+                listen_backlog: None,
             }
         );
         assert_eq!(config.auth, AuthConfig::default());
@@ -792,9 +861,16 @@ plugin = builtin:maildir
         assert!(config.server.allow.is_empty());
         assert_eq!(config.server.lock_directory, PathBuf::from("/run/odmrd"));
         assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.server.session_timeout, Duration::from_secs(600));
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.server.listen_backlog, None);
         assert_eq!(config.auth.mechanisms, vec!["CRAM-MD5"]);
         assert_eq!(config.auth.max_failures, 3);
         assert_eq!(config.auth.failure_delay, Duration::from_secs(1));
+        assert_eq!(config.auth.address_penalty, Duration::from_secs(2));
+        assert_eq!(config.auth.address_max_penalty, Duration::from_secs(15));
+        assert_eq!(config.auth.address_max_failures, 20);
+        assert_eq!(config.auth.address_failure_window, Duration::from_secs(3600));
         assert!(config.credentials.settings.is_empty());
         assert_eq!(config.bounce.sendmail, vec!["/usr/sbin/sendmail"]);
         assert_eq!(facility(&config.log), Some(syslog::Facility::LOG_MAIL as i32));
@@ -823,6 +899,10 @@ plugin = builtin:maildir
             }),
             ("server", "allow =", |c| c.server.allow.is_empty()),
             ("server", "idle_timeout = 60", |c| c.server.idle_timeout == Duration::from_secs(60)),
+            ("server", "session_timeout = 90", |c| c.server.session_timeout == Duration::from_secs(90)),
+            ("server", "shutdown_grace = 0", |c| c.server.shutdown_grace.is_zero()),
+            ("server", "shutdown_grace = 2.5", |c| c.server.shutdown_grace == Duration::from_millis(2500)),
+            ("server", "listen_backlog = 4096", |c| c.server.listen_backlog == Some(4096)),
             ("server", "max_sessions = 1", |c| c.server.max_sessions == 1),
             ("server", "lock_directory = /var/lock/odmrd # here", |c| {
                 c.server.lock_directory == Path::new("/var/lock/odmrd")
@@ -834,6 +914,16 @@ plugin = builtin:maildir
             ("auth", "failure_delay = 0", |c| c.auth.failure_delay.is_zero()),
             ("auth", "failure_delay = 2.", |c| c.auth.failure_delay == Duration::from_secs(2)),
             ("auth", "max_failures: 5", |c| c.auth.max_failures == 5),
+            ("auth", "address_penalty = 0\naddress_max_penalty = 0", |c| {
+                c.auth.address_penalty.is_zero() && c.auth.address_max_penalty.is_zero()
+            }),
+            ("auth", "address_penalty = 0.5\naddress_max_penalty = 0.5", |c| {
+                c.auth.address_max_penalty == Duration::from_millis(500)
+            }),
+            ("auth", "address_max_failures = 5", |c| c.auth.address_max_failures == 5),
+            ("auth", "address_failure_window = 600", |c| {
+                c.auth.address_failure_window == Duration::from_secs(600)
+            }),
             ("bounce", "sendmail = /usr/sbin/sendmail -i  -t", |c| {
                 c.bounce.sendmail == vec!["/usr/sbin/sendmail", "-i", "-t"]
             }),
@@ -893,6 +983,34 @@ plugin = builtin:maildir
             bad(&in_section("server", "user ="), Some(6), s, Some("user"), "not a user name"),
             bad(&in_section("server", "user = a b"), Some(6), s, Some("user"), "not a user name"),
             bad(&in_section("server", "\nmax_sessions = 0"), Some(7), s, Some("max_sessions"), "at least 1"),
+            bad(
+                &in_section("server", "session_timeout = 0"),
+                Some(6),
+                s,
+                Some("session_timeout"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("server", "shutdown_grace = soon"),
+                Some(6),
+                s,
+                Some("shutdown_grace"),
+                "seconds",
+            ),
+            bad(
+                &in_section("server", "listen_backlog = 0"),
+                Some(6),
+                s,
+                Some("listen_backlog"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("server", "listen_backlog = 4294967296"),
+                Some(6),
+                s,
+                Some("listen_backlog"),
+                "too large",
+            ),
             bad(&in_section("server", "max_sessions = -1"), Some(6), s, Some("max_sessions"), "whole number"),
             bad(
                 &in_section("server", "max_sessions = ten"),
@@ -969,6 +1087,35 @@ plugin = builtin:maildir
             bad(&in_section("auth", "failure_delay = ."), Some(6), a, Some("failure_delay"), "seconds"),
             bad(&in_section("auth", "failure_delay = inf"), Some(6), a, Some("failure_delay"), "seconds"),
             bad(&in_section("auth", "delay = 1"), Some(6), a, Some("delay"), "unknown key"),
+            bad(&in_section("auth", "address_penalty = 2s"), Some(6), a, Some("address_penalty"), "seconds"),
+            bad(
+                &in_section("auth", "address_penalty = 20"),
+                Some(5),
+                a,
+                Some("address_max_penalty"),
+                "less than address_penalty",
+            ),
+            bad(
+                &in_section("auth", "address_penalty = 4\naddress_max_penalty = 3"),
+                Some(7),
+                a,
+                Some("address_max_penalty"),
+                "less than address_penalty",
+            ),
+            bad(
+                &in_section("auth", "address_max_failures = 0"),
+                Some(6),
+                a,
+                Some("address_max_failures"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("auth", "address_failure_window = 0.5"),
+                Some(6),
+                a,
+                Some("address_failure_window"),
+                "whole number",
+            ),
             bad(
                 &in_section("bounce", "sendmail ="),
                 Some(6),

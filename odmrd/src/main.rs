@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     let hostname = config.server.hostname.clone();
 
     let listener = match (config.server.listen, options.check_config) {
-        (Some(addr), false) => match server::bind(addr) {
+        (Some(addr), false) => match server::bind(addr, config.server.listen_backlog) {
             Ok(listener) => Some(listener),
             Err(e) => return fail_start(&format!("cannot listen on {addr}: {e}"), EX_UNAVAILABLE, &hostname),
         },

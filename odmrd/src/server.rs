@@ -1,10 +1,17 @@
 //! How sessions reach odmrd: inetd mode (one session on fds 0 and 1) and the
 //! standalone listener (one thread per connection).
 //!
-//! This module owns the listening socket, the session limits (`max_sessions`,
-//! `max_sessions_per_ip`, answered with 421), SIGTERM/SIGINT (stop accepting,
-//! let running sessions finish, return), and dropping root privileges after
-//! binding. It does not speak the protocol: [`crate::session`] does.
+//! This module owns the listening socket (with a backlog that lets a burst of
+//! customers queue), the session limits (`max_sessions`,
+//! `max_sessions_per_ip`, answered with 421), where the AUTH throttle of
+//! [`crate::throttle`] lives (in memory standalone, a state file under inetd)
+//! and its refusals at connect, running out of file descriptors
+//! (a reserve descriptor so that excess clients still get 421; accept backs
+//! off and the condition is logged once per interval), SIGTERM/SIGINT (stop
+//! accepting, let running sessions finish within `shutdown_grace`, then close
+//! the connections left, whose current messages stay queued), and dropping
+//! root privileges after binding. It does not speak the protocol:
+//! [`crate::session`] does.
 
 use crate::backend::Backends;
 use crate::config::Config;
@@ -12,15 +19,16 @@ use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
 use crate::session;
+use crate::throttle::{Gate, Refusal, Throttle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The peer address of the socket on fd 0, if fd 0 is an IP socket.
 pub fn stdin_peer() -> Option<IpAddr> {
@@ -36,10 +44,25 @@ pub fn stdin_is_socket() -> bool {
     crate::conn::fd_is_socket(0)
 }
 
-/// inetd mode: serve exactly one session on standard input and output.
+/// inetd mode: serve exactly one session on standard input and output, the
+/// AUTH throttle shared with the other inetd processes through its state file.
 pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
-    let wire = Stdio::take()?;
-    Ok(session::serve(config, backends, wire, stdin_peer()))
+    let mut wire = Stdio::take()?;
+    let peer = stdin_peer();
+    let throttle = Throttle::in_file(&config.auth, &config.server.lock_directory);
+    if let Some(refusal) = peer.and_then(|ip| throttle.on_connect(ip)) {
+        refuse_throttled(&mut wire, &config.server.hostname, peer, refusal);
+        return Ok(session::End::Refused);
+    }
+    Ok(session::serve_gated(config, backends, wire, peer, &Gate::new(&throttle, peer, &std::thread::sleep)))
+}
+
+/// Log a refusal at connect by the throttle and answer 421.
+fn refuse_throttled(out: &mut impl Write, hostname: &str, peer: Option<IpAddr>, refusal: Refusal) {
+    let client = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    log::warn(&format!("event=throttle client={client} stage=connect {refusal}"));
+    let _ = out.write_all(proto::reply(421, &format!("{hostname} {}", refusal.reply_text())).as_bytes());
+    let _ = out.flush();
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -50,9 +73,41 @@ pub fn refuse_inetd_client(hostname: &str) {
     let _ = out.flush();
 }
 
-/// Bind the standalone listener.
-pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// Bind the standalone listener with room for `backlog` connections waiting
+/// to be accepted (None: the system's maximum). The standard library's fixed
+/// 128 is too few when a thousand customers' cron jobs connect at the top of
+/// the hour: the kernel drops the excess, and those clients wait for a
+/// greeting that never comes.
+pub fn bind(addr: SocketAddr, backlog: Option<u32>) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted daemon can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(listen_backlog(backlog).min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// The backlog asked for: `configured`, or else the kernel's cap on listen
+/// backlogs (`net.core.somaxconn`; a larger request would be cut to it anyway).
+fn listen_backlog(configured: Option<u32>) -> u32 {
+    configured.unwrap_or_else(|| {
+        let system = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
+        // 4096: Linux's default since 5.4.
+        system.and_then(|text| text.trim().parse().ok()).unwrap_or(4096)
+    })
+}
+
+/// Raise the soft limit on open files to the hard limit: each session holds
+/// a socket, and the soft limit (often 1024) is only a default for programs
+/// that do not ask.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            log::warn(&format!("event=descriptor-limit soft={soft} hard={hard} note=\"could not raise\""));
+        }
+    }
 }
 
 /// Switch to `user` (its uid, gid, and only that group) when running as root.
@@ -74,6 +129,10 @@ pub fn drop_privileges(user: &str) -> Result<(), String> {
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Of `total`, those waiting out an AUTH delay: they keep their place in
+    /// `per_ip` but not in `max_sessions`, so guessers waiting out their
+    /// penalties cannot crowd out other addresses.
+    waiting: usize,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -98,7 +157,7 @@ impl Limits {
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let mut counts = self.counts();
-        if counts.total >= self.max_total {
+        if counts.total - counts.waiting >= self.max_total {
             return Err("too many sessions");
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
@@ -110,11 +169,27 @@ impl Limits {
         Ok(Slot { limits: Arc::clone(self), ip })
     }
 
-    fn wait_idle(&self) {
+    /// Wait until no session runs, or `deadline`; true when none runs.
+    fn wait_idle_until(&self, deadline: Instant) -> bool {
         let mut counts = self.counts();
         while counts.total > 0 {
-            counts = self.idle.wait(counts).unwrap_or_else(|poisoned| poisoned.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            counts = self.idle.wait_timeout(counts, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
+        true
+    }
+}
+
+impl Slot {
+    /// Sleep `duration` outside of the `max_sessions` count (still counted per
+    /// address, and by the shutdown's wait for running sessions).
+    fn wait(&self, duration: Duration) {
+        self.limits.counts().waiting += 1;
+        std::thread::sleep(duration);
+        self.limits.counts().waiting -= 1;
     }
 }
 
@@ -134,14 +209,26 @@ impl Drop for Slot {
     }
 }
 
+/// After the shutdown grace, how long the sessions whose connections were
+/// closed get to unwind (log, release locks) before the process ends anyway.
+const UNWIND_AFTER_CLOSE: Duration = Duration::from_secs(5);
+
+/// How often a recurring accept failure (out of descriptors) is logged.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Longest pause of `accept` after a failure that the reserve could not help.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
-/// then wait for the running sessions to finish.
+/// then wait up to `shutdown_grace` for the running sessions to finish and
+/// close the connections of those left.
 pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpListener) -> io::Result<()> {
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::low_level::pipe::register(signal, signal_writer.try_clone()?)?;
     }
+    raise_descriptor_limit();
     listener.set_nonblocking(true)?;
     let limits = Arc::new(Limits {
         max_total: config.server.max_sessions,
@@ -149,48 +236,247 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
-    log::info(&format!("event=listening address={}", listener.local_addr()?));
+    let throttle = Arc::new(Throttle::in_memory(&config.auth));
+    let open = Arc::new(OpenConnections::default());
+    let mut acceptor = Acceptor::new(&config.server.hostname);
+    log::info(&format!(
+        "event=listening address={} backlog={}",
+        listener.local_addr()?,
+        listen_backlog(config.server.listen_backlog)
+    ));
     'serving: loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        // While backing off, only a signal ends the wait.
+        let backoff = acceptor.backoff.take();
+        let listening = if backoff.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
+        let mut fds =
+            [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+        let timeout = backoff.map_or(PollTimeout::NONE, |pause| {
+            PollTimeout::try_from(pause.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             let _ = signals.read(&mut [0u8; 16]);
             break 'serving;
         }
         loop {
             match listener.accept() {
-                Ok((stream, peer)) => start_session(&config, &backends, &limits, stream, peer.ip()),
+                Ok((stream, peer)) => {
+                    acceptor.recovered();
+                    start_session(&config, &backends, &limits, &throttle, &open, stream, peer.ip());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client gave up while queued: nothing to answer.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // Out of descriptors and the like: keep serving, slowly.
-                    log::error(&format!("event=accept-failed error=\"{e}\""));
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
+                    if !acceptor.failed(&listener, &e) {
+                        break;
+                    }
                 }
             }
         }
     }
     drop(listener);
-    log::info("event=shutdown note=\"stopped accepting; waiting for running sessions\"");
-    limits.wait_idle();
+    let grace = config.server.shutdown_grace;
+    log::info(&format!(
+        "event=shutdown grace={}s note=\"stopped accepting; waiting for running sessions\"",
+        grace.as_secs_f64()
+    ));
+    if !limits.wait_idle_until(Instant::now() + grace) {
+        let closed = open.close_all();
+        log::warn(&format!(
+            "event=shutdown-grace-over closed={closed} note=\"closed the connections left; their current messages stay queued\""
+        ));
+        limits.wait_idle_until(Instant::now() + UNWIND_AFTER_CLOSE);
+    }
     log::info("event=stopped");
     Ok(())
+}
+
+/// What the accept loop does when `accept` fails: with a reserve descriptor
+/// it can still answer the waiting client `421` when the process is out of
+/// descriptors; otherwise it pauses accepting (doubling up to
+/// [`MAX_ACCEPT_BACKOFF`]). Either way the failure is logged once per
+/// [`ACCEPT_FAILURE_LOG_INTERVAL`], with the count since the last line, not
+/// once per attempt.
+struct Acceptor {
+    refusal: Vec<u8>,
+    /// An open `/dev/null`, closed for a moment to make room for one more
+    /// connection when none is left.
+    reserve: Option<std::fs::File>,
+    /// The pause the loop takes before polling the listener again.
+    backoff: Option<Duration>,
+    next_backoff: Duration,
+    logged_at: Option<Instant>,
+    failures_unlogged: u64,
+    refused_unlogged: u64,
+}
+
+impl Acceptor {
+    fn new(hostname: &str) -> Acceptor {
+        Acceptor {
+            refusal: proto::reply(421, &format!("{hostname} out of resources, try again later")).into_bytes(),
+            reserve: Self::open_reserve(),
+            backoff: None,
+            next_backoff: Duration::from_millis(50),
+            logged_at: None,
+            failures_unlogged: 0,
+            refused_unlogged: 0,
+        }
+    }
+
+    fn open_reserve() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+
+    /// `accept` failed with `error`; true when the loop may accept again at
+    /// once (a waiting client was refused with the reserve's help).
+    fn failed(&mut self, listener: &TcpListener, error: &io::Error) -> bool {
+        self.failures_unlogged += 1;
+        let out_of_descriptors = matches!(error.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE));
+        let refused = out_of_descriptors && self.refuse_one(listener);
+        if refused {
+            self.refused_unlogged += 1;
+        } else {
+            self.backoff = Some(self.next_backoff);
+            self.next_backoff = (self.next_backoff * 2).min(MAX_ACCEPT_BACKOFF);
+        }
+        if self.logged_at.map_or(true, |at| at.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL) {
+            let event = if out_of_descriptors { "out-of-descriptors" } else { "accept-failed" };
+            log::error(&format!(
+                "event={event} error=\"{error}\" failures={} refused={} note=\"logged at most every {}s\"",
+                self.failures_unlogged,
+                self.refused_unlogged,
+                ACCEPT_FAILURE_LOG_INTERVAL.as_secs()
+            ));
+            self.logged_at = Some(Instant::now());
+            self.failures_unlogged = 0;
+            self.refused_unlogged = 0;
+        }
+        refused
+    }
+
+    /// Close the reserve, accept one waiting client into its place, answer
+    /// it 421, close it and take the reserve again. False when there was no
+    /// reserve or no client.
+    fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+        if self.reserve.take().is_none() {
+            self.reserve = Self::open_reserve();
+            return false;
+        }
+        let refused = match listener.accept() {
+            Ok((mut stream, peer)) => {
+                // Never block the accept loop: a fresh socket takes a short
+                // reply at once, and a client that cannot get it loses nothing.
+                let _ = stream.set_nonblocking(true);
+                let _ = stream.write(&self.refusal);
+                log::debug(&format!("event=refused client={} reason=out-of-descriptors", peer.ip()));
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve = Self::open_reserve();
+        refused
+    }
+
+    /// `accept` works again.
+    fn recovered(&mut self) {
+        self.next_backoff = Duration::from_millis(50);
+    }
+}
+
+/// The sockets of running sessions, so that the ones left at the end of the
+/// shutdown grace can be closed. Each is registered while its session owns
+/// it ([`Tracked`]) and removed before it is closed, so a descriptor here
+/// always belongs to a running session and never to a reused number.
+#[derive(Default)]
+struct OpenConnections {
+    sockets: Mutex<HashMap<u64, RawFd>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl OpenConnections {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RawFd>> {
+        self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn track(self: &Arc<Self>, stream: TcpStream) -> Tracked {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sockets().insert(id, stream.as_raw_fd());
+        Tracked { stream, open: Arc::clone(self), id }
+    }
+
+    /// Shut down every registered socket (both directions): the sessions'
+    /// reads see the end and their writes fail, so each ends the way a
+    /// dropped connection ends it, with the current message uncommitted.
+    /// Returns how many.
+    fn close_all(&self) -> usize {
+        let sockets = self.sockets();
+        for &fd in sockets.values() {
+            // Holding the lock keeps every fd registered, hence open.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        sockets.len()
+    }
+}
+
+/// A session's TCP connection, registered in [`OpenConnections`] while open.
+struct Tracked {
+    stream: TcpStream,
+    open: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Runs before `stream` is closed: see OpenConnections.
+        self.open.sockets().remove(&self.id);
+    }
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Tracked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl crate::conn::Wire for Tracked {
+    fn read_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+    fn write_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
 }
 
 fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
+    throttle: &Arc<Throttle>,
+    open: &Arc<OpenConnections>,
     stream: TcpStream,
     ip: IpAddr,
 ) {
+    // Before taking a place or a thread: a capped guesser costs one reply.
+    if let Some(refusal) = throttle.on_connect(ip) {
+        let mut stream = stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        refuse_throttled(&mut stream, &config.server.hostname, Some(ip), refusal);
+        return;
+    }
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
         Err(why) => {
@@ -205,10 +491,12 @@ fn start_session(
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    let (config, backends) = (Arc::clone(config), backends.clone());
+    let stream = open.track(stream);
+    let (config, backends, throttle) = (Arc::clone(config), backends.clone(), Arc::clone(throttle));
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
-        let _slot = slot;
-        session::serve(&config, &backends, stream, Some(ip));
+        let wait = |duration| slot.wait(duration);
+        let gate = Gate::new(&throttle, Some(ip), &wait);
+        session::serve_gated(&config, &backends, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));

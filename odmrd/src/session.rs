@@ -7,14 +7,16 @@
 //! it runs under inetd or a listener, and it does not parse bytes itself
 //! ([`crate::proto`] does).
 
-use crate::backend::{Backends, Cursor};
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
 use crate::locks::{DomainLocks, LockError};
 use crate::log;
-use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_COMMAND_LINE};
+use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
+use crate::throttle::{Decision, Gate, Refusal};
+use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,21 +63,40 @@ struct Session<'a, W: Wire> {
     splitter: LineSplitter,
     user: Option<String>,
     failures: u32,
+    /// The client's address as logged (`client=`).
+    client: String,
+    /// Authentication throttling across connections.
+    gate: &'a Gate<'a>,
 }
 
-/// Serve one session on `wire` from the peer `peer` (None when unknown).
+/// Serve one session on `wire` from the peer `peer` (None when unknown),
+/// without throttling across connections.
 pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Option<IpAddr>) -> End {
+    serve_gated(config, backends, wire, peer, &Gate::open())
+}
+
+/// Serve one session, its AUTH attempts throttled through `gate`.
+pub fn serve_gated<W: Wire>(
+    config: &Config,
+    backends: &Backends,
+    wire: W,
+    peer: Option<IpAddr>,
+    gate: &Gate<'_>,
+) -> End {
     let id = new_session_id();
     let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
     let mut session = Session {
         config,
         backends,
+        client: client.clone(),
+        gate,
         conn: Conn::new(wire, config.server.idle_timeout),
         splitter: LineSplitter::new(MAX_COMMAND_LINE),
         id,
         user: None,
         failures: 0,
     };
+    session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
     if !is_allowed(config, peer) {
         log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
@@ -105,20 +126,48 @@ impl<W: Wire> Session<'_, W> {
     /// Read the next command line, answering overlong lines and timeouts.
     fn next_line(&mut self) -> Result<Vec<u8>, End> {
         loop {
-            match self.conn.read_line(&mut self.splitter) {
-                Ok(Received::Item(Line::Complete(line))) => return Ok(line),
-                Ok(Received::Item(Line::TooLong)) => {
-                    self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
-                }
-                Ok(Received::TimedOut) => {
-                    let text = format!("{} idle timeout, closing connection", self.config.server.hostname);
-                    let _ = self.reply(421, &text);
-                    self.log("event=timeout");
-                    return Err(End::TimedOut);
-                }
-                Ok(Received::Closed) | Err(_) => return Err(End::Disconnected),
+            if let Some(line) = self.read_line()? {
+                return Ok(line);
             }
         }
+    }
+
+    /// Read one line; None when it was too long (consumed to its end and
+    /// answered with 500 once). A line not complete within `idle_timeout`
+    /// of its first byte, or the end of `session_timeout`, is answered with
+    /// 421 and ends the session.
+    fn read_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        match self.conn.read_line(&mut self.splitter) {
+            Ok(Received::Item(Line::Complete(line))) => Ok(Some(line)),
+            Ok(Received::Item(Line::TooLong)) => {
+                self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
+                Ok(None)
+            }
+            Ok(Received::TimedOut) => {
+                let (what, reason) = if self.conn.limit_reached() {
+                    ("session time limit reached", "session-timeout")
+                } else {
+                    ("idle timeout", "idle-timeout")
+                };
+                // The limit is spent; the 421 still gets the usual time to go out.
+                self.conn.set_limit(None);
+                let _ =
+                    self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
+                self.log(&format!("event=timeout reason={reason}"));
+                Err(End::TimedOut)
+            }
+            Ok(Received::Closed) | Err(_) => Err(End::Disconnected),
+        }
+    }
+
+    /// Read the client's response to a 334 challenge, up to [`MAX_AUTH_LINE`]
+    /// octets (RFC 4954). None when it was too long: it was answered with 500
+    /// and the exchange is over, so the next line is a command again.
+    fn auth_response_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        self.splitter.set_max(MAX_AUTH_LINE);
+        let line = self.read_line();
+        self.splitter.set_max(MAX_COMMAND_LINE);
+        line
     }
 
     fn run(&mut self) -> End {
@@ -185,14 +234,29 @@ impl<W: Wire> Session<'_, W> {
             self.reply(501, "CRAM-MD5 takes no initial response")?;
             return Ok(None);
         }
+        match self.gate.attempt() {
+            Decision::Proceed { wait: 0 } => {}
+            Decision::Proceed { wait } => {
+                self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
+                self.gate.wait(std::time::Duration::from_millis(wait));
+                if let Some(refusal) = self.gate.after_wait() {
+                    return self.refuse_throttled(refusal);
+                }
+            }
+            Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
+        }
         let challenge = sasl::new_challenge(&self.config.server.hostname);
         {
             use base64::Engine as _;
             let encoded = base64::engine::general_purpose::STANDARD.encode(challenge.as_bytes());
             self.reply(334, &encoded)?;
         }
-        let line = match self.next_line() {
-            Ok(line) => line,
+        let line = match self.auth_response_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.log("event=auth result=too-long");
+                return Ok(None);
+            }
             Err(end) => return Ok(Some(end)),
         };
         if line == b"*" {
@@ -210,6 +274,7 @@ impl<W: Wire> Session<'_, W> {
         match self.verify(&user, &challenge, &digest) {
             Ok(()) => {
                 self.log(&format!("event=auth user={user} result=ok mechanism=CRAM-MD5"));
+                self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
                 Ok(None)
@@ -225,7 +290,11 @@ impl<W: Wire> Session<'_, W> {
                     "event=auth user={user} result=failed reason={reason} failures={}",
                     self.failures
                 ));
-                std::thread::sleep(self.config.auth.failure_delay);
+                let capped = self.gate.failed();
+                self.gate.wait(self.config.auth.failure_delay);
+                if let Some(refusal) = capped {
+                    return self.refuse_throttled(refusal);
+                }
                 if self.failures >= self.config.auth.max_failures {
                     self.reply(421, "Too many authentication failures, closing connection")?;
                     return Ok(Some(End::Refused));
@@ -234,6 +303,13 @@ impl<W: Wire> Session<'_, W> {
                 Ok(None)
             }
         }
+    }
+
+    /// The throttle refuses this client's AUTH: log, 421, end.
+    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
+        self.log(&format!("event=throttle client={} {refusal}", self.client));
+        self.reply(421, refusal.reply_text())?;
+        Ok(Some(End::Refused))
     }
 
     fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {
@@ -274,6 +350,8 @@ impl<W: Wire> Session<'_, W> {
         let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
         self.log(&format!("event=atrn user={user} domains={list} result=250"));
+        // From here RFC 5321's limits per reply apply instead of session_timeout.
+        self.conn.set_limit(None);
         self.reply(250, "OK now reversing the connection")?;
         let context = relay::Context {
             session_id: &self.id,
@@ -350,7 +428,7 @@ impl<W: Wire> Session<'_, W> {
         user: &str,
         domains: &[String],
         list: &str,
-    ) -> std::io::Result<Option<(Cursor, Envelope)>> {
+    ) -> std::io::Result<Option<(QueueCursor, Envelope)>> {
         let queue = &self.backends.queue;
         let found = queue.has_pending(domains).and_then(|pending| {
             if !pending {
