@@ -16,7 +16,7 @@ use odmr_api::Secret;
 use odmr_backend_exim::header as exim_header_format;
 use odmr_backend_maildir::body::{Body, Unstuffer};
 use odmr_backend_maildir::envelope::{self, Layout};
-use odmrd::proto::{self, Command, Line, LineSplitter, ReplyParser, MAX_COMMAND_LINE};
+use odmrd::proto::{self, Command, Line, LineSplitter, ReplyParser, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 
 /// A harness: runs one parser on the input and panics when a check fails.
 pub type Harness = fn(&[u8]);
@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("passwd_file", passwd_file),
     ("vpasswd_line", vpasswd_line),
     ("config", config),
+    ("throttle_state", throttle_state),
 ];
 
 /// Split `data` into chunks whose sizes cycle through the first byte's bits (1..=8 octets), so
@@ -51,8 +52,23 @@ fn chunks(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// The lines a [`LineSplitter`] makes of `pieces`, asserting progress and its bounds.
-fn split_lines(max: usize, pieces: &[&[u8]]) -> Vec<Line> {
+/// The limit for the line after `line`, much as the session sets it: [`MAX_AUTH_LINE`] after
+/// an `AUTH` without an initial response (the session does so only when it sends `334`), else
+/// [`MAX_COMMAND_LINE`].
+fn next_line_limit(line: &Line) -> usize {
+    match line {
+        Line::Complete(line) => match proto::parse_command(line) {
+            Ok(Command::Auth { initial_response: None, .. }) => MAX_AUTH_LINE,
+            _ => MAX_COMMAND_LINE,
+        },
+        Line::TooLong => MAX_COMMAND_LINE,
+    }
+}
+
+/// The lines a [`LineSplitter`] makes of `pieces` with the session's limits, asserting progress
+/// and the limits.
+fn split_lines(pieces: &[&[u8]]) -> Vec<Line> {
+    let mut max = MAX_COMMAND_LINE;
     let mut splitter = LineSplitter::new(max);
     let mut lines = Vec::new();
     for piece in pieces {
@@ -61,21 +77,25 @@ fn split_lines(max: usize, pieces: &[&[u8]]) -> Vec<Line> {
             let (used, line) = splitter.feed(piece);
             assert!(used > 0 && used <= piece.len(), "splitter consumed {used} of {}", piece.len());
             assert_eq!(line.is_some(), piece[used - 1] == b'\n', "a line ends exactly at its LF");
-            if let Some(Line::Complete(line)) = &line {
+            piece = &piece[used..];
+            let Some(line) = line else { continue };
+            if let Line::Complete(line) = &line {
                 assert!(line.len() < max, "a {}-octet line passed a limit of {max}", line.len());
                 assert!(!line.contains(&b'\n'));
             }
-            lines.extend(line);
-            piece = &piece[used..];
+            max = next_line_limit(&line);
+            splitter.set_max(max);
+            lines.push(line);
         }
     }
     lines
 }
 
-/// The command line splitter and the command parser (provider side, before ATRN).
+/// The command line splitter (with the longer limit for AUTH responses) and the command parser
+/// (provider side, before ATRN).
 pub fn proto_command(data: &[u8]) {
-    let whole = split_lines(MAX_COMMAND_LINE, &[data]);
-    assert_eq!(whole, split_lines(MAX_COMMAND_LINE, &chunks(data)), "lines depend on the chunking");
+    let whole = split_lines(&[data]);
+    assert_eq!(whole, split_lines(&chunks(data)), "lines depend on the chunking");
     let candidates = whole.iter().filter_map(|l| match l {
         Line::Complete(line) => Some(line.as_slice()),
         Line::TooLong => None,
@@ -303,6 +323,15 @@ pub fn config(data: &[u8]) {
     if let Err(error) = odmrd::config::Config::parse(&text, Path::new("/etc/odmrd-fuzz.ini")) {
         assert!(error.to_string().contains("/etc/odmrd-fuzz.ini"), "error without its file: {error}");
     }
+}
+
+/// The inetd throttle's state file: whatever it holds, what is read back is bounded, holds only
+/// address keys, and survives being written and read again unchanged.
+pub fn throttle_state(data: &[u8]) {
+    use odmrd::throttle::{format_table, parse_table, MAX_ENTRIES};
+    let table = parse_table(&String::from_utf8_lossy(data));
+    assert!(table.len() <= MAX_ENTRIES);
+    assert_eq!(parse_table(&format_table(&table)), table, "format then parse changed the table");
 }
 
 /// Replay every file under `dir/<target>/` through its harness (the regression cases the fuzzers

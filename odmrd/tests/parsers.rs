@@ -1,7 +1,8 @@
 //! Every parser under hostile input, on the stable toolchain: the inputs the fuzzers found
 //! (`fuzz/regressions/`) and their seeds replayed through the fuzz harnesses, property tests that
 //! no parser panics, and that parsing what our formatters write gives back what they were given
-//! (replies, commands, ATRN lists, DATA encoding, a BSMTP file read by the maildir backend).
+//! (replies, commands, ATRN lists, DATA encoding, a BSMTP file read by the maildir backend, the
+//! throttle's state file).
 //! Case counts are bounded so the suite stays fast; the fuzzers (nightly) go further.
 
 #[path = "../../fuzz/src/lib.rs"]
@@ -9,8 +10,10 @@ mod harness;
 
 use odmr_backend_maildir::envelope::{self, Layout};
 use odmrd::proto::{self, Command, Reply, ReplyParser};
+use odmrd::throttle::{self, Record};
 use proptest::collection::vec;
 use proptest::prelude::*;
+use std::net::IpAddr;
 use std::path::Path;
 
 fn bounded() -> ProptestConfig {
@@ -227,5 +230,20 @@ proptest! {
         let (data, terminated) = harness::unstuffed(&file[data_start as usize..], 64);
         prop_assert!(terminated);
         prop_assert_eq!(data, harness::crlf_normalised(&body));
+    }
+
+    /// The inetd throttle's state file keeps every address's record across processes.
+    #[test]
+    fn a_throttle_table_written_reads_back(
+        entries in vec((any::<IpAddr>(), any::<(u64, u32, u32, u64, u64)>()), 0..20),
+    ) {
+        let table: throttle::Table = entries
+            .into_iter()
+            .map(|(ip, (window_start, failures, streak, last_attempt, next_turn))| {
+                let record = Record { window_start, failures, streak, last_attempt, next_turn };
+                (throttle::address_key(ip), record)
+            })
+            .collect();
+        prop_assert_eq!(throttle::parse_table(&throttle::format_table(&table)), table);
     }
 }
