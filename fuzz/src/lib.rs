@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("vpasswd_line", vpasswd_line),
     ("config", config),
     ("throttle_state", throttle_state),
+    ("esmtp_params", esmtp_params),
 ];
 
 /// Split `data` into chunks whose sizes cycle through the first byte's bits (1..=8 octets), so
@@ -281,8 +282,9 @@ pub const EXIM_ID: &str = "1tGb3c-000Abc-7x";
 /// Exim's `-H` file: the envelope, then the header records and the body streamed from them.
 pub fn exim_header(data: &[u8]) {
     for line in data.split(|&b| b == b'\n') {
-        let address = exim_header_format::recipient_address(line);
-        assert!(line.starts_with(address));
+        let recipient = exim_header_format::recipient_line(line);
+        assert!(line.starts_with(recipient.address));
+        recipient.details();
     }
     let mut reader = BufReader::with_capacity(16, data);
     let Ok(header) = exim_header_format::parse(&mut reader, EXIM_ID) else { return };
@@ -332,6 +334,33 @@ pub fn throttle_state(data: &[u8]) {
     let table = parse_table(&String::from_utf8_lossy(data));
     assert!(table.len() <= MAX_ENTRIES);
     assert_eq!(parse_table(&format_table(&table)), table, "format then parse changed the table");
+}
+
+/// The ESMTP parameters of queued envelopes (RFC 3461 NOTIFY, RET, and the xtext of ENVID and
+/// ORCPT): what decodes re-encodes to the same value, and whatever a backend hands over as an
+/// ORCPT (Exim's fallback keeps a value it cannot decode as written) is sent on as one valid
+/// parameter value.
+pub fn esmtp_params(data: &[u8]) {
+    use odmr_api::params::{self, Notify, Ret};
+    let text = String::from_utf8_lossy(data);
+    for (_, value) in params::esmtp_params(&text) {
+        if let Some(param) = Notify::parse(&value).and_then(Notify::param) {
+            assert_eq!(Notify::parse(&param).and_then(Notify::param), Some(param));
+        }
+        if let Some(ret) = Ret::parse(&value) {
+            assert_eq!(Ret::parse(ret.param()), Some(ret));
+        }
+        if let Some(decoded) = params::xtext_decode(&value) {
+            assert_eq!(params::xtext_decode(&params::xtext_encode(&decoded)), Some(decoded));
+        }
+        if let Some(decoded) = params::orcpt_decode(&value) {
+            assert_eq!(params::orcpt_decode(&params::orcpt_param(&decoded)), Some(decoded));
+        }
+    }
+    let orcpt = params::orcpt_param(&text);
+    assert!(params::orcpt_decode(&orcpt).is_some(), "ORCPT={orcpt:?} does not decode");
+    assert!(orcpt.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'='), "ORCPT={orcpt:?}");
+    assert_eq!(params::xtext_decode(&params::xtext_encode(&text)).as_deref(), Some(&*text));
 }
 
 /// Replay every file under `dir/<target>/` through its harness (the regression cases the fuzzers
