@@ -80,6 +80,14 @@ fn protocol_like() -> impl Strategy<Value = Vec<u8>> {
         "049F ",
         "\u{e9}",
         "\0",
+        " NOTIFY=SUCCESS",
+        " ORCPT=rfc822;",
+        "+2B",
+        " ENVID=",
+        " RET=HDRS",
+        ";",
+        "192.0.2.1 ",
+        "2001:db8::/64 ",
     ];
     let token = prop_oneof![
         4 => proptest::sample::select(TOKENS).prop_map(|t| t.as_bytes().to_vec()),
