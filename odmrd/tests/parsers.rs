@@ -8,6 +8,8 @@
 #[path = "../../fuzz/src/lib.rs"]
 mod harness;
 
+use odmr_api::params::{self, Notify, Ret};
+use odmr_api::RecipientDetails;
 use odmr_backend_maildir::envelope::{self, Layout};
 use odmrd::proto::{self, Command, Reply, ReplyParser};
 use odmrd::throttle::{self, Record};
@@ -117,6 +119,14 @@ fn address() -> impl Strategy<Value = String> {
     ("[a-zA-Z0-9.+=_-]{1,12}", domain()).prop_map(|(local, domain)| format!("{local}@{domain}"))
 }
 
+fn notify() -> impl Strategy<Value = Notify> {
+    prop_oneof![
+        Just(Notify::UNSPECIFIED),
+        Just(Notify::NEVER),
+        (1u32..8).prop_map(|bits| Notify::from_raw(bits << 1))
+    ]
+}
+
 /// Reply text without control characters (which `reply` replaces).
 fn reply_text() -> impl Strategy<Value = String> {
     "[^\\x00-\\x1f\\x7f-\\x9f]{0,40}"
@@ -210,20 +220,29 @@ proptest! {
         prop_assert_eq!(proto::parse_command(format!("EHLO {greeting}").as_bytes()), Ok(Command::Ehlo(greeting)));
     }
 
-    /// What odmrd sends in DATA is a BSMTP transaction: written with our formatters, the maildir
-    /// backend's BSMTP parser must read back the same envelope and body.
+    /// What odmrd sends in DATA is a BSMTP transaction: written with our formatters (commands,
+    /// DSN parameters, DATA encoding), the maildir backend's BSMTP parser must read back the same
+    /// envelope, parameters and body.
     #[test]
     fn bsmtp_written_by_our_formatters_parses_back(
         sender in proptest::option::of(address()),
-        recipients in vec(address(), 1..4),
-        size in proptest::option::of(any::<u64>()),
-        eightbit in any::<bool>(),
+        recipients in vec((address(), notify(), proptest::option::of(address())), 1..4),
+        envid in proptest::option::of(any::<String>()),
+        ret in proptest::option::of(prop_oneof![Just(Ret::Full), Just(Ret::Headers)]),
         body in body_bytes(),
     ) {
         let sender = sender.unwrap_or_default();
-        let mut file = proto::mail_from(&sender, size, eightbit).into_bytes();
-        for recipient in &recipients {
-            file.extend_from_slice(proto::rcpt_to(recipient).as_bytes());
+        let mut mail_params = Vec::new();
+        mail_params.extend(envid.iter().map(|envid| format!("ENVID={}", params::xtext_encode(envid))));
+        mail_params.extend(ret.map(|ret| format!("RET={}", ret.param())));
+        let mut file = proto::mail_from(&sender, &mail_params).into_bytes();
+        let mut expected = Vec::new();
+        for (address, notify, orcpt) in &recipients {
+            let orcpt = orcpt.as_ref().map(|o| format!("rfc822;{o}"));
+            let mut rcpt_params: Vec<String> = notify.param().map(|n| format!("NOTIFY={n}")).into_iter().collect();
+            rcpt_params.extend(orcpt.iter().map(|o| format!("ORCPT={}", params::orcpt_param(o))));
+            file.extend_from_slice(proto::rcpt_to(address, &rcpt_params).as_bytes());
+            expected.push((address.clone(), RecipientDetails { notify: *notify, orcpt }));
         }
         file.extend_from_slice(b"DATA\r\n");
         let mut stuffer = proto::DotStuffer::new();
@@ -232,8 +251,9 @@ proptest! {
 
         let parsed = envelope::parse(&mut &file[..], None).expect("our own BSMTP parses");
         prop_assert_eq!(&parsed.sender, &sender);
-        let got: Vec<&str> = parsed.recipients.iter().map(|r| r.address.as_str()).collect();
-        prop_assert_eq!(got, recipients.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!((&parsed.params.envid, parsed.params.ret), (&envid, ret));
+        let got: Vec<_> = parsed.recipients.iter().map(|r| (r.address.clone(), r.details.clone())).collect();
+        prop_assert_eq!(got, expected);
         let Layout::Bsmtp { data_start, .. } = parsed.layout else { panic!("not read as BSMTP") };
         let (data, terminated) = harness::unstuffed(&file[data_start as usize..], 64);
         prop_assert!(terminated);
