@@ -13,128 +13,31 @@
 //! - one 100 MB message, with the process's peak memory before and after,
 //!   to show the body streams in constant memory.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
+mod support;
+
 use odmrd::backend::Backends;
 use odmrd::config::Config;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Instant;
-
-const PASSWORD: &str = "bench-secret";
-
-fn config(dir: &Path) -> Config {
-    let d = dir.display();
-    std::fs::write(dir.join("passwd"), format!("bench:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org\n"))
-        .unwrap();
-    let text = format!(
-        "[server]\nhostname = bench.example\nlock_directory = {d}/locks\n\
-         [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
-         [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
-         [bounce]\nsendmail = /bin/true\n[log]\nsyslog = off\nstderr = no\nlevel = error\n"
-    );
-    Config::parse(&text, &dir.join("bench.ini")).expect("bench configuration")
-}
-
-fn queue(dir: &Path, count: usize, body_size: usize) {
-    let new = dir.join("spool/example.org/new");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(dir.join("spool/example.org").join(sub)).unwrap();
-    }
-    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n";
-    for i in 0..count {
-        let file = std::fs::File::create(new.join(format!("{i:06}.bench"))).unwrap();
-        let mut file = std::io::BufWriter::new(file);
-        write!(file, "Return-Path: <sender{i}@sender.example>\nDelivered-To: rcpt{i}@example.org\nSubject: bench {i}\n\n")
-            .unwrap();
-        let mut written = 0;
-        while written < body_size {
-            let n = line.len().min(body_size - written);
-            file.write_all(&line[..n]).unwrap();
-            written += n;
-        }
-        file.write_all(b"\n").unwrap();
-    }
-}
-
-/// The customer: log in, ATRN, then accept every message. Returns
-/// (messages, body bytes received).
-fn customer(stream: UnixStream) -> (usize, u64) {
-    let mut out = stream.try_clone().unwrap();
-    let mut input = BufReader::with_capacity(256 * 1024, stream);
-    let mut line = String::new();
-    let mut read_line = |input: &mut BufReader<UnixStream>| {
-        line.clear();
-        input.read_line(&mut line).unwrap();
-        line.clone()
-    };
-    read_line(&mut input);
-    out.write_all(b"EHLO customer.example\r\n").unwrap();
-    while read_line(&mut input).starts_with("250-") {}
-    out.write_all(b"AUTH CRAM-MD5\r\n").unwrap();
-    let challenge = read_line(&mut input);
-    let challenge = base64::engine::general_purpose::STANDARD.decode(challenge[4..].trim()).unwrap();
-    let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
-    mac.update(&challenge);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let response = base64::engine::general_purpose::STANDARD.encode(format!("bench {digest}"));
-    out.write_all(format!("{response}\r\nATRN example.org\r\n").as_bytes()).unwrap();
-    assert!(read_line(&mut input).starts_with("235"));
-    assert!(read_line(&mut input).starts_with("250"), "ATRN refused");
-    out.write_all(b"220 customer.example ESMTP\r\n").unwrap();
-    let (mut messages, mut bytes) = (0usize, 0u64);
-    loop {
-        let command = read_line(&mut input);
-        let reply: &[u8] = match command.get(..4) {
-            Some("EHLO") => b"250-customer.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n",
-            Some("DATA") => {
-                out.write_all(b"354 go\r\n").unwrap();
-                let mut data = Vec::new();
-                loop {
-                    data.clear();
-                    input.read_until(b'\n', &mut data).unwrap();
-                    if data == b".\r\n" || data.is_empty() {
-                        break;
-                    }
-                    bytes += data.len() as u64;
-                }
-                messages += 1;
-                b"250 ok\r\n"
-            }
-            Some("QUIT") | None => {
-                let _ = out.write_all(b"221 bye\r\n");
-                let _ = input.read_to_end(&mut Vec::new());
-                return (messages, bytes);
-            }
-            _ => b"250 ok\r\n",
-        };
-        out.write_all(reply).unwrap();
-    }
-}
-
-/// Peak resident memory of this process so far, in KiB (Linux).
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+use support::{customer, peak_rss_kib, queue, write_config, Delivered};
 
 fn run(name: &str, count: usize, body_size: usize) {
     let dir = tempfile::tempdir().unwrap();
+    let ini = write_config(dir.path());
     queue(dir.path(), count, body_size);
-    let config = config(dir.path());
+    // In process, quiet: the figures are the session's, not the log's.
+    let text = std::fs::read_to_string(&ini)
+        .unwrap()
+        .replace("stderr = yes\nlevel = info", "stderr = no\nlevel = error");
+    let config = Config::parse(&text, &ini).expect("bench configuration");
     odmrd::log::init(&config.log).unwrap();
     let backends = Backends::load(&config.credentials, &config.queue).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let rss_before = peak_rss_kib();
+    let rss_before = peak_rss_kib("self");
     let start = Instant::now();
-    let customer = std::thread::spawn(move || customer(ours));
+    let customer = std::thread::spawn(move || customer(ours.try_clone().unwrap(), ours));
     odmrd::session::serve(&config, &backends, theirs, None);
-    let (messages, bytes) = customer.join().unwrap();
+    let Delivered { messages, bytes } = customer.join().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let left = std::fs::read_dir(dir.path().join("spool/example.org/new")).unwrap().count();
     assert_eq!((messages, left), (count, 0), "every message delivered and removed");
@@ -145,7 +48,7 @@ fn run(name: &str, count: usize, body_size: usize) {
         messages as f64 / elapsed,
         bytes as f64 / 1e6 / elapsed,
         rss_before,
-        peak_rss_kib()
+        peak_rss_kib("self")
     );
 }
 
