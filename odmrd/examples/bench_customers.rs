@@ -43,6 +43,8 @@ struct Options {
     messages: usize,
     rtt: Duration,
     only: Option<String>,
+    /// The provider's address (odmrd listens there); the MTA is always on 127.0.0.1.
+    host: String,
 }
 
 fn options() -> Options {
@@ -50,6 +52,7 @@ fn options() -> Options {
     let mut new = own.parent().unwrap().parent().unwrap().join("odmrd");
     let mut base = None;
     let (mut messages, mut rtt, mut only) = (200, Duration::from_millis(50), None);
+    let mut host = "127.0.0.1".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -59,6 +62,7 @@ fn options() -> Options {
             "--messages" => messages = value().parse().expect("--messages N"),
             "--rtt" => rtt = Duration::from_millis(value().parse().expect("--rtt MS")),
             "--only" => only = Some(value()),
+            "--host" => host = value(),
             other => panic!("unknown option {other}"),
         }
     }
@@ -67,11 +71,7 @@ fn options() -> Options {
         binaries.push(("base", base));
     }
     binaries.push(("new", new));
-    Options { binaries, messages, rtt, only }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    Options { binaries, messages, rtt, only, host }
 }
 
 /// `odmrd -c ini --listen 127.0.0.1:PORT`, its stderr to `dir/odmrd.log`, once it accepts.
@@ -82,18 +82,22 @@ struct Daemon {
 
 impl Daemon {
     fn start(binary: &Path, dir: &Path) -> Daemon {
-        let port = free_port();
+        Daemon::start_on(binary, dir, "127.0.0.1")
+    }
+
+    fn start_on(binary: &Path, dir: &Path, host: &str) -> Daemon {
+        let port = TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.join("odmrd.log")).unwrap();
         let child = Command::new(binary)
             .arg("-c")
             .arg(dir.join("odmrd.ini"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("{host}:{port}")])
             .stdin(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(10), "odmrd did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -218,11 +222,11 @@ struct Row {
     higher_is_better: bool,
 }
 
-fn fetchmail_run(binary: &Path, messages: usize, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
+fn fetchmail_run(binary: &Path, host: &str, messages: usize, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     queue(dir.path(), messages, 4300);
-    let daemon = Daemon::start(binary, dir.path());
+    let daemon = Daemon::start_on(binary, dir.path(), host);
     let sink = Sink::start();
     let capture = Capture::start(dir.path(), &[daemon.port, sink.port]);
     let home = dir.path().join("fetchmail");
@@ -231,7 +235,7 @@ fn fetchmail_run(binary: &Path, messages: usize, rows: &mut Vec<Vec<(&'static st
     std::fs::write(
         &rc,
         format!(
-            "set no syslog\npoll 127.0.0.1 protocol odmr service {} timeout 60\n    user \"{USER}\" password \"{PASSWORD}\"\n    fetchdomains {DOMAIN}\n    smtphost 127.0.0.1/{}\n",
+            "set no syslog\npoll {host} protocol odmr service {} timeout 60\n    user \"{USER}\" password \"{PASSWORD}\"\n    fetchdomains {DOMAIN}\n    smtphost 127.0.0.1/{}\n",
             daemon.port, sink.port
         ),
     )
@@ -472,7 +476,7 @@ fn main() {
     if wanted("fetchmail") {
         let mut rows = Vec::new();
         for (_, binary) in &options.binaries {
-            fetchmail_run(binary, n, &mut rows);
+            fetchmail_run(binary, &options.host, n, &mut rows);
         }
         add(format!("fetchmail, {n} x 4.3 KB"), rows);
     }
@@ -516,7 +520,11 @@ fn main() {
         }
         if let [base, new] = row.values[..] {
             let better = if row.higher_is_better { new / base } else { base / new };
-            print!(" {better:.2}x |");
+            if better.is_finite() {
+                print!(" {better:.2}x |");
+            } else {
+                print!(" - |");
+            }
         }
         println!();
     }
