@@ -13,6 +13,8 @@
 //!   them to a fast local MTA (this program); a packet capture of both
 //!   connections (tcpdump on loopback) counts the stalls, gaps of more than
 //!   30 ms in which nothing moved, by the connection that ended them;
+//! - `direct`: a direct customer on a socketpair, 500 messages, and the
+//!   ratio to the durable floor (read, unlink, one directory fsync per file);
 //! - `rtt`: this program as a customer behind a user-space relay that delays
 //!   every chunk by half the round trip each way (this kernel has no netem):
 //!   round trips per message;
@@ -45,6 +47,8 @@ struct Options {
     only: Option<String>,
     /// The provider's address (odmrd listens there); the MTA is always on 127.0.0.1.
     host: String,
+    /// Runs per workload and binary; the table shows medians.
+    rounds: usize,
 }
 
 fn options() -> Options {
@@ -53,6 +57,7 @@ fn options() -> Options {
     let mut base = None;
     let (mut messages, mut rtt, mut only) = (200, Duration::from_millis(50), None);
     let mut host = "127.0.0.1".to_string();
+    let mut rounds = 3;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -63,6 +68,7 @@ fn options() -> Options {
             "--rtt" => rtt = Duration::from_millis(value().parse().expect("--rtt MS")),
             "--only" => only = Some(value()),
             "--host" => host = value(),
+            "--rounds" => rounds = value().parse().expect("--rounds N"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -71,7 +77,7 @@ fn options() -> Options {
         binaries.push(("base", base));
     }
     binaries.push(("new", new));
-    Options { binaries, messages, rtt, only, host }
+    Options { binaries, messages, rtt, only, host, rounds }
 }
 
 /// `odmrd -c ini --listen 127.0.0.1:PORT`, its stderr to `dir/odmrd.log`, once it accepts.
@@ -212,6 +218,31 @@ impl Capture {
     }
 }
 
+/// The figures of one run: name, value, whether more is better.
+type Figures = Vec<(&'static str, f64, bool)>;
+
+/// Run `workload` `rounds` times on every binary (alternating, so a load change hits both),
+/// and keep each figure's median per binary.
+fn medians(options: &Options, mut workload: impl FnMut(&Path) -> Figures) -> Vec<Figures> {
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); options.binaries.len()];
+    for _ in 0..options.rounds {
+        for (i, (_, binary)) in options.binaries.iter().enumerate() {
+            runs[i].push(workload(binary));
+        }
+    }
+    runs.into_iter()
+        .map(|rounds| {
+            (0..rounds[0].len())
+                .map(|f| {
+                    let mut values: Vec<f64> = rounds.iter().map(|r| r[f].1).collect();
+                    values.sort_by(f64::total_cmp);
+                    (rounds[0][f].0, values[values.len() / 2], rounds[0][f].2)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One row of the table.
 struct Row {
     workload: String,
@@ -222,7 +253,7 @@ struct Row {
     higher_is_better: bool,
 }
 
-fn fetchmail_run(binary: &Path, host: &str, messages: usize, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
+fn fetchmail_run(binary: &Path, host: &str, messages: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     queue(dir.path(), messages, 4300);
@@ -267,7 +298,7 @@ fn fetchmail_run(binary: &Path, host: &str, messages: usize, rows: &mut Vec<Vec<
         row.push(("stalls/message odmrd<->fetchmail", stalls.first as f64 / messages as f64, false));
         row.push(("stalls/message fetchmail<->MTA", stalls.other as f64 / messages as f64, false));
     }
-    rows.push(row);
+    row
 }
 
 /// Relay 127.0.0.1:listen <-> 127.0.0.1:target, delaying every chunk by `delay` each way.
@@ -323,7 +354,7 @@ fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     });
 }
 
-fn rtt_run(binary: &Path, messages: usize, rtt: Duration, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
+fn rtt_run(binary: &Path, messages: usize, rtt: Duration) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     queue(dir.path(), messages, 4300);
@@ -341,10 +372,53 @@ fn rtt_run(binary: &Path, messages: usize, rtt: Duration, rows: &mut Vec<Vec<(&'
     let got = serve_smtp(&mut input, out, || ended = Some(started.elapsed()));
     assert_eq!(got.messages, messages);
     let elapsed = ended.unwrap().as_secs_f64();
-    rows.push(vec![
+    vec![
         ("round trips/message", elapsed / rtt.as_secs_f64() / messages as f64, false),
         ("reversed session s", elapsed, false),
-    ]);
+    ]
+}
+
+/// A direct customer on a socketpair to `binary --inetd`: the reversed session's time for
+/// `messages` messages, against the durable floor measured on the same spool contents (read
+/// each file, unlink it, one directory fsync).
+fn direct_run(binary: &Path, messages: usize) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    queue(dir.path(), messages, 4300);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child = inetd(binary, dir.path(), theirs);
+    let mut input = BufReader::with_capacity(256 * 1024, ours.try_clone().unwrap());
+    let mut out = ours;
+    let atrn = login_and_atrn(&mut input, &mut out);
+    assert!(atrn.starts_with("250"), "{atrn}");
+    let started = Instant::now();
+    let got = serve_smtp(&mut input, out, || {});
+    wait(child);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(got.messages, messages);
+    let floor = durable_floor(messages);
+    vec![
+        ("ms/message", elapsed * 1000.0 / messages as f64, false),
+        ("x durable floor", elapsed / floor, false),
+    ]
+}
+
+/// Seconds to read, unlink and (once) fsync the directory of `messages` queued files.
+fn durable_floor(messages: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    queue(dir.path(), messages, 4300);
+    let new = dir.path().join("spool").join(DOMAIN).join("new");
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    for entry in std::fs::read_dir(&new).unwrap() {
+        let path = entry.unwrap().path();
+        buf.clear();
+        std::fs::File::open(&path).unwrap().read_to_end(&mut buf).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+    std::fs::File::open(&new).unwrap().sync_all().unwrap();
+    started.elapsed().as_secs_f64()
 }
 
 /// The BSMTP file of one message of about `size` bytes, every tenth line dot-stuffed.
@@ -365,7 +439,7 @@ fn bsmtp_file(path: &Path, size: usize) {
     file.write_all(b".\n").unwrap();
 }
 
-fn bsmtp_run(binary: &Path, source: &Path, size: usize, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
+fn bsmtp_run(binary: &Path, source: &Path, size: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     std::fs::copy(source, dir.path().join("spool").join(DOMAIN).join("new").join("1.big")).unwrap();
@@ -384,11 +458,11 @@ fn bsmtp_run(binary: &Path, source: &Path, size: usize, rows: &mut Vec<Vec<(&'st
     let elapsed = started.elapsed().as_secs_f64();
     wait(child);
     assert_eq!(got.messages, 1);
-    rows.push(vec![
+    vec![
         ("MB/s", size as f64 / 1e6 / elapsed, true),
         ("ms from AUTH+ATRN to 250", to_atrn * 1000.0, false),
         ("peak RSS MiB", rss as f64 / 1024.0, false),
-    ]);
+    ]
 }
 
 /// `binary --inetd` on `socket`, stderr discarded.
@@ -433,7 +507,7 @@ fn sessions_per_second(port: u16) -> f64 {
     sessions as f64 / started.elapsed().as_secs_f64()
 }
 
-fn sessions_run(binary: &Path, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
+fn sessions_run(binary: &Path) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     // inetd (nowait): one process per accepted connection, the socket as fds 0 and 1.
@@ -456,17 +530,14 @@ fn sessions_run(binary: &Path, rows: &mut Vec<Vec<(&'static str, f64, bool)>>) {
     launcher.join().unwrap();
     let daemon = Daemon::start(binary, dir.path());
     let standalone_rate = sessions_per_second(daemon.port);
-    rows.push(vec![
-        ("453 sessions/s inetd", inetd_rate, true),
-        ("453 sessions/s standalone", standalone_rate, true),
-    ]);
+    vec![("453 sessions/s inetd", inetd_rate, true), ("453 sessions/s standalone", standalone_rate, true)]
 }
 
 fn main() {
     let options = options();
     let wanted = |name: &str| options.only.as_deref().is_none_or(|only| only == name);
     let mut table: Vec<Row> = Vec::new();
-    let mut add = |workload: String, per_binary: Vec<Vec<(&'static str, f64, bool)>>| {
+    let mut add = |workload: String, per_binary: Vec<Figures>| {
         for (i, &(figure, _, higher_is_better)) in per_binary[0].iter().enumerate() {
             let values = per_binary.iter().map(|row| row[i].1).collect();
             table.push(Row { workload: workload.clone(), figure, values, higher_is_better });
@@ -474,36 +545,24 @@ fn main() {
     };
     let n = options.messages;
     if wanted("fetchmail") {
-        let mut rows = Vec::new();
-        for (_, binary) in &options.binaries {
-            fetchmail_run(binary, &options.host, n, &mut rows);
-        }
-        add(format!("fetchmail, {n} x 4.3 KB"), rows);
+        add(format!("fetchmail, {n} x 4.3 KB"), medians(&options, |b| fetchmail_run(b, &options.host, n)));
+    }
+    if wanted("direct") {
+        add("direct customer, 500 x 4.3 KB".into(), medians(&options, |b| direct_run(b, 500)));
     }
     if wanted("rtt") {
-        let mut rows = Vec::new();
-        for (_, binary) in &options.binaries {
-            rtt_run(binary, n / 2, options.rtt, &mut rows);
-        }
-        add(format!("{} ms RTT, {} x 4.3 KB", options.rtt.as_millis(), n / 2), rows);
+        let label = format!("{} ms RTT, {} x 4.3 KB", options.rtt.as_millis(), n / 2);
+        add(label, medians(&options, |b| rtt_run(b, n / 2, options.rtt)));
     }
     if wanted("bsmtp") {
         let source = tempfile::tempdir().unwrap();
         let size = 100 * 1024 * 1024;
         let file = source.path().join("big.bsmtp");
         bsmtp_file(&file, size);
-        let mut rows = Vec::new();
-        for (_, binary) in &options.binaries {
-            bsmtp_run(binary, &file, size, &mut rows);
-        }
-        add("BSMTP, 1 x 100 MB".into(), rows);
+        add("BSMTP, 1 x 100 MB".into(), medians(&options, |b| bsmtp_run(b, &file, size)));
     }
     if wanted("sessions") {
-        let mut rows = Vec::new();
-        for (_, binary) in &options.binaries {
-            sessions_run(binary, &mut rows);
-        }
-        add("sessions ending in 453".into(), rows);
+        add("sessions ending in 453".into(), medians(&options, sessions_run));
     }
 
     let names: Vec<&str> = options.binaries.iter().map(|(name, _)| *name).collect();

@@ -318,12 +318,13 @@ impl<W: Wire> Session<'_, W> {
             timeouts: relay::Timeouts::default(),
         };
         let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
+        // Closing the cursor makes its removals durable (a queue may batch them): before the
+        // summary says they were sent. It goes before the domain locks.
+        drop(cursor);
         self.log(&format!(
             "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
             summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
         ));
-        // The cursor (and the queue's own locks) go before the domain locks.
-        drop(cursor);
         drop(locks);
         Ok(Some(End::Normal))
     }

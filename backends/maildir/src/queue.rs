@@ -27,6 +27,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// whatever the message size.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Removals made durable together (group commit): the directory fsync that
+/// makes an unlink durable is the largest cost of a commit, so it is done once
+/// per this many removals, and always when the cursor closes. A crash in
+/// between can bring back removed files: delivered again, never lost.
+const GROUP_COMMIT: usize = 256;
+
 /// A `builtin:maildir` instance.
 pub struct Maildir {
     host: Host,
@@ -246,6 +252,7 @@ impl Queue for Maildir {
             spools,
             queue: queue.into(),
             current: None,
+            unsynced: Unsynced::default(),
             _locks: locks,
         })
     }
@@ -260,9 +267,24 @@ pub struct MaildirCursor {
     spools: Vec<Spool>,
     queue: VecDeque<(usize, Entry)>,
     current: Option<Current>,
+    unsynced: Unsynced,
     // Dropped last (fields drop in declaration order): the locks outlive
     // everything else the cursor holds.
     _locks: Vec<Flock<File>>,
+}
+
+/// Directories with removals not yet made durable, and how many removals.
+#[derive(Default)]
+struct Unsynced {
+    dirs: Vec<PathBuf>,
+    removals: usize,
+}
+
+impl Drop for MaildirCursor {
+    /// The group commit's last sync, before the locks go (fields drop after this).
+    fn drop(&mut self) {
+        self.sync_removals();
+    }
 }
 
 /// The message being delivered.
@@ -285,6 +307,32 @@ impl MaildirCursor {
 
     fn current(&mut self) -> Result<&mut Current, Status> {
         self.current.as_mut().ok_or(Status::InvalidArgument)
+    }
+
+    /// Count a removal in `dir`; sync when the group is full.
+    fn removed_in(&mut self, dir: PathBuf) {
+        if !self.unsynced.dirs.contains(&dir) {
+            self.unsynced.dirs.push(dir);
+        }
+        self.unsynced.removals += 1;
+        if self.unsynced.removals >= GROUP_COMMIT {
+            self.sync_removals();
+        }
+    }
+
+    /// Make every removal so far durable. A failure is logged: the files may
+    /// come back after a crash and be delivered again.
+    fn sync_removals(&mut self) {
+        for dir in std::mem::take(&mut self.unsynced.dirs) {
+            if let Err(e) = spool::sync_dir(&dir) {
+                let msg = format!(
+                    "cannot fsync {}: {e}; messages removed from it may be delivered again after a crash",
+                    dir.display()
+                );
+                self.log(LogLevel::Error, &msg);
+            }
+        }
+        self.unsynced.removals = 0;
     }
 }
 
@@ -411,8 +459,12 @@ impl Cursor for MaildirCursor {
         }
         let spool = &self.spools[current.spool];
         let path = &current.entry.path;
+        let mut removed_from = None;
         let result = if !done.contains(&false) {
-            spool::remove(path).map(|()| "removed")
+            spool::remove(path).map(|dir| {
+                removed_from = Some(dir);
+                "removed"
+            })
         } else {
             match &current.parsed.layout {
                 Layout::Bsmtp { mail_line, data_line, data_start } => {
@@ -436,6 +488,9 @@ impl Cursor for MaildirCursor {
                     LogLevel::Info,
                     &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
                 );
+                if let Some(dir) = removed_from {
+                    self.removed_in(dir);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !done.contains(&false) => {
