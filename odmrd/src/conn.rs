@@ -158,6 +158,9 @@ pub struct Conn<W: Wire> {
 impl<W: Wire> Conn<W> {
     /// Wrap `wire`, with `timeout` for every item until changed and no limit.
     pub fn new(wire: W, timeout: Duration) -> Conn<W> {
+        // Reads and writes are tried first and polled only when they would block.
+        set_nonblocking(wire.read_fd());
+        set_nonblocking(wire.write_fd());
         Conn {
             wire,
             rbuf: vec![0; READ_BUFFER].into_boxed_slice(),
@@ -216,14 +219,20 @@ impl<W: Wire> Conn<W> {
     }
 
     fn write_all_timed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let deadline = self.deadline();
         while !bytes.is_empty() {
-            if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
-            }
             match self.wire.write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
+                // Only a write that would block costs a poll.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -231,14 +240,15 @@ impl<W: Wire> Conn<W> {
         self.wire.flush()
     }
 
-    /// Make sure unread input is buffered, waiting until `deadline` at most.
+    /// Make sure unread input is buffered, waiting until `deadline` at most. Before waiting,
+    /// what we queued goes out: the peer may be waiting for it before it sends more, and
+    /// while input is still buffered it is not (so replies to pipelined commands leave in
+    /// one write, and Nagle's algorithm has no small segment to hold back).
     fn fill(&mut self, deadline: Instant) -> io::Result<Received<()>> {
         if self.rpos < self.rlen {
             return Ok(Received::Item(()));
         }
-        if !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
-            return Ok(Received::TimedOut);
-        }
+        self.flush()?;
         loop {
             match self.wire.read(&mut self.rbuf) {
                 Ok(0) => return Ok(Received::Closed),
@@ -247,6 +257,12 @@ impl<W: Wire> Conn<W> {
                     self.rlen = n;
                     return Ok(Received::Item(()));
                 }
+                // Only a read that would block costs a poll.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
+                        return Ok(Received::TimedOut);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
                 Err(e) => return Err(e),
@@ -254,12 +270,11 @@ impl<W: Wire> Conn<W> {
         }
     }
 
-    /// Read one command line (flushes pending output first: the peer is
-    /// waiting for it before it sends more). The timeout runs once for the
+    /// Read one command line (pending output goes out before any wait: the
+    /// peer may be waiting for it before it sends more). The timeout runs once for the
     /// wait for the line's first byte and once more from that byte to the
     /// line's end, however the bytes trickle in.
     pub fn read_line(&mut self, splitter: &mut LineSplitter) -> io::Result<Received<Line>> {
-        self.flush()?;
         let mut deadline = self.deadline();
         loop {
             match self.fill(deadline)? {
@@ -288,7 +303,6 @@ impl<W: Wire> Conn<W> {
 
     /// Read one (possibly multi-line) SMTP reply, all of it within the timeout.
     pub fn read_reply(&mut self) -> io::Result<Received<Result<Reply, ReplyError>>> {
-        self.flush()?;
         let deadline = self.deadline();
         let mut parser = ReplyParser::new();
         loop {
@@ -306,6 +320,20 @@ impl<W: Wire> Conn<W> {
             if let Some(reply) = reply {
                 return Ok(Received::Item(reply));
             }
+        }
+    }
+}
+
+/// Make `fd` non-blocking, so a read or write returns WouldBlock instead of waiting past a
+/// deadline. A descriptor that refuses stays blocking: reads and writes then still work, only
+/// without the deadline's protection for that one call.
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let raw = fd.as_raw_fd();
+    if let Ok(flags) = fcntl(raw, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags);
+        if !flags.contains(OFlag::O_NONBLOCK) {
+            let _ = fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK));
         }
     }
 }

@@ -86,8 +86,10 @@ pub fn login_and_atrn<R: BufRead, W: Write>(input: &mut R, out: &mut W) -> Strin
     mac.update(&challenge);
     let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let response = base64::engine::general_purpose::STANDARD.encode(format!("{USER} {digest}"));
-    out.write_all(format!("{response}\r\nATRN {DOMAIN}\r\n").as_bytes()).unwrap();
+    // One command at a time, as fetchmail does (RFC 4954 does not let AUTH be pipelined).
+    out.write_all(format!("{response}\r\n").as_bytes()).unwrap();
     assert!(read_line(input).starts_with("235"), "AUTH refused");
+    out.write_all(format!("ATRN {DOMAIN}\r\n").as_bytes()).unwrap();
     read_line(input)
 }
 
