@@ -94,6 +94,26 @@ struct Relay<'c, 'a, W: Wire> {
     ctx: &'c Context<'a>,
     caps: Capabilities,
     summary: Summary,
+    /// The body buffers, allocated once for the session.
+    chunk: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+/// A message whose replies all came and were in step, kept uncommitted until the replies that
+/// came behind its final one (the next message's, pipelined with its dot) are in step too.
+struct Decided {
+    envelope: Envelope,
+    outcomes: Vec<Outcome>,
+    deciding: Vec<Reply>,
+    headers: Vec<u8>,
+}
+
+/// How a message ended when it did not stop the dialogue.
+enum Ended {
+    /// Settled; the next message is still to be fetched.
+    Settled,
+    /// Decided but not committed, and the next message's commands went out with its dot.
+    Ahead(Decided, Envelope),
 }
 
 /// Run the reversed session: deliver `first` and every further message of
@@ -104,7 +124,14 @@ pub fn deliver<W: Wire>(
     first: Envelope,
     ctx: &Context<'_>,
 ) -> Summary {
-    let mut relay = Relay { conn, ctx, caps: Capabilities::default(), summary: Summary::default() };
+    let mut relay = Relay {
+        conn,
+        ctx,
+        caps: Capabilities::default(),
+        summary: Summary::default(),
+        chunk: vec![0u8; BODY_CHUNK],
+        encoded: Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8),
+    };
     let end = match relay.run(cursor, first) {
         Ok(()) => "done",
         Err(Stop(why)) => why,
@@ -152,18 +179,89 @@ impl<W: Wire> Relay<'_, '_, W> {
         }
         self.hello()?;
         let mut next = Some(first);
-        while let Some(envelope) = next {
+        let mut sent = false;
+        let mut earlier = None;
+        while let Some(envelope) = next.take() {
             self.summary.messages += 1;
-            self.message(cursor, &envelope)?;
-            next = match cursor.next_message() {
-                Ok(next) => next,
-                Err(status) => {
-                    self.log(&format!("event=queue-error status={status}"));
-                    None
+            match self.message(cursor, &envelope, sent, &mut earlier) {
+                Ok(Ended::Settled) => {
+                    sent = false;
+                    next = self.next_message(cursor);
                 }
-            };
+                Ok(Ended::Ahead(decided, ahead)) => {
+                    earlier = Some(decided);
+                    next = Some(ahead);
+                    sent = true;
+                }
+                Err(stop) => {
+                    if let Some(kept) = earlier {
+                        self.log(&format!(
+                            "queue_id={} event=kept reason=later-replies-not-in-step note=\"the customer's reply accepted it, but the replies behind that one were not in step: the message stays queued and may be delivered again\"",
+                            kept.envelope.id
+                        ));
+                    }
+                    return Err(stop);
+                }
+            }
         }
         self.quit();
+        Ok(())
+    }
+
+    fn next_message(&mut self, cursor: &mut QueueCursor) -> Option<Envelope> {
+        cursor.next_message().unwrap_or_else(|status| {
+            self.log(&format!("event=queue-error status={status}"));
+            None
+        })
+    }
+
+    /// RFC 2920 across messages: with the final dot, fetch the next message and send its
+    /// MAIL/RCPT/DATA, when the customer pipelines and the queue lets the next message be
+    /// taken before the current one is committed. None: nothing was sent.
+    fn send_ahead(&mut self, cursor: &mut QueueCursor) -> Result<Option<Envelope>, Stop> {
+        if !(self.caps.pipelining && cursor.next_before_commit()) {
+            return Ok(None);
+        }
+        let Some(next) = self.next_message(cursor) else { return Ok(None) };
+        self.command(&self.transaction_batch(&next), self.ctx.timeouts.mail, &next.id)?;
+        Ok(Some(next))
+    }
+
+    /// The MAIL command of `envelope`, with the parameters the customer offered.
+    fn mail_command(&self, envelope: &Envelope) -> String {
+        let size = self.caps.size.map(|_| envelope.size).filter(|&s| s > 0);
+        proto::mail_from(&envelope.sender, size, self.caps.eightbitmime)
+    }
+
+    /// MAIL, every RCPT and DATA of `envelope`, as one pipelined batch.
+    fn transaction_batch(&self, envelope: &Envelope) -> Vec<u8> {
+        let mut batch = self.mail_command(envelope).into_bytes();
+        for rcpt in &envelope.recipients {
+            batch.extend_from_slice(proto::rcpt_to(rcpt).as_bytes());
+        }
+        batch.extend_from_slice(b"DATA\r\n");
+        batch
+    }
+
+    /// Commit the message decided before this one, now that the replies which came behind its
+    /// final reply (this message's, up to DATA) are in step and nothing unasked followed them.
+    fn settle_earlier(
+        &mut self,
+        cursor: &mut QueueCursor,
+        earlier: &mut Option<Decided>,
+        codes: (u16, &[Option<u16>], Option<u16>),
+        id: &str,
+    ) -> Result<(), Stop> {
+        let Some(decided) = earlier.take() else { return Ok(()) };
+        let (mail, rcpts, data) = codes;
+        if !verdict::in_step_before_body(mail, rcpts, data) || self.conn.has_buffered_input() {
+            self.log(&format!(
+                "queue_id={id} event=out-of-step step=before-body note=\"the message stays queued\""
+            ));
+            *earlier = Some(decided);
+            return Err(Stop("customer's replies are out of step with our commands"));
+        }
+        self.settle(cursor, &decided.envelope, &decided.outcomes, &decided.deciding, &decided.headers);
         Ok(())
     }
 
@@ -219,28 +317,36 @@ impl<W: Wire> Relay<'_, '_, W> {
     }
 
     /// One transaction. Outcomes are committed only when every reply was one the dialogue
-    /// allows at its step ([`verdict::decide`]); a Stop leaves the message as it was.
-    fn message(&mut self, cursor: &mut QueueCursor, envelope: &Envelope) -> Result<(), Stop> {
+    /// allows at its step ([`verdict::decide`]); a Stop leaves the message as it was. `sent`:
+    /// its commands went out with the previous message's dot, which is `earlier`, decided and
+    /// committed here once this message's replies before the body are in step.
+    fn message(
+        &mut self,
+        cursor: &mut QueueCursor,
+        envelope: &Envelope,
+        sent: bool,
+        earlier: &mut Option<Decided>,
+    ) -> Result<Ended, Stop> {
         let t = self.ctx.timeouts;
         let id = envelope.id.as_str();
-        let size = self.caps.size.map(|_| envelope.size).filter(|&s| s > 0);
-        let mail = proto::mail_from(&envelope.sender, size, self.caps.eightbitmime);
+        let mail = self.mail_command(envelope);
         let n = envelope.recipients.len();
         let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
 
         let (mail_reply, data_reply) = if self.caps.pipelining {
             // RFC 2920: replies come back in the order of the commands, one each.
-            let mut batch = mail.into_bytes();
-            for rcpt in &envelope.recipients {
-                batch.extend_from_slice(proto::rcpt_to(rcpt).as_bytes());
+            if !sent {
+                self.command(&self.transaction_batch(envelope), t.mail, id)?;
             }
-            batch.extend_from_slice(b"DATA\r\n");
-            self.command(&batch, t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
             for slot in rcpt_replies.iter_mut() {
                 *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
             }
-            (mail_reply, Some(self.read_reply(t.data, "DATA")?))
+            let data_reply = self.read_reply(t.data, "DATA")?;
+            let rcpt_codes: Vec<Option<u16>> =
+                rcpt_replies.iter().map(|r| r.as_ref().map(|r| r.code)).collect();
+            self.settle_earlier(cursor, earlier, (mail_reply.code, &rcpt_codes, Some(data_reply.code)), id)?;
+            (mail_reply, Some(data_reply))
         } else {
             self.command(mail.as_bytes(), t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
@@ -263,15 +369,20 @@ impl<W: Wire> Relay<'_, '_, W> {
         let accepted = mail_reply.class() == 2 && rcpt_replies.iter().flatten().any(|r| r.class() == 2);
         let mut headers = Vec::new();
         let mut end_reply = None;
+        let mut ahead = None;
         let body_sent = data_reply.as_ref().is_some_and(|data| data.code == 354);
         if body_sent {
             self.refuse_unsolicited(id)?;
             if accepted {
                 headers = self.stream_body(cursor)?;
+                ahead = self.send_ahead(cursor)?;
                 end_reply = Some(self.read_reply(t.data_end, "end of data")?);
                 // A reply already waiting behind the final one means the final one may not be
-                // the answer to our dot.
-                self.refuse_unsolicited(id)?;
+                // the answer to our dot, unless the next message's commands went with the dot
+                // (their replies are then checked before this message is committed).
+                if ahead.is_none() {
+                    self.refuse_unsolicited(id)?;
+                }
             } else {
                 // PIPELINING sent DATA although nothing was accepted: end the empty data at
                 // once (RFC 2920 §3.1) and discard it.
@@ -312,23 +423,41 @@ impl<W: Wire> Relay<'_, '_, W> {
             self.rset(id)?;
         }
 
+        let closing = deciding.iter().any(|r| r.code == 421);
+        if let (Some(next), false) = (ahead, closing) {
+            let decided = Decided { envelope: envelope.clone(), outcomes, deciding, headers };
+            return Ok(Ended::Ahead(decided, next));
+        }
         self.settle(cursor, envelope, &outcomes, &deciding, &headers);
-        if deciding.iter().any(|r| r.code == 421) {
+        if closing {
             return Err(Stop("customer is closing the connection (421)"));
         }
-        Ok(())
+        Ok(Ended::Settled)
     }
 
     /// Stream the current message; returns its header block (for DSNs).
     fn stream_body(&mut self, cursor: &mut QueueCursor) -> Result<Vec<u8>, Stop> {
         let t = self.ctx.timeouts.data_block;
         let mut stuffer = DotStuffer::new();
-        let mut chunk = vec![0u8; BODY_CHUNK];
-        let mut encoded = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let mut encoded = std::mem::take(&mut self.encoded);
+        let result = self.stream_body_with(cursor, &mut stuffer, &mut chunk, &mut encoded, t);
+        (self.chunk, self.encoded) = (chunk, encoded);
+        result
+    }
+
+    fn stream_body_with(
+        &mut self,
+        cursor: &mut QueueCursor,
+        stuffer: &mut DotStuffer,
+        chunk: &mut [u8],
+        encoded: &mut Vec<u8>,
+        t: Duration,
+    ) -> Result<Vec<u8>, Stop> {
         let mut headers = Vec::new();
         let mut headers_done = false;
         loop {
-            let n = match cursor.read_body(&mut chunk) {
+            let n = match cursor.read_body(chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(status) => {
@@ -342,12 +471,12 @@ impl<W: Wire> Relay<'_, '_, W> {
                 headers_done = collect_headers(&mut headers, &chunk[..n]);
             }
             encoded.clear();
-            stuffer.encode(&chunk[..n], &mut encoded);
-            self.send(&encoded, t)?;
+            stuffer.encode(&chunk[..n], encoded);
+            self.send(encoded, t)?;
         }
         encoded.clear();
-        stuffer.finish(&mut encoded);
-        self.send(&encoded, t)?;
+        stuffer.finish(encoded);
+        self.send(encoded, t)?;
         Ok(headers)
     }
 
@@ -397,7 +526,9 @@ impl<W: Wire> Relay<'_, '_, W> {
         }
 
         let recorded = outcomes.iter().enumerate().all(|(i, &o)| cursor.set_outcome(i, o).is_ok());
-        let committed = recorded && cursor.commit().is_ok();
+        // Committed even when an outcome could not be recorded (what was recorded is true), so
+        // that a queue with two messages open retires this one and the next gets its own.
+        let committed = cursor.commit().is_ok() && recorded;
         for (i, (rcpt, outcome)) in envelope.recipients.iter().zip(&outcomes).enumerate() {
             let status = match (outcome, committed) {
                 (Outcome::Delivered, true) => "sent",

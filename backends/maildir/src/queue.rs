@@ -183,6 +183,8 @@ fn select(
 impl Queue for Maildir {
     type Cursor = MaildirCursor;
 
+    const NEXT_BEFORE_COMMIT: bool = true;
+
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
         let (spools, mut errors) = self.spools(&domains)?;
@@ -251,7 +253,7 @@ impl Queue for Maildir {
             domains,
             spools,
             queue: queue.into(),
-            current: None,
+            open: VecDeque::new(),
             unsynced: Unsynced::default(),
             _locks: locks,
         })
@@ -266,7 +268,11 @@ pub struct MaildirCursor {
     domains: Vec<String>,
     spools: Vec<Spool>,
     queue: VecDeque<(usize, Entry)>,
-    current: Option<Current>,
+    /// The messages handed out and not yet retired: at most two, the older
+    /// first. The host may take the next before committing the current
+    /// (`NEXT_BEFORE_COMMIT`): bodies are read from the newer, outcomes and
+    /// commits go to the older.
+    open: VecDeque<Current>,
     unsynced: Unsynced,
     // Dropped last (fields drop in declaration order): the locks outlive
     // everything else the cursor holds.
@@ -305,8 +311,9 @@ impl MaildirCursor {
         self.host.log(level, &format!("maildir: {msg}"));
     }
 
-    fn current(&mut self) -> Result<&mut Current, Status> {
-        self.current.as_mut().ok_or(Status::InvalidArgument)
+    /// The message outcomes and commits apply to.
+    fn older(&mut self) -> Result<&mut Current, Status> {
+        self.open.front_mut().ok_or(Status::InvalidArgument)
     }
 
     /// Count a removal in `dir`; sync when the group is full.
@@ -372,8 +379,13 @@ fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
 
 impl Cursor for MaildirCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
-        // Leaving a message without commit leaves its file exactly as it was.
-        self.current = None;
+        // A committed message is done with; one awaiting its commit stays
+        // open, the older of two at most. Leaving a message without commit
+        // leaves its file exactly as it was.
+        self.open.retain(|m| !m.committed);
+        while self.open.len() > 1 {
+            self.open.pop_front();
+        }
         while let Some((spool_index, entry)) = self.queue.pop_front() {
             let spool = &self.spools[spool_index];
             let Some(selected) = select(&self.host, &self.config, spool, &entry, &self.domains) else {
@@ -414,7 +426,7 @@ impl Cursor for MaildirCursor {
                     .map(|&i| selected.parsed.recipients[i].details.clone())
                     .collect(),
             };
-            self.current = Some(Current {
+            self.open.push_back(Current {
                 spool: spool_index,
                 entry,
                 outcomes: Outcomes::new(selected.offered),
@@ -429,7 +441,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let current = self.current()?;
+        let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         let id = current.entry.id.clone();
         current.body.read(buf).map_err(|e| {
             self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
@@ -438,7 +450,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
-        let current = self.current()?;
+        let current = self.older()?;
         if current.committed {
             return Err(Status::InvalidArgument);
         }
@@ -446,7 +458,19 @@ impl Cursor for MaildirCursor {
     }
 
     fn commit(&mut self) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let result = self.commit_older();
+        // With a newer message open, the older is retired whether its commit
+        // succeeded or not: what follows goes to the newer.
+        if self.open.len() > 1 {
+            self.open.pop_front();
+        }
+        result
+    }
+}
+
+impl MaildirCursor {
+    fn commit_older(&mut self) -> Result<(), Status> {
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         if current.committed {
             return Ok(());
         }
