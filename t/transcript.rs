@@ -375,6 +375,42 @@ fn a_shifted_reply_behind_the_final_dot_keeps_both_messages_queued() {
 }
 
 #[test]
+fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot() {
+    let p = Provider::new();
+    let content = format!(
+        "{}{}",
+        bsmtp("a@s.example", &["x@example.org"], "Subject: 1\n\none\n"),
+        bsmtp("b@s.example", &["y@example.org"], "Subject: 2\n\ntwo\n")
+    );
+    let file = p.queue("example.org", "1.m", &content);
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, &[]);
+    let mut sent = String::new();
+    assert!(c.line().starts_with("MAIL FROM:<a@s.example>"));
+    c.send("250 ok");
+    c.line();
+    c.send("250 ok");
+    assert_eq!(c.line(), "DATA\r\n");
+    c.send("354 go");
+    // The data is checked while it streams: the first message's lines go out, but the bytes
+    // after its terminator are found before the final dot, which is never sent.
+    loop {
+        let line = c.line();
+        if line.is_empty() {
+            break;
+        }
+        assert_ne!(line, ".\r\n", "the final dot of a malformed file was sent");
+        sent.push_str(&line);
+    }
+    let (_, log) = c.finish();
+    assert_eq!(sent, "Subject: 1\r\n\r\none\r\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), content, "{log}");
+    assert!(log.contains("bytes after the terminating '.' line"), "{log}");
+}
+
+#[test]
 fn other_domains_recipients_stay_queued() {
     let p = Provider::new();
     let original = bsmtp("a@s.example", &["x@example.org", "y@example.net"], "Subject: two\n\nbody\n");

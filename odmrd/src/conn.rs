@@ -161,6 +161,10 @@ impl<W: Wire> Conn<W> {
         // Reads and writes are tried first and polled only when they would block.
         set_nonblocking(wire.read_fd());
         set_nonblocking(wire.write_fd());
+        // Writes are batched here (a flush only before a wait, or a full buffer), so Nagle's
+        // algorithm can only delay a batch behind an unacknowledged one, e.g. the next
+        // message's commands behind a final dot: send each at once.
+        let _ = socket2::SockRef::from(&wire.write_fd()).set_tcp_nodelay(true);
         Conn {
             wire,
             rbuf: vec![0; READ_BUFFER].into_boxed_slice(),

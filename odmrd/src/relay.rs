@@ -222,6 +222,10 @@ impl<W: Wire> Relay<'_, '_, W> {
         if !(self.caps.pipelining && cursor.next_before_commit()) {
             return Ok(None);
         }
+        // The dot leaves first: fetching the next message may wait (a queue retrying a message
+        // another process holds), and the customer must not wait for the dot meanwhile. The
+        // batch follows in a second write at once (TCP_NODELAY, see conn).
+        self.conn.flush().map_err(|_| Stop("write to customer failed"))?;
         let Some(next) = self.next_message(cursor) else { return Ok(None) };
         self.command(&self.transaction_batch(&next), self.ctx.timeouts.mail, &next.id)?;
         Ok(Some(next))

@@ -404,8 +404,13 @@ impl Cursor for MaildirCursor {
             let meta = selected.file.metadata().ok();
             let size = meta.as_ref().map_or(0, |m| m.len());
             let params = &selected.parsed.params;
-            // BSMTP data was scanned while parsing; the headers form is read here.
-            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, 0)]));
+            // Unless MAIL FROM said BODY=8BITMIME: a bounded look at the content (not a pass
+            // over a large body).
+            let content_start = match selected.parsed.layout {
+                Layout::Bsmtp { data_start, .. } => data_start,
+                Layout::Headers { .. } => 0,
+            };
+            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, content_start)]));
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
