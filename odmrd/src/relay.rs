@@ -113,7 +113,7 @@ enum Ended {
     /// Settled; the next message is still to be fetched.
     Settled,
     /// Decided but not committed, and the next message's commands went out with its dot.
-    Ahead(Decided, Envelope),
+    Ahead(Box<(Decided, Envelope)>),
 }
 
 /// Run the reversed session: deliver `first` and every further message of
@@ -188,7 +188,8 @@ impl<W: Wire> Relay<'_, '_, W> {
                     sent = false;
                     next = self.next_message(cursor);
                 }
-                Ok(Ended::Ahead(decided, ahead)) => {
+                Ok(Ended::Ahead(ahead)) => {
+                    let (decided, ahead) = *ahead;
                     earlier = Some(decided);
                     next = Some(ahead);
                     sent = true;
@@ -430,7 +431,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         let closing = deciding.iter().any(|r| r.code == 421);
         if let (Some(next), false) = (ahead, closing) {
             let decided = Decided { envelope: envelope.clone(), outcomes, deciding, headers };
-            return Ok(Ended::Ahead(decided, next));
+            return Ok(Ended::Ahead(Box::new((decided, next))));
         }
         self.settle(cursor, envelope, &outcomes, &deciding, &headers);
         if closing {
