@@ -508,7 +508,12 @@ fn sessions_per_second(port: u16) -> f64 {
 }
 
 fn sessions_run(binary: &Path) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
+    // On tmpfs when there is one, as lock_directory is in production (/run/odmrd): under inetd
+    // the AUTH throttle's state file there is rewritten twice a session, which costs about
+    // 1 ms on a disk file system and nothing on tmpfs. The spool is empty: nothing else is
+    // written.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
     write_config(dir.path());
     // inetd (nowait): one process per accepted connection, the socket as fds 0 and 1.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -85,7 +85,7 @@ impl Wire for std::os::unix::net::UnixStream {
 pub struct Stdio {
     input: std::fs::File,
     output: std::fs::File,
-    /// Known once, so a pipe costs no failed system call per read.
+    /// Known once, so a pipe or a Unix socket costs no failed system call per read.
     input_is_socket: bool,
 }
 
@@ -94,7 +94,7 @@ impl Stdio {
     pub fn take() -> io::Result<Stdio> {
         let input = io::stdin().as_fd().try_clone_to_owned()?;
         let output = io::stdout().as_fd().try_clone_to_owned()?;
-        let input_is_socket = fd_is_socket(input.as_raw_fd());
+        let input_is_socket = fd_is_tcp(input.as_fd());
         Ok(Stdio { input: input.into(), output: output.into(), input_is_socket })
     }
 }
@@ -126,6 +126,13 @@ impl Wire for Stdio {
             quick_ack(self.input.as_fd());
         }
     }
+}
+
+/// Is `fd` a TCP socket (the only kind with delayed ACKs to avoid)?
+fn fd_is_tcp(fd: BorrowedFd<'_>) -> bool {
+    let socket = socket2::SockRef::from(&fd);
+    socket.local_addr().is_ok_and(|addr| addr.is_ipv4() || addr.is_ipv6())
+        && socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
 }
 
 /// Is `fd` a socket? (Under inetd, fds 0-2 may all be the customer's.)
