@@ -73,6 +73,8 @@ pub struct MailParams {
     /// `BODY=8BITMIME` or an 8-bit octet in the data: Some(true); the whole
     /// data read without one: Some(false); headers mode: None.
     pub eight_bit: Option<bool>,
+    /// Line feeds in the data (BSMTP; headers mode: None).
+    pub lines: Option<u64>,
 }
 
 /// How the content is laid out in the file.

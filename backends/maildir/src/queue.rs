@@ -9,13 +9,14 @@
 //! system calls itself (`spool`).
 
 use crate::body::{Body, Unstuffer};
+use crate::claim::{self, Claim};
 use crate::config::Config;
 use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::eight_bit_in;
+use odmr_api::params::{scan_files, wire_size_bound};
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -96,6 +97,23 @@ impl Maildir {
             spools.push(Spool { domain: domain.clone(), path });
         }
         Ok((spools, errors))
+    }
+
+    /// With `claim = yes`: return the claims of dead front ends in `spool`.
+    fn return_stale_claims(&self, spool: &Spool) {
+        let Some(claims) = &self.config.claims else { return };
+        match claim::return_stale(&spool.path, claims.stale_after) {
+            Ok(returned) => {
+                for id in returned {
+                    let msg = format!("domain={} file={id} stale claim returned to the queue", spool.domain);
+                    self.log(LogLevel::Warn, &msg);
+                }
+            }
+            Err(e) => self.log(
+                LogLevel::Error,
+                &format!("domain={} maildir={} cannot check claims: {e}", spool.domain, spool.path.display()),
+            ),
+        }
     }
 
     /// List one maildir's messages, logging what is passed over.
@@ -189,6 +207,7 @@ impl Queue for Maildir {
         let domains = self.domains(domains)?;
         let (spools, mut errors) = self.spools(&domains)?;
         for spool in &spools {
+            self.return_stale_claims(spool);
             let Ok(entries) = self.scan(spool) else {
                 errors += 1;
                 continue;
@@ -212,6 +231,16 @@ impl Queue for Maildir {
         let mut locks = Vec::new();
         let mut queue = Vec::new();
         for spool in candidates {
+            // With claims, each message is claimed by a rename instead: the
+            // seriallock cannot be relied on between hosts (NFS).
+            if self.config.claims.is_some() {
+                self.return_stale_claims(&spool);
+                if let Ok(entries) = self.scan(&spool) {
+                    queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
+                }
+                spools.push(spool);
+                continue;
+            }
             match spool::lock(&spool.path) {
                 Ok(Lock::Held(lock)) => locks.push(lock),
                 Ok(Lock::Busy) => {
@@ -304,6 +333,9 @@ struct Current {
     /// A second handle on the same open file, for positional copies in a rewrite.
     file: File,
     committed: bool,
+    /// With `claim = yes`: the claim, returned when this message is left
+    /// without being removed.
+    claim: Option<Claim>,
 }
 
 impl MaildirCursor {
@@ -386,8 +418,24 @@ impl Cursor for MaildirCursor {
         while self.open.len() > 1 {
             self.open.pop_front();
         }
-        while let Some((spool_index, entry)) = self.queue.pop_front() {
+        while let Some((spool_index, mut entry)) = self.queue.pop_front() {
             let spool = &self.spools[spool_index];
+            let claim = match &self.config.claims {
+                None => None,
+                Some(claims) => match Claim::take(&entry.path, &claims.host) {
+                    Ok(Some(claim)) => {
+                        entry.path = claim.path().to_owned();
+                        Some(claim)
+                    }
+                    // Another front end has it.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let msg = format!("domain={} file={} cannot claim: {e}", spool.domain, entry.id);
+                        self.log(LogLevel::Error, &msg);
+                        continue;
+                    }
+                },
+            };
             let Some(selected) = select(&self.host, &self.config, spool, &entry, &self.domains) else {
                 continue;
             };
@@ -404,13 +452,19 @@ impl Cursor for MaildirCursor {
             let meta = selected.file.metadata().ok();
             let size = meta.as_ref().map_or(0, |m| m.len());
             let params = &selected.parsed.params;
-            // Unless MAIL FROM said BODY=8BITMIME: a bounded look at the content (not a pass
-            // over a large body).
+            // A bounded look at the content (BSMTP data is not read before it
+            // streams; the headers form's envelope headers, not sent, only
+            // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
             let content_start = match selected.parsed.layout {
                 Layout::Bsmtp { data_start, .. } => data_start,
                 Layout::Headers { .. } => 0,
             };
-            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, content_start)]));
+            let scanned = match (params.eight_bit, params.lines) {
+                (Some(_), Some(_)) => None,
+                _ => scan_files(&[(&selected.file, content_start)]),
+            };
+            let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
+            let lines = params.lines.or(scanned.map(|s| s.lines));
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
@@ -425,6 +479,7 @@ impl Cursor for MaildirCursor {
                 ret: params.ret,
                 smtputf8: params.smtputf8,
                 eight_bit,
+                wire_size: lines.map(|lines| wire_size_bound(size, lines)),
                 details: selected
                     .offered
                     .iter()
@@ -439,6 +494,7 @@ impl Cursor for MaildirCursor {
                 body,
                 file: selected.file,
                 committed: false,
+                claim,
             });
             return Ok(Some(envelope));
         }
@@ -512,6 +568,9 @@ impl MaildirCursor {
         match result {
             Ok(what) => {
                 current.committed = true;
+                if let (Some(claim), "removed") = (current.claim.as_mut(), what) {
+                    claim.settle();
+                }
                 let left = done.iter().filter(|d| !**d).count();
                 self.log(
                     LogLevel::Info,
