@@ -537,6 +537,7 @@ fn the_next_message_is_handed_out_before_the_current_is_committed() {
     assert!(cursor.next_message().unwrap().is_none());
     drop(cursor);
     assert!(second.exists());
+}
 
 /// `claim = yes`: a message being sent is hidden under a claim name (another
 /// front end neither sees nor gets it), comes back under its own name when
