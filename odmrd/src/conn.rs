@@ -40,6 +40,13 @@ pub trait Wire: Read + Write {
     fn read_fd(&self) -> BorrowedFd<'_>;
     /// The descriptor written to.
     fn write_fd(&self) -> BorrowedFd<'_>;
+    /// Input received but held inside the wire (TLS plaintext already decrypted), which polling
+    /// the descriptor would not show.
+    fn has_buffered_input(&mut self) -> bool {
+        false
+    }
+    /// The deadline for the wire's own blocking (a TLS layer reading or writing whole records).
+    fn set_deadline(&mut self, _deadline: Option<std::time::Instant>) {}
     /// Called before each read while a reply of the peer is awaited: acknowledge what
     /// arrives at once instead of delaying the ACK. We have nothing to send then, so a
     /// delayed ACK would wait its full 40 ms, while the peer's Nagle algorithm holds its next
@@ -188,6 +195,21 @@ impl<W: Wire> Conn<W> {
         self.timeout = timeout;
     }
 
+    /// The wire under this connection (to start TLS on it).
+    pub fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
+    /// Forget input received but not yet consumed. After STARTTLS, whatever the client sent
+    /// behind the command in clear text must never be read as if it came inside TLS
+    /// (the CVE-2011-0411 class of command injection).
+    pub fn discard_buffered_input(&mut self) -> usize {
+        let discarded = self.rlen - self.rpos;
+        self.rpos = 0;
+        self.rlen = 0;
+        discarded
+    }
+
     /// Bound every following wait by `limit` (None: no bound beyond the
     /// timeout). Past the limit, reads report [`Received::TimedOut`] and
     /// writes fail, except what is already possible without waiting.
@@ -234,6 +256,7 @@ impl<W: Wire> Conn<W> {
             return Ok(());
         }
         let deadline = self.deadline();
+        self.wire.set_deadline(Some(deadline));
         while !bytes.is_empty() {
             match self.wire.write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -260,6 +283,7 @@ impl<W: Wire> Conn<W> {
             return Ok(Received::Item(()));
         }
         self.flush()?;
+        self.wire.set_deadline(Some(deadline));
         loop {
             match self.wire.read(&mut self.rbuf) {
                 Ok(0) => return Ok(Received::Closed),
@@ -276,6 +300,7 @@ impl<W: Wire> Conn<W> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Received::TimedOut),
                 Err(e) => return Err(e),
             }
         }
