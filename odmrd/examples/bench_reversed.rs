@@ -15,8 +15,6 @@
 //! - both again under implicit TLS, with the fetchmail-safe framing (one record per line) and
 //!   with packed records, to show what the framing costs.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use odmrd::backend::Backends;
 use odmrd::config::Config;
 use odmrd::session::Start;
@@ -27,7 +25,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-const PASSWORD: &str = "bench-secret";
+mod support;
+
+use support::PASSWORD;
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
@@ -78,12 +78,7 @@ fn customer<S: Read + Write>(stream: S) -> (usize, u64) {
     out.write_all(&mut input, b"EHLO customer.example\r\n");
     while read_line(&mut input).starts_with("250-") {}
     out.write_all(&mut input, b"AUTH CRAM-MD5\r\n");
-    let challenge = read_line(&mut input);
-    let challenge = base64::engine::general_purpose::STANDARD.decode(challenge[4..].trim()).unwrap();
-    let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
-    mac.update(&challenge);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let response = base64::engine::general_purpose::STANDARD.encode(format!("bench {digest}"));
+    let response = support::cram_md5_response(&read_line(&mut input));
     out.write_all(&mut input, format!("{response}\r\nATRN example.org\r\n").as_bytes());
     assert!(read_line(&mut input).starts_with("235"));
     assert!(read_line(&mut input).starts_with("250"), "ATRN refused");

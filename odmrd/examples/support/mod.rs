@@ -67,6 +67,15 @@ pub struct Delivered {
     pub bytes: u64,
 }
 
+/// The CRAM-MD5 response of USER with PASSWORD to the `334 <challenge>` line.
+pub fn cram_md5_response(challenge_line: &str) -> String {
+    let challenge = base64::engine::general_purpose::STANDARD.decode(challenge_line[4..].trim()).unwrap();
+    let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
+    mac.update(&challenge);
+    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    base64::engine::general_purpose::STANDARD.encode(format!("{USER} {digest}"))
+}
+
 /// Log in with CRAM-MD5 on a fresh connection (greeting not yet read) and send `ATRN DOMAIN`;
 /// returns the first line of the reply to ATRN.
 pub fn login_and_atrn<R: BufRead, W: Write>(input: &mut R, out: &mut W) -> String {
@@ -80,12 +89,7 @@ pub fn login_and_atrn<R: BufRead, W: Write>(input: &mut R, out: &mut W) -> Strin
     out.write_all(b"EHLO customer.example\r\n").unwrap();
     while read_line(input).starts_with("250-") {}
     out.write_all(b"AUTH CRAM-MD5\r\n").unwrap();
-    let challenge = read_line(input);
-    let challenge = base64::engine::general_purpose::STANDARD.decode(challenge[4..].trim()).unwrap();
-    let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
-    mac.update(&challenge);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let response = base64::engine::general_purpose::STANDARD.encode(format!("{USER} {digest}"));
+    let response = cram_md5_response(&read_line(input));
     // One command at a time, as fetchmail does (RFC 4954 does not let AUTH be pipelined).
     out.write_all(format!("{response}\r\n").as_bytes()).unwrap();
     assert!(read_line(input).starts_with("235"), "AUTH refused");
