@@ -27,7 +27,7 @@ use std::time::Instant;
 
 mod support;
 
-use support::PASSWORD;
+use support::{queue, PASSWORD};
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
@@ -40,27 +40,6 @@ fn config(dir: &Path) -> Config {
          [bounce]\nsendmail = /bin/true\n[log]\nsyslog = off\nstderr = no\nlevel = error\n"
     );
     Config::parse(&text, &dir.join("bench.ini")).expect("bench configuration")
-}
-
-fn queue(dir: &Path, count: usize, body_size: usize) {
-    let new = dir.join("spool/example.org/new");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(dir.join("spool/example.org").join(sub)).unwrap();
-    }
-    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n";
-    for i in 0..count {
-        let file = std::fs::File::create(new.join(format!("{i:06}.bench"))).unwrap();
-        let mut file = std::io::BufWriter::new(file);
-        write!(file, "Return-Path: <sender{i}@sender.example>\nDelivered-To: rcpt{i}@example.org\nSubject: bench {i}\n\n")
-            .unwrap();
-        let mut written = 0;
-        while written < body_size {
-            let n = line.len().min(body_size - written);
-            file.write_all(&line[..n]).unwrap();
-            written += n;
-        }
-        file.write_all(b"\n").unwrap();
-    }
 }
 
 /// The customer: log in, ATRN, then accept every message. Returns

@@ -40,7 +40,11 @@ pub fn write_config(dir: &Path) -> std::path::PathBuf {
 
 /// Queue `count` messages of about `body_size` bytes in `dir`'s spool (qmail form).
 pub fn queue(dir: &Path, count: usize, body_size: usize) {
-    let new = dir.join("spool").join(DOMAIN).join("new");
+    let maildir = dir.join("spool").join(DOMAIN);
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let new = maildir.join("new");
     let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n";
     for i in 0..count {
         let file = std::fs::File::create(new.join(format!("{i:06}.bench"))).unwrap();
