@@ -907,6 +907,13 @@ impl QueueCursor {
         }
     }
 
+    /// ABI 1.1: may [`QueueCursor::next_message`] be called before the current message is
+    /// committed (the queue's `ODMR_QF_NEXT_BEFORE_COMMIT`)? Then `read_body` reads the newer
+    /// message and outcomes and `commit` go to the older until its commit.
+    pub fn next_before_commit(&self) -> bool {
+        self.queue.next_before_commit()
+    }
+
     /// The next message, or None when the queue has no more for this session.
     pub fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
         let mut builder = EnvelopeBuilder::default();

@@ -143,7 +143,11 @@ pub fn init(target: &LogTarget) -> Result<(), String> {
 /// The target before the configuration is read: syslog (mail), and stderr
 /// unless it is a socket.
 pub fn init_early() {
-    let _ = init(&LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: true, level: Level::Info });
+    // Not connected yet: the first line connects (write_syslog), so a start whose configuration
+    // turns syslog off, or that logs nothing before it is read, never talks to syslog.
+    let target =
+        LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: !stderr_is_socket(), level: Level::Info };
+    *lock() = Some(State { target, syslog: None, syslog_path: None });
 }
 
 fn stderr_is_socket() -> bool {
@@ -174,7 +178,9 @@ fn stderr_line(pid: u32, message: &str) -> String {
 }
 
 fn write_stderr(message: &str) {
-    let line = stderr_line(std::process::id(), message);
+    // The pid once per process, not a system call per line (odmrd never forks).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let line = stderr_line(*PID.get_or_init(std::process::id), message);
     // One write for the whole line; nothing sensible can be done about an error here.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

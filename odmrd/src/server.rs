@@ -491,6 +491,9 @@ impl crate::conn::Wire for Tracked {
     fn write_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
+    fn ack_promptly(&self) {
+        self.stream.ack_promptly();
+    }
 }
 
 /// A connection just accepted, and how its session starts.

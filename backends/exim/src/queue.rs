@@ -197,6 +197,8 @@ impl Exim {
 impl Queue for Exim {
     type Cursor = EximCursor;
 
+    const NEXT_BEFORE_COMMIT: bool = true;
+
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
         let listing = self.list()?;
@@ -231,13 +233,15 @@ impl Queue for Exim {
             pause: RETRY_PAUSE.0,
             yielded: false,
             denied: 0,
-            current: None,
+            open: VecDeque::new(),
         })
     }
 }
 
-/// A collection in progress. Holds the `-D` lock of the current message
-/// only, from `next_message` until its commit or the next `next_message`.
+/// A collection in progress. Holds the `-D` lock of each message handed out,
+/// from `next_message` until its commit or until it is left without one: at
+/// most two, as the host may take the next message before committing the
+/// current (`NEXT_BEFORE_COMMIT`).
 pub struct EximCursor {
     host: Host,
     config: Config,
@@ -253,7 +257,9 @@ pub struct EximCursor {
     yielded: bool,
     /// Messages passed over for lack of access.
     denied: usize,
-    current: Option<Box<Current>>,
+    /// The claimed messages not yet retired, the older first: bodies are read
+    /// from the newer, outcomes and commits go to the older.
+    open: VecDeque<Box<Current>>,
 }
 
 /// The claimed message being delivered.
@@ -455,8 +461,11 @@ impl EximCursor {
 
 impl Cursor for EximCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
-        // Leaving a message without commit releases its lock and changes nothing.
-        self.current = None;
+        // One message may await its commit while the next is handed out; any
+        // other left without commit releases its lock and changes nothing.
+        while self.open.len() > 1 {
+            self.open.pop_front();
+        }
         loop {
             let Some(listed) = self.queue.pop_front() else {
                 if self.busy.is_empty() {
@@ -498,7 +507,7 @@ impl Cursor for EximCursor {
                             .collect(),
                     };
                     self.yielded = true;
-                    self.current = Some(current);
+                    self.open.push_back(current);
                     return Ok(Some(envelope));
                 }
                 Claim::Busy => self.busy.push(listed),
@@ -527,7 +536,7 @@ impl Cursor for EximCursor {
     }
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         current.body.read(buf).map_err(|e| {
             let msg = format!("id={} read failed: {e}", current.location.id);
             log(&self.host, LogLevel::Error, &msg);
@@ -536,18 +545,19 @@ impl Cursor for EximCursor {
     }
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         current.outcomes.set(index, outcome)
     }
 
+    /// Commits the older open message and retires it, whatever the result.
     fn commit(&mut self) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         let id = current.location.id.clone();
         let finished: Vec<&str> =
             current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
             self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
-            self.current = None;
+            self.open.pop_front();
             return Ok(());
         }
         let journal = current.location.file("-J");
@@ -557,7 +567,7 @@ impl Cursor for EximCursor {
             if e.kind() == io::ErrorKind::PermissionDenied {
                 log(&self.host, LogLevel::Error, ACCESS_HINT);
             }
-            self.current = None;
+            self.open.pop_front();
             return Err(Status::TempFail);
         }
         current.torn_journal = false;
@@ -578,12 +588,12 @@ impl Cursor for EximCursor {
                     &format!("id={id} journaled={journaled} complete, but removal failed ({e}); Exim will finish it"),
                 ),
             }
-            self.current = None;
+            self.open.pop_front();
             return Ok(());
         }
         self.log(LogLevel::Info, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
         // Release the lock before asking Exim to merge the journal.
-        self.current = None;
+        self.open.pop_front();
         if let Some(command) = &self.config.exim {
             merge_now(self.host, command, self.config.queue.as_deref(), &id);
         }
@@ -906,6 +916,29 @@ mod tests {
         assert!(exim.open(&wanted).unwrap().next_message().unwrap().is_none());
     }
 
+    /// NEXT_BEFORE_COMMIT: the next message is claimed while the first awaits its commit;
+    /// outcomes and the commit go to the first, the body read is the second's.
+    #[test]
+    fn the_next_message_is_handed_out_before_the_current_is_committed() {
+        let s = Spool::new();
+        let first = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let second = s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["b@example.org"], ..Msg::default() });
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        let one = c.next_message().unwrap().unwrap().id;
+        let two = c.next_message().unwrap().unwrap().id;
+        assert_ne!(one, two);
+        let mut buf = [0u8; 4096];
+        while c.read_body(&mut buf).unwrap() > 0 {}
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        let (done, kept) = if one == first.id { (&first, &second) } else { (&second, &first) };
+        assert!(!done.file("-D").exists(), "the older was committed");
+        assert!(kept.file("-D").exists(), "the newer awaits its own commit");
+        drop(c);
+        assert!(kept.file("-D").exists());
+    }
+
     #[test]
     fn a_locked_message_is_retried_later_in_the_same_session() {
         let s = Spool::new();
@@ -918,6 +951,8 @@ mod tests {
         let mut c = exim.open(&domains(&["example.org"])).unwrap();
         // The free message comes first, the locked one once it is released.
         assert_eq!(c.next_message().unwrap().unwrap().id, "1xV7gx-0004Qd-11");
+        // Retired without an outcome (else it would stay open as the older of two).
+        c.commit().unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             drop(held);

@@ -28,6 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// whatever the message size.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Removals made durable together (group commit): the directory fsync that
+/// makes an unlink durable is the largest cost of a commit, so it is done once
+/// per this many removals, and always when the cursor closes. A crash in
+/// between can bring back removed files: delivered again, never lost.
+const GROUP_COMMIT: usize = 256;
+
 /// A `builtin:maildir` instance.
 pub struct Maildir {
     host: Host,
@@ -195,6 +201,8 @@ fn select(
 impl Queue for Maildir {
     type Cursor = MaildirCursor;
 
+    const NEXT_BEFORE_COMMIT: bool = true;
+
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
         let (spools, mut errors) = self.spools(&domains)?;
@@ -274,7 +282,8 @@ impl Queue for Maildir {
             domains,
             spools,
             queue: queue.into(),
-            current: None,
+            open: VecDeque::new(),
+            unsynced: Unsynced::default(),
             _locks: locks,
         })
     }
@@ -288,10 +297,29 @@ pub struct MaildirCursor {
     domains: Vec<String>,
     spools: Vec<Spool>,
     queue: VecDeque<(usize, Entry)>,
-    current: Option<Current>,
+    /// The messages handed out and not yet retired: at most two, the older
+    /// first. The host may take the next before committing the current
+    /// (`NEXT_BEFORE_COMMIT`): bodies are read from the newer, outcomes and
+    /// commits go to the older.
+    open: VecDeque<Current>,
+    unsynced: Unsynced,
     // Dropped last (fields drop in declaration order): the locks outlive
     // everything else the cursor holds.
     _locks: Vec<Flock<File>>,
+}
+
+/// Directories with removals not yet made durable, and how many removals.
+#[derive(Default)]
+struct Unsynced {
+    dirs: Vec<PathBuf>,
+    removals: usize,
+}
+
+impl Drop for MaildirCursor {
+    /// The group commit's last sync, before the locks go (fields drop after this).
+    fn drop(&mut self) {
+        self.sync_removals();
+    }
 }
 
 /// The message being delivered.
@@ -315,8 +343,35 @@ impl MaildirCursor {
         self.host.log(level, &format!("maildir: {msg}"));
     }
 
-    fn current(&mut self) -> Result<&mut Current, Status> {
-        self.current.as_mut().ok_or(Status::InvalidArgument)
+    /// The message outcomes and commits apply to.
+    fn older(&mut self) -> Result<&mut Current, Status> {
+        self.open.front_mut().ok_or(Status::InvalidArgument)
+    }
+
+    /// Count a removal in `dir`; sync when the group is full.
+    fn removed_in(&mut self, dir: PathBuf) {
+        if !self.unsynced.dirs.contains(&dir) {
+            self.unsynced.dirs.push(dir);
+        }
+        self.unsynced.removals += 1;
+        if self.unsynced.removals >= GROUP_COMMIT {
+            self.sync_removals();
+        }
+    }
+
+    /// Make every removal so far durable. A failure is logged: the files may
+    /// come back after a crash and be delivered again.
+    fn sync_removals(&mut self) {
+        for dir in std::mem::take(&mut self.unsynced.dirs) {
+            if let Err(e) = spool::sync_dir(&dir) {
+                let msg = format!(
+                    "cannot fsync {}: {e}; messages removed from it may be delivered again after a crash",
+                    dir.display()
+                );
+                self.log(LogLevel::Error, &msg);
+            }
+        }
+        self.unsynced.removals = 0;
     }
 }
 
@@ -356,8 +411,13 @@ fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
 
 impl Cursor for MaildirCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
-        // Leaving a message without commit leaves its file exactly as it was.
-        self.current = None;
+        // A committed message is done with; one awaiting its commit stays
+        // open, the older of two at most. Leaving a message without commit
+        // leaves its file exactly as it was.
+        self.open.retain(|m| !m.committed);
+        while self.open.len() > 1 {
+            self.open.pop_front();
+        }
         while let Some((spool_index, mut entry)) = self.queue.pop_front() {
             let spool = &self.spools[spool_index];
             let claim = match &self.config.claims {
@@ -392,13 +452,19 @@ impl Cursor for MaildirCursor {
             let meta = selected.file.metadata().ok();
             let size = meta.as_ref().map_or(0, |m| m.len());
             let params = &selected.parsed.params;
-            // BSMTP data was scanned while parsing; the headers form is read
-            // here (its envelope headers, not sent, only make the bound safer).
-            let (eight_bit, lines) = match (params.eight_bit, params.lines) {
-                (Some(eight_bit), Some(lines)) => (Some(eight_bit), Some(lines)),
-                _ => scan_files(&[(&selected.file, 0)])
-                    .map_or((None, None), |s| (Some(s.eight_bit), Some(s.lines))),
+            // A bounded look at the content (BSMTP data is not read before it
+            // streams; the headers form's envelope headers, not sent, only
+            // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
+            let content_start = match selected.parsed.layout {
+                Layout::Bsmtp { data_start, .. } => data_start,
+                Layout::Headers { .. } => 0,
             };
+            let scanned = match (params.eight_bit, params.lines) {
+                (Some(_), Some(_)) => None,
+                _ => scan_files(&[(&selected.file, content_start)]),
+            };
+            let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
+            let lines = params.lines.or(scanned.map(|s| s.lines));
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
@@ -420,7 +486,7 @@ impl Cursor for MaildirCursor {
                     .map(|&i| selected.parsed.recipients[i].details.clone())
                     .collect(),
             };
-            self.current = Some(Current {
+            self.open.push_back(Current {
                 spool: spool_index,
                 entry,
                 outcomes: Outcomes::new(selected.offered),
@@ -436,7 +502,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let current = self.current()?;
+        let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         let id = current.entry.id.clone();
         current.body.read(buf).map_err(|e| {
             self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
@@ -445,7 +511,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
-        let current = self.current()?;
+        let current = self.older()?;
         if current.committed {
             return Err(Status::InvalidArgument);
         }
@@ -453,7 +519,19 @@ impl Cursor for MaildirCursor {
     }
 
     fn commit(&mut self) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let result = self.commit_older();
+        // With a newer message open, the older is retired whether its commit
+        // succeeded or not: what follows goes to the newer.
+        if self.open.len() > 1 {
+            self.open.pop_front();
+        }
+        result
+    }
+}
+
+impl MaildirCursor {
+    fn commit_older(&mut self) -> Result<(), Status> {
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         if current.committed {
             return Ok(());
         }
@@ -466,8 +544,12 @@ impl Cursor for MaildirCursor {
         }
         let spool = &self.spools[current.spool];
         let path = &current.entry.path;
+        let mut removed_from = None;
         let result = if !done.contains(&false) {
-            spool::remove(path).map(|()| "removed")
+            spool::remove(path).map(|dir| {
+                removed_from = Some(dir);
+                "removed"
+            })
         } else {
             match &current.parsed.layout {
                 Layout::Bsmtp { mail_line, data_line, data_start } => {
@@ -494,6 +576,9 @@ impl Cursor for MaildirCursor {
                     LogLevel::Info,
                     &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
                 );
+                if let Some(dir) = removed_from {
+                    self.removed_in(dir);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !done.contains(&false) => {
