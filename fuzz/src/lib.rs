@@ -241,7 +241,7 @@ pub fn maildir_envelope(data: &[u8]) {
         Some((_, rest)) => (None, rest),
         None => (None, data),
     };
-    let mut reader = BufReader::with_capacity(16, file);
+    let mut reader = BufReader::with_capacity(16, std::io::Cursor::new(file));
     let Ok(parsed) = envelope::parse(&mut reader, prefix) else { return };
     assert!(!parsed.recipients.is_empty());
     for r in &parsed.recipients {
