@@ -127,8 +127,8 @@ fn run(name: &str, count: usize, body_size: usize) {
     let dir = tempfile::tempdir().unwrap();
     queue(dir.path(), count, body_size);
     let config = config(dir.path());
-    odmrd::log::init(&config.log).unwrap();
-    let backends = Backends::load(&config.credentials, &config.queue).unwrap();
+    odmrd::log::init(&config.log);
+    let backends = Backends::load(&config).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     let rss_before = peak_rss_kib();
     let start = Instant::now();

@@ -9,7 +9,7 @@
 //! no descriptor or table field beyond the plugin's `struct_size`.
 //! It knows nothing about SMTP; mapping statuses to replies is the session's.
 
-use crate::config::{PluginConfig, PluginSource};
+use crate::config::{Config, ConfigError, PluginConfig, PluginSource};
 use crate::log::{self, Level};
 use odmr_api::ffi::*;
 use odmr_api::{Envelope, LogLevel, Outcome, Secret, Status};
@@ -54,6 +54,9 @@ pub struct LoadError {
     pub section: &'static str,
     /// What went wrong.
     pub reason: String,
+    /// The reason is the backend's verdict on its settings (they name their keys as `key 'K'`,
+    /// the convention of `odmr_api::settings`), not a failure to load the plugin itself.
+    pub about_settings: bool,
 }
 
 impl fmt::Display for LoadError {
@@ -64,9 +67,50 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+impl LoadError {
+    /// The error located in `config` like the parser's own: a failure to load names the `plugin`
+    /// key's line; a backend's verdict on its settings names the key it mentions (`key 'file'`)
+    /// and that key's line, or the section's line when it names none (a missing key).
+    pub fn locate(&self, config: &Config) -> ConfigError {
+        if !self.about_settings {
+            return config.error(self.section, Some("plugin"), format!("{}: {}", self.plugin, self.reason));
+        }
+        let (key, message) = split_key(&self.reason);
+        let message = format!("{message} (backend {})", self.plugin);
+        let given = key.as_deref().is_some_and(|k| config.line(self.section, Some(k)).is_some());
+        match key {
+            Some(key) if given => config.error(self.section, Some(&key), message),
+            Some(key) => {
+                let mut e = config.error(self.section, None, message);
+                e.key = Some(key);
+                e
+            }
+            None => config.error(self.section, None, message),
+        }
+    }
+}
+
+/// The key a backend's message names as `key 'K'`, and the message without the name:
+/// `key 'file': cannot read ...` → (`file`, `cannot read ...`),
+/// `unknown key 'x' (known: file)` → (`x`, `unknown key (known: file)`).
+fn split_key(reason: &str) -> (Option<String>, String) {
+    let Some(at) = reason.find("key '") else { return (None, reason.to_string()) };
+    let rest = &reason[at + "key '".len()..];
+    let Some(end) = rest.find('\'') else { return (None, reason.to_string()) };
+    let key = &rest[..end];
+    let after = &rest[end + 1..];
+    let message = match after.strip_prefix(": ") {
+        Some(tail) if at == 0 => tail.to_string(),
+        _ => format!("{}key{after}", &reason[..at]),
+    };
+    (Some(key.to_string()), message)
+}
+
 /// One live plugin instance.
 struct Instance {
     name: String,
+    /// `NAME VERSION from LABEL, ABI x.y`, for the start-up line.
+    loaded: String,
     /// The host's copy of the credential table, if this instance serves one.
     credentials: Option<&'static odmr_credentials_ops>,
     /// The host's copy of the queue table, if this instance serves one.
@@ -261,13 +305,19 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
                     plugin: label,
                     section: kind.section(),
                     reason: format!("no such built-in backend (known: {})", known.join(", ")),
+                    about_settings: false,
                 });
             };
             (label, *init)
         }
         PluginSource::Path(path) => (path.display().to_string(), open_shared_object(path, kind)?),
     };
-    let fail = |reason: String| LoadError { plugin: label.clone(), section: kind.section(), reason };
+    let fail = |reason: String| LoadError {
+        plugin: label.clone(),
+        section: kind.section(),
+        reason,
+        about_settings: false,
+    };
 
     // The host struct and the tag it logs with live as long as the plugin.
     let tag: &'static LogTag = Box::leak(Box::new(LogTag { label: label.clone(), name: OnceLock::new() }));
@@ -329,13 +379,21 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
         } else {
             reason
         };
-        return Err(fail(format!("instance_new failed: {reason}")));
+        return Err(LoadError { about_settings: true, ..fail(reason) });
     }
     let threadsafe = plugin.flags & ODMR_F_THREADSAFE != 0;
     // SAFETY: the version is a NUL-terminated static string per the ABI, or NULL.
     let version =
         unsafe { plugin.version.as_ref().map(|v| CStr::from_ptr(v).to_string_lossy().into_owned()) };
-    log::info(&format!(
+    let loaded = format!(
+        "{plugin_name} {} from {label}, ABI {}.{}{}",
+        version.as_deref().unwrap_or("?"),
+        plugin.abi_major,
+        plugin.abi_minor,
+        if threadsafe { ", thread-safe" } else { "" }
+    );
+    // At debug: under inetd every connection loads the plugins. A standalone start says it once.
+    log::debug(&format!(
         "plugin={plugin_name} version={} section={} loaded={label} abi={}.{} threadsafe={}",
         version.as_deref().unwrap_or("?"),
         kind.section(),
@@ -345,6 +403,7 @@ fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError>
     ));
     Ok(Instance {
         name: plugin_name,
+        loaded,
         credentials: credentials.map(|ops| &*Box::leak(Box::new(ops))),
         queue: queue.map(|ops| &*Box::leak(Box::new(ops))),
         raw,
@@ -366,8 +425,12 @@ fn check_size(what: &str, size: u32, minimum: usize) -> Result<(), String> {
 /// dlopen a plugin (`RTLD_NOW | RTLD_LOCAL`) and find `odmr_plugin_init`.
 fn open_shared_object(path: &Path, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    let fail =
-        |reason: String| LoadError { plugin: path.display().to_string(), section: kind.section(), reason };
+    let fail = |reason: String| LoadError {
+        plugin: path.display().to_string(),
+        section: kind.section(),
+        reason,
+        about_settings: false,
+    };
     match std::fs::metadata(path) {
         Err(e) => return Err(fail(format!("cannot open: {e}"))),
         Ok(meta) if !meta.is_file() => return Err(fail("not a shared object: not a regular file".into())),
@@ -694,9 +757,19 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Load both plugins of a configuration.
-    pub fn load(credentials: &PluginConfig, queue: &PluginConfig) -> Result<Backends, LoadError> {
-        Ok(Backends { credentials: Credentials::load(credentials)?, queue: Queue::load(queue)? })
+    /// Load both plugins of a configuration; an error names the file, line, section and key.
+    pub fn load(config: &Config) -> Result<Backends, ConfigError> {
+        let credentials = Credentials::load(&config.credentials).map_err(|e| e.locate(config))?;
+        let queue = Queue::load(&config.queue).map_err(|e| e.locate(config))?;
+        Ok(Backends { credentials, queue })
+    }
+
+    /// What was loaded, one `key=value` list per backend, for the start-up line.
+    pub fn describe(&self) -> String {
+        format!(
+            "credentials=\"{}\" queue=\"{}\"",
+            self.credentials.instance.loaded, self.queue.instance.loaded
+        )
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     pub queue: PluginConfig,
     pub bounce: BounceConfig,
     pub log: LogTarget,
+    /// Where each section and key is, so that later checks (backends, `--check-config`) can name
+    /// the line too.
+    lines: Locator,
 }
 
 /// `[server]`.
@@ -249,7 +252,25 @@ impl Config {
             queue: parse_plugin(&ctx, "queue", section("queue"))?,
             bounce: parse_bounce(&ctx, section("bounce"))?,
             log: parse_log(&ctx, section("log"))?,
+            lines: locator,
         })
+    }
+
+    /// The line of `key` in `section` (of the section header when `key` is None or absent).
+    pub fn line(&self, section: &str, key: Option<&str>) -> Option<usize> {
+        self.lines.line(section, key).or_else(|| self.lines.line(section, None))
+    }
+
+    /// An error about `key` of `section` found after parsing (by a backend, by
+    /// `--check-config`), located like the parser's own: `FILE:LINE: [section] key: message`.
+    pub fn error(&self, section: &str, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: self.line(section, key),
+            section: Some(section.to_string()),
+            key: key.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 
@@ -258,7 +279,7 @@ impl Config {
 // ---------------------------------------------------------------------------------------------
 
 /// The line of every section header and key, found by scanning the raw text.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Locator {
     sections: HashMap<String, usize>,
     keys: HashMap<(String, String), usize>,
@@ -558,7 +579,8 @@ fn parse_log(ctx: &Ctx, properties: Option<&Properties>) -> Result<LogTarget, Co
 // Values
 // ---------------------------------------------------------------------------------------------
 
-fn system_hostname() -> String {
+/// The system's host name, `localhost` when it has none.
+pub fn system_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())

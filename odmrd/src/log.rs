@@ -5,18 +5,24 @@
 //! user name, a domain or a reply it sends). stderr lines are prefixed `odmrd[PID]: `; syslog
 //! messages go to `/dev/log` with ident `odmrd` and the PID.
 //!
-//! Does not: decide what is logged or format `key=value` pairs (callers do), rotate files, or
-//! install the `log` crate facade. Logging never panics and never reports its own failures: a
-//! lost log line must not end a mail session.
+//! Logging never stops mail service and never panics:
+//! - syslog is reached lazily, at the first line that goes there (`syslog = off` never connects);
+//!   when it cannot be reached, the line goes to stderr if stderr is not a socket (a daemon
+//!   started by hand, runit, s6), otherwise it is dropped (under inetd fd 2 may be the
+//!   customer's connection), and the next line tries again;
+//! - a person watching ([`echo_to_person`]: `--check-config`, `--cram-md5`, a start from a
+//!   terminal) sees every error and warning on stderr, whatever `[log]` says.
 //!
-//! Under inetd, fds 0–2 may be the customer's socket: the server must call [`init`] with the
-//! configured target before a session starts. Until the first `init`, messages go to stderr at
-//! level Info.
+//! Does not: decide what is logged or format `key=value` pairs (callers do), rotate files, or
+//! install the `log` crate facade.
+//!
+//! Until the first [`init`], lines go to syslog (mail) at level Info, with the same fallback.
 
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
@@ -78,13 +84,26 @@ type SyslogLogger = Logger<LoggerBackend, Formatter3164>;
 
 struct State {
     target: LogTarget,
+    /// Connected at the first line for syslog; `None` again after a failed send.
     syslog: Option<SyslogLogger>,
     /// A socket path other than the system's (tests only).
     syslog_path: Option<std::path::PathBuf>,
 }
 
-/// `None` until the first `init`: stderr at Info.
+/// `None` until the first `init`: syslog (mail) at Info.
 static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Warnings logged so far, whatever the level filter: `--check-config` counts them (its own and
+/// the backends').
+static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many warnings were logged since the start.
+pub fn warnings_logged() -> usize {
+    WARNINGS.load(Ordering::Relaxed)
+}
+
+/// A person is watching stderr: errors and warnings go there too (see [`echo_to_person`]).
+static ECHO: AtomicBool = AtomicBool::new(false);
 
 /// Longest message we pass on, in bytes; longer ones are cut (syslog daemons truncate anyway).
 const MAX_MESSAGE: usize = 4000;
@@ -130,42 +149,33 @@ fn connect(facility: Facility, path: Option<&Path>) -> Result<SyslogLogger, Stri
     logger.map_err(|e| e.to_string())
 }
 
-/// Set (or replace) the log target. Connects to syslog now when the target asks for it. If
-/// syslog cannot be reached, logging continues on stderr when that is enabled (silently);
-/// otherwise the target is still installed (so later calls retry syslog) and the reason is
-/// returned.
-pub fn init(target: &LogTarget) -> Result<(), String> {
+/// Set (or replace) the log target. Nothing is connected here: syslog is reached at the first
+/// line for it, so a start with `syslog = off` never touches it, and a missing syslog daemon is
+/// never an error (see the module doc).
+pub fn init(target: &LogTarget) {
     // Under inetd/xinetd fd 2 can be the customer's socket: never log there.
     let target = LogTarget { stderr: target.stderr && !stderr_is_socket(), ..*target };
-    init_at(&target, None)
+    init_at(&target, None);
 }
 
-/// The target before the configuration is read: syslog (mail), and stderr
-/// unless it is a socket.
-pub fn init_early() {
-    let _ = init(&LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: true, level: Level::Info });
+/// Errors and warnings also go to stderr, whatever the target says, when `on` and stderr is not
+/// a socket: for `--check-config`, `--cram-md5` and a start from a terminal, where a person
+/// reads them.
+pub fn echo_to_person(on: bool) {
+    ECHO.store(on && !stderr_is_socket(), Ordering::Relaxed);
+}
+
+/// Is stderr a terminal (a person started odmrd by hand)?
+pub fn stderr_is_terminal() -> bool {
+    nix::unistd::isatty(2).unwrap_or(false)
 }
 
 fn stderr_is_socket() -> bool {
     crate::conn::fd_is_socket(2)
 }
 
-fn init_at(target: &LogTarget, syslog_path: Option<&Path>) -> Result<(), String> {
-    let mut result = Ok(());
-    let syslog = match target.syslog {
-        None => None,
-        Some(facility) => match connect(facility, syslog_path) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
-                if !target.stderr {
-                    result = Err(format!("cannot connect to syslog: {e}"));
-                }
-                None
-            }
-        },
-    };
-    *lock() = Some(State { target: *target, syslog, syslog_path: syslog_path.map(Path::to_path_buf) });
-    result
+fn init_at(target: &LogTarget, syslog_path: Option<&Path>) {
+    *lock() = Some(State { target: *target, syslog: None, syslog_path: syslog_path.map(Path::to_path_buf) });
 }
 
 /// The stderr form of a line.
@@ -189,40 +199,45 @@ fn send(logger: &mut SyslogLogger, level: Level, message: &str) -> bool {
     result.is_ok()
 }
 
-fn write_syslog(state: &mut State, facility: Facility, level: Level, message: &str) {
+/// Send one line to syslog; false when syslog could not be reached.
+fn write_syslog(state: &mut State, facility: Facility, level: Level, message: &str) -> bool {
     if let Some(logger) = state.syslog.as_mut() {
         if send(logger, level, message) {
-            return;
+            return true;
         }
     }
-    // Not connected, or the daemon went away (restarted syslogd): reconnect once and retry.
+    // Not connected yet, or the daemon went away (restarted syslogd): connect once and retry.
     state.syslog = connect(facility, state.syslog_path.as_deref()).ok();
-    if let Some(logger) = state.syslog.as_mut() {
-        send(logger, level, message);
+    match state.syslog.as_mut() {
+        Some(logger) => send(logger, level, message),
+        None => false,
     }
 }
 
 /// Log `message` at `level` as one line.
 pub fn log(level: Level, message: &str) {
+    if level == Level::Warn {
+        WARNINGS.fetch_add(1, Ordering::Relaxed);
+    }
     let mut guard = lock();
-    match guard.as_mut() {
-        None => {
-            if level <= Level::Info {
-                write_stderr(&sanitize(message));
-            }
+    let state = guard.get_or_insert_with(|| State {
+        target: LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: false, level: Level::Info },
+        syslog: None,
+        syslog_path: None,
+    });
+    if level > state.target.level {
+        return;
+    }
+    let message = sanitize(message);
+    let mut to_stderr = state.target.stderr;
+    if let Some(facility) = state.target.syslog {
+        // syslog unreachable: stderr instead, unless it may be the customer's socket.
+        if !write_syslog(state, facility, level, &message) && !stderr_is_socket() {
+            to_stderr = true;
         }
-        Some(state) => {
-            if level > state.target.level {
-                return;
-            }
-            let message = sanitize(message);
-            if let Some(facility) = state.target.syslog {
-                write_syslog(state, facility, level, &message);
-            }
-            if state.target.stderr {
-                write_stderr(&message);
-            }
-        }
+    }
+    if to_stderr || (level <= Level::Warn && ECHO.load(Ordering::Relaxed)) {
+        write_stderr(&message);
     }
 }
 
@@ -319,22 +334,37 @@ mod tests {
         reset();
         debug("before init, not shown");
         let quiet = LogTarget { syslog: None, stderr: false, level: Level::Debug };
-        assert_eq!(init(&quiet), Ok(()));
+        init(&quiet);
         error("to nowhere");
         reset();
     }
 
     #[test]
-    fn unreachable_syslog_is_an_error_only_without_stderr() {
+    fn unreachable_syslog_is_no_error_and_is_retried_at_the_next_line() {
         let _serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("no-such-socket");
-        let mut target = LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: false, level: Level::Info };
-        let result = init_at(&target, Some(missing.as_path()));
-        assert!(result.is_err(), "{result:?}");
-        info("dropped without panicking");
-        target.stderr = true;
-        assert_eq!(init_at(&target, Some(missing.as_path())), Ok(()));
+        let path = dir.path().join("log");
+        let target = LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: false, level: Level::Info };
+        init_at(&target, Some(path.as_path()));
+        info("syslog is not there yet: to stderr (not a socket here), without panicking");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        info("now it is");
+        let got = receive(&socket).expect("a datagram once syslog is there");
+        assert!(got.ends_with("now it is"), "{got:?}");
+        reset();
+    }
+
+    #[test]
+    fn syslog_off_never_connects() {
+        let _serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        init_at(&LogTarget { syslog: None, stderr: false, level: Level::Debug }, Some(path.as_path()));
+        error("not for syslog");
+        assert_eq!(receive(&socket), None);
         reset();
     }
 
@@ -354,7 +384,7 @@ mod tests {
         let socket = UnixDatagram::bind(&path).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let target = LogTarget { syslog: Some(Facility::LOG_MAIL), stderr: false, level: Level::Info };
-        assert_eq!(init_at(&target, Some(path.as_path())), Ok(()));
+        init_at(&target, Some(path.as_path()));
 
         // (call, expected priority = facility * 8 + severity, expected message)
         let cases: Vec<(Level, &str, u32, &str)> = vec![
@@ -378,7 +408,7 @@ mod tests {
 
         // The helpers map to their levels (local0 = 16, debug = 7).
         let target = LogTarget { syslog: Some(Facility::LOG_LOCAL0), stderr: false, level: Level::Debug };
-        assert_eq!(init_at(&target, Some(path.as_path())), Ok(()));
+        init_at(&target, Some(path.as_path()));
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         debug("d");
         let got = receive(&socket).expect("a datagram");

@@ -2,9 +2,18 @@
 //! standalone listener (one thread per connection).
 //!
 //! This module owns the listening socket, the session limits (`max_sessions`,
-//! `max_sessions_per_ip`, answered with 421), SIGTERM/SIGINT (stop accepting,
-//! let running sessions finish, return), and dropping root privileges after
-//! binding. It does not speak the protocol: [`crate::session`] does.
+//! `max_sessions_per_ip`, answered with 421), signals, and dropping root
+//! privileges after binding. It does not speak the protocol: [`crate::session`]
+//! does.
+//!
+//! Signals in standalone mode: SIGTERM/SIGINT stop accepting, let running
+//! sessions finish, and return; SIGHUP re-reads the configuration and reloads
+//! the backends for new sessions (running sessions finish on the old ones; an
+//! invalid new configuration is logged and the old one stays); SIGUSR1, SIGUSR2
+//! and SIGALRM, which an operator may send by habit, are logged and otherwise
+//! ignored. Under inetd a session ignores SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM
+//! (a `killall -HUP odmrd` must not cut a delivery short). SIGPIPE is ignored
+//! by the Rust runtime: a vanished peer is an I/O error of that session.
 
 use crate::backend::Backends;
 use crate::config::Config;
@@ -19,6 +28,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -40,6 +50,25 @@ pub fn stdin_is_socket() -> bool {
 pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
     let wire = Stdio::take()?;
     Ok(session::serve(config, backends, wire, stdin_peer()))
+}
+
+/// The signals an operator may send by habit that must not kill odmrd silently.
+const HABITUAL: [i32; 4] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+    signal_hook::consts::SIGALRM,
+];
+
+/// Under inetd: SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM do nothing (each session
+/// reads the configuration afresh anyway).
+pub fn ignore_habitual_signals() {
+    let ignored = Arc::new(AtomicBool::new(false));
+    for signal in HABITUAL {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&ignored)) {
+            log::warn(&format!("event=signal-setup signal={signal} error=\"{e}\""));
+        }
+    }
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -134,14 +163,50 @@ impl Drop for Slot {
     }
 }
 
+/// A fresh configuration and its backends, for SIGHUP; the error is logged.
+pub type Reload<'a> = dyn Fn() -> Result<(Arc<Config>, Backends), String> + 'a;
+
+/// Which signals arrived since the last look; set by the handlers, read by the loop.
+struct Arrived {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    /// SIGUSR1, SIGUSR2, SIGALRM: logged, otherwise ignored.
+    other: Vec<(&'static str, Arc<AtomicBool>)>,
+}
+
+impl Arrived {
+    /// Register the handlers: each sets its flag and wakes the loop through `wake`.
+    fn register(wake: &UnixStream) -> io::Result<Arrived> {
+        use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
+            let flag = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal, Arc::clone(&flag))?;
+            signal_hook::low_level::pipe::register(signal, wake.try_clone()?)?;
+            Ok(flag)
+        };
+        let stop = flag(SIGTERM)?;
+        signal_hook::flag::register(SIGINT, Arc::clone(&stop))?;
+        signal_hook::low_level::pipe::register(SIGINT, wake.try_clone()?)?;
+        Ok(Arrived {
+            stop,
+            reload: flag(SIGHUP)?,
+            other: vec![("USR1", flag(SIGUSR1)?), ("USR2", flag(SIGUSR2)?), ("ALRM", flag(SIGALRM)?)],
+        })
+    }
+}
+
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
-/// then wait for the running sessions to finish.
-pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpListener) -> io::Result<()> {
+/// then wait for the running sessions to finish. SIGHUP calls `reload`.
+pub fn run_standalone(
+    config: Arc<Config>,
+    backends: Backends,
+    listener: TcpListener,
+    reload: &Reload,
+) -> io::Result<()> {
+    let (mut config, mut backends) = (config, backends);
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::low_level::pipe::register(signal, signal_writer.try_clone()?)?;
-    }
+    let arrived = Arrived::register(&signal_writer)?;
     listener.set_nonblocking(true)?;
     let limits = Arc::new(Limits {
         max_total: config.server.max_sessions,
@@ -160,8 +225,33 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
             Err(e) => return Err(e.into()),
         }
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            let _ = signals.read(&mut [0u8; 16]);
-            break 'serving;
+            while signals.read(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
+            if arrived.stop.load(Ordering::Relaxed) {
+                break 'serving;
+            }
+            if arrived.reload.swap(false, Ordering::Relaxed) {
+                match reload() {
+                    Ok((fresh, fresh_backends)) => {
+                        if fresh.server.max_sessions != config.server.max_sessions
+                            || fresh.server.max_sessions_per_ip != config.server.max_sessions_per_ip
+                        {
+                            log::warn("event=reload note=\"max_sessions changes take effect at a restart\"");
+                        }
+                        (config, backends) = (fresh, fresh_backends);
+                        log::info(&format!("event=reloaded {}", backends.describe()));
+                    }
+                    Err(why) => log::error(&format!(
+                        "event=reload-failed note=\"the previous configuration stays in force\" error=\"{why}\""
+                    )),
+                }
+            }
+            for (name, flag) in &arrived.other {
+                if flag.swap(false, Ordering::Relaxed) {
+                    log::info(&format!(
+                        "event=signal signal={name} note=\"ignored; HUP reloads, TERM stops\""
+                    ));
+                }
+            }
         }
         loop {
             match listener.accept() {

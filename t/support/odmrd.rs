@@ -353,6 +353,11 @@ impl Client {
         Client { writer, reader: BufReader::new(reader), child }
     }
 
+    /// The process id of odmrd under inetd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("an inetd odmrd").id()
+    }
+
     /// Send one line (CRLF added).
     pub fn send(&mut self, line: &str) {
         self.writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();

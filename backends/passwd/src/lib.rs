@@ -97,7 +97,9 @@ impl Passwd {
         let path = PathBuf::from(file);
         let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
         // Read it now, so that a wrong path is a configuration error at start.
-        passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
+        passwd
+            .refresh()
+            .map_err(|err| format!("key 'file': cannot read '{}': {err}", passwd.path.display()))?;
         Ok(passwd)
     }
 

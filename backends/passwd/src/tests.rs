@@ -272,7 +272,7 @@ fn configuration_is_checked() {
         (vec![kv("plugin", "builtin:passwd"), kv("file", &file)], Some("unknown key 'plugin'")),
         (vec![kv("file", &file), kv("file", &file)], Some("'file' is given more than once")),
         (vec![kv("file", "")], Some("'file' is empty")),
-        (vec![kv("file", &missing)], Some("cannot read file '")),
+        (vec![kv("file", &missing)], Some("key 'file': cannot read '")),
         (vec![kv("file", &missing)], Some("No such file or directory")),
         (vec![kv("file", dir.path().to_str().unwrap())], Some("not a regular file")),
     ];

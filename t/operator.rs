@@ -1,0 +1,362 @@
+//! What an operator sees and does (issue 9): every error reaches a person at the terminal and
+//! the log, whatever `[log]` says; a missing syslog never stops mail service; `--check-config`
+//! checks what would break the running service; the lock directory is created at start;
+//! SIGHUP reloads, and habitual signals do not kill.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::odmrd::{
+    check_config, odmrd_command, start_inetd_command, Daemon, Provider, EHLO_NAME, PASSWORD, USER,
+};
+
+/// Replace `[log]` of the provider's configuration with `log` (the lines of the section).
+fn with_log(p: &Provider, log: &str) -> PathBuf {
+    let config = p.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let at = text.find("[log]\n").unwrap();
+    std::fs::write(&config, format!("{}[log]\n{log}\n", &text[..at])).unwrap();
+    config
+}
+
+/// Change `from` to `to` in the configuration file (which must contain `from`).
+fn edit(config: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "{from:?} not in {text}");
+    std::fs::write(config, text.replacen(from, to, 1)).unwrap();
+}
+
+/// The 1-based line of the first line of `config` starting with `prefix`.
+fn line_of(config: &Path, prefix: &str) -> usize {
+    std::fs::read_to_string(config).unwrap().lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A user other than root that exists everywhere Debian runs.
+const NOBODY: &str = "nobody";
+
+// ---------------------------------------------------------------------------
+// Errors reach a person
+
+#[test]
+fn check_config_prints_a_missing_passwd_file_with_its_line_whatever_log_says() {
+    let p = Provider::new();
+    let config = with_log(&p, "syslog = off\nstderr = no");
+    std::fs::remove_file(p.path().join("passwd")).unwrap();
+    let out = check_config(&config);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let line = line_of(&config, "file = ");
+    let want = format!(
+        "{}:{line}: [credentials] file: cannot read '{}': No such file",
+        config.display(),
+        p.path().join("passwd").display()
+    );
+    assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    assert!(err.contains("(backend builtin:passwd)"), "{err}");
+    assert!(!err.contains("instance_new"), "no ABI names: {err}");
+    assert!(!text(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn an_unknown_backend_key_is_named_with_its_line() {
+    let mut p = Provider::new();
+    p.credentials.push_str("strip_prefix = x-\n");
+    let config = p.config();
+    let out = check_config(&config);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let want = format!(
+        "{}:{}: [credentials] strip_prefix: unknown key (known: file",
+        config.display(),
+        line_of(&config, "strip_prefix")
+    );
+    assert!(err.contains(&want), "want {want:?} in:\n{err}");
+}
+
+/// `odmrd --inetd` with fds 0/1 on a socketpair and stderr piped; the test's end of the
+/// socket as a client. Where the system has a syslog socket, it is hidden in a private mount
+/// namespace (root only; None otherwise).
+fn inetd_without_syslog(config: &Path) -> Option<support::odmrd::Client> {
+    let mut command = odmrd_command(config);
+    if Path::new("/dev/log").exists() {
+        if !is_root() {
+            eprintln!("skipped: /dev/log exists and hiding it needs root (unshare -m)");
+            return None;
+        }
+        let odmrd = command.get_program().to_owned();
+        let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+        command = Command::new("unshare");
+        command.args(["-m", "sh", "-c", "mount --bind /dev/null /dev/log && exec \"$@\"", "sh"]);
+        command.arg(odmrd).args(args);
+    }
+    Some(start_inetd_command(command))
+}
+
+#[test]
+fn a_start_without_a_syslog_socket_still_serves_and_logs_to_stderr() {
+    let p = Provider::new();
+    let config = with_log(&p, "syslog = mail\nstderr = no\nlevel = info");
+    p.queue(
+        "example.org",
+        "1.m",
+        "MAIL FROM:<a@s.example>\nRCPT TO:<x@example.org>\nDATA\nSubject: s\n\nb\n.\n",
+    );
+    let Some(mut c) = inetd_without_syslog(&config) else { return };
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org", 250);
+    c.turn_around(EHLO_NAME, &[]);
+    c.receive_one();
+    c.expect_quit();
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+    // stderr is a pipe here, not the customer's socket: the lines went there instead.
+    assert!(log.contains("event=connect"), "{log}");
+    assert!(p.queued("example.org").is_empty(), "delivered");
+}
+
+#[test]
+fn a_start_up_failure_under_inetd_still_answers_421_and_is_logged() {
+    let p = Provider::new();
+    let config = with_log(&p, "syslog = off\nstderr = no");
+    std::fs::remove_file(p.path().join("passwd")).unwrap();
+    let mut c = start_inetd_command(odmrd_command(&config));
+    let reply = c.expect(421);
+    assert!(reply.starts_with(EHLO_NAME), "{reply}");
+    let (status, log) = c.finish();
+    assert_eq!(status.code(), Some(78));
+    // Not a terminal and [log] says nowhere: nothing on stderr, as configured.
+    assert!(log.is_empty(), "{log}");
+}
+
+// ---------------------------------------------------------------------------
+// --check-config checks what breaks the running service
+
+#[test]
+fn check_config_says_what_it_checked() {
+    let p = Provider::new();
+    let out = check_config(&p.config());
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for fragment in
+        ["checked: ", "lock_directory", "will be created at start", "backends load", "[bounce] sendmail"]
+    {
+        assert!(said.contains(fragment), "{fragment:?} missing from:\n{said}");
+    }
+    assert!(said.ends_with("configuration OK\n"), "{said}");
+}
+
+#[test]
+fn check_config_refuses_an_unknown_user_a_missing_sendmail_and_an_uncreatable_lock_directory() {
+    let mut p = Provider::new();
+    std::fs::write(p.path().join("file"), "").unwrap();
+    p.extra_server = "user = no-such-user-odmrd".into();
+    let config = p.config();
+    edit(&config, "/locks\n", "/file/locks\n");
+    edit(
+        &config,
+        &format!("sendmail = {}", p.sendmail.path().display()),
+        "sendmail = /nonexistent/sendmail -t",
+    );
+    let out = check_config(&config);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let at = |prefix: &str| format!("{}:{}: ", config.display(), line_of(&config, prefix));
+    for want in [
+        format!("{}[server] user: no such user \"no-such-user-odmrd\"", at("user = ")),
+        format!(
+            "{}[server] lock_directory: {}/file/locks does not exist and ",
+            at("lock_directory"),
+            p.path().display()
+        ),
+        format!("{}[bounce] sendmail: /nonexistent/sendmail: No such file", at("sendmail")),
+    ] {
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    }
+    assert!(err.ends_with(&format!("{}: 3 errors\n", config.display())), "{err}");
+}
+
+#[test]
+fn as_root_check_config_reads_the_files_as_the_service_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut p = Provider::new();
+    // The test's temporary directory is root's, 0700: open it so nobody can reach the files.
+    std::fs::set_permissions(p.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p.extra_server = format!("user = {NOBODY}");
+    let config = p.config();
+    let passwd = p.path().join("passwd");
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = check_config(&config);
+    let (said, err) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(78), "{said}{err}");
+    assert!(said.contains(&format!("the checks below run as {NOBODY}")), "{said}");
+    let want = format!("[credentials] file: cannot read '{}': Permission denied", passwd.display());
+    assert!(err.contains(&want), "want {want:?} in:\n{err}");
+
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = check_config(&config);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------
+// The lock directory
+
+#[test]
+fn a_missing_lock_directory_is_created_at_start_0750() {
+    let mut p = Provider::new();
+    if is_root() {
+        p.extra_server = format!("user = {NOBODY}");
+    }
+    let locks = p.path().join("locks");
+    assert!(!locks.exists());
+    let mut c = start_inetd_command(odmrd_command(&p.config()));
+    c.expect(220);
+    let meta = std::fs::metadata(&locks).expect("created before the greeting");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+    if is_root() {
+        let nobody = nix::unistd::User::from_name(NOBODY).unwrap().unwrap();
+        assert_eq!(meta.uid(), nobody.uid.as_raw(), "owned by the service user");
+    }
+    c.command("QUIT", 221);
+    c.finish();
+}
+
+#[test]
+fn a_lock_directory_that_cannot_be_created_is_named_with_who_tried() {
+    let p = Provider::new();
+    std::fs::write(p.path().join("file"), "").unwrap();
+    let config = p.config();
+    edit(&config, "/locks\n", "/file/locks\n");
+    let mut c = start_inetd_command(odmrd_command(&config));
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org", 451);
+    c.command("QUIT", 221);
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+    let want = format!("lock_directory {}/file/locks does not exist and ", p.path().display());
+    assert!(log.matches(&want).count() >= 2, "at start and at ATRN: {log}");
+    assert!(log.contains("could not create it: Not a directory"), "{log}");
+}
+
+#[test]
+fn the_shipped_tmpfiles_line_creates_the_default_lock_directory() {
+    let text =
+        std::fs::read_to_string(support::odmrd::workspace().join("etc/tmpfiles.d/odmrd.conf")).unwrap();
+    let line = text.lines().find(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[..3], ["d", "/run/odmrd", "0750"], "{line}");
+}
+
+// ---------------------------------------------------------------------------
+// Signals
+
+fn write_passwd(p: &Provider, name: &str, password: &str) {
+    std::fs::write(
+        p.path().join(name),
+        format!("{USER}:{{PLAIN}}{password}::::::odmr_domains=example.org,example.net\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sighup_reloads_for_new_sessions_while_a_running_session_completes() {
+    let p = Provider::new();
+    let config = p.config();
+    let daemon = Daemon::start(&config);
+    let mut running = daemon.connect();
+    running.login(USER, PASSWORD);
+
+    // A new passwd file, named by the configuration: only a reload can find it.
+    write_passwd(&p, "passwd.new", "new-password");
+    edit(
+        &config,
+        &format!("file = {}/passwd\n", p.path().display()),
+        &format!("file = {}/passwd.new\n", p.path().display()),
+    );
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("event=reloaded", Duration::from_secs(20));
+
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    fresh.auth(USER, PASSWORD, 535);
+    fresh.auth(USER, "new-password", 235);
+    fresh.command("QUIT", 221);
+
+    // The session that started before the reload carries on, on the old backends.
+    running.command("ATRN example.org", 453);
+    running.command("QUIT", 221);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn sighup_with_a_broken_configuration_keeps_serving_on_the_old_one() {
+    let p = Provider::new();
+    let config = p.config();
+    let daemon = Daemon::start(&config);
+    edit(&config, "[auth]\n", "[auth]\nmax_failurez = 3\n");
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("event=reload-failed", Duration::from_secs(20));
+    let log = daemon.log();
+    assert!(log.contains("the previous configuration stays in force"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{}:{}: [auth] max_failurez",
+            config.display(),
+            line_of(&config, "max_failurez")
+        )),
+        "{log}"
+    );
+
+    let mut c = daemon.connect();
+    c.login(USER, PASSWORD);
+    c.command("QUIT", 221);
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn habitual_signals_do_not_kill_the_daemon() {
+    let p = Provider::new();
+    let daemon = Daemon::start(&p.config());
+    for signal in [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPIPE, Signal::SIGALRM] {
+        daemon.signal(signal);
+    }
+    daemon.wait_for_log("event=signal signal=ALRM", Duration::from_secs(20));
+    let mut c = daemon.connect();
+    c.expect(220);
+    c.command("QUIT", 221);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("event=signal signal=USR1"), "{log}");
+}
+
+#[test]
+fn an_inetd_session_survives_sighup() {
+    let p = Provider::new();
+    let mut c = start_inetd_command(odmrd_command(&p.config()));
+    c.expect(220);
+    let pid = c.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
+    c.send("EHLO customer.example");
+    assert!(c.reply().last().unwrap().starts_with("250 "));
+    c.auth(USER, PASSWORD, 235);
+    c.command("QUIT", 221);
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+}
