@@ -297,6 +297,14 @@ impl<W: Wire> Session<'_, W> {
     fn authorise(&mut self, user: &str, requested: Vec<String>) -> std::io::Result<Option<Vec<String>>> {
         let allowed = match self.backends.credentials.domains(user) {
             Ok(domains) => domains,
+            // Disabled or removed since its AUTH: a refusal, not an unavailable store.
+            Err(status @ (Status::Denied | Status::NotFound)) => {
+                self.log(&format!(
+                    "event=atrn user={user} result=450 reason=account-disabled status={status}"
+                ));
+                self.reply(450, "Your account is disabled")?;
+                return Ok(None);
+            }
             Err(status) => {
                 self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
                 self.reply(451, "Credential store unavailable, try again later")?;
