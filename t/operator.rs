@@ -360,3 +360,44 @@ fn an_inetd_session_survives_sighup() {
     let (status, log) = c.finish();
     assert!(status.success(), "{log}");
 }
+
+// ---------------------------------------------------------------------------
+// The passwd backend's Dovecot habits
+
+#[test]
+fn check_config_warns_about_a_space_after_a_comma_in_odmr_domains_with_the_line() {
+    let p = Provider::new();
+    std::fs::write(
+        p.path().join("passwd"),
+        format!("# customers\n{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org, example.net\n"),
+    )
+    .unwrap();
+    let out = check_config(&p.config());
+    let (said, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "a warning is not an error: {err}");
+    assert!(
+        err.contains(&format!(
+            "{} line 2: user '{USER}': a space after a comma",
+            p.path().join("passwd").display()
+        )),
+        "{err}"
+    );
+    assert!(said.ends_with("configuration OK (1 warning)\n"), "{said}");
+}
+
+#[test]
+fn allow_nets_refuses_like_a_wrong_password_and_says_why() {
+    let p = Provider::new();
+    std::fs::write(
+        p.path().join("passwd"),
+        format!("{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org allow_nets=192.0.2.0/24\n"),
+    )
+    .unwrap();
+    let mut c = start_inetd_command(odmrd_command(&p.config()));
+    c.hello();
+    c.auth(USER, PASSWORD, 535);
+    c.command("QUIT", 221);
+    let (_, log) = c.finish();
+    assert!(log.contains("has allow_nets=192.0.2.0/24"), "{log}");
+    assert!(log.contains("result=failed reason=account-disabled"), "{log}");
+}

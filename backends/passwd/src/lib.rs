@@ -3,10 +3,21 @@
 //! This crate owns reading and interpreting the file: the line syntax
 //! (`user:{SCHEME}secret:uid:gid:gecos:home:shell:extra fields`), the password
 //! schemes that can serve CRAM-MD5 (`{PLAIN}`/`{CLEARTEXT}` and `{CRAM-MD5}`,
-//! with Dovecot's `.hex`/`.b64` encodings), the `odmr_domains=` extra field
-//! listing the domains a user may collect with ATRN, and reloading the file
-//! whenever it changes (checked with one `stat` per lookup), so password
-//! changes need no restart.
+//! with Dovecot's `.hex`/`.b64` encodings), the extra fields, and reloading
+//! the file whenever it changes (checked with one `stat` per lookup), so
+//! password changes need no restart.
+//!
+//! Extra fields (after the 7th `:`, separated by spaces, as in Dovecot):
+//! - `odmr_domains=a.example,b.example`: the domains the user may collect with
+//!   ATRN. A space after a comma ends the field (Dovecot splits at spaces): it
+//!   is reported with the line, and the domain after the space is not added.
+//! - `nologin`: the account is disabled (Dovecot's; `reason=` may go with it).
+//! - `allow_nets=10.0.0.0/8,192.0.2.1`: Dovecot's per-user client restriction.
+//!   The ABI does not yet give backends the client's address, so an account
+//!   with `allow_nets` is refused (like a wrong password, and the log says
+//!   why) rather than admitted from anywhere.
+//! - `userdb_*` (Dovecot's userdb fields in a shared file) are ignored; any
+//!   other field is ignored with a warning naming it and its line.
 //!
 //! It does not verify CRAM-MD5 responses (odmrd's `sasl` does, from the secret
 //! returned here), does not decide SMTP replies (the host maps statuses), and
@@ -56,6 +67,16 @@ impl Credentials for Passwd {
         let account = table.users.get(user).ok_or(Status::NotFound)?;
         if account.nologin {
             self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
+            return Err(Status::Denied);
+        }
+        if let Some(nets) = &account.allow_nets {
+            self.log.log(
+                LogLevel::Warn,
+                &format!(
+                    "passwd: user '{user}' has allow_nets={nets}, which this odmrd cannot check (backends \
+                     do not learn the client's address yet): refused rather than admitted from anywhere"
+                ),
+            );
             return Err(Status::Denied);
         }
         match &account.password {
@@ -185,6 +206,8 @@ struct Account {
     password: Password,
     nologin: bool,
     domains: Vec<String>,
+    /// Dovecot's `allow_nets`, as written.
+    allow_nets: Option<String>,
 }
 
 enum Password {
@@ -234,14 +257,25 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         return Err(format!("user '{user}' has no password field"));
     }
     let password = parse_password(fields[1]).map_err(|reason| format!("user '{user}': {reason}"))?;
-    let mut account = Account { password, nologin: false, domains: Vec::new() };
+    let mut account = Account { password, nologin: false, domains: Vec::new(), allow_nets: None };
     // As Dovecot: everything after the 7th field, re-joined, is space-separated
     // `key=value` extra fields.
     let extra = if fields.len() > 7 { fields[7..].join(&b':') } else { Vec::new() };
-    for field in String::from_utf8_lossy(&extra).split(' ').filter(|f| !f.is_empty()) {
+    let extra = String::from_utf8_lossy(&extra);
+    let mut after_comma = false;
+    for field in extra.split(' ').filter(|f| !f.is_empty()) {
         let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        // `odmr_domains=a.example, b.example`: the field ended at the space.
+        if std::mem::take(&mut after_comma) && !field.contains('=') {
+            warn(format!(
+                "user '{user}': a space after a comma in odmr_domains ends the field (extra fields are \
+                 separated by spaces), so '{field}' is not collected; write the list without spaces"
+            ));
+            continue;
+        }
         match key {
             "odmr_domains" => {
+                after_comma = value.ends_with(',');
                 for domain in value.split(',').filter(|d| !d.is_empty()) {
                     let domain = domain.to_ascii_lowercase();
                     if !is_valid_domain(&domain) {
@@ -252,7 +286,13 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 }
             }
             "nologin" => account.nologin = true,
-            _ => {}
+            "allow_nets" => account.allow_nets = Some(value.to_string()),
+            "reason" => {}
+            _ if key.starts_with("userdb_") => {}
+            _ => warn(format!(
+                "user '{user}': extra field '{key}' is not used by odmrd and is ignored \
+                 (known: odmr_domains, allow_nets, nologin, reason, userdb_*)"
+            )),
         }
     }
     Ok((user.to_owned(), account))

@@ -203,7 +203,36 @@ fn domains_are_parsed_lowercased_validated_and_deduplicated() {
         let needle = format!("invalid domain '{domain}'");
         assert!(warns.iter().any(|w| w.contains("line 3: user 'bad'") && w.contains(&needle)), "{warns:?}");
     }
-    assert_eq!(warns.len(), 5, "{warns:?}");
+    // `quota=1G` is not odmrd's; `userdb_x` is Dovecot's userdb field, ignored quietly.
+    assert!(warns.iter().any(|w| w.contains("line 2: user 'mixed': extra field 'quota'")), "{warns:?}");
+    assert_eq!(warns.len(), 6, "{warns:?}");
+}
+
+#[test]
+fn a_space_after_a_comma_in_odmr_domains_is_reported_with_its_line() {
+    let fx = Fixture::new(
+        "ok:{PLAIN}x::::::odmr_domains=a.example\n\
+         spaced:{PLAIN}x::::::odmr_domains=a.example, b.example nologin\n",
+    );
+    assert_eq!(fx.passwd.domains("spaced"), Ok(vec!["a.example".to_string()]));
+    let warns = fx.logged(LogLevel::Warn);
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    assert!(warns[0].contains("line 2: user 'spaced': a space after a comma in odmr_domains"), "{warns:?}");
+    assert!(warns[0].contains("'b.example' is not collected"), "{warns:?}");
+    assert!(warns[0].contains(&fx.path().display().to_string()), "{warns:?}");
+}
+
+#[test]
+fn allow_nets_refuses_rather_than_admitting_from_anywhere() {
+    let fx = Fixture::new(
+        "open:{PLAIN}pw-open::::::odmr_domains=a.example\n\
+         restricted:{PLAIN}pw-restricted::::::odmr_domains=a.example allow_nets=10.0.0.0/8\n",
+    );
+    assert!(fx.passwd.lookup_secret("open").is_ok());
+    assert_eq!(fx.passwd.lookup_secret("restricted").err(), Some(Status::Denied));
+    let warns = fx.logged(LogLevel::Warn);
+    assert!(warns.iter().any(|w| w.contains("user 'restricted' has allow_nets=10.0.0.0/8")), "{warns:?}");
+    assert!(!fx.all_logs().contains("pw-restricted"), "no secret logged");
 }
 
 #[test]
