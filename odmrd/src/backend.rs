@@ -139,7 +139,11 @@ impl Instance {
     fn failure(&self, what: &str, raw: odmr_status) -> Status {
         let status = Status::from_raw(raw);
         if matches!(status, Status::Panic | Status::Internal | Status::InvalidArgument | Status::Version) {
-            log::error(&format!("plugin={} call={what} status={status}", self.name));
+            log::Event::new("plugin-failed")
+                .field("plugin", &self.name)
+                .field("call", what)
+                .field("status", status)
+                .error();
         }
         status
     }
@@ -182,7 +186,9 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: i32, msg: *const u8, len:
         // `msg` is valid for `len` bytes for this call.
         let (tag, text) = unsafe { (&*ctx.cast::<LogTag>(), OdmrStr { ptr: msg, len }.as_bytes()) };
         let name = tag.name.get().unwrap_or(&tag.label);
-        log::log(level_of(level), &format!("plugin={name} {}", String::from_utf8_lossy(text)));
+        // The plugin's own text follows the host's fields; during a session it carries its id.
+        let session = log::session_prefix();
+        log::log(level_of(level), &format!("{session}plugin={name} {}", String::from_utf8_lossy(text)));
     }));
 }
 

@@ -579,13 +579,35 @@ fn parse_log(ctx: &Ctx, properties: Option<&Properties>) -> Result<LogTarget, Co
 // Values
 // ---------------------------------------------------------------------------------------------
 
-/// The system's host name, `localhost` when it has none.
+/// The system's fully qualified host name (greeting, EHLO, `MAILER-DAEMON@` of DSNs): the
+/// kernel's name when it has a dot, else its canonical name in `/etc/hosts` (what `hostname -f`
+/// finds there), else Debian's `/etc/mailname`, else the short name; `localhost` when none.
 pub fn system_hostname() -> String {
-    nix::unistd::gethostname()
+    let short = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+        .unwrap_or_else(|| "localhost".to_string());
+    if short.contains('.') {
+        return short;
+    }
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    qualify(&short, &read("/etc/hosts"))
+        .or_else(|| {
+            Some(read("/etc/mailname").trim().to_string())
+                .filter(|m| parse_hostname(m).is_ok() && m.contains('.'))
+        })
+        .unwrap_or(short)
+}
+
+/// The canonical (first) name of the `/etc/hosts` line that lists `short`, if it has a dot.
+fn qualify(short: &str, hosts: &str) -> Option<String> {
+    hosts.lines().map(strip_comment).find_map(|line| {
+        let names: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let canonical = *names.first()?;
+        (names.contains(&short) && canonical.contains('.') && parse_hostname(canonical).is_ok())
+            .then(|| canonical.to_string())
+    })
 }
 
 /// Letters, digits and hyphens in dot-separated labels (one label is enough: `localhost`).
@@ -1156,6 +1178,15 @@ plugin = builtin:maildir
         let settings: Vec<(&str, &str, usize)> =
             config.credentials.settings.iter().map(|s| (s.key.as_str(), s.value.as_str(), s.line)).collect();
         assert_eq!(settings, vec![("file", "/etc/odmrd/pass#word", 6), ("quoted", "\"a b\"", 7)]);
+    }
+
+    #[test]
+    fn a_short_host_name_is_qualified_from_etc_hosts() {
+        let hosts = "127.0.0.1\tlocalhost\n# 10.0.0.1 mx.example.net mx\n\
+                     127.0.1.1\tmx.example.net mx # the host\n::1 localhost ip6-localhost\n";
+        assert_eq!(qualify("mx", hosts), Some("mx.example.net".to_string()));
+        assert_eq!(qualify("other", hosts), None);
+        assert_eq!(qualify("mx", "127.0.1.1 mx\n"), None, "no dotted canonical name");
     }
 
     #[test]

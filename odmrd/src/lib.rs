@@ -11,7 +11,8 @@
 //! - serving: [`server`] (inetd, the standalone listener, limits, signals), [`session`] (the
 //!   ODMR state machine), `relay` (the reversed-state SMTP client), `bounce` (DSNs), `locks`
 //!   (per-domain collection locks), [`conn`] (a buffered byte pipe with deadlines);
-//! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5);
+//! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5),
+//!   [`refusal`] (the refusals of the reply table: code, text, log reason);
 //! - plugins: [`backend`] (loading plugins and the safe host side of the C ABI).
 //!
 //! Public are the modules that the binary, the benchmarks and the tests use; plumbing is
@@ -26,6 +27,7 @@ pub mod demo;
 mod locks;
 pub mod log;
 pub mod proto;
+pub mod refusal;
 mod relay;
 pub mod sasl;
 pub mod server;

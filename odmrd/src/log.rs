@@ -13,8 +13,12 @@
 //! - a person watching ([`echo_to_person`]: `--check-config`, `--cram-md5`, a start from a
 //!   terminal) sees every error and warning on stderr, whatever `[log]` says.
 //!
-//! Does not: decide what is logged or format `key=value` pairs (callers do), rotate files, or
-//! install the `log` crate facade.
+//! Event lines are written with [`Event`]: `session=ID event=NAME key=value ...`, the session
+//! taken from the thread's [`SessionScope`] (so a plugin's lines during a session carry it too),
+//! every value quoted and escaped when it could be read as more than one value, so a user name
+//! like `a b event=forged` stays one field: `user="a b event=forged"`.
+//!
+//! Does not: decide what is logged, rotate files, or install the `log` crate facade.
 //!
 //! Until the first [`init`], lines go to syslog (mail) at level Info, with the same fallback.
 
@@ -26,6 +30,126 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+
+/// One event line, built field by field and written once:
+/// `log::Event::new("auth").field("client", ip).field("user", user).warn()`.
+/// The line starts with `session=ID` when the thread serves a session ([`SessionScope`]).
+#[must_use = "an event is written by .info(), .warn(), .error() or .debug()"]
+pub struct Event {
+    line: String,
+}
+
+impl Event {
+    /// `[session=ID ]event=NAME`.
+    pub fn new(name: &str) -> Event {
+        let mut line = String::with_capacity(96);
+        SESSION.with(|session| {
+            if let Some(id) = session.borrow().as_deref() {
+                line.push_str("session=");
+                push_value(&mut line, id);
+                line.push(' ');
+            }
+        });
+        line.push_str("event=");
+        push_value(&mut line, name);
+        Event { line }
+    }
+
+    /// ` key=value`, the value quoted when needed. Keys are the program's own words.
+    pub fn field(mut self, key: &'static str, value: impl fmt::Display) -> Event {
+        self.line.push(' ');
+        self.line.push_str(key);
+        self.line.push('=');
+        push_value(&mut self.line, &value.to_string());
+        self
+    }
+
+    /// `field` when `value` is Some.
+    pub fn field_opt(self, key: &'static str, value: Option<impl fmt::Display>) -> Event {
+        match value {
+            Some(value) => self.field(key, value),
+            None => self,
+        }
+    }
+
+    /// The line as it will be logged (before the one-line sanitising, a no-op for it).
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    pub fn error(self) {
+        log(Level::Error, &self.line);
+    }
+
+    pub fn warn(self) {
+        log(Level::Warn, &self.line);
+    }
+
+    pub fn info(self) {
+        log(Level::Info, &self.line);
+    }
+
+    pub fn debug(self) {
+        log(Level::Debug, &self.line);
+    }
+
+    /// At `level`.
+    pub fn at(self, level: Level) {
+        log(level, &self.line);
+    }
+}
+
+/// A value as one token: bare when it is non-empty printable ASCII without space, `"`, `\\` or
+/// `=`; otherwise in double quotes with `"` and `\\` escaped and control characters written as
+/// escapes, so it can neither add a field nor a line.
+fn push_value(line: &mut String, value: &str) {
+    let bare =
+        !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+    if bare {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                line.push_str(&sanitize(&c.to_string()))
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+thread_local! {
+    /// The session this thread serves, for [`Event`] and plugin lines.
+    static SESSION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, every [`Event`] of this thread starts with `session=ID`.
+pub struct SessionScope {
+    previous: Option<String>,
+}
+
+impl SessionScope {
+    pub fn enter(id: &str) -> SessionScope {
+        SessionScope { previous: SESSION.with(|s| s.replace(Some(id.to_string()))) }
+    }
+}
+
+impl Drop for SessionScope {
+    fn drop(&mut self) {
+        SESSION.with(|s| *s.borrow_mut() = self.previous.take());
+    }
+}
+
+/// `session=ID ` when this thread serves a session, else empty: for lines not built by
+/// [`Event`] (a plugin's own text).
+pub fn session_prefix() -> String {
+    SESSION.with(|s| s.borrow().as_deref().map(|id| format!("session={id} ")).unwrap_or_default())
+}
 
 /// Severity of an event; a target logs its level and everything more severe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -321,6 +445,50 @@ mod tests {
             assert_eq!(got, want, "{input:?}");
             assert!(!got.chars().any(char::is_control), "{got:?}");
         }
+    }
+
+    #[test]
+    fn values_never_add_a_field_or_a_line() {
+        let cases = [
+            ("customer", "user=customer"),
+            ("a b event=forged", "user=\"a b event=forged\""),
+            ("x=y", "user=\"x=y\""),
+            ("", "user=\"\""),
+            ("say \"hi\" \\o/", "user=\"say \\\"hi\\\" \\\\o/\""),
+            ("line\r\nevent=forged", "user=\"line\\r\\nevent=forged\""),
+            ("café", "user=\"café\""),
+            ("<a@b.example>", "user=<a@b.example>"),
+        ];
+        for (value, want) in cases {
+            let event = Event::new("auth").field("user", value);
+            assert_eq!(event.line(), format!("event=auth {want}"), "{value:?}");
+            // Splitting the line at spaces outside quotes gives exactly two fields.
+            let mut fields = 0;
+            let mut quoted = false;
+            let mut escaped = false;
+            for c in event.line().chars() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    ' ' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields, 1, "{}", event.line());
+            assert!(!event.line().chars().any(char::is_control), "{}", event.line());
+        }
+    }
+
+    #[test]
+    fn events_in_a_session_scope_carry_its_id() {
+        assert_eq!(Event::new("close").line(), "event=close");
+        {
+            let _scope = SessionScope::enter("42.7");
+            assert_eq!(Event::new("close").field("end", "quit").line(), "session=42.7 event=close end=quit");
+            assert_eq!(session_prefix(), "session=42.7 ");
+        }
+        assert_eq!(session_prefix(), "");
     }
 
     #[test]

@@ -66,6 +66,8 @@ struct Session<'a, W: Wire> {
 /// Serve one session on `wire` from the peer `peer` (None when unknown).
 pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Option<IpAddr>) -> End {
     let id = new_session_id();
+    // Every line of this thread until the session ends, plugins' included, carries its id.
+    let _scope = log::SessionScope::enter(&id);
     let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
     let mut session = Session {
         config,
