@@ -465,7 +465,7 @@ impl Cursor for EximCursor {
         let finished: Vec<&str> =
             current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
-            self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
+            self.log(LogLevel::Debug, &format!("id={id} nothing delivered; left as it was"));
             self.current = None;
             return Ok(());
         }
@@ -491,7 +491,7 @@ impl Cursor for EximCursor {
             // Everything is journaled, so a failed removal loses nothing and
             // sends nothing twice: Exim completes the message at its next run.
             match spool::remove(&location) {
-                Ok(()) => self.log(LogLevel::Info, &format!("id={id} journaled={journaled} removed")),
+                Ok(()) => self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} removed")),
                 Err(e) => self.log(
                     LogLevel::Warn,
                     &format!("id={id} journaled={journaled} complete, but removal failed ({e}); Exim will finish it"),
@@ -500,7 +500,7 @@ impl Cursor for EximCursor {
             self.current = None;
             return Ok(());
         }
-        self.log(LogLevel::Info, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
+        self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
         // Release the lock before asking Exim to merge the journal.
         self.current = None;
         if let Some(command) = &self.config.exim {

@@ -380,7 +380,7 @@ impl Cursor for MaildirCursor {
                 current.committed = true;
                 let left = done.iter().filter(|d| !**d).count();
                 self.log(
-                    LogLevel::Info,
+                    LogLevel::Debug,
                     &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
                 );
                 Ok(())
