@@ -471,3 +471,112 @@ fn ehlo_refused_falls_back_to_helo() {
     c.finish();
     assert!(p.queued("example.org").is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Replies out of step: nothing is removed that the customer did not take.
+
+/// Queue one message for two recipients, turn around with `caps`, play the customer's side with
+/// `script` (raw replies, in order, after the MAIL line), and return the message file's content
+/// afterwards with the log. odmrd must end the session without committing anything.
+fn replies_out_of_step(caps: &[&str], script: impl FnOnce(&mut Client)) -> (String, String, String) {
+    let p = Provider::new();
+    let content = bsmtp("a@s.example", &["x@example.org", "y@example.org"], "Subject: s\n\nbody\n");
+    let file = p.queue("example.org", "1.m", &content);
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, caps);
+    script(&mut c);
+    let (_, log) = c.finish();
+    assert!(p.sendmail.calls().is_empty(), "no DSN: {log}");
+    (std::fs::read_to_string(&file).unwrap_or_default(), content, log)
+}
+
+#[test]
+fn a_2xx_to_data_keeps_the_message_queued_and_ends_the_session() {
+    let (left, content, log) = replies_out_of_step(&[], |c| {
+        assert_eq!(c.line(), "MAIL FROM:<a@s.example>\r\n");
+        c.send("250 ok");
+        assert_eq!(c.line(), "RCPT TO:<x@example.org>\r\n");
+        c.send("250 ok");
+        assert_eq!(c.line(), "RCPT TO:<y@example.org>\r\n");
+        c.send("250 ok");
+        assert_eq!(c.line(), "DATA\r\n");
+        c.send("250 2.0.0 message accepted");
+        c.expect_eof();
+    });
+    assert_eq!(left, content, "{log}");
+    assert!(log.contains("event=out-of-step step=Data reply=\"250 2.0.0 message accepted\""), "{log}");
+    assert!(!log.contains("status=sent"), "{log}");
+}
+
+#[test]
+fn an_unsolicited_reply_shifting_the_pipelined_replies_keeps_the_message_queued() {
+    let (left, content, log) = replies_out_of_step(&["PIPELINING"], |c| {
+        for _ in 0..4 {
+            c.line();
+        }
+        // One reply too many before the 354: DATA's reply is read as 250.
+        c.send_raw(b"250 ok\r\n250 ok\r\n250 extra\r\n250 ok\r\n354 go\r\n");
+        c.expect_eof();
+    });
+    assert_eq!(left, content, "{log}");
+    assert!(log.contains("event=out-of-step"), "{log}");
+}
+
+#[test]
+fn a_reply_behind_the_354_is_refused_before_the_body() {
+    let (left, content, log) = replies_out_of_step(&["PIPELINING"], |c| {
+        for _ in 0..4 {
+            c.line();
+        }
+        c.send_raw(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 early verdict\r\n");
+        c.expect_eof();
+    });
+    assert_eq!(left, content, "{log}");
+    assert!(log.contains("event=out-of-step reason=unsolicited-reply"), "{log}");
+}
+
+#[test]
+fn a_second_reply_to_the_final_dot_keeps_the_message_queued() {
+    let (left, content, log) = replies_out_of_step(&[], |c| {
+        c.receive_data(&[]);
+        c.send_raw(b"250 queued\r\n250 and again\r\n");
+        c.expect_eof();
+    });
+    assert_eq!(left, content, "a duplicate later is tolerable, a wrong verdict is not: {log}");
+    assert!(log.contains("event=out-of-step reason=unsolicited-reply"), "{log}");
+}
+
+#[test]
+fn an_unsolicited_reply_between_commands_ends_the_session() {
+    let (left, content, log) = replies_out_of_step(&[], |c| {
+        assert_eq!(c.line(), "MAIL FROM:<a@s.example>\r\n");
+        c.send_raw(b"250 ok\r\n250 ok\r\n");
+        c.expect_eof();
+    });
+    assert_eq!(left, content, "{log}");
+    assert!(log.contains("event=out-of-step reason=unsolicited-reply"), "{log}");
+}
+
+#[test]
+fn a_552_to_rcpt_is_temporary() {
+    let p = Provider::new();
+    let file =
+        p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: t\n\nbody\n"));
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, &[]);
+    c.line();
+    c.send("250 ok");
+    c.line();
+    c.send("552 5.5.3 too many recipients");
+    assert_eq!(c.line(), "RSET\r\n");
+    c.send("250 ok");
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(file.exists(), "RFC 5321 §4.5.3.1.10: 552 to RCPT is treated as temporary: {log}");
+    assert!(p.sendmail.calls().is_empty());
+    assert!(log.contains("to=<x@example.org> status=deferred"), "{log}");
+}

@@ -207,6 +207,12 @@ impl<W: Wire> Conn<W> {
         }
     }
 
+    /// True when input has been received and not yet consumed. Between a reply and the next
+    /// command this is input that answers nothing we sent.
+    pub fn has_buffered_input(&self) -> bool {
+        self.rpos < self.rlen
+    }
+
     /// Read one (possibly multi-line) SMTP reply.
     pub fn read_reply(&mut self) -> io::Result<Received<Result<Reply, ReplyError>>> {
         self.flush()?;

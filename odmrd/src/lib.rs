@@ -9,7 +9,8 @@
 //!   and key), [`start`] (from a configuration to serving, shared by start and SIGHUP),
 //!   [`check`] (`--check-config`), [`log`] (one line per event);
 //! - serving: [`server`] (inetd, the standalone listener, limits, signals), [`session`] (the
-//!   ODMR state machine), `relay` (the reversed-state SMTP client), `bounce` (DSNs), `locks`
+//!   ODMR state machine), `relay` (the reversed-state SMTP client) with `verdict` (what the
+//!   customer's replies decide for a recipient), `bounce` (DSNs), `locks`
 //!   (per-domain collection locks), [`conn`] (a buffered byte pipe with deadlines);
 //! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5),
 //!   [`refusal`] (the refusals of the reply table: code, text, log reason);
@@ -33,3 +34,4 @@ pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod start;
+mod verdict;

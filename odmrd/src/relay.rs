@@ -17,6 +17,7 @@ use crate::bounce::{self, Failure, Report};
 use crate::conn::{Conn, Received, Wire};
 use crate::log;
 use crate::proto::{self, Capabilities, DotStuffer, Reply};
+use crate::verdict::{self, Decision, Step};
 use odmr_api::{Envelope, Outcome};
 use std::time::Duration;
 
@@ -192,45 +193,65 @@ impl<W: Wire> Relay<'_, '_, W> {
         }
     }
 
-    fn rset(&mut self) -> Result<(), Stop> {
+    fn rset(&mut self, queue_id: &str) -> Result<(), Stop> {
         let t = self.ctx.timeouts.greeting;
-        self.send(b"RSET\r\n", t)?;
+        self.command(b"RSET\r\n", t, queue_id)?;
         self.read_reply(t, "RSET").map(drop)
     }
 
-    /// One transaction. Outcomes are committed only when the transaction
-    /// reached a definite answer; a Stop leaves the message as it was.
+    /// Send a command, after making sure the customer has not sent anything that answers no
+    /// command of ours: with every earlier reply read, buffered input is an unsolicited reply,
+    /// and matching the next replies to our commands by count would go wrong.
+    fn command(&mut self, bytes: &[u8], timeout: Duration, queue_id: &str) -> Result<(), Stop> {
+        self.refuse_unsolicited(queue_id)?;
+        self.send(bytes, timeout)
+    }
+
+    fn refuse_unsolicited(&mut self, queue_id: &str) -> Result<(), Stop> {
+        if !self.conn.has_buffered_input() {
+            return Ok(());
+        }
+        self.log(&format!(
+            "queue_id={queue_id} event=out-of-step reason=unsolicited-reply note=\"the message stays queued\""
+        ));
+        Err(Stop("customer's replies are out of step with our commands"))
+    }
+
+    /// One transaction. Outcomes are committed only when every reply was one the dialogue
+    /// allows at its step ([`verdict::decide`]); a Stop leaves the message as it was.
     fn message(&mut self, cursor: &mut Cursor, envelope: &Envelope) -> Result<(), Stop> {
         let t = self.ctx.timeouts;
+        let id = envelope.id.as_str();
         let size = self.caps.size.map(|_| envelope.size).filter(|&s| s > 0);
         let mail = proto::mail_from(&envelope.sender, size, self.caps.eightbitmime);
         let n = envelope.recipients.len();
         let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
 
         let (mail_reply, data_reply) = if self.caps.pipelining {
+            // RFC 2920: replies come back in the order of the commands, one each.
             let mut batch = mail.into_bytes();
             for rcpt in &envelope.recipients {
                 batch.extend_from_slice(proto::rcpt_to(rcpt).as_bytes());
             }
             batch.extend_from_slice(b"DATA\r\n");
-            self.send(&batch, t.mail)?;
+            self.command(&batch, t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
             for slot in rcpt_replies.iter_mut() {
                 *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
             }
             (mail_reply, Some(self.read_reply(t.data, "DATA")?))
         } else {
-            self.send(mail.as_bytes(), t.mail)?;
+            self.command(mail.as_bytes(), t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
             if mail_reply.class() == 2 {
                 for (rcpt, slot) in envelope.recipients.iter().zip(rcpt_replies.iter_mut()) {
-                    self.send(proto::rcpt_to(rcpt).as_bytes(), t.rcpt)?;
+                    self.command(proto::rcpt_to(rcpt).as_bytes(), t.rcpt, id)?;
                     *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
                 }
             }
             let any_accepted = rcpt_replies.iter().flatten().any(|r| r.class() == 2);
             let data_reply = if mail_reply.class() == 2 && any_accepted {
-                self.send(b"DATA\r\n", t.data)?;
+                self.command(b"DATA\r\n", t.data, id)?;
                 Some(self.read_reply(t.data, "DATA")?)
             } else {
                 None
@@ -238,47 +259,60 @@ impl<W: Wire> Relay<'_, '_, W> {
             (mail_reply, data_reply)
         };
 
-        // Each recipient's reply so far: MAIL's when MAIL failed, else its RCPT's.
-        let mut verdicts: Vec<Reply> = rcpt_replies
-            .into_iter()
-            .map(|r| {
-                if mail_reply.class() == 2 {
-                    r.unwrap_or_else(|| mail_reply.clone())
-                } else {
-                    mail_reply.clone()
-                }
-            })
-            .collect();
-        let accepted: Vec<usize> = (0..n).filter(|&i| verdicts[i].class() == 2).collect();
+        let accepted = mail_reply.class() == 2 && rcpt_replies.iter().flatten().any(|r| r.class() == 2);
         let mut headers = Vec::new();
-
-        match data_reply {
-            Some(data) if data.code == 354 && !accepted.is_empty() && mail_reply.class() == 2 => {
+        let mut end_reply = None;
+        let body_sent = data_reply.as_ref().is_some_and(|data| data.code == 354);
+        if body_sent {
+            self.refuse_unsolicited(id)?;
+            if accepted {
                 headers = self.stream_body(cursor)?;
-                let end = self.read_reply(t.data_end, "end of data")?;
-                for &i in &accepted {
-                    verdicts[i] = end.clone();
-                }
-            }
-            Some(data) if data.code == 354 => {
-                // PIPELINING sent DATA although nothing was accepted: end the
-                // empty data at once (RFC 2920 §3.1) and discard it.
+                end_reply = Some(self.read_reply(t.data_end, "end of data")?);
+                // A reply already waiting behind the final one means the final one may not be
+                // the answer to our dot.
+                self.refuse_unsolicited(id)?;
+            } else {
+                // PIPELINING sent DATA although nothing was accepted: end the empty data at
+                // once (RFC 2920 §3.1) and discard it.
                 self.send(b".\r\n", t.data_block)?;
                 self.read_reply(t.data_end, "end of data")?;
-                self.rset()?;
             }
-            Some(data) => {
-                for &i in &accepted {
-                    verdicts[i] = data.clone();
-                }
-                self.rset()?;
-            }
-            None if mail_reply.class() == 2 => self.rset()?,
-            None => self.rset()?,
         }
 
-        self.settle(cursor, envelope, &verdicts, &headers);
-        if verdicts.iter().any(|r| r.code == 421) {
+        let code = |reply: &Option<Reply>| reply.as_ref().map(|r| r.code);
+        let mut outcomes = Vec::with_capacity(n);
+        let mut deciding = Vec::with_capacity(n);
+        for rcpt_reply in &rcpt_replies {
+            let decision =
+                verdict::decide(mail_reply.code, code(rcpt_reply), code(&data_reply), code(&end_reply));
+            let (Decision::Settled(_, step) | Decision::OutOfStep(step)) = decision;
+            let reply = match step {
+                Step::Mail => Some(&mail_reply),
+                Step::Rcpt => rcpt_reply.as_ref(),
+                Step::Data => data_reply.as_ref(),
+                Step::End => end_reply.as_ref(),
+            };
+            match (decision, reply) {
+                (Decision::Settled(outcome, _), Some(reply)) => {
+                    outcomes.push(outcome);
+                    deciding.push(reply.clone());
+                }
+                _ => {
+                    let reply = reply.map(Reply::text).unwrap_or_else(|| "none".into());
+                    self.log(&format!(
+                        "queue_id={id} event=out-of-step step={step:?} reply=\"{}\" note=\"the message stays queued\"",
+                        reply.replace('"', "'")
+                    ));
+                    return Err(Stop("customer's replies are out of step with our commands"));
+                }
+            }
+        }
+        if !(body_sent && accepted) {
+            self.rset(id)?;
+        }
+
+        self.settle(cursor, envelope, &outcomes, &deciding, &headers);
+        if deciding.iter().any(|r| r.code == 421) {
             return Err(Stop("customer is closing the connection (421)"));
         }
         Ok(())
@@ -316,16 +350,17 @@ impl<W: Wire> Relay<'_, '_, W> {
         Ok(headers)
     }
 
-    /// Turn replies into outcomes, send DSNs, commit, and log each recipient.
-    fn settle(&mut self, cursor: &mut Cursor, envelope: &Envelope, verdicts: &[Reply], headers: &[u8]) {
-        let mut outcomes: Vec<Outcome> = verdicts
-            .iter()
-            .map(|r| match r.class() {
-                2 => Outcome::Delivered,
-                5 => Outcome::PermFail,
-                _ => Outcome::TempFail,
-            })
-            .collect();
+    /// Send DSNs for the failed recipients, commit the outcomes, and log each recipient with
+    /// the reply that decided it.
+    fn settle(
+        &mut self,
+        cursor: &mut Cursor,
+        envelope: &Envelope,
+        outcomes: &[Outcome],
+        verdicts: &[Reply],
+        headers: &[u8],
+    ) {
+        let mut outcomes = outcomes.to_vec();
 
         let failures: Vec<Failure> = (0..outcomes.len())
             .filter(|&i| outcomes[i] == Outcome::PermFail)
