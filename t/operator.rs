@@ -401,3 +401,76 @@ fn allow_nets_refuses_like_a_wrong_password_and_says_why() {
     assert!(log.contains("has allow_nets=192.0.2.0/24"), "{log}");
     assert!(log.contains("result=failed reason=account-disabled"), "{log}");
 }
+
+// ---------------------------------------------------------------------------
+// A person at a terminal
+
+/// A pseudo-terminal: (the test's end, the end odmrd gets as a terminal).
+fn terminal() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let pty = nix::pty::openpty(None, None).unwrap();
+    // Not inherited by the other tests' children (openpty's fds are not close-on-exec).
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    (std::fs::File::from(pty.master), pty.slave)
+}
+
+/// What the terminal shows now, once odmrd has exited (read without waiting).
+fn screen(master: std::fs::File) -> String {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(std::os::fd::AsRawFd::as_raw_fd(&master), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut master = master;
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut master, &mut buf) {
+            Ok(0) | Err(_) => return text(&shown),
+            Ok(n) => shown.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_start_from_a_terminal_shows_the_error_whatever_log_says() {
+    let p = Provider::new();
+    let config = with_log(&p, "syslog = off\nstderr = no");
+    std::fs::remove_file(p.path().join("passwd")).unwrap();
+    let (master, slave) = terminal();
+    let status = odmrd_command(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(slave))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(78));
+    let shown = screen(master);
+    assert!(shown.contains("[credentials] file: cannot read"), "{shown:?}");
+}
+
+#[test]
+fn cram_md5_on_a_terminal_prompts_and_does_not_echo() {
+    let (mut master, slave) = terminal();
+    let stdin = slave.try_clone().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
+        .arg("--cram-md5")
+        .stdin(std::process::Stdio::from(stdin))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    // Wait for the prompt: echo is off by then, so the password is typed into a quiet terminal.
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 256];
+    while !text(&shown).contains("Password: ") {
+        let n = std::io::Read::read(&mut master, &mut buf).unwrap();
+        assert!(n > 0, "no prompt: {:?}", text(&shown));
+        shown.extend_from_slice(&buf[..n]);
+    }
+    std::io::Write::write_all(&mut master, format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), support::doveadm_cram_md5(PASSWORD));
+    let rest = screen(master);
+    assert!(!rest.contains(PASSWORD) && !text(&shown).contains(PASSWORD), "echoed: {rest:?}");
+}

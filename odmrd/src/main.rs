@@ -138,10 +138,11 @@ fn print_cram_md5_entry() -> Result<(), String> {
     let stdin = std::io::stdin();
     let terminal = tcgetattr(&stdin).ok();
     if let Some(saved) = &terminal {
-        eprint!("Password: ");
         let mut quiet = saved.clone();
         quiet.local_flags.remove(LocalFlags::ECHO);
         tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet).map_err(|e| format!("turning off echo: {e}"))?;
+        // The prompt once echo is off: what is typed after it is never shown.
+        eprint!("Password: ");
     }
     let mut line = String::new();
     let read = stdin.read_line(&mut line);
