@@ -452,7 +452,7 @@ fn a_start_from_a_terminal_shows_the_error_whatever_log_says() {
 fn cram_md5_on_a_terminal_prompts_and_does_not_echo() {
     let (mut master, slave) = terminal();
     let stdin = slave.try_clone().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_odmrd"))
         .arg("--cram-md5")
         .stdin(std::process::Stdio::from(stdin))
         .stdout(std::process::Stdio::piped())
