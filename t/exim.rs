@@ -478,7 +478,7 @@ fn a_hand_built_new_format_spool() {
 
     let (reply, _) = refused(&p, RunAs::EximUser, "example.org");
     assert!(reply.starts_with("453"), "nothing more for example.org: {reply}");
-    // A new-format message whose last pending recipient is ours is removed in Exim's order.
+    // A new-format message whose last pending recipient is ours is removed with all its files.
     let (received, log) = collect(&p, RunAs::EximUser, "example.net", |_| {});
     assert_eq!(deliveries(&received), [("last one".into(), "hank@example.net".into())], "{log}");
     for gone in [

@@ -303,8 +303,11 @@ pub fn parse_bp(text: &str) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         if !line.starts_with(' ') || line.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            // "  0m   290 1xV8MQ-0000Kc-1y <alice@sender.example>"
-            let id = line.split_whitespace().nth(2).unwrap().to_string();
+            // "  0m   290 1xV8MQ-0000Kc-1y <alice@sender.example>"; the size is missing
+            // for a -H without its -D, so the id is the word before the sender.
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let sender = words.iter().position(|w| w.starts_with('<')).expect("sender in -bp line");
+            let id = words[sender - 1].to_string();
             out.entry(id.clone()).or_default();
             current = Some(id);
             continue;

@@ -20,10 +20,20 @@ use support::odmrd::{check_config, shared_object, workspace, Daemon, Provider, E
 
 /// Compile C `src` into the shared object `out` against the committed header.
 fn cc_shared(src: &Path, out: &Path, defines: &[&str]) {
+    cc_shared_against(&workspace().join("odmr-api/include"), src, out, defines);
+}
+
+/// The ABI 1.0 header as released, kept to build plugins of that minor.
+fn v1_0_include() -> PathBuf {
+    workspace().join("t/plugins/v1_0")
+}
+
+/// Compile C `src` into the shared object `out` against the `odmr_api.h` in `include`.
+fn cc_shared_against(include: &Path, src: &Path, out: &Path, defines: &[&str]) {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let result = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
-        .arg(workspace().join("odmr-api/include"))
+        .arg(include)
         .args(defines)
         .arg(src)
         .arg("-o")
@@ -42,8 +52,13 @@ fn test_plugin(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
 
 /// The C example backend built into `dir/libexample.so`.
 fn example_plugin(dir: &Path) -> PathBuf {
+    example_plugin_against(&workspace().join("odmr-api/include"), dir)
+}
+
+/// The C example backend built against the header in `include` into `dir/libexample.so`.
+fn example_plugin_against(include: &Path, dir: &Path) -> PathBuf {
     let out = dir.join("libexample.so");
-    cc_shared(&workspace().join("backends/example-c/example.c"), &out, &[]);
+    cc_shared_against(include, &workspace().join("backends/example-c/example.c"), &out, &[]);
     out
 }
 
@@ -154,7 +169,8 @@ fn a_plugin_of_another_major_is_refused() {
     refused_credentials(&path, &["built for ABI major 2", "speaks major 1 only", "rebuild"], &mut p);
     // A plugin that itself refuses this host's major.
     let path = test_plugin(p.path(), "libversion.so", &["-DINIT_VERSION"]);
-    refused_credentials(&path, &["odmr_plugin_init refused this odmrd's ABI 1.0", "ODMR_VERSION"], &mut p);
+    let this_abi = format!("odmr_plugin_init refused this odmrd's ABI 1.{}", odmr_api::ffi::ODMR_ABI_MINOR);
+    refused_credentials(&path, &[&this_abi, "ODMR_VERSION"], &mut p);
 }
 
 #[test]
@@ -209,8 +225,24 @@ fn example_message(from: &str, to: &[&str], content: &str) -> String {
 
 #[test]
 fn the_c_example_serves_a_whole_session_with_a_deferred_and_a_bounced_recipient() {
+    let log = the_c_example_session(&workspace().join("odmr-api/include"));
+    assert!(log.contains(&format!(" abi=1.{} ", odmr_api::ffi::ODMR_ABI_MINOR)), "{log}");
+}
+
+#[test]
+fn a_v1_0_c_plugin_built_from_the_1_0_header_serves_a_session() {
+    let header = std::fs::read_to_string(v1_0_include().join("odmr_api.h")).unwrap();
+    assert!(header.contains("#define ODMR_ABI_MINOR 0"), "t/plugins/v1_0 holds the 1.0 header");
+    let log = the_c_example_session(&v1_0_include());
+    assert!(log.contains("plugin=example-c version=1.0 section=queue"), "{log}");
+    assert!(log.contains(" abi=1.0 "), "{log}");
+}
+
+/// The C example built against the header in `include`, through a whole
+/// session and a second collection; the daemon's log of the first.
+fn the_c_example_session(include: &Path) -> String {
     let mut p = provider();
-    let so = example_plugin(p.path());
+    let so = example_plugin_against(include, p.path());
     let d = p.path().display().to_string();
     p.credentials = format!(
         "plugin = {}\nuser = {USER}:{PASSWORD}:example.org,example.net\nuser2 = other:pw:example.com\n",
@@ -292,6 +324,7 @@ fn the_c_example_serves_a_whole_session_with_a_deferred_and_a_bounced_recipient(
     c.finish();
     let left = queue_files(&p);
     assert_eq!(left[1].1, example_message("alice@s.example", &["x@example.com"], content));
+    log
 }
 
 // ---------------------------------------------------------------------------
@@ -390,7 +423,7 @@ fn a_plugin_of_a_newer_minor_with_appended_fields_loads_and_works() {
     let (status, log) = c.finish();
     assert!(status.success());
     assert!(log.contains("plugin=testplugin version=next-minor section=credentials"), "{log}");
-    assert!(log.contains(" abi=1.1 "), "{log}");
+    assert!(log.contains(&format!(" abi=1.{} ", odmr_api::ffi::ODMR_ABI_MINOR + 1)), "{log}");
 }
 
 // ---------------------------------------------------------------------------

@@ -107,6 +107,33 @@ fn auth_replies() {
 }
 
 #[test]
+fn auth_responses_up_to_12288_octets_are_read_and_the_next_line_is_a_command() {
+    let p = Provider::new();
+    let mut c = p.start();
+    c.expect(220);
+    // Longer than a command line may be, but a whole AUTH response (RFC 4954):
+    // read to its end and judged as a response.
+    c.command("AUTH CRAM-MD5", 334);
+    c.command(&"QUJD".repeat(150), 501);
+    c.command("AUTH CRAM-MD5", 334);
+    c.command(&"A".repeat(12286), 501);
+    // One octet more: answered once, and the exchange is over...
+    c.command("AUTH CRAM-MD5", 334);
+    c.command(&"A".repeat(12287), 500);
+    // ...so what follows is a command again, not taken for the response.
+    c.command("NOOP", 250);
+    c.command("AUTH CRAM-MD5", 334);
+    c.command(&"A".repeat(100_000), 500);
+    c.command("NOOP", 250);
+    // Commands keep their own limit.
+    c.command(&format!("NOOP {}", "x".repeat(600)), 500);
+    c.auth(USER, PASSWORD, 235);
+    c.command("QUIT", 221);
+    let (_, log) = c.finish();
+    assert_eq!(log.matches("event=auth result=too-long").count(), 2, "{log}");
+}
+
+#[test]
 fn challenges_are_unique_and_well_formed() {
     let p = Provider::new();
     let mut c = p.start();

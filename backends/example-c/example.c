@@ -269,8 +269,12 @@ static odmr_status list_domains(odmr_instance *inst, odmr_str user, void *cb_ctx
     return ODMR_OK;
 }
 
+/* Designated initializers: fields a later ABI minor appends stay NULL/0, so
+ * this source builds unchanged against any 1.x header. */
 static const odmr_credentials_ops credentials_ops = {
-    sizeof(odmr_credentials_ops), lookup_secret, NULL /* verify_cram_md5 */, list_domains,
+    .struct_size = sizeof(odmr_credentials_ops),
+    .lookup_secret = lookup_secret,
+    .list_domains = list_domains,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -644,24 +648,30 @@ static odmr_status commit(odmr_cursor *cur)
 }
 
 static const odmr_queue_ops queue_ops = {
-    sizeof(odmr_queue_ops), has_pending, cursor_open, cursor_next, read_body, set_outcome, commit,
-    cursor_close,
+    .struct_size = sizeof(odmr_queue_ops),
+    .has_pending = has_pending,
+    .cursor_open = cursor_open,
+    .cursor_next = cursor_next,
+    .read_body = read_body,
+    .set_outcome = set_outcome,
+    .commit = commit,
+    .cursor_close = cursor_close,
 };
 
 /* ------------------------------------------------------------------------ */
 /* The descriptor and the one exported symbol. */
 
 static const odmr_plugin plugin = {
-    sizeof(odmr_plugin),
-    ODMR_ABI_MAJOR,
-    ODMR_ABI_MINOR,
-    "example-c",
-    "1.0",
-    0, /* not ODMR_F_THREADSAFE: odmrd serialises every call */
-    example_new,
-    example_free,
-    &credentials_ops,
-    &queue_ops,
+    .struct_size = sizeof(odmr_plugin),
+    .abi_major = ODMR_ABI_MAJOR,
+    .abi_minor = ODMR_ABI_MINOR,
+    .name = "example-c",
+    .version = "1.0",
+    .flags = 0, /* not ODMR_F_THREADSAFE: odmrd serialises every call */
+    .instance_new = example_new,
+    .instance_free = example_free,
+    .credentials = &credentials_ops,
+    .queue = &queue_ops,
 };
 
 odmr_status odmr_plugin_init(const odmr_host *host, const odmr_plugin **out)

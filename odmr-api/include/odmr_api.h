@@ -24,7 +24,7 @@
  * (detected through `struct_size`) and add constants; appended function
  * pointers are nullable.
  */
-#define ODMR_ABI_MINOR 0
+#define ODMR_ABI_MINOR 1
 
 /**
  * Plugin flag (`odmr_plugin.flags`): instance and cursor functions may be
@@ -63,6 +63,71 @@
  * HMAC context (opad MD5 state then ipad MD5 state, little-endian words).
  */
 #define ODMR_SECRET_CRAM_MD5_CONTEXT 2
+
+/**
+ * ABI 1.1. Queue flag (`odmr_queue_ops.flags`): the host may call
+ * `cursor_next` (and then `read_body`) for the next message before it has
+ * committed the current one, to pipeline across messages. At most two
+ * messages are then open: `read_body` reads the newer, while `set_outcome`,
+ * `set_outcome_reply` and `commit` apply to the older until its `commit`,
+ * which retires it whether it succeeds or not. Without the flag the host
+ * commits each message before asking for the next.
+ */
+#define ODMR_QF_NEXT_BEFORE_COMMIT 1
+
+/**
+ * ABI 1.1. `ret` of `message_details`: the sender gave no RET (RFC 3461).
+ */
+#define ODMR_RET_UNSPECIFIED 0
+
+/**
+ * `ret`: RET=FULL, return the whole message in a DSN.
+ */
+#define ODMR_RET_FULL 1
+
+/**
+ * `ret`: RET=HDRS, return only the headers in a DSN.
+ */
+#define ODMR_RET_HDRS 2
+
+/**
+ * ABI 1.1. Bits of `notify` (RFC 3461 NOTIFY); 0 means the sender gave no
+ * NOTIFY (the host then reports failures, as for FAILURE).
+ * NOTIFY=NEVER: no DSN at all. Never combined with the other bits.
+ */
+#define ODMR_NOTIFY_NEVER 1
+
+/**
+ * NOTIFY=SUCCESS.
+ */
+#define ODMR_NOTIFY_SUCCESS 2
+
+/**
+ * NOTIFY=FAILURE.
+ */
+#define ODMR_NOTIFY_FAILURE 4
+
+/**
+ * NOTIFY=DELAY.
+ */
+#define ODMR_NOTIFY_DELAY 8
+
+/**
+ * ABI 1.1. Bits of a message's `flags`: the envelope needs SMTPUTF8 (it was
+ * received with SMTPUTF8, or has UTF-8 addresses).
+ */
+#define ODMR_MSG_SMTPUTF8 1
+
+/**
+ * The body holds octets above 127 (or was received with BODY=8BITMIME).
+ */
+#define ODMR_MSG_8BIT 2
+
+/**
+ * The body is known to hold only 7-bit octets. With neither ODMR_MSG_8BIT
+ * nor ODMR_MSG_7BIT the backend does not know.
+ */
+#define ODMR_MSG_7BIT 4
 
 /**
  * Per-recipient outcome passed to `set_outcome`: the customer accepted it.
@@ -216,6 +281,17 @@ typedef struct odmr_credentials_ops {
                                 struct odmr_str user,
                                 void *cb_ctx,
                                 odmr_domain_cb cb);
+    /**
+     * ABI 1.1, nullable. Verify a clear-text `password` (AUTH PLAIN or LOGIN,
+     * offered only under TLS) for stores that keep only hashes: ODMR_OK when
+     * it matches, ODMR_DENIED when it does not or the account is disabled,
+     * ODMR_NOT_FOUND for no such user, ODMR_UNSUPPORTED when the account's
+     * scheme cannot be checked here. The host compares clear secrets from
+     * `lookup_secret` itself and calls this only otherwise.
+     */
+    odmr_status (*verify_password)(struct odmr_instance *inst,
+                                   struct odmr_str user,
+                                   struct odmr_str password);
 } odmr_credentials_ops;
 
 /**
@@ -238,7 +314,68 @@ typedef struct odmr_envelope_sink {
      * the n-th call (from 0) is recipient index n for `set_outcome`.
      */
     void (*recipient)(void *ctx, struct odmr_str address);
+    /**
+     * ABI 1.1, nullable; present only when `host->abi_minor >= 1` (a 1.0
+     * host's sink ends before it). Called at most once, after `message` and
+     * before the first `recipient`: `arrival` in seconds since the Unix
+     * epoch (0 when unknown); `envid` the RFC 3461 ENVID with its xtext
+     * decoded (empty when none); `ret` an ODMR_RET_* value; `flags` ODMR_MSG_*
+     * bits. A message without this call has all of them unknown.
+     */
+    void (*message_details)(void *ctx,
+                            int64_t arrival,
+                            struct odmr_str envid,
+                            uint32_t ret,
+                            uint32_t flags);
+    /**
+     * ABI 1.1, nullable, as `message_details`. Called at most once right
+     * after a `recipient` call, for that recipient: `notify` ODMR_NOTIFY_*
+     * bits (0: none given); `orcpt` the ORCPT as `addr-type;address` with the
+     * xtext decoded, e.g. `rfc822;bob@example.org` (empty when none).
+     */
+    void (*recipient_details)(void *ctx, uint32_t notify, struct odmr_str orcpt);
 } odmr_envelope_sink;
+
+/**
+ * ABI 1.1. Where `odmr_queue_ops.list` reports, for a queue listing: owned
+ * by the host, borrowed for the `list` call; the plugin calls back on the
+ * calling thread before returning. Every string is borrowed for its callback.
+ * Fields appended by later minors are present when `struct_size` covers them.
+ */
+typedef struct odmr_list_sink {
+    /**
+     * `sizeof(odmr_list_sink)` as the host was built.
+     */
+    uint32_t struct_size;
+    /**
+     * Opaque host context for the callbacks.
+     */
+    void *ctx;
+    /**
+     * One message with pending recipients in `domain` (one of the requested
+     * domains; a message with pending recipients in several is reported once
+     * per domain): queue id, sender (empty for `<>`), size in bytes (0 when
+     * unknown), arrival in seconds since the Unix epoch (0 when unknown),
+     * ODMR_MSG_* flags.
+     */
+    void (*message)(void *ctx,
+                    struct odmr_str domain,
+                    struct odmr_str id,
+                    struct odmr_str sender,
+                    uint64_t size,
+                    int64_t arrival,
+                    uint32_t flags);
+    /**
+     * One pending recipient of the message last reported, in order, with
+     * the last reply that deferred it if the queue knows it (else empty).
+     */
+    void (*recipient)(void *ctx, struct odmr_str address, struct odmr_str last_reply);
+    /**
+     * A file or entry that could not be read as a message: the domain it
+     * was found under (empty when unknown), its id or file name, and why.
+     */
+    void (*unreadable)(void *ctx, struct odmr_str domain, struct odmr_str id, struct odmr_str reason);
+} odmr_list_sink;
 
 /**
  * Queue operations: a static table owned by the plugin, valid until the
@@ -299,7 +436,43 @@ typedef struct odmr_queue_ops {
      * Uncommitted outcomes are discarded.
      */
     void (*cursor_close)(struct odmr_cursor *cur);
+    /**
+     * ABI 1.1: ODMR_QF_* bits (0 in a 1.0 table).
+     */
+    uint32_t flags;
+    /**
+     * ABI 1.1, nullable. A read-only listing for `odmrd --queue`: report
+     * every message with pending recipients in `domains` (borrowed for the
+     * call; none means every domain the queue can enumerate, ODMR_UNSUPPORTED
+     * if it cannot) and every unreadable entry through `sink`, then return
+     * ODMR_OK. Changes nothing, takes no lock a collection would wait for,
+     * and may run while a session collects the same domains. Called from
+     * any thread, like `has_pending`.
+     */
+    odmr_status (*list)(struct odmr_instance *inst,
+                        const struct odmr_str *domains,
+                        size_t n_domains,
+                        const struct odmr_list_sink *sink);
+    /**
+     * ABI 1.1, nullable. As `set_outcome`, with the customer's reply (one
+     * line, borrowed for the call), for queues that keep the last deferral
+     * reason for the listing. When present the host calls it instead of
+     * `set_outcome`.
+     */
+    odmr_status (*set_outcome_reply)(struct odmr_cursor *cur,
+                                     size_t index,
+                                     int32_t outcome,
+                                     struct odmr_str reply);
 } odmr_queue_ops;
+
+/**
+ * ABI 1.1. Receives one finding of `odmr_plugin.check`, on the calling
+ * thread during the call: `level` is ODMR_LOG_ERROR (the configuration cannot
+ * work: `odmrd --check-config` fails) or ODMR_LOG_WARN (it works, but the
+ * operator should look); `message` is borrowed for the callback and names the
+ * key, file or object concerned.
+ */
+typedef void (*odmr_check_cb)(void *cb_ctx, int32_t level, struct odmr_str message);
 
 /**
  * A plugin's descriptor, returned by `odmr_plugin_init`. Owned by the plugin,
@@ -359,6 +532,15 @@ typedef struct odmr_plugin {
      * Nullable: present when the plugin serves `[queue]`.
      */
     const struct odmr_queue_ops *queue;
+    /**
+     * ABI 1.1, nullable. Check an instance deeper than `instance_new` did,
+     * for `odmrd --check-config`: files readable, directories present, the
+     * database reachable, a sample lookup working. Report each finding
+     * through `cb(cb_ctx, level, message)` and return ODMR_OK once the checks
+     * ran (whatever they found), or a status when they could not run.
+     * Called on the host's main thread.
+     */
+    odmr_status (*check)(struct odmr_instance *inst, void *cb_ctx, odmr_check_cb cb);
 } odmr_plugin;
 
 /**

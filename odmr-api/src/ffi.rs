@@ -19,6 +19,12 @@
 //! - no string is ever freed across the boundary; opaque handles are released
 //!   only by their own `*_free` / `*_close` function.
 //!
+//! ABI 1.1 appended, all nullable or flag-gated (a 1.0 plugin is unchanged):
+//! per-message and per-recipient details in the envelope sink (arrival time,
+//! ENVID, RET, SMTPUTF8/8-bit, NOTIFY, ORCPT), `odmr_plugin.check`,
+//! `odmr_credentials_ops.verify_password`, and in `odmr_queue_ops` the
+//! `flags` (ODMR_QF_*), the read-only `list` and `set_outcome_reply`.
+//!
 //! Threads: `odmr_plugin_init`, `instance_new` and `instance_free` are called on
 //! the host's main thread. Instance functions are called concurrently only when
 //! the plugin sets [`ODMR_F_THREADSAFE`]; otherwise the host never enters the
@@ -35,7 +41,7 @@ pub const ODMR_ABI_MAJOR: u32 = 1;
 /// The ABI minor version. Minors only append fields to the end of structs
 /// (detected through `struct_size`) and add constants; appended function
 /// pointers are nullable.
-pub const ODMR_ABI_MINOR: u32 = 0;
+pub const ODMR_ABI_MINOR: u32 = 1;
 
 /// Result of every plugin call: one of the ODMR_* status values below. Values
 /// not listed here are treated as ODMR_INTERNAL by the host. Only the host maps
@@ -94,6 +100,42 @@ pub const ODMR_SECRET_PLAIN: u32 = 1;
 /// Kind of secret returned by `lookup_secret`: Dovecot's 32-byte CRAM-MD5
 /// HMAC context (opad MD5 state then ipad MD5 state, little-endian words).
 pub const ODMR_SECRET_CRAM_MD5_CONTEXT: u32 = 2;
+
+/// ABI 1.1. Queue flag (`odmr_queue_ops.flags`): the host may call
+/// `cursor_next` (and then `read_body`) for the next message before it has
+/// committed the current one, to pipeline across messages. At most two
+/// messages are then open: `read_body` reads the newer, while `set_outcome`,
+/// `set_outcome_reply` and `commit` apply to the older until its `commit`,
+/// which retires it whether it succeeds or not. Without the flag the host
+/// commits each message before asking for the next.
+pub const ODMR_QF_NEXT_BEFORE_COMMIT: u32 = 1;
+
+/// ABI 1.1. `ret` of `message_details`: the sender gave no RET (RFC 3461).
+pub const ODMR_RET_UNSPECIFIED: u32 = 0;
+/// `ret`: RET=FULL, return the whole message in a DSN.
+pub const ODMR_RET_FULL: u32 = 1;
+/// `ret`: RET=HDRS, return only the headers in a DSN.
+pub const ODMR_RET_HDRS: u32 = 2;
+
+/// ABI 1.1. Bits of `notify` (RFC 3461 NOTIFY); 0 means the sender gave no
+/// NOTIFY (the host then reports failures, as for FAILURE).
+/// NOTIFY=NEVER: no DSN at all. Never combined with the other bits.
+pub const ODMR_NOTIFY_NEVER: u32 = 1;
+/// NOTIFY=SUCCESS.
+pub const ODMR_NOTIFY_SUCCESS: u32 = 2;
+/// NOTIFY=FAILURE.
+pub const ODMR_NOTIFY_FAILURE: u32 = 4;
+/// NOTIFY=DELAY.
+pub const ODMR_NOTIFY_DELAY: u32 = 8;
+
+/// ABI 1.1. Bits of a message's `flags`: the envelope needs SMTPUTF8 (it was
+/// received with SMTPUTF8, or has UTF-8 addresses).
+pub const ODMR_MSG_SMTPUTF8: u32 = 1;
+/// The body holds octets above 127 (or was received with BODY=8BITMIME).
+pub const ODMR_MSG_8BIT: u32 = 2;
+/// The body is known to hold only 7-bit octets. With neither ODMR_MSG_8BIT
+/// nor ODMR_MSG_7BIT the backend does not know.
+pub const ODMR_MSG_7BIT: u32 = 4;
 
 /// Per-recipient outcome passed to `set_outcome`: the customer accepted it.
 /// The backend removes the recipient on `commit`.
@@ -214,6 +256,15 @@ pub struct odmr_credentials_ops {
             cb: odmr_domain_cb,
         ) -> odmr_status,
     >,
+    /// ABI 1.1, nullable. Verify a clear-text `password` (AUTH PLAIN or LOGIN,
+    /// offered only under TLS) for stores that keep only hashes: ODMR_OK when
+    /// it matches, ODMR_DENIED when it does not or the account is disabled,
+    /// ODMR_NOT_FOUND for no such user, ODMR_UNSUPPORTED when the account's
+    /// scheme cannot be checked here. The host compares clear secrets from
+    /// `lookup_secret` itself and calls this only otherwise.
+    pub verify_password: Option<
+        unsafe extern "C" fn(inst: *mut odmr_instance, user: OdmrStr, password: OdmrStr) -> odmr_status,
+    >,
 }
 
 /// Where `cursor_next` describes one message: owned by the host, borrowed for
@@ -229,6 +280,58 @@ pub struct odmr_envelope_sink {
     /// Called once per pending recipient of a requested domain, in order;
     /// the n-th call (from 0) is recipient index n for `set_outcome`.
     pub recipient: unsafe extern "C" fn(ctx: *mut c_void, address: OdmrStr),
+    /// ABI 1.1, nullable; present only when `host->abi_minor >= 1` (a 1.0
+    /// host's sink ends before it). Called at most once, after `message` and
+    /// before the first `recipient`: `arrival` in seconds since the Unix
+    /// epoch (0 when unknown); `envid` the RFC 3461 ENVID with its xtext
+    /// decoded (empty when none); `ret` an ODMR_RET_* value; `flags` ODMR_MSG_*
+    /// bits. A message without this call has all of them unknown.
+    pub message_details:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, arrival: i64, envid: OdmrStr, ret: u32, flags: u32)>,
+    /// ABI 1.1, nullable, as `message_details`. Called at most once right
+    /// after a `recipient` call, for that recipient: `notify` ODMR_NOTIFY_*
+    /// bits (0: none given); `orcpt` the ORCPT as `addr-type;address` with the
+    /// xtext decoded, e.g. `rfc822;bob@example.org` (empty when none).
+    pub recipient_details: Option<unsafe extern "C" fn(ctx: *mut c_void, notify: u32, orcpt: OdmrStr)>,
+}
+
+/// ABI 1.1. Receives one finding of `odmr_plugin.check`, on the calling
+/// thread during the call: `level` is ODMR_LOG_ERROR (the configuration cannot
+/// work: `odmrd --check-config` fails) or ODMR_LOG_WARN (it works, but the
+/// operator should look); `message` is borrowed for the callback and names the
+/// key, file or object concerned.
+pub type odmr_check_cb = unsafe extern "C" fn(cb_ctx: *mut c_void, level: i32, message: OdmrStr);
+
+/// ABI 1.1. Where `odmr_queue_ops.list` reports, for a queue listing: owned
+/// by the host, borrowed for the `list` call; the plugin calls back on the
+/// calling thread before returning. Every string is borrowed for its callback.
+/// Fields appended by later minors are present when `struct_size` covers them.
+#[repr(C)]
+pub struct odmr_list_sink {
+    /// `sizeof(odmr_list_sink)` as the host was built.
+    pub struct_size: u32,
+    /// Opaque host context for the callbacks.
+    pub ctx: *mut c_void,
+    /// One message with pending recipients in `domain` (one of the requested
+    /// domains; a message with pending recipients in several is reported once
+    /// per domain): queue id, sender (empty for `<>`), size in bytes (0 when
+    /// unknown), arrival in seconds since the Unix epoch (0 when unknown),
+    /// ODMR_MSG_* flags.
+    pub message: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        domain: OdmrStr,
+        id: OdmrStr,
+        sender: OdmrStr,
+        size: u64,
+        arrival: i64,
+        flags: u32,
+    ),
+    /// One pending recipient of the message last reported, in order, with
+    /// the last reply that deferred it if the queue knows it (else empty).
+    pub recipient: unsafe extern "C" fn(ctx: *mut c_void, address: OdmrStr, last_reply: OdmrStr),
+    /// A file or entry that could not be read as a message: the domain it
+    /// was found under (empty when unknown), its id or file name, and why.
+    pub unreadable: unsafe extern "C" fn(ctx: *mut c_void, domain: OdmrStr, id: OdmrStr, reason: OdmrStr),
 }
 
 /// Queue operations: a static table owned by the plugin, valid until the
@@ -290,6 +393,35 @@ pub struct odmr_queue_ops {
     /// Release the cursor and its locks; the handle is invalid afterwards.
     /// Uncommitted outcomes are discarded.
     pub cursor_close: Option<unsafe extern "C" fn(cur: *mut odmr_cursor)>,
+    /// ABI 1.1: ODMR_QF_* bits (0 in a 1.0 table).
+    pub flags: u32,
+    /// ABI 1.1, nullable. A read-only listing for `odmrd --queue`: report
+    /// every message with pending recipients in `domains` (borrowed for the
+    /// call; none means every domain the queue can enumerate, ODMR_UNSUPPORTED
+    /// if it cannot) and every unreadable entry through `sink`, then return
+    /// ODMR_OK. Changes nothing, takes no lock a collection would wait for,
+    /// and may run while a session collects the same domains. Called from
+    /// any thread, like `has_pending`.
+    pub list: Option<
+        unsafe extern "C" fn(
+            inst: *mut odmr_instance,
+            domains: *const OdmrStr,
+            n_domains: usize,
+            sink: *const odmr_list_sink,
+        ) -> odmr_status,
+    >,
+    /// ABI 1.1, nullable. As `set_outcome`, with the customer's reply (one
+    /// line, borrowed for the call), for queues that keep the last deferral
+    /// reason for the listing. When present the host calls it instead of
+    /// `set_outcome`.
+    pub set_outcome_reply: Option<
+        unsafe extern "C" fn(
+            cur: *mut odmr_cursor,
+            index: usize,
+            outcome: i32,
+            reply: OdmrStr,
+        ) -> odmr_status,
+    >,
 }
 
 /// A plugin's descriptor, returned by `odmr_plugin_init`. Owned by the plugin,
@@ -333,6 +465,15 @@ pub struct odmr_plugin {
     pub credentials: *const odmr_credentials_ops,
     /// Nullable: present when the plugin serves `[queue]`.
     pub queue: *const odmr_queue_ops,
+    /// ABI 1.1, nullable. Check an instance deeper than `instance_new` did,
+    /// for `odmrd --check-config`: files readable, directories present, the
+    /// database reachable, a sample lookup working. Report each finding
+    /// through `cb(cb_ctx, level, message)` and return ODMR_OK once the checks
+    /// ran (whatever they found), or a status when they could not run.
+    /// Called on the host's main thread.
+    pub check: Option<
+        unsafe extern "C" fn(inst: *mut odmr_instance, cb_ctx: *mut c_void, cb: odmr_check_cb) -> odmr_status,
+    >,
 }
 
 // SAFETY: the descriptor and its tables are immutable statics that only hold
@@ -379,3 +520,7 @@ pub const ODMR_CREDENTIALS_OPS_V1_0_SIZE: usize =
     offset_of!(odmr_credentials_ops, list_domains) + size_of::<usize>();
 /// End of `odmr_queue_ops`'s last v1.0 field (`cursor_close`).
 pub const ODMR_QUEUE_OPS_V1_0_SIZE: usize = offset_of!(odmr_queue_ops, cursor_close) + size_of::<usize>();
+/// End of `odmr_envelope_sink`'s last v1.0 field (`recipient`): what a
+/// plugin may read of the sink of a 1.0 host.
+pub const ODMR_ENVELOPE_SINK_V1_0_SIZE: usize =
+    offset_of!(odmr_envelope_sink, recipient) + size_of::<usize>();

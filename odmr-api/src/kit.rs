@@ -13,9 +13,11 @@
 //! links its built-ins as rlibs without that symbol.
 
 use crate::ffi::*;
+use crate::params::{Notify, Ret};
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A failure status, the non-success half of [`odmr_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +152,13 @@ impl Host {
         Host { raw: std::ptr::null() }
     }
 
+    /// The host's ABI minor (0 for a detached host): which appended fields
+    /// of the host-provided structs without a `struct_size` exist.
+    pub fn abi_minor(&self) -> u32 {
+        // SAFETY: `raw` is null or the host pointer, valid until exit.
+        unsafe { self.raw.as_ref() }.map_or(0, |h| h.abi_minor)
+    }
+
     /// Log `msg` through the host (never to fds 0-2: under inetd those are the
     /// customer's socket).
     pub fn log(&self, level: LogLevel, msg: &str) {
@@ -193,6 +202,100 @@ pub struct Envelope {
     pub size: u64,
     /// The pending recipients of the requested domains, in order.
     pub recipients: Vec<String>,
+    /// ABI 1.1: when the message reached the queue, if known.
+    pub arrival: Option<SystemTime>,
+    /// ABI 1.1: the sender's ENVID (xtext decoded), if any.
+    pub envid: Option<String>,
+    /// ABI 1.1: the sender's RET, if any.
+    pub ret: Option<Ret>,
+    /// ABI 1.1: the envelope needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// ABI 1.1: Some(true) for a body with 8-bit octets, Some(false) for a
+    /// 7-bit one, None when the backend does not know.
+    pub eight_bit: Option<bool>,
+    /// ABI 1.1: NOTIFY and ORCPT of `recipients[i]` at index `i`; shorter
+    /// (usually empty) when the backend knows none. Read it through
+    /// [`Envelope::recipient_details`].
+    pub details: Vec<RecipientDetails>,
+}
+
+/// ABI 1.1: what the sender asked of one recipient (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecipientDetails {
+    /// NOTIFY.
+    pub notify: Notify,
+    /// ORCPT as `addr-type;address` (xtext decoded), if given.
+    pub orcpt: Option<String>,
+}
+
+impl Envelope {
+    /// The details of recipient `index` (defaults when the backend gave none).
+    pub fn recipient_details(&self, index: usize) -> RecipientDetails {
+        self.details.get(index).cloned().unwrap_or_default()
+    }
+
+    /// The ODMR_MSG_* bits of this envelope.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.smtputf8 {
+            flags |= ODMR_MSG_SMTPUTF8;
+        }
+        match self.eight_bit {
+            Some(true) => flags |= ODMR_MSG_8BIT,
+            Some(false) => flags |= ODMR_MSG_7BIT,
+            None => {}
+        }
+        flags
+    }
+
+    /// Set `smtputf8` and `eight_bit` from ODMR_MSG_* bits.
+    pub fn set_flags(&mut self, flags: u32) {
+        self.smtputf8 = flags & ODMR_MSG_SMTPUTF8 != 0;
+        self.eight_bit = if flags & ODMR_MSG_8BIT != 0 {
+            Some(true)
+        } else if flags & ODMR_MSG_7BIT != 0 {
+            Some(false)
+        } else {
+            None
+        };
+    }
+}
+
+/// Seconds since the Unix epoch as the ABI passes arrival times (0: unknown).
+pub fn arrival_to_raw(arrival: Option<SystemTime>) -> i64 {
+    arrival
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The arrival time for an ABI value (0 and negatives: unknown).
+pub fn arrival_from_raw(raw: i64) -> Option<SystemTime> {
+    u64::try_from(raw).ok().filter(|&s| s > 0).map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// ABI 1.1: one entry of a queue listing ([`Queue::list`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Listed<'a> {
+    /// A message with pending recipients in `domain`; `last_replies[i]` is
+    /// the reply that last deferred `envelope.recipients[i]` (empty when
+    /// unknown; the slice may be shorter).
+    Message {
+        /// The requested domain it is listed under.
+        domain: &'a str,
+        /// Its envelope (recipients: the pending ones of `domain`).
+        envelope: &'a Envelope,
+        /// Last deferral replies, by recipient index.
+        last_replies: &'a [String],
+    },
+    /// An entry that could not be read as a message.
+    Unreadable {
+        /// The domain it was found under ("" when unknown).
+        domain: &'a str,
+        /// Its id or file name.
+        id: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
 }
 
 /// The outcome of one recipient.
@@ -232,6 +335,14 @@ pub trait Instance: Sized + Send + Sync + 'static {
     /// Build an instance from the `(key, value)` pairs of the plugin's ini
     /// section. Reject unknown keys; the error names the key and the reason.
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String>;
+
+    /// ABI 1.1: check deeper than `new` did, for `odmrd --check-config`
+    /// (files readable, database reachable...). Report each finding with
+    /// `LogLevel::Error` (cannot work) or `LogLevel::Warn`; Err only when the
+    /// checks could not run. The default finds nothing.
+    fn check(&self, _report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        Ok(())
+    }
 }
 
 /// A credential store.
@@ -248,6 +359,13 @@ pub trait Credentials: Instance {
 
     /// The domains `user` may collect with ATRN.
     fn domains(&self, user: &str) -> Result<Vec<String>, Status>;
+
+    /// ABI 1.1: verify a clear-text password (AUTH PLAIN/LOGIN under TLS)
+    /// for stores that keep only hashes. Ok(true) when it matches; the
+    /// default is `Unsupported`.
+    fn verify_password(&self, _user: &str, _password: &[u8]) -> Result<bool, Status> {
+        Err(Status::Unsupported)
+    }
 }
 
 /// A queue reader.
@@ -260,6 +378,19 @@ pub trait Queue: Instance {
 
     /// A cursor over the messages with pending recipients in `domains`.
     fn open(&self, domains: &[String]) -> Result<Self::Cursor, Status>;
+
+    /// ABI 1.1: whether the cursor supports `ODMR_QF_NEXT_BEFORE_COMMIT`
+    /// (see the constant: at most two messages open, outcomes and commit for
+    /// the older). Off by default.
+    const NEXT_BEFORE_COMMIT: bool = false;
+
+    /// ABI 1.1: a read-only listing of the messages pending for `domains`
+    /// (empty: every domain the queue can enumerate), one [`Listed`] each,
+    /// without taking any lock a collection would wait for. The default is
+    /// `Unsupported`.
+    fn list(&self, _domains: &[String], _report: &mut dyn FnMut(Listed<'_>)) -> Result<(), Status> {
+        Err(Status::Unsupported)
+    }
 }
 
 /// Iteration over the messages of one collection, and their acknowledgement.
@@ -270,6 +401,11 @@ pub trait Cursor: 'static {
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status>;
     /// Record the outcome of recipient `index` of the current message.
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status>;
+    /// ABI 1.1: as `set_outcome`, with the customer's reply, for queues that
+    /// keep the last deferral reason. The default forgets the reply.
+    fn set_outcome_reply(&mut self, index: usize, outcome: Outcome, _reply: &str) -> Result<(), Status> {
+        self.set_outcome(index, outcome)
+    }
     /// Apply the recorded outcomes durably.
     fn commit(&mut self) -> Result<(), Status>;
 }
@@ -415,10 +551,11 @@ pub unsafe extern "C" fn instance_new<T: Instance>(
             };
             config.push((key.to_owned(), value.to_owned()));
         }
-        match T::new(Host { raw: host }, &config) {
-            Ok(instance) => {
+        let host = Host { raw: host };
+        match T::new(host, &config) {
+            Ok(inner) => {
                 // SAFETY: `out` checked non-null.
-                unsafe { *out = Box::into_raw(Box::new(instance)).cast() };
+                unsafe { *out = Box::into_raw(Box::new(Hosted { host, inner })).cast() };
                 ODMR_OK
             }
             Err(reason) => {
@@ -443,17 +580,53 @@ pub unsafe extern "C" fn instance_free<T: Instance>(inst: *mut odmr_instance) {
     guard(|| {
         if !inst.is_null() {
             // SAFETY: created by `Box::into_raw` in `instance_new::<T>`.
-            drop(unsafe { Box::from_raw(inst.cast::<T>()) });
+            drop(unsafe { Box::from_raw(inst.cast::<Hosted<T>>()) });
         }
         ODMR_OK
     });
+}
+
+/// What an `odmr_instance` handle of the kit points to: the backend and the
+/// host it was created for (whose minor says what the host's structs hold).
+struct Hosted<T> {
+    host: Host,
+    inner: T,
+}
+
+/// What an `odmr_cursor` handle of the kit points to: the backend's cursor
+/// and the host's ABI minor (the layout of the sinks it passes).
+struct HostedCursor<C> {
+    host_minor: u32,
+    inner: C,
+}
+
+/// # Safety
+/// `inst` must come from `instance_new::<T>` and still be alive.
+unsafe fn hosted<'a, T: Instance>(inst: *mut odmr_instance) -> Result<&'a Hosted<T>, Status> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { inst.cast::<Hosted<T>>().as_ref() }.ok_or(Status::InvalidArgument)
 }
 
 /// # Safety
 /// `inst` must come from `instance_new::<T>` and still be alive.
 unsafe fn instance_ref<'a, T: Instance>(inst: *mut odmr_instance) -> Result<&'a T, Status> {
     // SAFETY: guaranteed by the caller.
-    unsafe { inst.cast::<T>().as_ref() }.ok_or(Status::InvalidArgument)
+    unsafe { hosted::<T>(inst) }.map(|h| &h.inner)
+}
+
+unsafe extern "C" fn check<T: Instance>(
+    inst: *mut odmr_instance,
+    cb_ctx: *mut c_void,
+    cb: odmr_check_cb,
+) -> odmr_status {
+    guard(|| {
+        let mut report = |level: LogLevel, message: &str| {
+            // SAFETY: the host's callback, with a message borrowed for the call.
+            unsafe { cb(cb_ctx, level.to_raw(), OdmrStr::from_bytes(message.as_bytes())) }
+        };
+        // SAFETY: `inst` is ours.
+        status_of(unsafe { instance_ref::<T>(inst) }.and_then(|i| i.check(&mut report)))
+    })
 }
 
 unsafe extern "C" fn lookup_secret<T: Credentials>(
@@ -505,6 +678,23 @@ unsafe extern "C" fn verify_cram_md5<T: Credentials>(
                 )
             }
         };
+        match verify() {
+            Ok(true) => ODMR_OK,
+            Ok(false) => ODMR_DENIED,
+            Err(status) => status.to_raw(),
+        }
+    })
+}
+
+unsafe extern "C" fn verify_password<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    password: OdmrStr,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours; the strings are borrowed for the call.
+        let verify =
+            || unsafe { instance_ref::<T>(inst)?.verify_password(user.as_str()?, password.as_bytes()) };
         match verify() {
             Ok(true) => ODMR_OK,
             Ok(false) => ODMR_DENIED,
@@ -568,8 +758,11 @@ unsafe extern "C" fn cursor_open<T: Queue>(
             return ODMR_INVALID_ARGUMENT;
         }
         // SAFETY: `inst` is ours; `domains` valid for the call.
-        match unsafe { instance_ref::<T>(inst).and_then(|i| i.open(&domain_list(domains, n_domains)?)) } {
-            Ok(cursor) => {
+        match unsafe {
+            hosted::<T>(inst).and_then(|h| Ok((h.host, h.inner.open(&domain_list(domains, n_domains)?)?)))
+        } {
+            Ok((host, inner)) => {
+                let cursor = HostedCursor { host_minor: host.abi_minor(), inner };
                 // SAFETY: checked non-null.
                 unsafe { *out = Box::into_raw(Box::new(cursor)).cast() };
                 ODMR_OK
@@ -581,9 +774,49 @@ unsafe extern "C" fn cursor_open<T: Queue>(
 
 /// # Safety
 /// `cur` must come from `cursor_open::<T>` and still be open.
+unsafe fn hosted_cursor<'a, T: Queue>(
+    cur: *mut odmr_cursor,
+) -> Result<&'a mut HostedCursor<T::Cursor>, Status> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { cur.cast::<HostedCursor<T::Cursor>>().as_mut() }.ok_or(Status::InvalidArgument)
+}
+
+/// # Safety
+/// `cur` must come from `cursor_open::<T>` and still be open.
 unsafe fn cursor_mut<'a, T: Queue>(cur: *mut odmr_cursor) -> Result<&'a mut T::Cursor, Status> {
     // SAFETY: guaranteed by the caller.
-    unsafe { cur.cast::<T::Cursor>().as_mut() }.ok_or(Status::InvalidArgument)
+    unsafe { hosted_cursor::<T>(cur) }.map(|c| &mut c.inner)
+}
+
+fn str_of(s: &str) -> OdmrStr {
+    OdmrStr::from_bytes(s.as_bytes())
+}
+
+/// Describe `envelope` through a host's sink; the ABI 1.1 callbacks only when
+/// the host's minor says its sink has them.
+///
+/// # Safety
+/// `sink` must be a valid sink of a host of minor `host_minor`.
+pub unsafe fn describe_envelope(sink: &odmr_envelope_sink, host_minor: u32, envelope: &Envelope) {
+    let (message_details, recipient_details) =
+        if host_minor >= 1 { (sink.message_details, sink.recipient_details) } else { (None, None) };
+    // SAFETY (all calls): the host's callbacks, strings borrowed for each call.
+    unsafe { (sink.message)(sink.ctx, str_of(&envelope.id), str_of(&envelope.sender), envelope.size) };
+    if let Some(details) = message_details {
+        let envid = envelope.envid.as_deref().unwrap_or("");
+        let raw_arrival = arrival_to_raw(envelope.arrival);
+        // SAFETY: as above.
+        unsafe { details(sink.ctx, raw_arrival, str_of(envid), Ret::to_raw(envelope.ret), envelope.flags()) };
+    }
+    for (i, rcpt) in envelope.recipients.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { (sink.recipient)(sink.ctx, str_of(rcpt)) };
+        if let (Some(details), Some(d)) = (recipient_details, envelope.details.get(i)) {
+            let orcpt = d.orcpt.as_deref().unwrap_or("");
+            // SAFETY: as above.
+            unsafe { details(sink.ctx, d.notify.to_raw(), str_of(orcpt)) };
+        }
+    }
 }
 
 unsafe extern "C" fn cursor_next<T: Queue>(
@@ -594,17 +827,14 @@ unsafe extern "C" fn cursor_next<T: Queue>(
         // SAFETY: the sink is borrowed for the call.
         let Some(sink) = (unsafe { sink.as_ref() }) else { return ODMR_INVALID_ARGUMENT };
         // SAFETY: `cur` is ours.
-        match unsafe { cursor_mut::<T>(cur).and_then(|c| c.next_message()) } {
+        let cursor = match unsafe { hosted_cursor::<T>(cur) } {
+            Ok(cursor) => cursor,
+            Err(status) => return status.to_raw(),
+        };
+        match cursor.inner.next_message() {
             Ok(Some(envelope)) => {
-                let str_of = |s: &String| OdmrStr::from_bytes(s.as_bytes());
-                // SAFETY: the host's callbacks, strings borrowed for each call.
-                unsafe {
-                    (sink.message)(sink.ctx, str_of(&envelope.id), str_of(&envelope.sender), envelope.size)
-                };
-                for rcpt in &envelope.recipients {
-                    // SAFETY: as above.
-                    unsafe { (sink.recipient)(sink.ctx, str_of(rcpt)) };
-                }
+                // SAFETY: the host's sink, of the minor it was opened with.
+                unsafe { describe_envelope(sink, cursor.host_minor, &envelope) };
                 ODMR_OK
             }
             Ok(None) => ODMR_END,
@@ -654,6 +884,63 @@ unsafe extern "C" fn set_outcome<T: Queue>(cur: *mut odmr_cursor, index: usize, 
     })
 }
 
+unsafe extern "C" fn set_outcome_reply<T: Queue>(
+    cur: *mut odmr_cursor,
+    index: usize,
+    outcome: i32,
+    reply: OdmrStr,
+) -> odmr_status {
+    guard(|| {
+        let Some(outcome) = Outcome::from_raw(outcome) else { return ODMR_INVALID_ARGUMENT };
+        // SAFETY: the reply is borrowed for the call; not UTF-8 is kept lossily.
+        let reply = String::from_utf8_lossy(unsafe { reply.as_bytes() });
+        // SAFETY: `cur` is ours.
+        status_of(unsafe { cursor_mut::<T>(cur).and_then(|c| c.set_outcome_reply(index, outcome, &reply)) })
+    })
+}
+
+unsafe extern "C" fn list<T: Queue>(
+    inst: *mut odmr_instance,
+    domains: *const OdmrStr,
+    n_domains: usize,
+    sink: *const odmr_list_sink,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: the sink is borrowed for the call.
+        let Some(sink) = (unsafe { sink.as_ref() }) else { return ODMR_INVALID_ARGUMENT };
+        let mut report = |entry: Listed<'_>| match entry {
+            Listed::Message { domain, envelope, last_replies } => {
+                let e = envelope;
+                // SAFETY (all calls): the host's callbacks, strings borrowed for each call.
+                unsafe {
+                    (sink.message)(
+                        sink.ctx,
+                        str_of(domain),
+                        str_of(&e.id),
+                        str_of(&e.sender),
+                        e.size,
+                        arrival_to_raw(e.arrival),
+                        e.flags(),
+                    )
+                };
+                for (i, rcpt) in e.recipients.iter().enumerate() {
+                    let last = last_replies.get(i).map_or("", String::as_str);
+                    // SAFETY: as above.
+                    unsafe { (sink.recipient)(sink.ctx, str_of(rcpt), str_of(last)) };
+                }
+            }
+            Listed::Unreadable { domain, id, reason } => {
+                // SAFETY: as above.
+                unsafe { (sink.unreadable)(sink.ctx, str_of(domain), str_of(id), str_of(reason)) };
+            }
+        };
+        // SAFETY: `inst` is ours; `domains` valid for the call.
+        status_of(unsafe {
+            instance_ref::<T>(inst).and_then(|i| i.list(&domain_list(domains, n_domains)?, &mut report))
+        })
+    })
+}
+
 unsafe extern "C" fn commit<T: Queue>(cur: *mut odmr_cursor) -> odmr_status {
     // SAFETY: `cur` is ours.
     guard(|| status_of(unsafe { cursor_mut::<T>(cur).and_then(|c| c.commit()) }))
@@ -663,7 +950,7 @@ unsafe extern "C" fn cursor_close<T: Queue>(cur: *mut odmr_cursor) {
     guard(|| {
         if !cur.is_null() {
             // SAFETY: created by `Box::into_raw` in `cursor_open::<T>`.
-            drop(unsafe { Box::from_raw(cur.cast::<T::Cursor>()) });
+            drop(unsafe { Box::from_raw(cur.cast::<HostedCursor<T::Cursor>>()) });
         }
         ODMR_OK
     });
@@ -676,6 +963,7 @@ pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
         lookup_secret: Some(lookup_secret::<T>),
         verify_cram_md5: Some(verify_cram_md5::<T>),
         list_domains: Some(list_domains::<T>),
+        verify_password: Some(verify_password::<T>),
     }
 }
 
@@ -690,6 +978,9 @@ pub const fn queue_ops<T: Queue>() -> odmr_queue_ops {
         set_outcome: Some(set_outcome::<T>),
         commit: Some(commit::<T>),
         cursor_close: Some(cursor_close::<T>),
+        flags: if T::NEXT_BEFORE_COMMIT { ODMR_QF_NEXT_BEFORE_COMMIT } else { 0 },
+        list: Some(list::<T>),
+        set_outcome_reply: Some(set_outcome_reply::<T>),
     }
 }
 
@@ -711,6 +1002,7 @@ pub const fn descriptor<T: Instance>(
         instance_free: Some(instance_free::<T>),
         credentials,
         queue,
+        check: Some(check::<T>),
     }
 }
 

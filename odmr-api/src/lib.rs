@@ -8,14 +8,19 @@
 //!   `odmr_plugin_init` symbol of a cdylib (routing panic messages to the host
 //!   log).
 //!
+//! - [`params`] is what a sender's MAIL and RCPT parameters ask (NOTIFY,
+//!   RET, xtext for ENVID and ORCPT), parsed and formatted once.
+//! - [`host`] is the host's side: loading a plugin's descriptor, checking it
+//!   once, and safe wrappers over its tables (`CredentialStore`,
+//!   `MailQueue`, `QueueCursor`), used by odmrd and by [`testing`].
 //! - [`names`] is the one domain rule shared by odmrd and every backend
 //!   (what a domain is, which domain an address belongs to).
 //! - [`outcomes`] is a queue cursor's per-message bookkeeping: the offered
 //!   recipients and what the host recorded for each.
 //! - [`settings`] reads a plugin's ini section with the shared conventions
 //!   (errors name the key; repeated and unknown keys are errors).
-//! - [`testing`] is a test aid: a host that drives a plugin through its raw
-//!   C tables and keeps its log lines.
+//! - [`testing`] is a test aid: [`host`] with a log buffer, driving a plugin
+//!   through its C tables as odmrd does.
 //!
 //! `README.md` beside this crate is the plugin author's guide.
 //!
@@ -23,10 +28,16 @@
 //! SMTP, files or any backend's configuration.
 
 pub mod ffi;
+pub mod host;
 pub mod kit;
 pub mod names;
 pub mod outcomes;
+pub mod params;
 pub mod settings;
 pub mod testing;
 
-pub use kit::{Credentials, Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Secret, Status};
+pub use kit::{
+    Credentials, Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, RecipientDetails,
+    Secret, Status,
+};
+pub use params::{Notify, Ret};

@@ -89,6 +89,21 @@ fn rust_values() -> BTreeMap<String, i128> {
     ] {
         put(name, value.into());
     }
+    for (name, value) in [
+        ("ODMR_QF_NEXT_BEFORE_COMMIT", ODMR_QF_NEXT_BEFORE_COMMIT),
+        ("ODMR_RET_UNSPECIFIED", ODMR_RET_UNSPECIFIED),
+        ("ODMR_RET_FULL", ODMR_RET_FULL),
+        ("ODMR_RET_HDRS", ODMR_RET_HDRS),
+        ("ODMR_NOTIFY_NEVER", ODMR_NOTIFY_NEVER),
+        ("ODMR_NOTIFY_SUCCESS", ODMR_NOTIFY_SUCCESS),
+        ("ODMR_NOTIFY_FAILURE", ODMR_NOTIFY_FAILURE),
+        ("ODMR_NOTIFY_DELAY", ODMR_NOTIFY_DELAY),
+        ("ODMR_MSG_SMTPUTF8", ODMR_MSG_SMTPUTF8),
+        ("ODMR_MSG_8BIT", ODMR_MSG_8BIT),
+        ("ODMR_MSG_7BIT", ODMR_MSG_7BIT),
+    ] {
+        put(name, value.into());
+    }
     put("ODMR_F_THREADSAFE", ODMR_F_THREADSAFE.into());
     put("ODMR_SECRET_PLAIN", ODMR_SECRET_PLAIN.into());
     put("ODMR_SECRET_CRAM_MD5_CONTEXT", ODMR_SECRET_CRAM_MD5_CONTEXT.into());
@@ -106,13 +121,30 @@ fn rust_values() -> BTreeMap<String, i128> {
     layout!(
         "odmr_credentials_ops",
         odmr_credentials_ops,
-        [struct_size, lookup_secret, verify_cram_md5, list_domains]
+        [struct_size, lookup_secret, verify_cram_md5, list_domains, verify_password]
     );
-    layout!("odmr_envelope_sink", odmr_envelope_sink, [ctx, message, recipient]);
+    layout!(
+        "odmr_envelope_sink",
+        odmr_envelope_sink,
+        [ctx, message, recipient, message_details, recipient_details]
+    );
+    layout!("odmr_list_sink", odmr_list_sink, [struct_size, ctx, message, recipient, unreadable]);
     layout!(
         "odmr_queue_ops",
         odmr_queue_ops,
-        [struct_size, has_pending, cursor_open, cursor_next, read_body, set_outcome, commit, cursor_close]
+        [
+            struct_size,
+            has_pending,
+            cursor_open,
+            cursor_next,
+            read_body,
+            set_outcome,
+            commit,
+            cursor_close,
+            flags,
+            list,
+            set_outcome_reply
+        ]
     );
     layout!(
         "odmr_plugin",
@@ -127,7 +159,8 @@ fn rust_values() -> BTreeMap<String, i128> {
             instance_new,
             instance_free,
             credentials,
-            queue
+            queue,
+            check
         ]
     );
     v

@@ -2,7 +2,7 @@
 //! driven through its raw function tables, as the host does.
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{list_domains, TestHost};
+use odmr_api::testing::TestHost;
 use odmr_api::*;
 use std::ptr;
 
@@ -113,13 +113,8 @@ fn a_panic_becomes_a_status() {
 
 #[test]
 fn list_domains_calls_back_per_domain() {
-    let d = descriptor();
-    let ops = unsafe { &*d.credentials };
-    let inst = new_instance(&[]).unwrap();
-    // SAFETY: our live instance of this plugin.
-    let (rc, got) = unsafe { list_domains(ops, inst, "alice") };
-    assert_eq!(rc, ODMR_OK);
-    assert_eq!(got, ["example.org", "example.net"]);
+    let store = host().credentials(&[] as &[(&str, &str)]).unwrap();
+    assert_eq!(store.domains("alice").unwrap(), ["example.org", "example.net"]);
 }
 
 #[test]

@@ -63,8 +63,19 @@ pub struct ServerConfig {
     pub allow: Vec<IpNet>,
     /// Per-domain collection locks; default `/run/odmrd`; absolute.
     pub lock_directory: PathBuf,
-    /// Key `idle_timeout`, whole seconds, default 300, at least 1.
+    /// Key `idle_timeout`, whole seconds, default 300, at least 1: the wait for a command line's
+    /// first byte, and again from that byte to the line's end.
     pub idle_timeout: Duration,
+    /// Key `session_timeout`, whole seconds, default 600, at least 1: the whole dialogue before
+    /// ATRN's 250 (the reversed state has RFC 5321's limits per reply instead).
+    pub session_timeout: Duration,
+    /// Key `shutdown_grace`, seconds (decimals allowed), default 30: after SIGTERM, how long
+    /// running sessions may go on before their connections are closed (current messages stay
+    /// queued).
+    pub shutdown_grace: Duration,
+    /// Key `listen_backlog`, at least 1; None (the default): the system's maximum
+    /// (`net.core.somaxconn`).
+    pub listen_backlog: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +89,9 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             lock_directory: PathBuf::from("/run/odmrd"),
             idle_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            listen_backlog: None,
         }
     }
 }
@@ -192,6 +206,9 @@ const SERVER_KEYS: &[&str] = &[
     "allow",
     "lock_directory",
     "idle_timeout",
+    "session_timeout",
+    "shutdown_grace",
+    "listen_backlog",
 ];
 const AUTH_KEYS: &[&str] = &["mechanisms", "max_failures", "failure_delay"];
 const BOUNCE_KEYS: &[&str] = &["sendmail"];
@@ -464,9 +481,13 @@ fn parse_server(ctx: &Ctx, properties: Option<&Properties>) -> Result<ServerConf
                 }
                 server.lock_directory = PathBuf::from(value);
             }
-            "idle_timeout" => {
-                let seconds = parse_count(value).map_err(fail)?;
-                server.idle_timeout = Duration::from_secs(seconds as u64);
+            "idle_timeout" => server.idle_timeout = parse_whole_seconds(value).map_err(fail)?,
+            "session_timeout" => server.session_timeout = parse_whole_seconds(value).map_err(fail)?,
+            "shutdown_grace" => server.shutdown_grace = parse_seconds(value).map_err(fail)?,
+            "listen_backlog" => {
+                let n = parse_count(value).map_err(&fail)?;
+                let n = u32::try_from(n).ok().filter(|&n| n <= i32::MAX as u32);
+                server.listen_backlog = Some(n.ok_or_else(|| fail(format!("{value:?} is too large")))?);
             }
             _ => return Err(ctx.unknown_key("server", key, SERVER_KEYS)),
         }
@@ -641,6 +662,11 @@ fn parse_count(value: &str) -> Result<usize, String> {
     }
 }
 
+/// Whole seconds, at least 1.
+fn parse_whole_seconds(value: &str) -> Result<Duration, String> {
+    parse_count(value).map(|seconds| Duration::from_secs(seconds as u64))
+}
+
 /// Seconds, decimals allowed (`1`, `0.5`, `2.`), at least 0.
 fn parse_seconds(value: &str) -> Result<Duration, String> {
     let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
@@ -785,6 +811,9 @@ plugin = builtin:maildir
                 allow: vec!["127.0.0.0/8".parse().unwrap(), "192.0.2.0/24".parse().unwrap()],
                 lock_directory: "/run/odmrd".into(),
                 idle_timeout: Duration::from_secs(300),
+                session_timeout: Duration::from_secs(600),
+                shutdown_grace: Duration::from_secs(30),
+                listen_backlog: None,
             }
         );
         assert_eq!(config.auth, AuthConfig::default());
@@ -836,6 +865,9 @@ plugin = builtin:maildir
         assert!(config.server.allow.is_empty());
         assert_eq!(config.server.lock_directory, PathBuf::from("/run/odmrd"));
         assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.server.session_timeout, Duration::from_secs(600));
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.server.listen_backlog, None);
         assert_eq!(config.auth.mechanisms, vec!["CRAM-MD5"]);
         assert_eq!(config.auth.max_failures, 3);
         assert_eq!(config.auth.failure_delay, Duration::from_secs(1));
@@ -867,6 +899,10 @@ plugin = builtin:maildir
             }),
             ("server", "allow =", |c| c.server.allow.is_empty()),
             ("server", "idle_timeout = 60", |c| c.server.idle_timeout == Duration::from_secs(60)),
+            ("server", "session_timeout = 90", |c| c.server.session_timeout == Duration::from_secs(90)),
+            ("server", "shutdown_grace = 0", |c| c.server.shutdown_grace.is_zero()),
+            ("server", "shutdown_grace = 2.5", |c| c.server.shutdown_grace == Duration::from_millis(2500)),
+            ("server", "listen_backlog = 4096", |c| c.server.listen_backlog == Some(4096)),
             ("server", "max_sessions = 1", |c| c.server.max_sessions == 1),
             ("server", "lock_directory = /var/lock/odmrd # here", |c| {
                 c.server.lock_directory == Path::new("/var/lock/odmrd")
@@ -937,6 +973,34 @@ plugin = builtin:maildir
             bad(&in_section("server", "user ="), Some(6), s, Some("user"), "not a user name"),
             bad(&in_section("server", "user = a b"), Some(6), s, Some("user"), "not a user name"),
             bad(&in_section("server", "\nmax_sessions = 0"), Some(7), s, Some("max_sessions"), "at least 1"),
+            bad(
+                &in_section("server", "session_timeout = 0"),
+                Some(6),
+                s,
+                Some("session_timeout"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("server", "shutdown_grace = soon"),
+                Some(6),
+                s,
+                Some("shutdown_grace"),
+                "seconds",
+            ),
+            bad(
+                &in_section("server", "listen_backlog = 0"),
+                Some(6),
+                s,
+                Some("listen_backlog"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("server", "listen_backlog = 4294967296"),
+                Some(6),
+                s,
+                Some("listen_backlog"),
+                "too large",
+            ),
             bad(&in_section("server", "max_sessions = -1"), Some(6), s, Some("max_sessions"), "whole number"),
             bad(
                 &in_section("server", "max_sessions = ten"),

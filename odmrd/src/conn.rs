@@ -1,19 +1,33 @@
-//! The byte pipe under a session: buffered reads and writes with timeouts.
+//! The byte pipe under a session: buffered reads and writes with deadlines.
 //!
 //! This module owns moving bytes between a socket (or inetd's stdin/stdout)
 //! and the sans-IO parsers of [`crate::proto`]: it reads into one fixed buffer,
 //! feeds the parsers, batches writes until the protocol waits for a reply, and
-//! enforces a deadline on every read and write. It does not interpret
-//! commands or replies.
+//! enforces deadlines on reads and writes. It does not interpret commands or
+//! replies, and it does not choose the time limits (the session and the relay
+//! do).
 //!
-//! Timeouts are implemented with `poll(2)` on the file descriptors, so they
-//! work the same for TCP sockets, Unix socket pairs and pipes.
+//! Deadlines, not per-byte timeouts: a peer that trickles one byte at a time
+//! must not hold a connection for ever (slowloris). So the current timeout is
+//! a budget for a whole item, counted from a fixed instant:
+//!
+//! - a command line: the wait for its first byte, then the whole line from
+//!   that first byte ([`Conn::read_line`]);
+//! - a reply of the customer, all its lines ([`Conn::read_reply`]);
+//! - a write: one flush of the write buffer, or one large send (about
+//!   64 KiB, a "record" of a body).
+//!
+//! On top of that an optional limit ([`Conn::set_limit`]) bounds every wait
+//! whatever the current timeout: the session's total time before ATRN.
+//!
+//! Waiting is done with `poll(2)` on the file descriptors, so it works the
+//! same for TCP sockets, Unix socket pairs and pipes.
 
 use crate::proto::{Line, LineSplitter, Reply, ReplyError, ReplyParser};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const READ_BUFFER: usize = 16 * 1024;
 /// Writes are flushed when this much is pending, so a message body streams in
@@ -97,11 +111,11 @@ pub enum Received<T> {
     Item(T),
     /// The peer closed the connection.
     Closed,
-    /// Nothing arrived before the deadline.
+    /// The item was not complete by its deadline.
     TimedOut,
 }
 
-/// A buffered connection with a current timeout.
+/// A buffered connection with a current timeout and an optional limit.
 pub struct Conn<W: Wire> {
     wire: W,
     rbuf: Box<[u8]>,
@@ -109,10 +123,11 @@ pub struct Conn<W: Wire> {
     rlen: usize,
     wbuf: Vec<u8>,
     timeout: Duration,
+    limit: Option<Instant>,
 }
 
 impl<W: Wire> Conn<W> {
-    /// Wrap `wire`, with `timeout` for every read and write until changed.
+    /// Wrap `wire`, with `timeout` for every item until changed and no limit.
     pub fn new(wire: W, timeout: Duration) -> Conn<W> {
         Conn {
             wire,
@@ -121,12 +136,32 @@ impl<W: Wire> Conn<W> {
             rlen: 0,
             wbuf: Vec::with_capacity(WRITE_BUFFER),
             timeout,
+            limit: None,
         }
     }
 
-    /// Change the deadline applied to each following read and write.
+    /// Change the time allowed for each following line, reply or flush.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Bound every following wait by `limit` (None: no bound beyond the
+    /// timeout). Past the limit, reads report [`Received::TimedOut`] and
+    /// writes fail, except what is already possible without waiting.
+    pub fn set_limit(&mut self, limit: Option<Instant>) {
+        self.limit = limit;
+    }
+
+    /// Has the limit of [`Conn::set_limit`] passed? (Tells a timed-out item
+    /// from an expired limit.)
+    pub fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|limit| Instant::now() >= limit)
+    }
+
+    /// The deadline of an item that starts now.
+    fn deadline(&self) -> Instant {
+        let own = Instant::now() + self.timeout;
+        self.limit.map_or(own, |limit| own.min(limit))
     }
 
     /// Queue bytes for sending; they go out at [`Conn::flush`] or when the
@@ -152,8 +187,9 @@ impl<W: Wire> Conn<W> {
     }
 
     fn write_all_timed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let deadline = self.deadline();
         while !bytes.is_empty() {
-            if !wait(self.wire.write_fd(), PollFlags::POLLOUT, self.timeout)? {
+            if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
             }
             match self.wire.write(bytes) {
@@ -166,12 +202,12 @@ impl<W: Wire> Conn<W> {
         self.wire.flush()
     }
 
-    /// Make sure unread input is buffered; false on EOF, error on timeout.
-    fn fill(&mut self) -> io::Result<Received<()>> {
+    /// Make sure unread input is buffered, waiting until `deadline` at most.
+    fn fill(&mut self, deadline: Instant) -> io::Result<Received<()>> {
         if self.rpos < self.rlen {
             return Ok(Received::Item(()));
         }
-        if !wait(self.wire.read_fd(), PollFlags::POLLIN, self.timeout)? {
+        if !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
             return Ok(Received::TimedOut);
         }
         loop {
@@ -190,19 +226,27 @@ impl<W: Wire> Conn<W> {
     }
 
     /// Read one command line (flushes pending output first: the peer is
-    /// waiting for it before it sends more).
+    /// waiting for it before it sends more). The timeout runs once for the
+    /// wait for the line's first byte and once more from that byte to the
+    /// line's end, however the bytes trickle in.
     pub fn read_line(&mut self, splitter: &mut LineSplitter) -> io::Result<Received<Line>> {
         self.flush()?;
+        let mut deadline = self.deadline();
         loop {
-            match self.fill()? {
+            match self.fill(deadline)? {
                 Received::Item(()) => {}
                 Received::Closed => return Ok(Received::Closed),
                 Received::TimedOut => return Ok(Received::TimedOut),
             }
+            let started = splitter.has_partial_line();
             let (used, line) = splitter.feed(&self.rbuf[self.rpos..self.rlen]);
             self.rpos += used;
             if let Some(line) = line {
                 return Ok(Received::Item(line));
+            }
+            if !started {
+                // The line's first byte: from now on the clock runs for the line.
+                deadline = self.deadline();
             }
         }
     }
@@ -213,12 +257,13 @@ impl<W: Wire> Conn<W> {
         self.rpos < self.rlen
     }
 
-    /// Read one (possibly multi-line) SMTP reply.
+    /// Read one (possibly multi-line) SMTP reply, all of it within the timeout.
     pub fn read_reply(&mut self) -> io::Result<Received<Result<Reply, ReplyError>>> {
         self.flush()?;
+        let deadline = self.deadline();
         let mut parser = ReplyParser::new();
         loop {
-            match self.fill()? {
+            match self.fill(deadline)? {
                 Received::Item(()) => {}
                 Received::Closed => return Ok(Received::Closed),
                 Received::TimedOut => return Ok(Received::TimedOut),
@@ -232,17 +277,94 @@ impl<W: Wire> Conn<W> {
     }
 }
 
-/// Wait until `fd` is ready for `events`; false when `timeout` passed first.
-fn wait(fd: BorrowedFd<'_>, events: PollFlags, timeout: Duration) -> io::Result<bool> {
-    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+/// Wait until `fd` is ready for `events`; false when `deadline` passed first.
+/// Past the deadline it still looks once without waiting, so what already
+/// arrived is taken.
+fn wait(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, events)];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up, so the wait never ends just before the deadline.
+        let millis = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
         match poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
-            Ok(0) => return Ok(false),
+            Ok(0) if millis == 0 => return Ok(false),
+            // Woken early (it happens): wait for the rest.
+            Ok(0) => continue,
             // Readiness includes HUP and ERR: the read or write reports them.
             Ok(_) => return Ok(true),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::MAX_COMMAND_LINE;
+    use std::os::unix::net::UnixStream;
+
+    /// The peer writes `bytes` one at a time, `gap` apart, to a Conn with a
+    /// 300 ms timeout: each gap well inside the timeout, the whole far beyond
+    /// it. `read` must time out long before the peer could finish.
+    fn assert_trickle_times_out<T: std::fmt::Debug>(
+        bytes: Vec<u8>,
+        gap: Duration,
+        read: impl FnOnce(&mut Conn<UnixStream>) -> io::Result<Received<T>>,
+    ) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_millis(300));
+        assert!(gap * bytes.len() as u32 >= Duration::from_secs(4));
+        let peer = std::thread::spawn(move || {
+            for byte in bytes {
+                if theirs.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        let started = Instant::now();
+        let got = read(&mut conn).unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        drop(conn);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_trickled_line_times_out_counted_from_its_first_byte() {
+        let line = format!("NOOP {}\r\n", "x".repeat(93)).into_bytes();
+        assert_trickle_times_out(line, Duration::from_millis(40), |conn| {
+            conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE))
+        });
+    }
+
+    #[test]
+    fn a_trickled_reply_times_out_as_a_whole() {
+        let reply = "250-line\r\n".repeat(40).into_bytes();
+        assert_trickle_times_out(reply, Duration::from_millis(10), Conn::read_reply);
+    }
+
+    #[test]
+    fn the_limit_bounds_every_wait_whatever_the_timeout() {
+        let (ours, _silent) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Duration::from_secs(600));
+        conn.set_limit(Some(Instant::now() + Duration::from_millis(200)));
+        assert!(!conn.limit_reached());
+        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
+        assert!(matches!(got, Received::TimedOut), "{got:?}");
+        assert!(conn.limit_reached());
+        conn.set_limit(None);
+        assert!(!conn.limit_reached());
+    }
+
+    #[test]
+    fn what_already_arrived_is_read_even_past_the_limit() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(b"NOOP\r\n").unwrap();
+        let mut conn = Conn::new(ours, Duration::from_secs(1));
+        conn.set_limit(Some(Instant::now()));
+        let got = conn.read_line(&mut LineSplitter::new(MAX_COMMAND_LINE)).unwrap();
+        assert!(matches!(got, Received::Item(Line::Complete(ref line)) if line == b"NOOP"), "{got:?}");
     }
 }

@@ -16,6 +16,10 @@ use std::fmt;
 /// Longest command line we accept, in octets including the CRLF (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
 
+/// Longest AUTH continuation line (a SASL response after `334`) we accept, in octets including
+/// the CRLF (RFC 4954 section 4).
+pub const MAX_AUTH_LINE: usize = 12288;
+
 /// Longest reply line we accept from the customer in the reversed state, in octets including
 /// the line end. RFC 5321 asks for 512; real servers send longer texts, so we are generous.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -56,6 +60,12 @@ impl LineSplitter {
     /// A splitter for lines of at most `max` octets including the line end.
     pub fn new(max: usize) -> Self {
         LineSplitter { max, buf: Vec::new(), seen: 0, overflow: false }
+    }
+
+    /// Change the limit for the lines that follow (e.g. [`MAX_AUTH_LINE`] for the one line after
+    /// a `334`, then [`MAX_COMMAND_LINE`] again). Meant to be called between lines.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     /// Consume bytes from `input` up to and including the first LF; returns (bytes consumed,
@@ -603,7 +613,14 @@ mod tests {
 
     /// Drive a LineSplitter over `input` split into `sizes`, collecting all lines.
     fn split_lines(max: usize, input: &[u8], sizes: &[usize]) -> Vec<Line> {
-        let mut splitter = LineSplitter::new(max);
+        split_lines_limited(&[max], input, sizes)
+    }
+
+    /// Like [`split_lines`], with the n-th line limited to `limits[n]` (the last limit for the
+    /// rest), the way a session switches limits between lines.
+    fn split_lines_limited(limits: &[usize], input: &[u8], sizes: &[usize]) -> Vec<Line> {
+        let limit = |n: usize| limits[n.min(limits.len() - 1)];
+        let mut splitter = LineSplitter::new(limit(0));
         let mut lines = Vec::new();
         let mut offset = 0;
         for &size in sizes {
@@ -612,10 +629,11 @@ mod tests {
             while !chunk.is_empty() {
                 let (n, line) = splitter.feed(chunk);
                 assert!(n > 0 && n <= chunk.len());
-                assert!(splitter.buf.len() <= max, "buffered more than max");
+                assert!(splitter.buf.len() <= limit(lines.len()), "buffered more than max");
                 if let Some(line) = line {
                     assert_eq!(chunk[n - 1], b'\n', "a line completes exactly at its LF");
                     lines.push(line);
+                    splitter.set_max(limit(lines.len()));
                 }
                 chunk = &chunk[n..];
             }
@@ -664,6 +682,34 @@ mod tests {
                     split_lines(max, input.as_bytes(), &sizes),
                     expected,
                     "input {input:?} split {sizes:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn auth_response_lines_get_their_own_limit_and_commands_follow() {
+        // As the session reads them: one AUTH response line, then commands again.
+        let limits = [MAX_AUTH_LINE, MAX_COMMAND_LINE];
+        let longest = "r".repeat(MAX_AUTH_LINE - 2);
+        let cases: Vec<(String, Vec<Line>)> = vec![
+            (format!("{longest}\r\nNOOP\r\n"), vec![c(&longest), c("NOOP")]),
+            (format!("{longest}r\r\nNOOP\r\n"), vec![Line::TooLong, c("NOOP")]),
+            (format!("{}\r\nQUIT\r\n", "r".repeat(3 * MAX_AUTH_LINE)), vec![Line::TooLong, c("QUIT")]),
+            // A 600-octet line is a fine AUTH response but too long for a command.
+            (
+                format!("{0}\r\n{0}\r\nQUIT\r\n", "r".repeat(600)),
+                vec![c(&"r".repeat(600)), Line::TooLong, c("QUIT")],
+            ),
+        ];
+        for (input, expected) in cases {
+            for sizes in splits(input.len()) {
+                let got = split_lines_limited(&limits, input.as_bytes(), &sizes);
+                assert!(
+                    got == expected,
+                    "input of {} octets, split {:?}..",
+                    input.len(),
+                    &sizes[..3.min(sizes.len())]
                 );
             }
         }

@@ -12,16 +12,17 @@
 //! submitted). Any failure of the connection, the customer or the queue ends
 //! the dialogue with the current message uncommitted, i.e. still queued.
 
-use crate::backend::Cursor;
 use crate::bounce::{self, Failure, Report};
 use crate::conn::{Conn, Received, Wire};
 use crate::log;
 use crate::proto::{self, Capabilities, DotStuffer, Reply};
 use crate::verdict::{self, Decision, Step};
+use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Outcome};
 use std::time::Duration;
 
-/// Client timeouts of RFC 5321 §4.5.3.2.
+/// Client timeouts of RFC 5321 §4.5.3.2, each a deadline for a whole reply (all its lines) or
+/// for one flush of the body, however slowly the bytes trickle ([`crate::conn`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Waiting for the 220 greeting, and for EHLO/HELO/RSET/QUIT replies.
@@ -32,7 +33,7 @@ pub struct Timeouts {
     pub rcpt: Duration,
     /// DATA's 354.
     pub data: Duration,
-    /// Each write of the body.
+    /// Each flush of the body (about 64 KiB).
     pub data_block: Duration,
     /// The reply to the final dot.
     pub data_end: Duration,
@@ -99,7 +100,7 @@ struct Relay<'c, 'a, W: Wire> {
 /// `cursor`, then QUIT.
 pub fn deliver<W: Wire>(
     conn: &mut Conn<W>,
-    cursor: &mut Cursor,
+    cursor: &mut QueueCursor,
     first: Envelope,
     ctx: &Context<'_>,
 ) -> Summary {
@@ -141,7 +142,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         self.conn.send(bytes).map_err(|_| Stop("write to customer failed"))
     }
 
-    fn run(&mut self, cursor: &mut Cursor, first: Envelope) -> Result<(), Stop> {
+    fn run(&mut self, cursor: &mut QueueCursor, first: Envelope) -> Result<(), Stop> {
         let t = self.ctx.timeouts;
         let greeting = self.read_reply(t.greeting, "greeting")?;
         if greeting.class() != 2 {
@@ -219,7 +220,7 @@ impl<W: Wire> Relay<'_, '_, W> {
 
     /// One transaction. Outcomes are committed only when every reply was one the dialogue
     /// allows at its step ([`verdict::decide`]); a Stop leaves the message as it was.
-    fn message(&mut self, cursor: &mut Cursor, envelope: &Envelope) -> Result<(), Stop> {
+    fn message(&mut self, cursor: &mut QueueCursor, envelope: &Envelope) -> Result<(), Stop> {
         let t = self.ctx.timeouts;
         let id = envelope.id.as_str();
         let size = self.caps.size.map(|_| envelope.size).filter(|&s| s > 0);
@@ -319,7 +320,7 @@ impl<W: Wire> Relay<'_, '_, W> {
     }
 
     /// Stream the current message; returns its header block (for DSNs).
-    fn stream_body(&mut self, cursor: &mut Cursor) -> Result<Vec<u8>, Stop> {
+    fn stream_body(&mut self, cursor: &mut QueueCursor) -> Result<Vec<u8>, Stop> {
         let t = self.ctx.timeouts.data_block;
         let mut stuffer = DotStuffer::new();
         let mut chunk = vec![0u8; BODY_CHUNK];
@@ -354,7 +355,7 @@ impl<W: Wire> Relay<'_, '_, W> {
     /// the reply that decided it.
     fn settle(
         &mut self,
-        cursor: &mut Cursor,
+        cursor: &mut QueueCursor,
         envelope: &Envelope,
         outcomes: &[Outcome],
         verdicts: &[Reply],

@@ -1,19 +1,24 @@
 //! How sessions reach odmrd: inetd mode (one session on fds 0 and 1) and the
 //! standalone listener (one thread per connection).
 //!
-//! This module owns the listening socket, the session limits (`max_sessions`,
-//! `max_sessions_per_ip`, answered with 421), signals, and dropping root
-//! privileges after binding. It does not speak the protocol: [`crate::session`]
-//! does.
+//! This module owns the listening socket (with a backlog that lets a burst of
+//! customers queue), the session limits (`max_sessions`,
+//! `max_sessions_per_ip`, answered with 421), running out of file descriptors
+//! (a reserve descriptor so that excess clients still get 421; accept backs
+//! off and the condition is logged once per interval), signals, and dropping
+//! root privileges after binding. It does not speak the protocol:
+//! [`crate::session`] does.
 //!
 //! Signals in standalone mode: SIGTERM/SIGINT stop accepting, let running
-//! sessions finish, and return; SIGHUP re-reads the configuration and reloads
-//! the backends for new sessions (running sessions finish on the old ones; an
-//! invalid new configuration is logged and the old one stays); SIGUSR1, SIGUSR2
-//! and SIGALRM, which an operator may send by habit, are logged and otherwise
-//! ignored. Under inetd a session ignores SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM
-//! (a `killall -HUP odmrd` must not cut a delivery short). SIGPIPE is ignored
-//! by the Rust runtime: a vanished peer is an I/O error of that session.
+//! sessions finish within `shutdown_grace`, then close the connections left,
+//! whose current messages stay queued; SIGHUP re-reads the configuration and
+//! reloads the backends for new sessions (running sessions finish on the old
+//! ones; an invalid new configuration is logged and the old one stays);
+//! SIGUSR1, SIGUSR2 and SIGALRM, which an operator may send by habit, are
+//! logged and otherwise ignored. Under inetd a session ignores SIGHUP, SIGUSR1,
+//! SIGUSR2 and SIGALRM (a `killall -HUP odmrd` must not cut a delivery short).
+//! SIGPIPE is ignored by the Rust runtime: a vanished peer is an I/O error of
+//! that session.
 
 use crate::backend::Backends;
 use crate::config::Config;
@@ -25,12 +30,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The peer address of the socket on fd 0, if fd 0 is an IP socket.
 pub fn stdin_peer() -> Option<IpAddr> {
@@ -71,6 +76,68 @@ pub fn ignore_habitual_signals() {
     }
 }
 
+/// A fresh configuration and its backends, for SIGHUP; the error is logged.
+pub type Reload<'a> = dyn Fn() -> Result<(Arc<Config>, Backends), String> + 'a;
+
+/// Which signals arrived since the last look; set by the handlers, read by the loop.
+struct Arrived {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    /// SIGUSR1, SIGUSR2, SIGALRM: logged, otherwise ignored.
+    other: Vec<(&'static str, Arc<AtomicBool>)>,
+}
+
+impl Arrived {
+    /// Register the handlers: each sets its flag and wakes the loop through `wake`.
+    fn register(wake: &UnixStream) -> io::Result<Arrived> {
+        use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
+            let flag = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal, Arc::clone(&flag))?;
+            signal_hook::low_level::pipe::register(signal, wake.try_clone()?)?;
+            Ok(flag)
+        };
+        let stop = flag(SIGTERM)?;
+        signal_hook::flag::register(SIGINT, Arc::clone(&stop))?;
+        signal_hook::low_level::pipe::register(SIGINT, wake.try_clone()?)?;
+        Ok(Arrived {
+            stop,
+            reload: flag(SIGHUP)?,
+            other: vec![("USR1", flag(SIGUSR1)?), ("USR2", flag(SIGUSR2)?), ("ALRM", flag(SIGALRM)?)],
+        })
+    }
+
+    /// After a wake-up: true to stop; a reload or another signal is handled here.
+    fn handle(&self, config: &mut Arc<Config>, backends: &mut Backends, reload: &Reload) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.reload.swap(false, Ordering::Relaxed) {
+            match reload() {
+                Ok((fresh, fresh_backends)) => {
+                    if (fresh.server.max_sessions, fresh.server.max_sessions_per_ip)
+                        != (config.server.max_sessions, config.server.max_sessions_per_ip)
+                    {
+                        log::warn("event=reload note=\"max_sessions changes take effect at a restart\"");
+                    }
+                    (*config, *backends) = (fresh, fresh_backends);
+                    log::info(&format!("event=reloaded {}", backends.describe()));
+                }
+                Err(why) => log::Event::new("reload-failed")
+                    .field("note", "the previous configuration stays in force")
+                    .field("error", why)
+                    .error(),
+            }
+        }
+        for (name, flag) in &self.other {
+            if flag.swap(false, Ordering::Relaxed) {
+                log::info(&format!("event=signal signal={name} note=\"ignored; HUP reloads, TERM stops\""));
+            }
+        }
+        false
+    }
+}
+
 /// Tell an inetd client that the service cannot start (before exiting).
 pub fn refuse_inetd_client(hostname: &str) {
     let mut out = io::stdout();
@@ -79,9 +146,41 @@ pub fn refuse_inetd_client(hostname: &str) {
     let _ = out.flush();
 }
 
-/// Bind the standalone listener.
-pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// Bind the standalone listener with room for `backlog` connections waiting
+/// to be accepted (None: the system's maximum). The standard library's fixed
+/// 128 is too few when a thousand customers' cron jobs connect at the top of
+/// the hour: the kernel drops the excess, and those clients wait for a
+/// greeting that never comes.
+pub fn bind(addr: SocketAddr, backlog: Option<u32>) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted daemon can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(listen_backlog(backlog).min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// The backlog asked for: `configured`, or else the kernel's cap on listen
+/// backlogs (`net.core.somaxconn`; a larger request would be cut to it anyway).
+fn listen_backlog(configured: Option<u32>) -> u32 {
+    configured.unwrap_or_else(|| {
+        let system = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok();
+        // 4096: Linux's default since 5.4.
+        system.and_then(|text| text.trim().parse().ok()).unwrap_or(4096)
+    })
+}
+
+/// Raise the soft limit on open files to the hard limit: each session holds
+/// a socket, and the soft limit (often 1024) is only a default for programs
+/// that do not ask.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            log::warn(&format!("event=descriptor-limit soft={soft} hard={hard} note=\"could not raise\""));
+        }
+    }
 }
 
 /// Switch to `user` (its uid, gid, and only that group) when running as root.
@@ -139,11 +238,17 @@ impl Limits {
         Ok(Slot { limits: Arc::clone(self), ip })
     }
 
-    fn wait_idle(&self) {
+    /// Wait until no session runs, or `deadline`; true when none runs.
+    fn wait_idle_until(&self, deadline: Instant) -> bool {
         let mut counts = self.counts();
         while counts.total > 0 {
-            counts = self.idle.wait(counts).unwrap_or_else(|poisoned| poisoned.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            counts = self.idle.wait_timeout(counts, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
+        true
     }
 }
 
@@ -163,40 +268,19 @@ impl Drop for Slot {
     }
 }
 
-/// A fresh configuration and its backends, for SIGHUP; the error is logged.
-pub type Reload<'a> = dyn Fn() -> Result<(Arc<Config>, Backends), String> + 'a;
+/// After the shutdown grace, how long the sessions whose connections were
+/// closed get to unwind (log, release locks) before the process ends anyway.
+const UNWIND_AFTER_CLOSE: Duration = Duration::from_secs(5);
 
-/// Which signals arrived since the last look; set by the handlers, read by the loop.
-struct Arrived {
-    stop: Arc<AtomicBool>,
-    reload: Arc<AtomicBool>,
-    /// SIGUSR1, SIGUSR2, SIGALRM: logged, otherwise ignored.
-    other: Vec<(&'static str, Arc<AtomicBool>)>,
-}
+/// How often a recurring accept failure (out of descriptors) is logged.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-impl Arrived {
-    /// Register the handlers: each sets its flag and wakes the loop through `wake`.
-    fn register(wake: &UnixStream) -> io::Result<Arrived> {
-        use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
-            let flag = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal, Arc::clone(&flag))?;
-            signal_hook::low_level::pipe::register(signal, wake.try_clone()?)?;
-            Ok(flag)
-        };
-        let stop = flag(SIGTERM)?;
-        signal_hook::flag::register(SIGINT, Arc::clone(&stop))?;
-        signal_hook::low_level::pipe::register(SIGINT, wake.try_clone()?)?;
-        Ok(Arrived {
-            stop,
-            reload: flag(SIGHUP)?,
-            other: vec![("USR1", flag(SIGUSR1)?), ("USR2", flag(SIGUSR2)?), ("ALRM", flag(SIGALRM)?)],
-        })
-    }
-}
+/// Longest pause of `accept` after a failure that the reserve could not help.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
-/// then wait for the running sessions to finish. SIGHUP calls `reload`.
+/// then wait up to `shutdown_grace` for the running sessions to finish and
+/// close the connections of those left. SIGHUP calls `reload`.
 pub fn run_standalone(
     config: Arc<Config>,
     backends: Backends,
@@ -207,6 +291,7 @@ pub fn run_standalone(
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
     let arrived = Arrived::register(&signal_writer)?;
+    raise_descriptor_limit();
     listener.set_nonblocking(true)?;
     let limits = Arc::new(Limits {
         max_total: config.server.max_sessions,
@@ -214,70 +299,237 @@ pub fn run_standalone(
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
-    log::info(&format!("event=listening address={}", listener.local_addr()?));
+    let open = Arc::new(OpenConnections::default());
+    let mut acceptor = Acceptor::new(&config.server.hostname);
+    log::info(&format!(
+        "event=listening address={} backlog={}",
+        listener.local_addr()?,
+        listen_backlog(config.server.listen_backlog)
+    ));
     'serving: loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        // While backing off, only a signal ends the wait.
+        let backoff = acceptor.backoff.take();
+        let listening = if backoff.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
+        let mut fds =
+            [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+        let timeout = backoff.map_or(PollTimeout::NONE, |pause| {
+            PollTimeout::try_from(pause.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             while signals.read(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
-            if arrived.stop.load(Ordering::Relaxed) {
+            if arrived.handle(&mut config, &mut backends, reload) {
                 break 'serving;
-            }
-            if arrived.reload.swap(false, Ordering::Relaxed) {
-                match reload() {
-                    Ok((fresh, fresh_backends)) => {
-                        if fresh.server.max_sessions != config.server.max_sessions
-                            || fresh.server.max_sessions_per_ip != config.server.max_sessions_per_ip
-                        {
-                            log::warn("event=reload note=\"max_sessions changes take effect at a restart\"");
-                        }
-                        (config, backends) = (fresh, fresh_backends);
-                        log::info(&format!("event=reloaded {}", backends.describe()));
-                    }
-                    Err(why) => log::error(&format!(
-                        "event=reload-failed note=\"the previous configuration stays in force\" error=\"{why}\""
-                    )),
-                }
-            }
-            for (name, flag) in &arrived.other {
-                if flag.swap(false, Ordering::Relaxed) {
-                    log::info(&format!(
-                        "event=signal signal={name} note=\"ignored; HUP reloads, TERM stops\""
-                    ));
-                }
             }
         }
         loop {
             match listener.accept() {
-                Ok((stream, peer)) => start_session(&config, &backends, &limits, stream, peer.ip()),
+                Ok((stream, peer)) => {
+                    acceptor.recovered();
+                    start_session(&config, &backends, &limits, &open, stream, peer.ip());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client gave up while queued: nothing to answer.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // Out of descriptors and the like: keep serving, slowly.
-                    log::error(&format!("event=accept-failed error=\"{e}\""));
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
+                    if !acceptor.failed(&listener, &e) {
+                        break;
+                    }
                 }
             }
         }
     }
     drop(listener);
-    log::info("event=shutdown note=\"stopped accepting; waiting for running sessions\"");
-    limits.wait_idle();
+    let grace = config.server.shutdown_grace;
+    log::info(&format!(
+        "event=shutdown grace={}s note=\"stopped accepting; waiting for running sessions\"",
+        grace.as_secs_f64()
+    ));
+    if !limits.wait_idle_until(Instant::now() + grace) {
+        let closed = open.close_all();
+        log::warn(&format!(
+            "event=shutdown-grace-over closed={closed} note=\"closed the connections left; their current messages stay queued\""
+        ));
+        limits.wait_idle_until(Instant::now() + UNWIND_AFTER_CLOSE);
+    }
     log::info("event=stopped");
     Ok(())
+}
+
+/// What the accept loop does when `accept` fails: with a reserve descriptor
+/// it can still answer the waiting client `421` when the process is out of
+/// descriptors; otherwise it pauses accepting (doubling up to
+/// [`MAX_ACCEPT_BACKOFF`]). Either way the failure is logged once per
+/// [`ACCEPT_FAILURE_LOG_INTERVAL`], with the count since the last line, not
+/// once per attempt.
+struct Acceptor {
+    refusal: Vec<u8>,
+    /// An open `/dev/null`, closed for a moment to make room for one more
+    /// connection when none is left.
+    reserve: Option<std::fs::File>,
+    /// The pause the loop takes before polling the listener again.
+    backoff: Option<Duration>,
+    next_backoff: Duration,
+    logged_at: Option<Instant>,
+    failures_unlogged: u64,
+    refused_unlogged: u64,
+}
+
+impl Acceptor {
+    fn new(hostname: &str) -> Acceptor {
+        Acceptor {
+            refusal: proto::reply(421, &format!("{hostname} out of resources, try again later")).into_bytes(),
+            reserve: Self::open_reserve(),
+            backoff: None,
+            next_backoff: Duration::from_millis(50),
+            logged_at: None,
+            failures_unlogged: 0,
+            refused_unlogged: 0,
+        }
+    }
+
+    fn open_reserve() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+
+    /// `accept` failed with `error`; true when the loop may accept again at
+    /// once (a waiting client was refused with the reserve's help).
+    fn failed(&mut self, listener: &TcpListener, error: &io::Error) -> bool {
+        self.failures_unlogged += 1;
+        let out_of_descriptors = matches!(error.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE));
+        let refused = out_of_descriptors && self.refuse_one(listener);
+        if refused {
+            self.refused_unlogged += 1;
+        } else {
+            self.backoff = Some(self.next_backoff);
+            self.next_backoff = (self.next_backoff * 2).min(MAX_ACCEPT_BACKOFF);
+        }
+        if self.logged_at.map_or(true, |at| at.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL) {
+            let event = if out_of_descriptors { "out-of-descriptors" } else { "accept-failed" };
+            log::error(&format!(
+                "event={event} error=\"{error}\" failures={} refused={} note=\"logged at most every {}s\"",
+                self.failures_unlogged,
+                self.refused_unlogged,
+                ACCEPT_FAILURE_LOG_INTERVAL.as_secs()
+            ));
+            self.logged_at = Some(Instant::now());
+            self.failures_unlogged = 0;
+            self.refused_unlogged = 0;
+        }
+        refused
+    }
+
+    /// Close the reserve, accept one waiting client into its place, answer
+    /// it 421, close it and take the reserve again. False when there was no
+    /// reserve or no client.
+    fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+        if self.reserve.take().is_none() {
+            self.reserve = Self::open_reserve();
+            return false;
+        }
+        let refused = match listener.accept() {
+            Ok((mut stream, peer)) => {
+                // Never block the accept loop: a fresh socket takes a short
+                // reply at once, and a client that cannot get it loses nothing.
+                let _ = stream.set_nonblocking(true);
+                let _ = stream.write(&self.refusal);
+                log::debug(&format!("event=refused client={} reason=out-of-descriptors", peer.ip()));
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve = Self::open_reserve();
+        refused
+    }
+
+    /// `accept` works again.
+    fn recovered(&mut self) {
+        self.next_backoff = Duration::from_millis(50);
+    }
+}
+
+/// The sockets of running sessions, so that the ones left at the end of the
+/// shutdown grace can be closed. Each is registered while its session owns
+/// it ([`Tracked`]) and removed before it is closed, so a descriptor here
+/// always belongs to a running session and never to a reused number.
+#[derive(Default)]
+struct OpenConnections {
+    sockets: Mutex<HashMap<u64, RawFd>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl OpenConnections {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RawFd>> {
+        self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn track(self: &Arc<Self>, stream: TcpStream) -> Tracked {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sockets().insert(id, stream.as_raw_fd());
+        Tracked { stream, open: Arc::clone(self), id }
+    }
+
+    /// Shut down every registered socket (both directions): the sessions'
+    /// reads see the end and their writes fail, so each ends the way a
+    /// dropped connection ends it, with the current message uncommitted.
+    /// Returns how many.
+    fn close_all(&self) -> usize {
+        let sockets = self.sockets();
+        for &fd in sockets.values() {
+            // Holding the lock keeps every fd registered, hence open.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        sockets.len()
+    }
+}
+
+/// A session's TCP connection, registered in [`OpenConnections`] while open.
+struct Tracked {
+    stream: TcpStream,
+    open: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Runs before `stream` is closed: see OpenConnections.
+        self.open.sockets().remove(&self.id);
+    }
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Tracked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl crate::conn::Wire for Tracked {
+    fn read_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+    fn write_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
 }
 
 fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
+    open: &Arc<OpenConnections>,
     stream: TcpStream,
     ip: IpAddr,
 ) {
@@ -295,6 +547,7 @@ fn start_session(
     if stream.set_nonblocking(false).is_err() {
         return;
     }
+    let stream = open.track(stream);
     let (config, backends) = (Arc::clone(config), backends.clone());
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
         let _slot = slot;

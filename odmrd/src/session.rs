@@ -7,14 +7,15 @@
 //! it runs under inetd or a listener, and it does not parse bytes itself
 //! ([`crate::proto`] does).
 
-use crate::backend::{Backends, Cursor};
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
 use crate::locks::{DomainLocks, LockError};
 use crate::log;
-use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_COMMAND_LINE};
+use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
+use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,7 @@ pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Optio
         user: None,
         failures: 0,
     };
+    session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
     if !is_allowed(config, peer) {
         log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
@@ -107,20 +109,48 @@ impl<W: Wire> Session<'_, W> {
     /// Read the next command line, answering overlong lines and timeouts.
     fn next_line(&mut self) -> Result<Vec<u8>, End> {
         loop {
-            match self.conn.read_line(&mut self.splitter) {
-                Ok(Received::Item(Line::Complete(line))) => return Ok(line),
-                Ok(Received::Item(Line::TooLong)) => {
-                    self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
-                }
-                Ok(Received::TimedOut) => {
-                    let text = format!("{} idle timeout, closing connection", self.config.server.hostname);
-                    let _ = self.reply(421, &text);
-                    self.log("event=timeout");
-                    return Err(End::TimedOut);
-                }
-                Ok(Received::Closed) | Err(_) => return Err(End::Disconnected),
+            if let Some(line) = self.read_line()? {
+                return Ok(line);
             }
         }
+    }
+
+    /// Read one line; None when it was too long (consumed to its end and
+    /// answered with 500 once). A line not complete within `idle_timeout`
+    /// of its first byte, or the end of `session_timeout`, is answered with
+    /// 421 and ends the session.
+    fn read_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        match self.conn.read_line(&mut self.splitter) {
+            Ok(Received::Item(Line::Complete(line))) => Ok(Some(line)),
+            Ok(Received::Item(Line::TooLong)) => {
+                self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
+                Ok(None)
+            }
+            Ok(Received::TimedOut) => {
+                let (what, reason) = if self.conn.limit_reached() {
+                    ("session time limit reached", "session-timeout")
+                } else {
+                    ("idle timeout", "idle-timeout")
+                };
+                // The limit is spent; the 421 still gets the usual time to go out.
+                self.conn.set_limit(None);
+                let _ =
+                    self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
+                self.log(&format!("event=timeout reason={reason}"));
+                Err(End::TimedOut)
+            }
+            Ok(Received::Closed) | Err(_) => Err(End::Disconnected),
+        }
+    }
+
+    /// Read the client's response to a 334 challenge, up to [`MAX_AUTH_LINE`]
+    /// octets (RFC 4954). None when it was too long: it was answered with 500
+    /// and the exchange is over, so the next line is a command again.
+    fn auth_response_line(&mut self) -> Result<Option<Vec<u8>>, End> {
+        self.splitter.set_max(MAX_AUTH_LINE);
+        let line = self.read_line();
+        self.splitter.set_max(MAX_COMMAND_LINE);
+        line
     }
 
     fn run(&mut self) -> End {
@@ -193,8 +223,12 @@ impl<W: Wire> Session<'_, W> {
             let encoded = base64::engine::general_purpose::STANDARD.encode(challenge.as_bytes());
             self.reply(334, &encoded)?;
         }
-        let line = match self.next_line() {
-            Ok(line) => line,
+        let line = match self.auth_response_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.log("event=auth result=too-long");
+                return Ok(None);
+            }
             Err(end) => return Ok(Some(end)),
         };
         if line == b"*" {
@@ -276,6 +310,8 @@ impl<W: Wire> Session<'_, W> {
         let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
         self.log(&format!("event=atrn user={user} domains={list} result=250"));
+        // From here RFC 5321's limits per reply apply instead of session_timeout.
+        self.conn.set_limit(None);
         self.reply(250, "OK now reversing the connection")?;
         let context = relay::Context {
             session_id: &self.id,
@@ -360,7 +396,7 @@ impl<W: Wire> Session<'_, W> {
         user: &str,
         domains: &[String],
         list: &str,
-    ) -> std::io::Result<Option<(Cursor, Envelope)>> {
+    ) -> std::io::Result<Option<(QueueCursor, Envelope)>> {
         let queue = &self.backends.queue;
         let found = queue.has_pending(domains).and_then(|pending| {
             if !pending {

@@ -137,8 +137,8 @@ fn serve_from(path: &Path, listen: Listen, hostname: &mut Option<String>) -> Res
             .map(drop)
             .map_err(|e| Failure::Os(format!("fatal: {e}")));
     };
-    let listener =
-        server::bind(addr).map_err(|e| Failure::Unavailable(format!("cannot listen on {addr}: {e}")))?;
+    let listener = server::bind(addr, config.server.listen_backlog)
+        .map_err(|e| Failure::Unavailable(format!("cannot listen on {addr}: {e}")))?;
     if let Some(user) = &config.server.user {
         server::drop_privileges(user)
             .map_err(|e| Failure::NoPermission(config.error("server", Some("user"), e).to_string()))?;

@@ -21,6 +21,7 @@
 #include "odmr_api.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,13 @@
 #ifndef MAJOR
 #define MAJOR ODMR_ABI_MAJOR
 #endif
+/* SHRINK and OPS_SHRINK count down from the ends of the v1.0 structs (their
+ * last v1.0 fields), whatever minor the header is. */
+#define PLUGIN_SIZE \
+    (SHRINK ? offsetof(odmr_plugin, queue) + sizeof(void *) - SHRINK : sizeof(odmr_plugin))
+#define OPS_SIZE                                                                            \
+    (OPS_SHRINK ? offsetof(odmr_credentials_ops, list_domains) + sizeof(void *) - OPS_SHRINK \
+                : sizeof(odmr_credentials_ops))
 #ifndef SHRINK
 #define SHRINK 0
 #endif
@@ -178,23 +186,27 @@ static odmr_status appended_op(odmr_instance *inst)
     return ODMR_INTERNAL;
 }
 static const struct credentials_ops_next ops = {
-    { sizeof(struct credentials_ops_next), lookup_secret, NULL, list_domains },
+    { .struct_size = sizeof(struct credentials_ops_next), .lookup_secret = lookup_secret,
+      .list_domains = list_domains },
     appended_op,
 };
 static const struct plugin_next descriptor = {
-    { sizeof(struct plugin_next), ODMR_ABI_MAJOR, ODMR_ABI_MINOR + 1, "testplugin", "next-minor", FLAGS,
-      instance_new, instance_free, &ops.v1_0, NULL },
+    { .struct_size = sizeof(struct plugin_next), .abi_major = ODMR_ABI_MAJOR,
+      .abi_minor = ODMR_ABI_MINOR + 1, .name = "testplugin", .version = "next-minor", .flags = FLAGS,
+      .instance_new = instance_new, .instance_free = instance_free, .credentials = &ops.v1_0 },
     0xffffffffffffffffu,
     &ops,
 };
 #define DESCRIPTOR (&descriptor.v1_0)
 #else
 static const odmr_credentials_ops ops = {
-    (uint32_t)(sizeof(odmr_credentials_ops) - OPS_SHRINK), lookup_secret, NULL, list_domains,
+    .struct_size = (uint32_t)OPS_SIZE, .lookup_secret = lookup_secret,
+    .list_domains = list_domains,
 };
 static const odmr_plugin descriptor = {
-    (uint32_t)(sizeof(odmr_plugin) - SHRINK), MAJOR, ODMR_ABI_MINOR, "testplugin", "test", FLAGS,
-    instance_new, instance_free, &ops, NULL,
+    .struct_size = (uint32_t)PLUGIN_SIZE, .abi_major = MAJOR,
+    .abi_minor = ODMR_ABI_MINOR, .name = "testplugin", .version = "test", .flags = FLAGS,
+    .instance_new = instance_new, .instance_free = instance_free, .credentials = &ops,
 };
 #define DESCRIPTOR (&descriptor)
 #endif

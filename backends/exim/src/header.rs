@@ -7,6 +7,8 @@
 //! transmitted headers (flag not `*`) in constant memory. Does not: open,
 //! lock or change files (`spool`), or decide what a cursor offers (`queue`).
 
+use odmr_api::params::{orcpt_decode, xtext_decode, Notify, Ret};
+use odmr_api::RecipientDetails;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, BufRead, Read};
@@ -70,6 +72,17 @@ pub struct Header {
     pub done: HashSet<Vec<u8>>,
     /// Every recipient's address, exactly as spooled, in order.
     pub recipients: Vec<String>,
+    /// NOTIFY and ORCPT of `recipients[i]` at index `i` (defaults for
+    /// recipient lines without DSN data).
+    pub details: Vec<RecipientDetails>,
+    /// Line 4: when Exim received the message (Unix seconds).
+    pub received: u64,
+    /// `-dsn_envid`, xtext decoded (kept as written when it is not xtext).
+    pub envid: Option<String>,
+    /// `-dsn_ret`: 1 FULL, 2 HDRS.
+    pub ret: Option<Ret>,
+    /// `-smtputf8`: received with SMTPUTF8.
+    pub smtputf8: bool,
     /// Bytes consumed up to and including the blank line before the headers.
     pub headers_offset: u64,
 }
@@ -132,18 +145,34 @@ pub fn parse<R: BufRead>(reader: R, id: &str) -> Result<Header, Bad> {
     let time = r.line("line 4")?;
     let mut fields = time.split(|&b| b == b' ' || b == b'\n').filter(|f| !f.is_empty());
     let numeric = |f: Option<&[u8]>| f.is_some_and(|f| f.iter().all(u8::is_ascii_digit));
-    if !numeric(fields.next()) || !numeric(fields.next()) {
+    let received = fields.next();
+    if !numeric(received) || !numeric(fields.next()) {
         return format_error("line 4 is not 'time warnings'");
     }
+    let received =
+        std::str::from_utf8(received.unwrap_or_default()).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
 
     let mut frozen = false;
     let mut wireformat = false;
+    let (mut envid, mut ret, mut smtputf8) = (None, None, false);
     let mut line = r.line("options")?;
     while line[0] == b'-' {
         let text = &line[..line.len() - 1];
         let var = if text.get(1) == Some(&b'-') { &text[2..] } else { &text[1..] };
         if var.starts_with(b"frozen") {
             frozen = true;
+        } else if let Some(value) = var.strip_prefix(b"dsn_envid ") {
+            // Exim keeps the ENVID as the client sent it, in xtext.
+            let value = String::from_utf8_lossy(value);
+            envid = Some(xtext_decode(&value).unwrap_or_else(|| value.into_owned()));
+        } else if let Some(value) = var.strip_prefix(b"dsn_ret ") {
+            ret = match value {
+                b"1" => Some(Ret::Full),
+                b"2" => Some(Ret::Headers),
+                _ => None,
+            };
+        } else if var == b"smtputf8" {
+            smtputf8 = true;
         } else if var.starts_with(b"spool_file_wireformat") {
             wireformat = true;
         } else if var.starts_with(b"aclc ") || var.starts_with(b"aclm ") || var.starts_with(b"acl ") {
@@ -169,17 +198,32 @@ pub fn parse<R: BufRead>(reader: R, id: &str) -> Result<Header, Bad> {
         .filter(|&c| c <= MAX_RECIPIENTS)
         .map_or_else(|| format_error("bad recipient count"), Ok)?;
     let mut recipients = Vec::with_capacity(count);
+    let mut details = Vec::with_capacity(count);
     for _ in 0..count {
         let line = r.line("recipients")?;
         if line.len() < 2 {
             return format_error("empty recipient line");
         }
-        recipients.push(utf8(recipient_address(&line[..line.len() - 1]), "a recipient")?);
+        let parsed = recipient_line(&line[..line.len() - 1]);
+        recipients.push(utf8(parsed.address, "a recipient")?);
+        details.push(parsed.details());
     }
     if r.line("blank line before the headers")? != b"\n" {
         return format_error("no blank line after the recipients");
     }
-    Ok(Header { sender, frozen, wireformat, done, recipients, headers_offset: r.consumed })
+    Ok(Header {
+        sender,
+        frozen,
+        wireformat,
+        done,
+        recipients,
+        details,
+        received,
+        envid,
+        ret,
+        smtputf8,
+        headers_offset: r.consumed,
+    })
 }
 
 /// One node of the non-recipients tree (`YN address`) and its subtrees.
@@ -209,13 +253,43 @@ fn read_tree<R: BufRead>(
     Ok(())
 }
 
-/// The address of a recipient line (without its newline), read from the
-/// right as `spool_read_header()` does: plain `address`, Exim 3
-/// `address d,pno,d`, early Exim 4 `address pno`, and current
-/// `address orcpt len,dsn errors_to len,pno#flags`.
+/// A recipient line of `-H`: the address and, in the current format, the
+/// DSN data Exim keeps for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientLine<'a> {
+    /// The address, exactly as spooled.
+    pub address: &'a [u8],
+    /// Exim's DSN flags (`0x02` NEVER, `0x04` SUCCESS, `0x08` FAILURE,
+    /// `0x10` DELAY) and the ORCPT as the client sent it (xtext).
+    pub dsn: Option<(u32, &'a [u8])>,
+}
+
+impl RecipientLine<'_> {
+    /// NOTIFY and ORCPT as the ABI passes them (ORCPT decoded; kept as
+    /// written when it is not `type;xtext`).
+    pub fn details(&self) -> RecipientDetails {
+        let Some((flags, orcpt)) = self.dsn else { return RecipientDetails::default() };
+        let orcpt = String::from_utf8_lossy(orcpt);
+        RecipientDetails {
+            notify: Notify::from_raw((flags >> 1) & 0x0f),
+            orcpt: (!orcpt.is_empty()).then(|| orcpt_decode(&orcpt).unwrap_or_else(|| orcpt.into_owned())),
+        }
+    }
+}
+
+/// The address of a recipient line (without its newline); see [`recipient_line`].
 pub fn recipient_address(line: &[u8]) -> &[u8] {
+    recipient_line(line).address
+}
+
+/// A recipient line (without its newline), read from the right as
+/// `spool_read_header()` does: plain `address`, Exim 3 `address d,pno,d`,
+/// early Exim 4 `address pno`, and current
+/// `address orcpt len,dsn errors_to len,pno#flags`.
+pub fn recipient_line(line: &[u8]) -> RecipientLine<'_> {
+    let whole = RecipientLine { address: line, dsn: None };
     let digit_or = |b: u8, extra: &[u8]| b.is_ascii_digit() || extra.contains(&b);
-    let Some(mut p) = line.len().checked_sub(1) else { return line };
+    let Some(mut p) = line.len().checked_sub(1) else { return whole };
     while p > 0 && line[p].is_ascii_digit() {
         p -= 1;
     }
@@ -225,11 +299,11 @@ pub fn recipient_address(line: &[u8]) -> &[u8] {
                 p -= 1;
             }
             match p.checked_sub(1) {
-                Some(space) if line[space] == b' ' => &line[..space],
-                _ => line,
+                Some(space) if line[space] == b' ' => RecipientLine { address: &line[..space], dsn: None },
+                _ => whole,
             }
         }
-        b' ' => &line[..p],
+        b' ' => RecipientLine { address: &line[..p], dsn: None },
         b'#' => {
             // Exim walks back over "LEN,NUM" fields and LEN bytes of text,
             // writing a NUL before each; the address ends at the last one.
@@ -237,34 +311,39 @@ pub fn recipient_address(line: &[u8]) -> &[u8] {
             // is taken whole, as Exim would take it unchanged).
             let flags: u32 =
                 std::str::from_utf8(&line[p + 1..]).ok().and_then(|f| f.parse().ok()).unwrap_or(0);
-            let back_over_field = |mut p: usize| -> Option<usize> {
+            let number = |t: Option<&[u8]>| -> Option<usize> { std::str::from_utf8(t?).ok()?.parse().ok() };
+            // From the end of a "LEN,NUM" field: the start of the LEN bytes
+            // of text before it, and the field's two numbers.
+            let back_over_field = |end: usize| -> Option<(usize, usize, usize)> {
+                let mut p = end;
                 loop {
                     p = p.checked_sub(1)?;
                     if !digit_or(line[p], b",-") {
                         break;
                     }
                 }
-                let len = line[p + 1..].split(|&b| b == b',').next()?;
-                let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
-                p.checked_sub(len)
+                let mut numbers = line[p + 1..end].split(|&b| b == b',');
+                let len = number(numbers.next())?;
+                let second = number(numbers.next()).unwrap_or(0);
+                Some((p.checked_sub(len)?, len, second))
             };
-            let end = (|| {
+            let parsed = (|| {
                 let mut p = p;
+                let mut dsn = None;
                 if flags & 0x01 != 0 {
-                    p = back_over_field(p)?;
+                    p = back_over_field(p)?.0;
                 }
                 p = p.checked_sub(1)?;
                 if flags & 0x02 != 0 {
-                    p = back_over_field(p)?;
+                    let (start, len, dsn_flags) = back_over_field(p)?;
+                    dsn = Some((dsn_flags as u32, &line[start..start + len]));
+                    p = start;
                 }
-                p.checked_sub(1)
+                Some(RecipientLine { address: &line[..p.checked_sub(1)?], dsn })
             })();
-            match end {
-                Some(end) => &line[..end],
-                None => line,
-            }
+            parsed.unwrap_or(whole)
         }
-        _ => line,
+        _ => whole,
     }
 }
 
@@ -552,6 +631,56 @@ carol@odmr.example rfc822;carol@odmr.example 25,12  0,-1#3\ndave@elsewhere.examp
         for (line, address) in cases {
             assert_eq!(std::str::from_utf8(recipient_address(line.as_bytes())).unwrap(), address, "{line}");
         }
+    }
+
+    /// Recipient lines and options as Exim 4.96 wrote them for
+    /// `MAIL FROM:<...> RET=FULL ENVID=env+2Bid` and three recipients:
+    /// `NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2Bx@example.org`,
+    /// `NOTIFY=NEVER`, and none (observed, /usr/sbin/exim4 -bs).
+    #[test]
+    fn dsn_data_of_an_observed_exim_496_spool() {
+        let text = OBSERVED
+            .replace(
+                "-tls_resumption A
+",
+                "-tls_resumption A
+-dsn_envid env+2Bid
+-dsn_ret 1
+-smtputf8
+",
+            )
+            .replace(
+                "2
+a@odmr.example
+B@ODMR.example
+",
+                "3
+a@odmr.example rfc822;A+2Bx@example.org 24,12  0,-1#3
+B@ODMR.example  0,2  0,-1#3
+c@odmr.example
+",
+            );
+        let h = parse(text.as_bytes(), "1xV7gw-0004Qd-11").unwrap();
+        assert_eq!(h.recipients, ["a@odmr.example", "B@ODMR.example", "c@odmr.example"]);
+        assert_eq!(
+            (h.envid.as_deref(), h.ret, h.smtputf8, h.received),
+            (Some("env+id"), Some(Ret::Full), true, 1795354394)
+        );
+        let success_failure = Notify::parse("SUCCESS,FAILURE").unwrap();
+        assert_eq!(
+            h.details,
+            [
+                RecipientDetails { notify: success_failure, orcpt: Some("rfc822;A+x@example.org".into()) },
+                RecipientDetails { notify: Notify::NEVER, orcpt: None },
+                RecipientDetails::default(),
+            ]
+        );
+        let h = parse(OBSERVED.as_bytes(), "1xV7gw-0004Qd-11").unwrap();
+        assert_eq!((h.envid, h.ret, h.smtputf8), (None, None, false));
+        // DELAY alone, with an errors_to address.
+        let line = recipient_line(b"d@odmr.example rfc822;d@odmr.example 21,16 e@x.example 11,-1#3");
+        assert_eq!(line.address, b"d@odmr.example");
+        assert_eq!(line.details().notify, Notify::parse("DELAY").unwrap());
     }
 
     #[test]

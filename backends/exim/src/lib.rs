@@ -14,7 +14,9 @@
 //! message is claimed with a write lock on `-D` (the lock Exim takes), `-H`
 //! and `-J` are re-read under it, delivered recipients are appended to `-J`
 //! and fsynced under it, and a message with nothing left pending is removed
-//! in Exim's order under it.
+//! under it, `-H` first so that an interrupted removal never leaves Exim a
+//! `-H` without its `-D` (what is left instead is reclaimed by the next
+//! cursor; `spool::remove`).
 
 #![deny(unsafe_code)]
 

@@ -18,13 +18,14 @@ use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
+use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Read buffer per open spool file: memory per cursor stays at this,
 /// whatever the message size.
@@ -112,9 +113,9 @@ impl Exim {
         })
     }
 
-    /// The queue's messages, oldest first; Err(TempFail) when `input/`
-    /// cannot be listed. The count is of unreadable subdirectories.
-    fn list(&self) -> Result<(Vec<Location>, usize), Status> {
+    /// The queue (messages oldest first), its unreadable subdirectories
+    /// logged; Err(TempFail) when `input/` cannot be listed.
+    fn list(&self) -> Result<spool::Listing, Status> {
         let root = self.config.queue_root();
         let listing = spool::list(&root).map_err(|e| {
             log_open_error(&self.host, "list", &root.join("input"), &e);
@@ -123,7 +124,29 @@ impl Exim {
         for (dir, e) in &listing.errors {
             log_open_error(&self.host, "list", dir, e);
         }
-        Ok((listing.messages, listing.errors.len()))
+        Ok(listing)
+    }
+
+    /// Finish the removals of ours that were interrupted (a kill between the
+    /// unlinks of [`spool::remove`]), and log each.
+    fn reclaim(&self, leftovers: &[Location]) {
+        for leftover in leftovers {
+            let id = &leftover.id;
+            match spool::reclaim(leftover) {
+                Ok(spool::Reclaimed::Removed) => self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "id={id} removed what an interrupted removal left in {} (-D/-J without -H; every recipient was journaled)",
+                        leftover.input_dir().display()
+                    ),
+                ),
+                Ok(spool::Reclaimed::Busy) => {
+                    self.log(LogLevel::Info, &format!("id={id} leftover of a removal is locked; left for later"))
+                }
+                Ok(spool::Reclaimed::Message) => {}
+                Err(e) => self.log(LogLevel::Warn, &format!("id={id} cannot remove the leftover of a removal: {e}")),
+            }
+        }
     }
 
     /// The unlocked look (a hint; the cursor re-reads under the lock).
@@ -176,8 +199,9 @@ impl Queue for Exim {
 
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
-        let (messages, mut errors) = self.list()?;
-        for location in &messages {
+        let listing = self.list()?;
+        let mut errors = listing.errors.len();
+        for location in &listing.messages {
             match self.peek(location, &domains) {
                 Peek::Offer => return Ok(true),
                 Peek::Nothing => {}
@@ -194,7 +218,9 @@ impl Queue for Exim {
 
     fn open(&self, domains: &[String]) -> Result<EximCursor, Status> {
         let domains = self.domains(domains)?;
-        let (messages, _) = self.list()?;
+        let listing = self.list()?;
+        self.reclaim(&listing.leftovers);
+        let messages = listing.messages;
         Ok(EximCursor {
             host: self.host,
             config: self.config.clone(),
@@ -243,6 +269,8 @@ struct Current {
     outcomes: Outcomes,
     /// Size of the message as sent, before line-end conversion.
     size: u64,
+    /// Whether headers and body hold 8-bit octets (None: too large to scan).
+    eight_bit: Option<bool>,
     body: Body<BufReader<File>, BufReader<File>>,
     /// The locked `-D`; the lock lasts until this and `body` are dropped.
     data: File,
@@ -266,7 +294,21 @@ impl EximCursor {
                 }
             }
         }
-        self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        if fs::symlink_metadata(listed.file("-H")).is_ok() {
+            // Exim's own removal (msglog, -D, -H, -J) leaves this when it is
+            // interrupted; ours never does (spool::remove). Not ours to delete
+            // without the -D lock that no longer exists: tell the operator.
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "id={id} has {} but no -D (an interrupted removal, or one in progress); skipped. `exim -Mrm {id}` removes it",
+                    listed.file("-H").display(),
+                    id = listed.id
+                ),
+            );
+        } else {
+            self.log(LogLevel::Debug, &format!("id={} gone before it was claimed", listed.id));
+        }
         Err(Claim::Skip)
     }
 
@@ -360,11 +402,30 @@ impl EximCursor {
                 return Ok(None);
             }
             Some(offered) if offered.is_empty() => {
+                if !journal.is_empty() && !header.recipients.iter().any(|r| header::is_pending(r, &done)) {
+                    // Every recipient journaled, but the removal that should
+                    // have followed never ran (a session killed in between):
+                    // finish it now, under the lock, as that commit would have.
+                    match spool::remove(location) {
+                        Ok(()) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled but the message was still queued (an interrupted session); removed"),
+                        ),
+                        Err(e) => self.log(
+                            LogLevel::Warn,
+                            &format!("id={id} every recipient was journaled, but removal failed ({e}); Exim will finish it"),
+                        ),
+                    }
+                    return Ok(None);
+                }
                 self.log(LogLevel::Debug, &format!("id={id} has nothing pending for these domains now"));
                 return Ok(None);
             }
             Some(offered) => offered,
         };
+        // Exim keeps no 8BITMIME mark in the spool: look (the page cache
+        // then serves the delivery), without moving the readers' offsets.
+        let eight_bit = eight_bit_in(&[(reader.get_ref(), header.headers_offset), (&data, offset)]);
         reader.seek(SeekFrom::Start(header.headers_offset)).map_err(with(&h_path))?;
         let mut body_file = data.try_clone().map_err(with(&d_path))?;
         body_file.seek(SeekFrom::Start(offset)).map_err(with(&d_path))?;
@@ -378,6 +439,7 @@ impl EximCursor {
             done,
             header,
             size: headers_size + 1 + body_size,
+            eight_bit,
             body,
             data,
         }))
@@ -414,6 +476,17 @@ impl Cursor for EximCursor {
                             .offered()
                             .iter()
                             .map(|&i| current.header.recipients[i].clone())
+                            .collect(),
+                        arrival: Some(UNIX_EPOCH + Duration::from_secs(current.header.received)),
+                        envid: current.header.envid.clone(),
+                        ret: current.header.ret,
+                        smtputf8: current.header.smtputf8,
+                        eight_bit: current.eight_bit,
+                        details: current
+                            .outcomes
+                            .offered()
+                            .iter()
+                            .map(|&i| current.header.details[i].clone())
                             .collect(),
                     };
                     self.yielded = true;
@@ -670,6 +743,32 @@ mod tests {
     }
 
     #[test]
+    fn the_envelope_carries_arrival_dsn_data_and_the_8bit_finding() {
+        let s = Spool::new();
+        s.add(Msg {
+            recipients: &[
+                "a@example.org rfc822;A+2Bx@example.org 24,12  0,-1#3",
+                "b@example.net",
+                "c@example.org",
+            ],
+            body: "h\u{e9}llo\n",
+            ..Msg::default()
+        });
+        let mut c = s.exim(&[]).open(&["example.org".into()]).unwrap();
+        let e = c.next_message().unwrap().unwrap();
+        assert_eq!(e.recipients, ["a@example.org", "c@example.org"]);
+        assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(1795354394)));
+        assert_eq!(e.eight_bit, Some(true));
+        assert_eq!(e.recipient_details(0).orcpt.as_deref(), Some("rfc822;A+x@example.org"));
+        assert!(e.recipient_details(0).notify.on_success());
+        assert_eq!(e.recipient_details(1), Default::default());
+        let s = Spool::new();
+        s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let e = s.exim(&[]).open(&["example.org".into()]).unwrap().next_message().unwrap().unwrap();
+        assert_eq!((e.eight_bit, e.envid, e.ret, e.smtputf8), (Some(false), None, None, false));
+    }
+
+    #[test]
     fn offers_only_pending_recipients_of_the_requested_domains() {
         let s = Spool::new();
         let l = s.add(Msg {
@@ -728,6 +827,36 @@ mod tests {
         for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
             assert!(!p.exists(), "{} left behind", p.display());
         }
+    }
+
+    #[test]
+    fn what_an_interrupted_session_left_is_finished_by_the_next_cursor() {
+        let s = Spool::new();
+        // Killed after journaling the last recipient, before removing.
+        let journaled = s.add(Msg {
+            recipients: &["a@example.org", "b@example.net"],
+            journal: Some("a@example.org\nb@example.net\n"),
+            ..Msg::default()
+        });
+        // Killed inside the removal, after -H (spool::remove's order).
+        let removing = s.add(Msg {
+            id: "1xV7gx-0004Qd-11",
+            recipients: &["c@example.org"],
+            journal: Some("c@example.org\n"),
+            ..Msg::default()
+        });
+        fs::remove_file(removing.file("-H")).unwrap();
+        // Nothing journaled: Exim's business, not ours, even with nothing for us.
+        let other = s.add(Msg { id: "1xV7gy-0004Qd-11", recipients: &["d@example.com"], ..Msg::default() });
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        assert!(c.next_message().unwrap().is_none());
+        for l in [&journaled, &removing] {
+            for p in [l.file("-D"), l.file("-H"), l.file("-J"), l.msglog()] {
+                assert!(!p.exists(), "{} left behind", p.display());
+            }
+        }
+        assert!(other.file("-H").exists() && other.file("-D").exists());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Exim's spool on disk: where a message's files are, listing the queue,
-//! the `-D` lock, appending to the journal and removing a finished message.
+//! the `-D` lock, appending to the journal, removing a finished message and
+//! reclaiming what an interrupted removal of ours left.
 //!
 //! Owns: every system call on the spool. Paths follow `spool_q_fname()`:
 //! `ROOT/input/SUBDIR/ID-H` where ROOT is `spool_directory` or
@@ -68,6 +69,9 @@ impl Location {
 pub struct Listing {
     /// One per `-H` with a valid id, in id order (oldest first).
     pub messages: Vec<Location>,
+    /// Journals without a `-H` in either layout: what a [`remove`] that was
+    /// interrupted left (see there), to [`reclaim`].
+    pub leftovers: Vec<Location>,
     /// Unreadable subdirectories, with the error.
     pub errors: Vec<(PathBuf, io::Error)>,
 }
@@ -77,22 +81,32 @@ pub struct Listing {
 /// with a valid message id. Err when `input` itself cannot be read.
 pub fn list(root: &Path) -> io::Result<Listing> {
     let input = root.join("input");
-    let mut messages = Vec::new();
+    let mut found = Found::default();
     let mut errors = Vec::new();
     let mut subdirs = Vec::new();
-    collect(root, "", &input, &mut messages, &mut subdirs)?;
+    collect(root, "", &input, &mut found, &mut subdirs)?;
     for sub in subdirs {
-        if let Err(e) = collect(root, &sub, &input.join(&sub), &mut messages, &mut Vec::new()) {
+        if let Err(e) = collect(root, &sub, &input.join(&sub), &mut found, &mut Vec::new()) {
             if e.kind() != io::ErrorKind::NotFound {
                 errors.push((input.join(&sub), e));
             }
         }
     }
+    let Found { mut messages, journals } = found;
+    let listed: std::collections::HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    let leftovers = journals.into_iter().filter(|j| !listed.contains(j.id.as_str())).collect();
     // Ids start with the arrival time in base 62: sorting by the
     // characters of the time, then the rest, gives arrival order.
     messages.sort_by(|a, b| id_order(&a.id).cmp(&id_order(&b.id)).then(a.subdir.cmp(&b.subdir)));
     messages.dedup_by(|a, b| a.id == b.id);
-    Ok(Listing { messages, errors })
+    Ok(Listing { messages, leftovers, errors })
+}
+
+/// What [`collect`] gathers: messages by their `-H`, and every `-J`.
+#[derive(Default)]
+struct Found {
+    messages: Vec<Location>,
+    journals: Vec<Location>,
 }
 
 fn id_order(id: &str) -> Vec<u8> {
@@ -112,7 +126,7 @@ fn collect(
     root: &Path,
     subdir: &str,
     dir: &Path,
-    messages: &mut Vec<Location>,
+    found: &mut Found,
     subdirs: &mut Vec<String>,
 ) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
@@ -125,14 +139,13 @@ fn collect(
             }
             continue;
         }
-        if let Some(id) = name.strip_suffix("-H") {
-            if crate::header::is_message_id(id) {
-                messages.push(Location {
-                    root: root.to_path_buf(),
-                    subdir: subdir.to_string(),
-                    id: id.into(),
-                });
-            }
+        let (list, id) = match (name.strip_suffix("-H"), name.strip_suffix("-J")) {
+            (Some(id), _) => (&mut found.messages, id),
+            (_, Some(id)) => (&mut found.journals, id),
+            _ => continue,
+        };
+        if crate::header::is_message_id(id) {
+            list.push(Location { root: root.to_path_buf(), subdir: subdir.to_string(), id: id.into() });
         }
     }
     Ok(())
@@ -215,25 +228,82 @@ pub fn append_journal(path: &Path, data: &File, lines: &[&str], needs_newline: b
     journal.sync_all()
 }
 
-/// Remove a finished message in Exim's order (msglog, `-D`, `-H`, `-J`),
-/// while the caller holds the `-D` lock. Missing msglog and journal are
-/// fine; a missing `-D` or `-H` is reported but the rest is still removed.
+/// Remove a finished message (every recipient journaled) while the caller
+/// holds the `-D` lock: `-H`, msglog, `-D`, then `-J`, stopping at the first
+/// failure. Missing msglog and journal are fine; a missing `-D` or `-H` is an
+/// error.
+///
+/// Why this order and not Exim's own (msglog, `-D`, `-H`, `-J`, formats.md
+/// 3.7 d): an interruption (a kill, a crash, a failed unlink) can strike
+/// between any two unlinks. Exim's order then leaves a `-H` without `-D`
+/// that `exim -bp` lists for ever and queue runs trip over, until
+/// `exim -Mrm`. With `-H` first the message is invisible to Exim at once
+/// (its queue scanner and `exim -bp` only see `-H` names, and Exim itself
+/// removes `-H` first when moving a message for the same reason), and what
+/// can be left, `-D` and `-J` (and the msglog) without `-H`, is a state that
+/// only this function produces: reception creates `-D` before `-H` but never
+/// a `-J`, and Exim rewrites `-H` by rename, never removing it while a `-J`
+/// exists. [`list`] reports such journals as leftovers and [`reclaim`]
+/// finishes the removal. Nothing is lost either way: the journal already
+/// records every recipient as done.
 pub fn remove(location: &Location) -> io::Result<()> {
     let unlink = |path: PathBuf, required: bool| match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound && !required => Ok(()),
         Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     };
-    let results = [
-        unlink(location.msglog(), false),
-        unlink(location.file("-D"), true),
-        unlink(location.file("-H"), true),
-        unlink(location.file("-J"), false),
-    ];
+    let result = unlink(location.file("-H"), true)
+        .and_then(|()| unlink(location.msglog(), false))
+        .and_then(|()| unlink(location.file("-D"), true))
+        .and_then(|()| unlink(location.file("-J"), false));
     if let Ok(dir) = File::open(location.input_dir()) {
         let _ = dir.sync_all();
     }
-    results.into_iter().collect()
+    result
+}
+
+/// What [`reclaim`] did with a leftover.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// Its remaining files are gone.
+    Removed,
+    /// Its `-D` is locked by another process (Exim moving it, say): later.
+    Busy,
+    /// A `-H` appeared meanwhile: a message, not a leftover; left alone.
+    Message,
+}
+
+/// Finish an interrupted [`remove`] of a message listed as a leftover (a
+/// `-J` without `-H`): under the `-D` lock when there is still a `-D`, check
+/// again that neither layout has a `-H`, then unlink the msglog, `-D` and
+/// `-J`, in that order (a journal alone is still recognisably a leftover).
+pub fn reclaim(location: &Location) -> io::Result<Reclaimed> {
+    let lock = match open_data(&location.file("-D")) {
+        Ok(file) => match try_lock(file)? {
+            Lock::Held(file) => Some(file),
+            Lock::Busy => return Ok(Reclaimed::Busy),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", location.file("-D").display()))),
+    };
+    for place in [location.clone(), location.other_layout()] {
+        if fs::symlink_metadata(place.file("-H")).is_ok() {
+            return Ok(Reclaimed::Message);
+        }
+    }
+    for path in [location.msglog(), location.file("-D"), location.file("-J")] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+            }
+            _ => {}
+        }
+    }
+    if let Ok(dir) = File::open(location.input_dir()) {
+        let _ = dir.sync_all();
+    }
+    drop(lock);
+    Ok(Reclaimed::Removed)
 }
 
 #[cfg(test)]
@@ -313,18 +383,81 @@ mod tests {
         assert_eq!(mode & 0o007, 0, "journal readable by others: {mode:o}");
     }
 
-    #[test]
-    fn removal_follows_exims_order_and_tolerates_missing_extras() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Location { root: dir.path().into(), subdir: String::new(), id: "1xV7gw-0004Qd-11".into() };
-        fs::create_dir_all(dir.path().join("input")).unwrap();
-        fs::create_dir_all(dir.path().join("msglog")).unwrap();
-        for p in [l.file("-D"), l.file("-H"), l.msglog()] {
-            fs::write(p, "").unwrap();
+    /// A message's files in an unsplit spool at `dir`: each of `suffixes`
+    /// (`-D`, `-H`, `-J`, or `msglog`) created.
+    fn message(dir: &Path, suffixes: &[&str]) -> Location {
+        let l = Location { root: dir.into(), subdir: String::new(), id: "1xV7gw-0004Qd-11".into() };
+        fs::create_dir_all(dir.join("input")).unwrap();
+        fs::create_dir_all(dir.join("msglog")).unwrap();
+        for suffix in suffixes {
+            let path = if *suffix == "msglog" { l.msglog() } else { l.file(suffix) };
+            fs::write(path, format!("{}-D\n", l.id)).unwrap();
         }
+        l
+    }
+
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn removal_takes_everything_and_tolerates_missing_extras() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = message(dir.path(), &["-D", "-H", "msglog"]);
         remove(&l).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("input")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(dir.path().join("msglog")).unwrap().count(), 0);
-        assert!(remove(&l).is_err(), "a second removal reports the missing -D");
+        assert_eq!(count(&dir.path().join("input")), 0);
+        assert_eq!(count(&dir.path().join("msglog")), 0);
+        assert!(remove(&l).is_err(), "a second removal reports the missing -H");
+    }
+
+    #[test]
+    fn an_interrupted_removal_hides_the_message_at_once_and_leaves_a_reclaimable_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = message(dir.path(), &["-H", "-J", "msglog"]);
+        // A -D that cannot be unlinked: the removal stops right there.
+        fs::create_dir_all(l.file("-D").join("x")).unwrap();
+        assert!(remove(&l).is_err());
+        assert!(!l.file("-H").exists(), "-H goes first, so Exim no longer lists the message");
+        assert!(l.file("-J").exists(), "the journal stays until -D is gone");
+        let listing = list(dir.path()).unwrap();
+        assert!(listing.messages.is_empty());
+        assert_eq!(listing.leftovers, std::slice::from_ref(&l));
+
+        // A killed removal (a plain -D left): reclaimed under the lock.
+        fs::remove_dir_all(l.file("-D")).unwrap();
+        fs::write(l.file("-D"), format!("{}-D\nbody\n", l.id)).unwrap();
+        let held = try_lock(open_data(&l.file("-D")).unwrap()).unwrap();
+        assert_eq!(reclaim(&l).unwrap(), Reclaimed::Busy);
+        assert!(l.file("-D").exists() && l.file("-J").exists());
+        drop(held);
+        assert_eq!(reclaim(&l).unwrap(), Reclaimed::Removed);
+        assert_eq!(count(&dir.path().join("input")), 0);
+        assert_eq!(count(&dir.path().join("msglog")), 0);
+
+        // Killed after -D: the journal alone is a leftover too.
+        fs::write(l.file("-J"), "a@example.org\n").unwrap();
+        assert_eq!(list(dir.path()).unwrap().leftovers, std::slice::from_ref(&l));
+        assert_eq!(reclaim(&l).unwrap(), Reclaimed::Removed);
+        assert_eq!(count(&dir.path().join("input")), 0);
+    }
+
+    #[test]
+    fn what_exim_itself_leaves_is_no_leftover_of_ours() {
+        // Reception in progress (-D before -H, no journal), a message with
+        // its journal, and a journal whose -H is in the other layout.
+        let dir = tempfile::tempdir().unwrap();
+        let receiving = message(dir.path(), &["-D"]);
+        assert!(list(dir.path()).unwrap().leftovers.is_empty());
+        fs::write(receiving.file("-H"), "").unwrap();
+        fs::write(receiving.file("-J"), "").unwrap();
+        let listing = list(dir.path()).unwrap();
+        assert_eq!((listing.messages.len(), listing.leftovers.len()), (1, 0));
+        let split = receiving.other_layout();
+        fs::create_dir_all(split.input_dir()).unwrap();
+        fs::rename(receiving.file("-J"), split.file("-J")).unwrap();
+        assert!(list(dir.path()).unwrap().leftovers.is_empty());
+        // A -H that appears before the reclaim wins.
+        assert_eq!(reclaim(&split).unwrap(), Reclaimed::Message);
+        assert!(split.file("-J").exists() && receiving.file("-D").exists());
     }
 }

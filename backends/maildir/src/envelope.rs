@@ -11,6 +11,8 @@
 //! what happens to a file.
 
 use crate::body::Unstuffer;
+use odmr_api::params::{esmtp_params, orcpt_decode, xtext_decode, Notify, Ret};
+use odmr_api::RecipientDetails;
 use std::io::{self, BufRead};
 use std::ops::Range;
 
@@ -55,6 +57,23 @@ pub struct Recipient {
     /// BSMTP only: the raw `RCPT TO:` line, line end included, kept verbatim
     /// when the file is rewritten.
     pub line: Vec<u8>,
+    /// BSMTP only: its `NOTIFY=` and `ORCPT=`.
+    pub details: RecipientDetails,
+}
+
+/// What the sender asked with `MAIL FROM:` parameters (BSMTP only), and
+/// what the data showed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// `ENVID=`, xtext decoded.
+    pub envid: Option<String>,
+    /// `RET=`.
+    pub ret: Option<Ret>,
+    /// `SMTPUTF8`, or a sender or recipient that is not ASCII.
+    pub smtputf8: bool,
+    /// `BODY=8BITMIME` or an 8-bit octet in the data: Some(true); the whole
+    /// data read without one: Some(false); headers mode: None.
+    pub eight_bit: Option<bool>,
 }
 
 /// How the content is laid out in the file.
@@ -84,6 +103,8 @@ pub struct Parsed {
     pub sender: String,
     /// All envelope recipients, in file order.
     pub recipients: Vec<Recipient>,
+    /// What the `MAIL FROM:` parameters and the data say.
+    pub params: MailParams,
     /// Where the content is.
     pub layout: Layout,
 }
@@ -166,7 +187,18 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
     if mail.truncated() {
         return malformed("MAIL FROM line too long");
     }
-    let sender = path_argument(&mail.text()[b"MAIL FROM:".len()..], "MAIL FROM")?;
+    let (sender, mail_params) = path_argument(&mail.text()[b"MAIL FROM:".len()..], "MAIL FROM")?;
+    let mut params = MailParams::default();
+    for (key, value) in esmtp_params(&mail_params) {
+        // Liberal: a parameter we cannot read is as if absent.
+        match key.as_str() {
+            "ENVID" => params.envid = xtext_decode(&value),
+            "RET" => params.ret = Ret::parse(&value),
+            "SMTPUTF8" => params.smtputf8 = true,
+            "BODY" if value.eq_ignore_ascii_case("8BITMIME") => params.eight_bit = Some(true),
+            _ => {}
+        }
+    }
     let mut offset = mail.len;
     let mut recipients = Vec::new();
     let mut line = Line::default();
@@ -181,11 +213,19 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
         }
         let text = line.text();
         if starts_with_ci(text, b"RCPT TO:") {
-            let address = path_argument(&text[b"RCPT TO:".len()..], "RCPT TO")?;
+            let (address, rcpt_params) = path_argument(&text[b"RCPT TO:".len()..], "RCPT TO")?;
             if address.is_empty() {
                 return malformed("empty RCPT TO address");
             }
-            recipients.push(Recipient { address, line: line.kept.clone() });
+            let mut details = RecipientDetails::default();
+            for (key, value) in esmtp_params(&rcpt_params) {
+                match key.as_str() {
+                    "NOTIFY" => details.notify = Notify::parse(&value).unwrap_or_default(),
+                    "ORCPT" => details.orcpt = orcpt_decode(&value),
+                    _ => {}
+                }
+            }
+            recipients.push(Recipient { address, line: line.kept.clone(), details });
         } else if text.eq_ignore_ascii_case(b"DATA") {
             break line.kept.clone();
         } else {
@@ -196,24 +236,30 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
         return malformed("no RCPT TO before DATA");
     }
     let data_start = offset;
-    check_data(r)?;
-    Ok(Parsed { sender, recipients, layout: Layout::Bsmtp { mail_line: mail.kept, data_line, data_start } })
+    let eight_bit_data = check_data(r)?;
+    params.eight_bit = Some(params.eight_bit.unwrap_or(false) || eight_bit_data);
+    params.smtputf8 |= !sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    let layout = Layout::Bsmtp { mail_line: mail.kept, data_line, data_start };
+    Ok(Parsed { sender, recipients, params, layout })
 }
 
 /// Run the data through the same un-stuffer the body reader uses and require
-/// the terminating `.` line to be the end of the file.
-fn check_data(r: &mut impl BufRead) -> Result<(), Rejected> {
+/// the terminating `.` line to be the end of the file. Whether the data
+/// holds an 8-bit octet comes for free on the way.
+fn check_data(r: &mut impl BufRead) -> Result<bool, Rejected> {
     let mut unstuffer = Unstuffer::default();
     let mut scratch = [0u8; 1024];
+    let mut eight_bit = false;
     loop {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             if unstuffer.finish_at_eof() {
-                return Ok(());
+                return Ok(eight_bit);
             }
             return malformed("data not terminated by a line '.'");
         }
         let (used, _) = unstuffer.decode(buf, &mut scratch);
+        eight_bit |= buf[..used].iter().any(|&b| b > 127);
         let done = unstuffer.is_done();
         let rest = buf.len() - used;
         r.consume(used);
@@ -221,15 +267,15 @@ fn check_data(r: &mut impl BufRead) -> Result<(), Rejected> {
             if rest > 0 || !r.fill_buf()?.is_empty() {
                 return malformed("bytes after the terminating '.' line");
             }
-            return Ok(());
+            return Ok(eight_bit);
         }
     }
 }
 
-/// `<address>` with optional ESMTP parameters after it (ignored). A quoted
+/// `<address>` and the ESMTP parameters after it (as text). A quoted
 /// local part may contain `>`. qmail's double-bounce sender `#@[]` becomes
 /// the null sender.
-fn path_argument(arg: &[u8], what: &str) -> Result<String, Rejected> {
+fn path_argument(arg: &[u8], what: &str) -> Result<(String, String), Rejected> {
     let arg = trim(arg);
     if arg.first() != Some(&b'<') {
         return malformed(format!("{what} argument does not start with '<'"));
@@ -254,7 +300,8 @@ fn path_argument(arg: &[u8], what: &str) -> Result<String, Rejected> {
     if !rest.is_empty() && !rest[0].is_ascii_whitespace() {
         return malformed(format!("{what}: text right after '>'"));
     }
-    address(&arg[1..end], what).map(|a| if a == "#@[]" { String::new() } else { a })
+    let address = address(&arg[1..end], what).map(|a| if a == "#@[]" { String::new() } else { a })?;
+    Ok((address, String::from_utf8_lossy(rest).into_owned()))
 }
 
 /// An address as UTF-8 without control characters or white space.
@@ -355,7 +402,7 @@ fn parse_headers(r: &mut impl BufRead, first: Line, strip_prefix: Option<&str>) 
             return malformed(format!("{} field too long", f.which.name()));
         }
     }
-    let sender = path_argument(&rp.value, "Return-Path")?;
+    let (sender, _) = path_argument(&rp.value, "Return-Path")?;
     let value = trim(&dt.value);
     let value = match (value.first(), value.last()) {
         (Some(b'<'), Some(b'>')) if value.len() >= 2 => &value[1..value.len() - 1],
@@ -376,9 +423,12 @@ fn parse_headers(r: &mut impl BufRead, first: Line, strip_prefix: Option<&str>) 
     }
     let mut skip = vec![rp.range, dt.range];
     skip.sort_by_key(|r| r.start);
+    // What the sender asked is lost in this form; only UTF-8 addresses show.
+    let params = MailParams { smtputf8: !sender.is_ascii() || !rcpt.is_ascii(), ..MailParams::default() };
     Ok(Parsed {
         sender,
-        recipients: vec![Recipient { address: rcpt, line: Vec::new() }],
+        recipients: vec![Recipient { address: rcpt, line: Vec::new(), details: RecipientDetails::default() }],
+        params,
         layout: Layout::Headers { skip },
     })
 }

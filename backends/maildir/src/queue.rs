@@ -15,11 +15,13 @@ use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
 use odmr_api::names::{in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
+use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Size of the read buffer for each message: memory per cursor stays at this
 /// whatever the message size.
@@ -105,6 +107,27 @@ impl Maildir {
             );
         }
         Ok(entries)
+    }
+}
+
+impl Maildir {
+    /// Remove the leftovers in `spool`'s `tmp/` ([`spool::clean_tmp`]; the
+    /// caller holds its lock) and log each.
+    fn clean_tmp(&self, spool: &Spool) {
+        let (removed, failed) = spool::clean_tmp(&spool.path, std::time::SystemTime::now());
+        for r in removed {
+            let why = if r.ours {
+                "left by an interrupted rewrite of odmrd's (the message itself was kept)"
+            } else {
+                "untouched for 36 hours (maildir convention)"
+            };
+            self.log(LogLevel::Warn, &format!("domain={} removed file={}: {why}", spool.domain, r.id));
+        }
+        for (id, e) in failed {
+            let msg =
+                format!("domain={} cannot clean file={} in {}: {e}", spool.domain, id, spool.path.display());
+            self.log(LogLevel::Warn, &msg);
+        }
     }
 }
 
@@ -203,6 +226,9 @@ impl Queue for Maildir {
                     continue;
                 }
             }
+            // Under the lock no rewrite of ours is in progress: what is left
+            // in tmp/ by a killed one can go now.
+            self.clean_tmp(&spool);
             // Listed under the lock, so that the list is what this cursor owns.
             if let Ok(entries) = self.scan(&spool) {
                 queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
@@ -262,6 +288,19 @@ impl MaildirCursor {
     }
 }
 
+/// When a file reached the maildir: the Unix time that starts a maildir
+/// file name (`1795354394.M1P2.host`), which survives our rewrites; else
+/// the file's modification time.
+fn arrival(entry: &Entry, meta: Option<&std::fs::Metadata>) -> Option<SystemTime> {
+    let name = entry.id.rsplit('/').next().unwrap_or(&entry.id);
+    let stamp =
+        name.split('.').next().filter(|t| (9..=11).contains(&t.len())).and_then(|t| t.parse::<u64>().ok());
+    match stamp {
+        Some(secs) => Some(UNIX_EPOCH + Duration::from_secs(secs)),
+        None => meta.and_then(|m| m.modified().ok()),
+    }
+}
+
 fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
     let mut handle = file.try_clone()?;
     Ok(match layout {
@@ -302,7 +341,11 @@ impl Cursor for MaildirCursor {
                     continue;
                 }
             };
-            let size = selected.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let meta = selected.file.metadata().ok();
+            let size = meta.as_ref().map_or(0, |m| m.len());
+            let params = &selected.parsed.params;
+            // BSMTP data was scanned while parsing; the headers form is read here.
+            let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, 0)]));
             let envelope = Envelope {
                 id: entry.id.clone(),
                 sender: selected.parsed.sender.clone(),
@@ -311,6 +354,16 @@ impl Cursor for MaildirCursor {
                     .offered
                     .iter()
                     .map(|&i| selected.parsed.recipients[i].address.clone())
+                    .collect(),
+                arrival: arrival(&entry, meta.as_ref()),
+                envid: params.envid.clone(),
+                ret: params.ret,
+                smtputf8: params.smtputf8,
+                eight_bit,
+                details: selected
+                    .offered
+                    .iter()
+                    .map(|&i| selected.parsed.recipients[i].details.clone())
                     .collect(),
             };
             self.current = Some(Current {

@@ -1,6 +1,7 @@
 //! The file-system side of a maildir spool: listing messages, the
 //! serialmail-compatible `seriallock`, opening message files without
-//! following symlinks, and the two durable changes (unlink, atomic rewrite).
+//! following symlinks, the two durable changes (unlink, atomic rewrite) and
+//! cleaning `tmp/` of what interrupted writers left there.
 //!
 //! Owns: every system call that looks at or changes a maildir, and the
 //! fsyncs that make a change durable. Does not: parse messages, decide which
@@ -14,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The lock file inside each maildir; serialmail's `setlock` uses the same.
 pub const LOCK_FILE: &str = "seriallock";
@@ -139,12 +140,98 @@ pub fn remove(path: &Path) -> io::Result<()> {
     sync_dir(parent(path)?)
 }
 
-/// A maildir unique name, `time.M<usec>P<pid>Q<n>.odmrd`.
+/// The "host" part of the names [`rewrite`] gives its files in `tmp/`. A
+/// maildir writer puts its host name there; nobody names a host this, so a
+/// file with this name and [`unique_name`]'s shape is ours.
+const REWRITE_HOST: &str = "odmrd-rewrite";
+
+/// A maildir unique name, `time.M<usec>P<pid>Q<n>.odmrd-rewrite`.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}.M{}P{}Q{}.odmrd", now.as_secs(), now.subsec_micros(), std::process::id(), n)
+    format!("{}.M{}P{}Q{}.{REWRITE_HOST}", now.as_secs(), now.subsec_micros(), std::process::id(), n)
+}
+
+/// Whether `name` is one of [`unique_name`]'s, i.e. a file [`rewrite`] wrote.
+fn is_rewrite_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_suffix(REWRITE_HOST).and_then(|r| r.strip_suffix('.')) else {
+        return false;
+    };
+    let Some((secs, rest)) = rest.split_once(".M") else { return false };
+    let Some((usec, rest)) = rest.split_once('P') else { return false };
+    let Some((pid, n)) = rest.split_once('Q') else { return false };
+    [secs, usec, pid, n].into_iter().all(digits)
+}
+
+/// How long another writer's file may lie untouched in `tmp/` before it is
+/// taken for the leftover of a delivery that died: the maildir convention's
+/// 36 hours (formats.md, maildir).
+pub const TMP_LIFETIME: Duration = Duration::from_secs(36 * 60 * 60);
+
+/// A file [`clean_tmp`] removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// `tmp/NAME`, for logs.
+    pub id: String,
+    /// True: written by [`rewrite`] (a rewrite killed before its rename);
+    /// false: another writer's, untouched for [`TMP_LIFETIME`].
+    pub ours: bool,
+}
+
+/// Remove the leftovers in `<maildir>/tmp/`: every regular file [`rewrite`]
+/// wrote (its name says so), at once, and any other regular file that was
+/// neither modified nor accessed during the [`TMP_LIFETIME`] before `now`.
+/// Another writer's fresh file, symlinks and directories are never touched.
+///
+/// The caller must hold the maildir's [`lock`]: a rewrite runs only under it,
+/// so no file of ours in `tmp/` can then belong to a rewrite in progress.
+/// Returns what was removed and what could not be (with the error); a
+/// missing `tmp/` is nothing to clean.
+pub fn clean_tmp(maildir: &Path, now: SystemTime) -> (Vec<Removed>, Vec<(String, io::Error)>) {
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    let dir = maildir.join("tmp");
+    let items = match fs::read_dir(&dir) {
+        Ok(items) => items,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (removed, failed),
+        Err(e) => return (removed, vec![("tmp".into(), e)]),
+    };
+    for item in items {
+        let item = match item {
+            Ok(item) => item,
+            Err(e) => {
+                failed.push(("tmp".into(), e));
+                break;
+            }
+        };
+        let name = item.file_name();
+        let id = format!("tmp/{}", name.to_string_lossy());
+        let meta = match fs::symlink_metadata(item.path()) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                failed.push((id, e));
+                continue;
+            }
+        };
+        let ours = name.to_str().is_some_and(is_rewrite_name);
+        // Untouched: neither written nor read (the convention says "accessed";
+        // with noatime the modification time is the better witness).
+        let touched = [meta.modified(), meta.accessed()].into_iter().flatten().max();
+        let stale = touched.is_some_and(|t| now.duration_since(t).is_ok_and(|age| age >= TMP_LIFETIME));
+        if !ours && !stale {
+            continue;
+        }
+        match fs::remove_file(item.path()) {
+            Ok(()) => removed.push(Removed { id, ours }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => failed.push((id, e)),
+        }
+    }
+    (removed, failed)
 }
 
 /// Atomically replace the message at `path` (open as `original`) with `head`
@@ -224,8 +311,97 @@ mod tests {
     fn unique_names_differ_and_look_like_maildir_names() {
         let (a, b) = (unique_name(), unique_name());
         assert_ne!(a, b);
-        assert!(a.ends_with(".odmrd") && a.contains(".M") && !a.starts_with('.'), "{a}");
+        assert!(a.ends_with(".odmrd-rewrite") && a.contains(".M") && !a.starts_with('.'), "{a}");
         assert!(!a.contains(['/', ':']), "{a}");
+        assert!(is_rewrite_name(&a), "{a}");
+    }
+
+    #[test]
+    fn only_our_own_name_shape_counts_as_a_rewrite_leftover() {
+        for theirs in [
+            "1795354421.M53429P17987.host",
+            "1795354421.M53429P17987Q3.odmrd",
+            "1795354421.M53429P17987Q3.mail.odmrd-rewrite",
+            "x1795354421.M53429P17987Q3.odmrd-rewrite",
+            "1795354421.M53429P17987Q.odmrd-rewrite",
+            "1795354421.M53429Q3P17987.odmrd-rewrite",
+            ".odmrd-rewrite",
+        ] {
+            assert!(!is_rewrite_name(theirs), "{theirs}");
+        }
+        assert!(is_rewrite_name("1795354421.M53429P17987Q3.odmrd-rewrite"));
+    }
+
+    /// A maildir with a file in `tmp/` per (name, age in hours of its
+    /// modification time, age of its access time), relative to `now`.
+    fn tmp_with(files: &[(&str, u64, u64)], now: SystemTime) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        let hours = |h: u64| now - Duration::from_secs(h * 3600);
+        for &(name, modified, accessed) in files {
+            let file = File::create(dir.path().join("tmp").join(name)).unwrap();
+            file.set_times(FileTimes::new().set_modified(hours(modified)).set_accessed(hours(accessed)))
+                .unwrap();
+        }
+        dir
+    }
+
+    fn left_in_tmp(maildir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(maildir.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn clean_tmp_removes_our_leftovers_at_once_and_others_after_36_hours() {
+        let now = SystemTime::now();
+        let ours = "1795354421.M53429P17987Q3.odmrd-rewrite";
+        let dir = tmp_with(
+            &[
+                (ours, 0, 0),
+                ("1795.M1P2.fresh-delivery", 0, 0),
+                ("1795.M1P2.written-35h-ago", 35, 35),
+                ("1795.M1P2.written-37h-ago-read-now", 37, 0),
+                ("1795.M1P2.read-37h-ago-written-now", 0, 37),
+                ("1795.M1P2.stale", 37, 37),
+            ],
+            now,
+        );
+        fs::create_dir(dir.path().join("tmp/old-directory")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("tmp/link")).unwrap();
+        let (mut removed, failed) = clean_tmp(dir.path(), now);
+        assert!(failed.is_empty(), "{failed:?}");
+        removed.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            removed,
+            [
+                Removed { id: "tmp/1795.M1P2.stale".into(), ours: false },
+                Removed { id: format!("tmp/{ours}"), ours: true },
+            ]
+        );
+        assert_eq!(
+            left_in_tmp(dir.path()),
+            [
+                "1795.M1P2.fresh-delivery",
+                "1795.M1P2.read-37h-ago-written-now",
+                "1795.M1P2.written-35h-ago",
+                "1795.M1P2.written-37h-ago-read-now",
+                "link",
+                "old-directory"
+            ]
+        );
+        // The symlink's target and the directory were left alone too.
+        assert!(Path::new("/etc/passwd").exists());
+    }
+
+    #[test]
+    fn clean_tmp_without_tmp_is_nothing_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (removed, failed) = clean_tmp(dir.path(), SystemTime::now());
+        assert!(removed.is_empty() && failed.is_empty());
     }
 
     #[test]

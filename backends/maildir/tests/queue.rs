@@ -418,3 +418,82 @@ fn a_failed_rewrite_keeps_the_message_and_reports_tempfail() {
     drop(cursor);
     assert_eq!(read(&path), text);
 }
+
+#[test]
+fn opening_a_cursor_cleans_tmp_only_under_the_lock_and_never_a_fresh_delivery() {
+    let spool = Spool::new();
+    spool.put("example.org", "new/m", b"MAIL FROM:<>\nRCPT TO:<x@example.org>\nDATA\n.\n", 1);
+    // What a rewrite killed before its rename leaves (fresh), another writer's
+    // delivery in progress (fresh) and another writer's long-dead one.
+    let ours = "1795354421.M53429P17987Q3.odmrd-rewrite";
+    let fresh = "1795354421.M1P2.mda.example";
+    let now = std::time::SystemTime::now();
+    let dead = spool.put("example.org", "tmp/1600000000.M1P2.mda.example", b"x", 1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&dead)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(now - std::time::Duration::from_secs(37 * 3600)))
+        .unwrap();
+    let ours_path = spool.root.path().join("example.org/tmp").join(ours);
+    fs::write(&ours_path, b"MAIL FROM:<>\n").unwrap();
+    let fresh_path = spool.root.path().join("example.org/tmp").join(fresh);
+    fs::write(&fresh_path, b"half a delivery").unwrap();
+    let q = instance(&spool, &[]);
+
+    // Someone else holds the maildir: nothing in tmp/ is touched.
+    let lockfile = spool.root.path().join("example.org/seriallock");
+    let held = Flock::lock(fs::File::create(&lockfile).unwrap(), FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    drop(q.open(&domains(&["example.org"])).unwrap());
+    assert!(ours_path.exists() && fresh_path.exists() && dead.exists());
+    drop(held);
+
+    let cursor = q.open(&domains(&["example.org"])).unwrap();
+    assert!(!ours_path.exists(), "our rewrite leftover stayed");
+    assert!(!dead.exists(), "a file untouched for 37 hours stayed");
+    assert_eq!(fs::read(&fresh_path).unwrap(), b"half a delivery", "another writer's fresh file was touched");
+    drop(cursor);
+    assert!(spool.root.path().join("example.org/new/m").exists());
+}
+
+#[test]
+fn bsmtp_parameters_and_the_file_fill_the_abi_1_1_envelope() {
+    use odmr_api::params::{Notify, Ret};
+    use std::time::{Duration, UNIX_EPOCH};
+    let spool = Spool::new();
+    let with_dsn = b"MAIL FROM:<bob@sender.example> RET=HDRS ENVID=q+2B1 BODY=7BIT\n\
+RCPT TO:<u1@example.org> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;U1+2Bx@example.org\n\
+RCPT TO:<u2@example.org> NOTIFY=NEVER\nRCPT TO:<u3@example.org> NOTIFY=bogus\nDATA\nSubject: p\n\nh\xc3\xa9\n.\n";
+    spool.put("example.org", "new/1795354394.M1P1.h", with_dsn, 100);
+    let utf8 = "MAIL FROM:<\u{fc}@sender.example> SMTPUTF8\nRCPT TO:<u4@example.org>\nDATA\nx\n.\n";
+    spool.put("example.org", "new/1795354395.M2P2.h", utf8.as_bytes(), 200);
+    let headers = b"Return-Path: <a@sender.example>\nDelivered-To: u5@example.org\n\nplain\n";
+    spool.put("example.org", "new/h-form", headers, 300);
+    let q = instance(&spool, &[]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    let got = drain(&mut cursor);
+    assert_eq!(got.len(), 3);
+
+    let e = &got[0].0;
+    assert_eq!(
+        (e.envid.as_deref(), e.ret, e.smtputf8, e.eight_bit),
+        (Some("q+1"), Some(Ret::Headers), false, Some(true))
+    );
+    assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(1795354394)), "from the maildir name");
+    let d0 = e.recipient_details(0);
+    assert_eq!(
+        (d0.notify, d0.orcpt.as_deref()),
+        (Notify::parse("SUCCESS,DELAY").unwrap(), Some("rfc822;U1+x@example.org"))
+    );
+    assert_eq!(e.recipient_details(1).notify, Notify::NEVER);
+    assert_eq!(e.recipient_details(2).notify, Notify::UNSPECIFIED, "a bad NOTIFY is as if absent");
+
+    let e = &got[1].0;
+    assert_eq!((e.smtputf8, e.eight_bit, e.envid.as_deref()), (true, Some(false), None));
+
+    let e = &got[2].0;
+    assert_eq!((e.smtputf8, e.eight_bit), (false, Some(false)));
+    assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(300)), "no time in the name: the file's");
+}

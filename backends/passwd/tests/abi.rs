@@ -1,9 +1,10 @@
-//! `passwd_plugin_init` driven through the raw C tables, as odmrd's registry
-//! does: proves the export works end to end, including the host's log up-call.
-//! (The `unsafe` here is the test acting as the C host; the crate has none.)
+//! `passwd_plugin_init` driven through its C tables by odmrd's own host code
+//! (`odmr_api::host`): proves the export works end to end, including the
+//! host's log up-call.
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{describe, list_domains, TestHost};
+use odmr_api::testing::{describe, TestHost};
+use odmr_api::{Secret, Status};
 use odmr_backend_passwd::passwd_plugin_init;
 
 const CTX_HEX: &str = "42d5ce522a349cfb0efdd84a3c80b7ecf4fe938d4df1d7b9813b26e76095b1e1";
@@ -31,44 +32,25 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
         ),
     )
     .unwrap();
-    let inst = host.instance(&[("file", file.to_str().unwrap())]).unwrap();
-    // SAFETY: non-null per the descriptor check above.
-    let ops = unsafe { &*d.credentials };
-    let lookup = |user: &str| {
-        let (mut kind, mut len, mut buf) = (0u32, 0usize, [0u8; 64]);
-        let user = OdmrStr::from_bytes(user.as_bytes());
-        // SAFETY: our instance, buffers valid for the call.
-        let rc = unsafe {
-            (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len)
-        };
-        (rc, kind, buf[..len.min(buf.len())].to_vec())
+    let store = host.credentials(&[("file", file.to_str().unwrap())]).unwrap();
+    assert_eq!(store.lookup_secret("customer"), Ok(Secret::Plain(b"secret".to_vec())));
+    let Ok(Secret::CramMd5Context(context)) = store.lookup_secret("cram") else {
+        panic!("a CRAM-MD5 context")
     };
-
-    assert_eq!(lookup("customer"), (ODMR_OK, ODMR_SECRET_PLAIN, b"secret".to_vec()));
-    let (rc, kind, context) = lookup("cram");
-    assert_eq!((rc, kind, context.len()), (ODMR_OK, ODMR_SECRET_CRAM_MD5_CONTEXT, 32));
     let hex: String = context.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, CTX_HEX);
-    assert_eq!(lookup("nobody").0, ODMR_NOT_FOUND);
+    assert_eq!(store.lookup_secret("nobody"), Err(Status::NotFound));
 
     host.clear_logs();
-    assert_eq!(lookup("sha").0, ODMR_UNSUPPORTED);
+    assert_eq!(store.lookup_secret("sha"), Err(Status::Unsupported));
     let logged = host.logs();
     assert!(
         logged.iter().any(|(level, m)| *level == ODMR_LOG_WARN && m.contains("user 'sha'")),
         "{logged:?}"
     );
 
-    // SAFETY: our live instance of this plugin.
-    let (rc, got) = unsafe { list_domains(ops, inst, "customer") };
-    assert_eq!((rc, got), (ODMR_OK, vec!["example.org".to_string(), "example.com".to_string()]));
-
+    assert_eq!(store.domains("customer").unwrap(), ["example.org", "example.com"]);
     // The kit's default: this store reveals secrets, it does not verify.
-    let s = |t: &'static str| OdmrStr::from_bytes(t.as_bytes());
-    // SAFETY: our instance, strings valid for the call.
-    let rc = unsafe { (ops.verify_cram_md5.unwrap())(inst, s("cram"), s("<1.2@h>"), s(CTX_HEX)) };
-    assert_eq!(rc, ODMR_UNSUPPORTED);
-
-    // SAFETY: created by instance_new above, freed once.
-    unsafe { (d.instance_free.unwrap())(inst) };
+    assert_eq!(store.verify_cram_md5("cram", "<1.2@h>", CTX_HEX), Err(Status::Unsupported));
+    assert_eq!(store.verify_password("customer", b"secret"), Err(Status::Unsupported));
 }

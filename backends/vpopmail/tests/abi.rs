@@ -1,9 +1,10 @@
-//! `vpopmail_plugin_init` driven through the raw C tables, as odmrd's registry
-//! does: proves the export works end to end, including the host's log up-call.
-//! (The `unsafe` here is the test acting as the C host; the crate has none.)
+//! `vpopmail_plugin_init` driven through its C tables by odmrd's own host
+//! code (`odmr_api::host`): proves the export works end to end, including
+//! the host's log up-call.
 
 use odmr_api::ffi::*;
-use odmr_api::testing::{describe, list_domains, TestHost};
+use odmr_api::testing::{describe, TestHost};
+use odmr_api::{Secret, Status};
 use odmr_backend_vpopmail::vpopmail_plugin_init;
 
 mod cdb_tool;
@@ -38,32 +39,21 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
             (b"nosmtp", b"$1$salt$hash:1:2048:No SMTP:/x/nosmtp:NOQUOTA:pw-nosmtp"),
         ],
     );
-    let inst = host
-        .instance(&[
+    let store = host
+        .credentials(&[
             ("qmail_users", users.to_str().unwrap()),
             ("vpopmail_home", tmp.path().to_str().unwrap()),
         ])
         .unwrap();
-    // SAFETY: non-null per the descriptor check above.
-    let ops = unsafe { &*d.credentials };
-    let lookup = |user: &str| {
-        let (mut kind, mut len, mut buf) = (0u32, 0usize, [0u8; 64]);
-        let user = OdmrStr::from_bytes(user.as_bytes());
-        // SAFETY: our instance, buffers valid for the call.
-        let rc = unsafe {
-            (ops.lookup_secret.unwrap())(inst, user, &mut kind, buf.as_mut_ptr(), buf.len(), &mut len)
-        };
-        (rc, kind, buf[..len.min(buf.len())].to_vec())
-    };
-
-    assert_eq!(lookup("customer1@example.com"), (ODMR_OK, ODMR_SECRET_PLAIN, b"S3cret-odmr".to_vec()));
-    assert_eq!(lookup("customer1%alias.example"), (ODMR_OK, ODMR_SECRET_PLAIN, b"S3cret-odmr".to_vec()));
-    assert_eq!(lookup("nobody@example.com").0, ODMR_NOT_FOUND);
-    assert_eq!(lookup("customer1@unknown.example").0, ODMR_NOT_FOUND);
-    assert_eq!(lookup("nosmtp@example.com").0, ODMR_DENIED);
+    let plain = |p: &[u8]| Ok(Secret::Plain(p.to_vec()));
+    assert_eq!(store.lookup_secret("customer1@example.com"), plain(b"S3cret-odmr"));
+    assert_eq!(store.lookup_secret("customer1%alias.example"), plain(b"S3cret-odmr"));
+    assert_eq!(store.lookup_secret("nobody@example.com"), Err(Status::NotFound));
+    assert_eq!(store.lookup_secret("customer1@unknown.example"), Err(Status::NotFound));
+    assert_eq!(store.lookup_secret("nosmtp@example.com"), Err(Status::Denied));
 
     host.clear_logs();
-    assert_eq!(lookup("noclear@example.com").0, ODMR_UNSUPPORTED);
+    assert_eq!(store.lookup_secret("noclear@example.com"), Err(Status::Unsupported));
     let logged = host.logs();
     assert!(
         logged.iter().any(|(level, m)| *level == ODMR_LOG_WARN
@@ -71,19 +61,10 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
         "{logged:?}"
     );
 
-    // SAFETY: our live instance of this plugin.
-    let (rc, got) = unsafe { list_domains(ops, inst, "Customer1@Example.com") };
-    assert_eq!((rc, got), (ODMR_OK, vec!["example.com".to_string(), "alias.example".to_string()]));
-
+    assert_eq!(store.domains("Customer1@Example.com").unwrap(), ["example.com", "alias.example"]);
     // The store reveals secrets; it does not verify digests itself.
-    let s = |t: &'static str| OdmrStr::from_bytes(t.as_bytes());
-    // SAFETY: our instance, strings valid for the call.
-    let rc = unsafe { (ops.verify_cram_md5.unwrap())(inst, s("noclear@example.com"), s("<1.2@h>"), s("00")) };
-    assert_eq!(rc, ODMR_UNSUPPORTED);
+    assert_eq!(store.verify_cram_md5("noclear@example.com", "<1.2@h>", "00"), Err(Status::Unsupported));
 
     let all = host.logs();
     assert!(all.iter().all(|(_, m)| !m.contains("S3cret") && !m.contains("$1$")), "{all:?}");
-
-    // SAFETY: created by instance_new above, freed once.
-    unsafe { (d.instance_free.unwrap())(inst) };
 }
