@@ -10,7 +10,7 @@
 //! In odmrd.ini.5.scd a key is documented by a line `*KEY* = ...` under the heading of its
 //! section (`## [server]`) or, for a backend's key, of the backend (`## [queue] builtin:exim`).
 
-use odmrd::backend::{Credentials, Queue};
+use odmrd::backend::{instantiate, Kind};
 use odmrd::config::Config;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,7 +72,8 @@ fn core_keys() -> Vec<(String, String)> {
 /// Every (heading, key) of the built-in backends, the heading being `[SECTION] builtin:NAME`.
 fn backend_keys() -> Vec<(String, String)> {
     let unknown = config(&with_plugin("credentials", &format!("builtin:{PROBE}"), "")).unwrap();
-    let error = Credentials::load(&unknown.credentials).err().expect("an unknown built-in is an error");
+    let error =
+        instantiate(&unknown.credentials, Kind::Credentials).err().expect("an unknown built-in is an error");
     let builtins = listed(&error.to_string());
     assert!(builtins.len() >= 4, "built-ins: {builtins:?}");
     let mut keys = Vec::new();
@@ -80,8 +81,8 @@ fn backend_keys() -> Vec<(String, String)> {
         for section in ["credentials", "queue"] {
             let config = config(&with_plugin(section, builtin, &format!("{PROBE} = 1"))).unwrap();
             let error = match section {
-                "credentials" => Credentials::load(&config.credentials).err(),
-                _ => Queue::load(&config.queue).err(),
+                "credentials" => instantiate(&config.credentials, Kind::Credentials).err(),
+                _ => instantiate(&config.queue, Kind::Queue).err(),
             };
             let error = error.map(|e| e.to_string()).unwrap_or_default();
             // Not an error about the probe: this built-in does not serve this section.

@@ -126,7 +126,7 @@ fn plugin_log() -> LogFn {
 /// Resolve, initialise and check the plugin of `config`, then create its
 /// instance; with it, what it is (`passwd 0.1.0 from builtin:passwd, ABI 1.1`).
 /// Plugins are never unloaded: their code lives until exit.
-fn instantiate(config: &PluginConfig, kind: Kind) -> Result<(Instance, String), LoadError> {
+pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<(Instance, String), LoadError> {
     let (label, init) = match &config.source {
         PluginSource::Builtin(name) => {
             let label = format!("builtin:{name}");
