@@ -149,12 +149,41 @@ fn check_config_says_what_it_checked() {
     let out = check_config(&p.config());
     let said = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    for fragment in
-        ["checked: ", "lock_directory", "will be created at start", "backends load", "[bounce] sendmail"]
-    {
+    for fragment in [
+        "checked: ",
+        "lock_directory",
+        "will be created at start",
+        "backends load",
+        "[credentials] ",
+        "passwd: 2 users",
+        "[bounce] sendmail",
+    ] {
         assert!(said.contains(fragment), "{fragment:?} missing from:\n{said}");
     }
-    assert!(said.ends_with("configuration OK\n"), "{said}");
+    // The maildir backend's own check: no domain has a maildir yet.
+    let err = text(&out.stderr);
+    assert!(err.contains("[queue] directory: no domain's maildir under"), "{err}");
+    assert!(said.ends_with("configuration OK (1 warning)\n"), "{said}");
+
+    // A typo in the spool's directory, and a credential file every user can read.
+    let config = p.config();
+    edit(&config, "/spool/{domain}", "/spoool/{domain}");
+    std::fs::set_permissions(p.path().join("passwd"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let out = check_config(&config);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let at = |prefix: &str| format!("{}:{}: ", config.display(), line_of(&config, prefix));
+    let d = p.path().display();
+    for want in [
+        format!(
+            "{}[queue] directory: {d}/spoool/{{domain}}: {d}/spoool cannot be listed: no such directory",
+            at("directory")
+        ),
+        format!("{}[credentials] file: '{d}/passwd' is readable by every user", at("file = ")),
+    ] {
+        assert!(err.contains(&want), "want {want:?} in:\n{err}");
+    }
 }
 
 #[test]
@@ -184,7 +213,7 @@ fn check_config_refuses_an_unknown_user_a_missing_sendmail_and_an_uncreatable_lo
     ] {
         assert!(err.contains(&want), "want {want:?} in:\n{err}");
     }
-    assert!(err.ends_with(&format!("{}: 3 errors\n", config.display())), "{err}");
+    assert!(err.ends_with(&format!("{}: 3 errors (1 warning)\n", config.display())), "{err}");
 }
 
 #[test]
@@ -382,7 +411,8 @@ fn check_config_warns_about_a_space_after_a_comma_in_odmr_domains_with_the_line(
         )),
         "{err}"
     );
-    assert!(said.ends_with("configuration OK (1 warning)\n"), "{said}");
+    // The space, and no domain's maildir yet.
+    assert!(said.ends_with("configuration OK (2 warnings)\n"), "{said}");
 }
 
 #[test]

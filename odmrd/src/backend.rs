@@ -78,15 +78,22 @@ impl LoadError {
         if !self.about_settings {
             return config.error(self.section, Some("plugin"), format!("{}: {}", self.plugin, self.reason));
         }
-        let (key, message) = split_key(&self.reason);
-        let message = format!("{message} (backend {})", self.plugin);
-        match key {
-            Some(key) if config.line(self.section, Some(&key)) != config.line(self.section, None) => {
-                config.error(self.section, Some(&key), message)
-            }
-            Some(key) => ConfigError { key: Some(key), ..config.error(self.section, None, message) },
-            None => config.error(self.section, None, message),
+        locate(config, self.section, &self.plugin, &self.reason)
+    }
+}
+
+/// A backend's message about its section located like the parser's errors: the key it names as
+/// `key 'K'` and that key's line (the section's when the key is not written, e.g. missing),
+/// with the backend named at the end.
+pub fn locate(config: &Config, section: &str, plugin: &str, message: &str) -> ConfigError {
+    let (key, message) = split_key(message);
+    let message = format!("{message} (backend {plugin})");
+    match key {
+        Some(key) if config.line(section, Some(&key)) != config.line(section, None) => {
+            config.error(section, Some(&key), message)
         }
+        Some(key) => ConfigError { key: Some(key), ..config.error(section, None, message) },
+        None => config.error(section, None, message),
     }
 }
 
@@ -240,10 +247,12 @@ impl Backends {
     /// Each backend's own checks (ABI 1.1 `check`, for `--check-config`): its section, and its
     /// findings (warnings, and errors: what would fail in service). A backend without the call
     /// reports nothing.
-    pub fn check(&self) -> Vec<(&'static str, Findings)> {
+    pub fn check(&self) -> Vec<(&'static str, &str, Findings)> {
+        let credentials = self.credentials.instance();
+        let queue = self.queue.instance();
         vec![
-            (Kind::Credentials.section(), self.credentials.instance().check()),
-            (Kind::Queue.section(), self.queue.instance().check()),
+            (Kind::Credentials.section(), credentials.plugin().name(), credentials.check()),
+            (Kind::Queue.section(), queue.plugin().name(), queue.check()),
         ]
     }
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::log;
 use crate::start::{self, ServiceUser};
 use nix::unistd::{access, AccessFlags};
+use odmr_api::{LogLevel, Status};
 use std::path::Path;
 
 /// The verdicts so far.
@@ -129,10 +130,38 @@ fn check_all(config: &Config, v: &mut Verdicts) {
         }
     }
     match Backends::load(config) {
-        Ok(backends) => v.checked(&format!("backends load and read their files: {}", backends.describe())),
+        Ok(backends) => {
+            v.checked(&format!("backends load and read their files: {}", backends.describe()));
+            check_backends(config, v, &backends);
+        }
         Err(e) => v.error(&e.to_string()),
     }
     check_sendmail(config, v);
+}
+
+/// Each backend's own checks (ABI 1.1 `check`): what it checked, its warnings and its errors,
+/// located at the key they name.
+fn check_backends(config: &Config, v: &mut Verdicts, backends: &Backends) {
+    for (section, plugin, findings) in backends.check() {
+        match findings {
+            Ok(findings) => {
+                for (level, message) in findings {
+                    let located = crate::backend::locate(config, section, plugin, &message).to_string();
+                    match level {
+                        LogLevel::Error => v.error(&located),
+                        LogLevel::Warn => v.warning(&located),
+                        LogLevel::Info | LogLevel::Debug => v.checked(&format!("[{section}] {message}")),
+                    }
+                }
+            }
+            Err(Status::Unsupported) => {
+                v.checked(&format!("[{section}] {plugin} has no checks of its own (a plugin of ABI 1.0)"))
+            }
+            Err(status) => v.error(
+                &config.error(section, None, format!("{plugin}: its checks failed: {status}")).to_string(),
+            ),
+        }
+    }
 }
 
 /// A missing lock directory: fine when its nearest existing parent lets us create it.

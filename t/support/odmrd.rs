@@ -76,6 +76,13 @@ impl Provider {
             ),
         )
         .unwrap();
+        // As an operator keeps them: secrets readable by their owner only, the spool there.
+        std::fs::set_permissions(
+            dir.path().join("passwd"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
         let d = dir.path().display().to_string();
         Provider {
             sendmail,

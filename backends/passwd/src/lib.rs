@@ -59,6 +59,26 @@ impl Instance for Passwd {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Self::open(host, config)
     }
+
+    /// `--check-config`: the file is readable now (its lines' warnings were
+    /// logged when it was read), and not readable by every user.
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        let name = self.path.display();
+        match self.read() {
+            Err(e) => report(LogLevel::Error, &format!("key 'file': cannot read '{name}': {e}")),
+            Ok((_, content)) => {
+                let (table, _) = parse(&content);
+                report(LogLevel::Info, &format!("{name}: {} users", table.users.len()));
+            }
+        }
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.mode() & 0o004 != 0) {
+            report(
+                LogLevel::Warn,
+                &format!("key 'file': '{name}' is readable by every user; it holds secrets (chmod o-r)"),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Credentials for Passwd {
