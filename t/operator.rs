@@ -416,20 +416,29 @@ fn check_config_warns_about_a_space_after_a_comma_in_odmr_domains_with_the_line(
 }
 
 #[test]
-fn allow_nets_refuses_like_a_wrong_password_and_says_why() {
+fn allow_nets_admits_its_networks_and_refuses_others_like_a_wrong_password() {
     let p = Provider::new();
-    std::fs::write(
-        p.path().join("passwd"),
-        format!("{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org allow_nets=192.0.2.0/24\n"),
-    )
-    .unwrap();
-    let mut c = start_inetd_command(odmrd_command(&p.config()));
-    c.hello();
-    c.auth(USER, PASSWORD, 535);
-    c.command("QUIT", 221);
-    let (_, log) = c.finish();
-    assert!(log.contains("has allow_nets=192.0.2.0/24"), "{log}");
-    assert!(log.contains("result=failed reason=account-disabled"), "{log}");
+    let daemon = Daemon::start(&p.config());
+    for (nets, from, code) in [
+        ("127.0.0.2/32", "127.0.0.1", 535),
+        ("127.0.0.2/32", "127.0.0.2", 235),
+        ("10.0.0.0/8,127.0.0.0/8", "127.0.0.3", 235),
+        ("::1", "127.0.0.1", 535),
+    ] {
+        std::fs::write(
+            p.path().join("passwd"),
+            format!("{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org allow_nets={nets}\n"),
+        )
+        .unwrap();
+        let mut c = daemon.connect_from(from);
+        c.hello();
+        c.auth(USER, PASSWORD, code);
+        c.command("QUIT", 221);
+    }
+    let (_, log) = daemon.stop();
+    let refused = format!("event=auth-refused user={USER} client=127.0.0.1 allow_nets=127.0.0.2/32");
+    assert!(log.contains(&refused), "{log}");
+    assert!(log.contains("reason=client-not-in-allow-nets"), "{log}");
 }
 
 // ---------------------------------------------------------------------------

@@ -366,6 +366,13 @@ pub trait Credentials: Instance {
     fn verify_password(&self, _user: &str, _password: &[u8]) -> Result<bool, Status> {
         Err(Status::Unsupported)
     }
+
+    /// ABI 1.1: the client networks (`address` or `address/prefix`) `user`
+    /// may log in from; None (the default) for no restriction, an empty list
+    /// for nowhere.
+    fn allowed_networks(&self, _user: &str) -> Result<Option<Vec<String>>, Status> {
+        Ok(None)
+    }
 }
 
 /// A queue reader.
@@ -723,6 +730,28 @@ unsafe extern "C" fn list_domains<T: Credentials>(
     })
 }
 
+unsafe extern "C" fn allowed_networks<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    cb_ctx: *mut c_void,
+    cb: odmr_domain_cb,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours; `user` is borrowed for the call.
+        let nets = match unsafe { instance_ref::<T>(inst).and_then(|i| i.allowed_networks(user.as_str()?)) } {
+            Ok(None) => return ODMR_OK,
+            Ok(Some(nets)) if nets.is_empty() => return ODMR_DENIED,
+            Ok(Some(nets)) => nets,
+            Err(status) => return status.to_raw(),
+        };
+        for net in &nets {
+            // SAFETY: the host's callback, with a string borrowed for the call.
+            unsafe { cb(cb_ctx, OdmrStr::from_bytes(net.as_bytes())) };
+        }
+        ODMR_OK
+    })
+}
+
 unsafe extern "C" fn has_pending<T: Queue>(
     inst: *mut odmr_instance,
     domains: *const OdmrStr,
@@ -964,6 +993,7 @@ pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
         verify_cram_md5: Some(verify_cram_md5::<T>),
         list_domains: Some(list_domains::<T>),
         verify_password: Some(verify_password::<T>),
+        allowed_networks: Some(allowed_networks::<T>),
     }
 }
 

@@ -33,12 +33,26 @@ pub fn is_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
         return true;
     }
     let Some(ip) = peer else { return false };
-    // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
-    let ip = match ip {
+    let ip = unmapped(ip);
+    allow.iter().any(|net| net.contains(&ip))
+}
+
+/// An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d: as a.b.c.d.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
-    };
-    allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Is `peer` in one of a user's `allowed_networks` (`address` or `address/prefix`, as the
+/// backend wrote them; one that does not parse matches nothing)?
+fn in_networks(networks: &[String], peer: Option<IpAddr>) -> bool {
+    let Some(ip) = peer.map(unmapped) else { return false };
+    networks.iter().any(|net| match net.parse::<ipnet::IpNet>() {
+        Ok(net) => net.contains(&ip),
+        Err(_) => net.parse::<IpAddr>().is_ok_and(|one| unmapped(one) == ip),
+    })
 }
 
 /// How a session ended, for the server's log and tests.
@@ -62,6 +76,8 @@ struct Session<'a, W: Wire> {
     splitter: LineSplitter,
     user: Option<String>,
     failures: u32,
+    /// The client's address, when known.
+    peer: Option<IpAddr>,
 }
 
 /// Serve one session on `wire` from the peer `peer` (None when unknown).
@@ -78,6 +94,7 @@ pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Optio
         id,
         user: None,
         failures: 0,
+        peer,
     };
     session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
@@ -290,10 +307,23 @@ impl<W: Wire> Session<'_, W> {
             Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
             Err(status) => return Err(Verdict::Unavailable(status)),
         };
-        if matches {
-            Ok(())
-        } else {
-            Err(Verdict::Wrong("wrong-password"))
+        if !matches {
+            return Err(Verdict::Wrong("wrong-password"));
+        }
+        // Dovecot's allow_nets: a login from elsewhere is refused like a wrong password.
+        match credentials.allowed_networks(user) {
+            Ok(None) => Ok(()),
+            Ok(Some(networks)) if in_networks(&networks, self.peer) => Ok(()),
+            Ok(Some(networks)) => {
+                log::Event::new("auth-refused")
+                    .field("user", user)
+                    .field_opt("client", self.peer)
+                    .field("allow_nets", networks.join(","))
+                    .field("note", "the client is outside the user's allowed networks")
+                    .info();
+                Err(Verdict::Wrong("client-not-in-allow-nets"))
+            }
+            Err(status) => Err(Verdict::Unavailable(status)),
         }
     }
 

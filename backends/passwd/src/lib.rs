@@ -12,10 +12,11 @@
 //!   ATRN. A space after a comma ends the field (Dovecot splits at spaces): it
 //!   is reported with the line, and the domain after the space is not added.
 //! - `nologin`: the account is disabled (Dovecot's; `reason=` may go with it).
-//! - `allow_nets=10.0.0.0/8,192.0.2.1`: Dovecot's per-user client restriction.
-//!   The ABI does not yet give backends the client's address, so an account
-//!   with `allow_nets` is refused (like a wrong password, and the log says
-//!   why) rather than admitted from anywhere.
+//! - `allow_nets=10.0.0.0/8,192.0.2.1`: Dovecot's per-user client restriction,
+//!   handed to the host (`allowed_networks`), which refuses a login from
+//!   elsewhere like a wrong password and logs why. An entry that is not an
+//!   address or `address/prefix` is ignored with a warning; none valid means
+//!   nobody may log in as that user.
 //! - `userdb_*` (Dovecot's userdb fields in a shared file) are ignored; any
 //!   other field is ignored with a warning naming it and its line.
 //!
@@ -89,16 +90,7 @@ impl Credentials for Passwd {
             self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
             return Err(Status::Denied);
         }
-        if let Some(nets) = &account.allow_nets {
-            self.log.log(
-                LogLevel::Warn,
-                &format!(
-                    "passwd: user '{user}' has allow_nets={nets}, which this odmrd cannot check (backends \
-                     do not learn the client's address yet): refused rather than admitted from anywhere"
-                ),
-            );
-            return Err(Status::Denied);
-        }
+
         match &account.password {
             Password::Usable(secret) => Ok(secret.clone()),
             Password::Empty => {
@@ -122,6 +114,13 @@ impl Credentials for Passwd {
     fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
         let table = self.table()?;
         table.users.get(user).map(|account| account.domains.clone()).ok_or(Status::NotFound)
+    }
+
+    /// `allow_nets`, for the host to check the client against.
+    fn allowed_networks(&self, user: &str) -> Result<Option<Vec<String>>, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        Ok(account.allow_nets.clone())
     }
 }
 
@@ -226,8 +225,9 @@ struct Account {
     password: Password,
     nologin: bool,
     domains: Vec<String>,
-    /// Dovecot's `allow_nets`, as written.
-    allow_nets: Option<String>,
+    /// Dovecot's `allow_nets`: the networks as written; empty when none is
+    /// valid (nobody may then log in as this user).
+    allow_nets: Option<Vec<String>>,
 }
 
 enum Password {
@@ -306,7 +306,24 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 }
             }
             "nologin" => account.nologin = true,
-            "allow_nets" => account.allow_nets = Some(value.to_string()),
+            "allow_nets" => {
+                let mut nets = Vec::new();
+                for net in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if is_network(net) {
+                        nets.push(net.to_string());
+                    } else {
+                        warn(format!(
+                            "user '{user}': ignoring '{net}' in allow_nets: not an address or address/prefix"
+                        ));
+                    }
+                }
+                if nets.is_empty() {
+                    warn(format!(
+                        "user '{user}': allow_nets names no valid network; this user cannot log in"
+                    ));
+                }
+                account.allow_nets = Some(nets);
+            }
             "reason" => {}
             _ if key.starts_with("userdb_") => {}
             _ => warn(format!(
@@ -316,6 +333,21 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         }
     }
     Ok((user.to_owned(), account))
+}
+
+/// `192.0.2.1`, `10.0.0.0/8`, `2001:db8::/32`: an address, or one with a
+/// prefix length that fits it.
+fn is_network(net: &str) -> bool {
+    let (address, prefix) = match net.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (net, None),
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else { return false };
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => true,
+        Some(p) => p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|p| p <= bits),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]

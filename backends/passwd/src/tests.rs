@@ -223,16 +223,27 @@ fn a_space_after_a_comma_in_odmr_domains_is_reported_with_its_line() {
 }
 
 #[test]
-fn allow_nets_refuses_rather_than_admitting_from_anywhere() {
+fn allow_nets_are_handed_to_the_host_and_bad_entries_reported() {
     let fx = Fixture::new(
         "open:{PLAIN}pw-open::::::odmr_domains=a.example\n\
-         restricted:{PLAIN}pw-restricted::::::odmr_domains=a.example allow_nets=10.0.0.0/8\n",
+         restricted:{PLAIN}x::::::allow_nets=10.0.0.0/8,192.0.2.1,2001:db8::/32\n\
+         typo:{PLAIN}x::::::allow_nets=10.0.0.0/33,example.org,192.0.2.7\n\
+         nowhere:{PLAIN}x::::::allow_nets=nonsense\n",
     );
-    assert!(fx.passwd.lookup_secret("open").is_ok());
-    assert_eq!(fx.passwd.lookup_secret("restricted").err(), Some(Status::Denied));
+    let nets = |user| fx.passwd.allowed_networks(user);
+    let owned = |list: &[&str]| Ok(Some(list.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    assert_eq!(nets("open"), Ok(None));
+    assert_eq!(nets("restricted"), owned(&["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]));
+    assert_eq!(nets("typo"), owned(&["192.0.2.7"]));
+    assert_eq!(nets("nowhere"), owned(&[]));
+    assert_eq!(nets("nobody"), Err(Status::NotFound));
     let warns = fx.logged(LogLevel::Warn);
-    assert!(warns.iter().any(|w| w.contains("user 'restricted' has allow_nets=10.0.0.0/8")), "{warns:?}");
-    assert!(!fx.all_logs().contains("pw-restricted"), "no secret logged");
+    for (line, what) in [(3, "'10.0.0.0/33'"), (3, "'example.org'"), (4, "no valid network")] {
+        assert!(
+            warns.iter().any(|w| w.contains(&format!("line {line}: ")) && w.contains(what)),
+            "{what}: {warns:?}"
+        );
+    }
 }
 
 #[test]
