@@ -34,4 +34,5 @@ pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod start;
+pub mod throttle;
 mod verdict;
