@@ -513,3 +513,90 @@ fn cram_md5_on_a_terminal_prompts_and_does_not_echo() {
     let rest = screen(master);
     assert!(!rest.contains(PASSWORD) && !text(&shown).contains(PASSWORD), "echoed: {rest:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Log lines an operator and fail2ban can use
+
+/// A user name that tries to add fields, even a client address of its own.
+const FORGER: &str = "x result=failed reason=y failures=9 client=10.9.9.9 event=forged";
+
+#[test]
+fn a_user_name_cannot_add_a_field_to_a_log_line() {
+    let p = Provider::new();
+    let mut c = start_inetd_command(odmrd_command(&p.config()));
+    c.hello();
+    c.auth("a b event=forged", PASSWORD, 535);
+    c.auth("q\" event=forged \\", PASSWORD, 535);
+    c.command("QUIT", 221);
+    let (_, log) = c.finish();
+    assert!(log.contains("event=auth user=\"a b event=forged\" result=failed"), "{log}");
+    assert!(log.contains("event=auth user=\"q\\\" event=forged \\\\\" result=failed"), "{log}");
+    // Outside quotes, no line has an event= but its own first one.
+    for line in log.lines() {
+        let mut quoted = false;
+        let mut escaped = false;
+        let mut outside = String::new();
+        for ch in line.chars() {
+            match ch {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ch if !quoted => outside.push(ch),
+                _ => {}
+            }
+        }
+        assert!(outside.matches(" event=").count() <= 1 && !outside.contains("forged"), "{line}");
+    }
+}
+
+#[test]
+fn fail2ban_regex_matches_the_failed_auth_lines_and_nothing_else() {
+    let Some(fail2ban_regex) = ["/usr/bin/fail2ban-regex"].into_iter().find(|p| Path::new(p).exists()) else {
+        panic!("fail2ban-regex is missing: run t/setup-deps");
+    };
+    let p = Provider::new();
+    p.queue(
+        "example.org",
+        "1.m",
+        "MAIL FROM:<a@s.example>\nRCPT TO:<x@example.org>\nDATA\nSubject: s\n\nb\n.\n",
+    );
+    let daemon = Daemon::start(&p.config());
+    let mut wrong = daemon.connect_from("127.0.0.2");
+    wrong.hello();
+    wrong.auth(USER, "wrong", 535);
+    wrong.command("QUIT", 221);
+    let mut forger = daemon.connect_from("127.0.0.3");
+    forger.hello();
+    forger.auth(FORGER, PASSWORD, 535);
+    forger.command("QUIT", 221);
+    let mut good = daemon.connect_from("127.0.0.4");
+    good.login(USER, PASSWORD);
+    good.command("ATRN example.org", 250);
+    good.turn_around(EHLO_NAME, &[]);
+    good.receive_one();
+    good.expect_quit();
+    let (_, log) = daemon.stop();
+    // The queue's own lines during the session carry its id.
+    let queue_lines: Vec<&str> = log.lines().filter(|l| l.contains("plugin=maildir maildir: domain=")).collect();
+    assert!(!queue_lines.is_empty() && queue_lines.iter().all(|l| l.contains("session=")), "{log}");
+    // Plugins are loaded once, at the standalone start, said at info in one line.
+    assert_eq!(log.matches("event=plugins credentials=").count(), 1, "{log}");
+
+    // As rsyslog writes them to /var/log/mail.log.
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = "Nov 26 15:00:00 mail";
+    let lines: String = log.lines().map(|l| format!("{stamp} {l}\n")).collect();
+    std::fs::write(dir.path().join("mail.log"), &lines).unwrap();
+    let filter = dir.path().join("odmrd.conf");
+    std::fs::copy(support::odmrd::workspace().join("etc/fail2ban/filter.d/odmrd.conf"), &filter).unwrap();
+    std::fs::copy("/etc/fail2ban/filter.d/common.conf", dir.path().join("common.conf")).unwrap();
+    let out = Command::new(fail2ban_regex)
+        .args(["--out", "ip"])
+        .arg(dir.path().join("mail.log"))
+        .arg(&filter)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let banned: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(banned, ["127.0.0.2", "127.0.0.3"], "over:\n{lines}");
+}

@@ -13,7 +13,7 @@
 //!   customer's replies decide for a recipient), `bounce` (DSNs), `locks`
 //!   (per-domain collection locks), [`conn`] (a buffered byte pipe with deadlines);
 //! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5),
-//!   [`refusal`] (the refusals of the reply table: code, text, log reason);
+//!   `refusal` (the refusals of the reply table: code, text, log reason);
 //! - plugins: [`backend`] (loading plugins and the safe host side of the C ABI).
 //!
 //! Public are the modules that the binary, the benchmarks and the tests use; plumbing is
@@ -28,7 +28,7 @@ pub mod demo;
 mod locks;
 pub mod log;
 pub mod proto;
-pub mod refusal;
+mod refusal;
 mod relay;
 pub mod sasl;
 pub mod server;

@@ -56,6 +56,10 @@ pub enum Refusal {
     Unrecognized,
     /// 421 and close: idle past `idle_timeout`.
     IdleTimeout,
+    /// 421 and close: `session_timeout` reached.
+    SessionTimeout,
+    /// 501: a command's arguments do not parse (the parser's reason, e.g. an ATRN domain list).
+    Syntax(&'static str),
 }
 
 impl Refusal {
@@ -64,9 +68,10 @@ impl Refusal {
         match self {
             Refusal::NotAllowed => 554,
             Refusal::TooManySessions | Refusal::TooManyFromAddress => 421,
-            Refusal::TooManyFailures | Refusal::IdleTimeout => 421,
+            Refusal::TooManyFailures | Refusal::IdleTimeout | Refusal::SessionTimeout => 421,
             Refusal::AuthFailed => 535,
             Refusal::AuthCancelled | Refusal::AuthMalformed | Refusal::AuthInitialResponse => 501,
+            Refusal::Syntax(_) => 501,
             Refusal::UnknownMechanism => 504,
             Refusal::AlreadyAuthenticated => 503,
             Refusal::AuthRequired => 530,
@@ -106,6 +111,8 @@ impl Refusal {
             Refusal::LineTooLong => "line-too-long",
             Refusal::Unrecognized => "unrecognized",
             Refusal::IdleTimeout => "idle-timeout",
+            Refusal::SessionTimeout => "session-timeout",
+            Refusal::Syntax(_) => "syntax",
         }
     }
 
@@ -137,6 +144,8 @@ impl Refusal {
             Refusal::LineTooLong => "Line too long".into(),
             Refusal::Unrecognized => "Command unrecognized".into(),
             Refusal::IdleTimeout => format!("{hostname} idle timeout, closing connection"),
+            Refusal::SessionTimeout => format!("{hostname} session time limit reached, closing connection"),
+            Refusal::Syntax(why) => (*why).to_string(),
         }
     }
 }
@@ -173,6 +182,8 @@ mod tests {
             (Refusal::LineTooLong, 500),
             (Refusal::Unrecognized, 500),
             (Refusal::IdleTimeout, 421),
+            (Refusal::SessionTimeout, 421),
+            (Refusal::Syntax("Syntax error in domain list"), 501),
         ];
         for (refusal, code) in cases {
             assert_eq!(refusal.code(), code, "{refusal:?}");

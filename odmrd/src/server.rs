@@ -246,14 +246,15 @@ impl Limits {
         self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, crate::refusal::Refusal> {
+        use crate::refusal::Refusal;
         let mut counts = self.counts();
         if counts.total - counts.waiting >= self.max_total {
-            return Err("too many sessions");
+            return Err(Refusal::TooManySessions);
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
         if *mine >= self.max_per_ip {
-            return Err("too many sessions from your address");
+            return Err(Refusal::TooManyFromAddress);
         }
         *mine += 1;
         counts.total += 1;
@@ -576,12 +577,16 @@ fn start_session(
     }
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
-        Err(why) => {
-            log::warn(&format!("event=refused client={ip} reason=\"{why}\""));
+        Err(refusal) => {
+            log::Event::new("refused")
+                .field("client", ip)
+                .field("result", refusal.code())
+                .field("reason", refusal.reason())
+                .warn();
             let mut stream = stream;
             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let text = format!("{} {why}, try again later", config.server.hostname);
-            let _ = stream.write_all(proto::reply(421, &text).as_bytes());
+            let text = refusal.text(&config.server.hostname);
+            let _ = stream.write_all(proto::reply(refusal.code(), &text).as_bytes());
             return;
         }
     };

@@ -11,11 +11,12 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
 use crate::locks::{DomainLocks, LockError};
-use crate::log;
+use crate::log::{self, Level};
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
+use crate::refusal::Refusal;
 use crate::relay;
 use crate::sasl;
-use crate::throttle::{Decision, Gate, Refusal};
+use crate::throttle::{self, Decision, Gate};
 use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
@@ -69,6 +70,18 @@ pub enum End {
     Refused,
 }
 
+impl std::fmt::Display for End {
+    /// The log's word: `normal`, `disconnected`, `timed-out`, `refused`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            End::Normal => "normal",
+            End::Disconnected => "disconnected",
+            End::TimedOut => "timed-out",
+            End::Refused => "refused",
+        })
+    }
+}
+
 struct Session<'a, W: Wire> {
     config: &'a Config,
     backends: &'a Backends,
@@ -118,18 +131,21 @@ pub fn serve_gated<W: Wire>(
     session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
     if !is_allowed(config, peer) {
-        log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
-        let _ = session.reply(554, &format!("{hostname} access denied"));
+        let _ = session.refuse(
+            Refusal::NotAllowed,
+            log::Event::new("refused").field("client", &client),
+            Level::Warn,
+        );
         let _ = session.conn.flush();
         return End::Refused;
     }
-    log::info(&format!("session={} event=connect client={client}", session.id));
+    log::Event::new("connect").field("client", &client).info();
     let end = match session.reply(220, &format!("{hostname} ESMTP odmrd ODMR service ready")) {
         Ok(()) => session.run(),
         Err(_) => End::Disconnected,
     };
     let _ = session.conn.flush();
-    log::info(&format!("session={} event=close end={end:?}", session.id));
+    log::Event::new("close").field("end", end).info();
     end
 }
 
@@ -138,8 +154,16 @@ impl<W: Wire> Session<'_, W> {
         self.conn.send(proto::reply(code, text).as_bytes())
     }
 
-    fn log(&self, fields: &str) {
-        log::info(&format!("session={} {fields}", self.id));
+    /// Answer `refusal` and log it at `level` as `event` with `result=CODE reason=WORD`: the code
+    /// and the reason come from the one list of refusals.
+    fn refuse(&mut self, refusal: Refusal, event: log::Event, level: Level) -> std::io::Result<()> {
+        event.field("result", refusal.code()).field("reason", refusal.reason()).at(level);
+        self.answer(&refusal)
+    }
+
+    /// Answer `refusal` without a log line (the session's ordinary back and forth).
+    fn answer(&mut self, refusal: &Refusal) -> std::io::Result<()> {
+        self.reply(refusal.code(), &refusal.text(&self.config.server.hostname))
     }
 
     /// Read the next command line, answering overlong lines and timeouts.
@@ -159,20 +183,15 @@ impl<W: Wire> Session<'_, W> {
         match self.conn.read_line(&mut self.splitter) {
             Ok(Received::Item(Line::Complete(line))) => Ok(Some(line)),
             Ok(Received::Item(Line::TooLong)) => {
-                self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
+                self.answer(&Refusal::LineTooLong).map_err(|_| End::Disconnected)?;
                 Ok(None)
             }
             Ok(Received::TimedOut) => {
-                let (what, reason) = if self.conn.limit_reached() {
-                    ("session time limit reached", "session-timeout")
-                } else {
-                    ("idle timeout", "idle-timeout")
-                };
+                let refusal =
+                    if self.conn.limit_reached() { Refusal::SessionTimeout } else { Refusal::IdleTimeout };
                 // The limit is spent; the 421 still gets the usual time to go out.
                 self.conn.set_limit(None);
-                let _ =
-                    self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
-                self.log(&format!("event=timeout reason={reason}"));
+                let _ = self.refuse(refusal, log::Event::new("timeout"), Level::Info);
                 Err(End::TimedOut)
             }
             Ok(Received::Closed) | Err(_) => Err(End::Disconnected),
@@ -197,8 +216,8 @@ impl<W: Wire> Session<'_, W> {
             };
             let step = match proto::parse_command(&line) {
                 Ok(command) => self.command(command),
-                Err(CommandError::Unknown) => self.reply(500, "Command unrecognized").map(|()| None),
-                Err(CommandError::Syntax(why)) => self.reply(501, why).map(|()| None),
+                Err(CommandError::Unknown) => self.answer(&Refusal::Unrecognized).map(|()| None),
+                Err(CommandError::Syntax(why)) => self.answer(&Refusal::Syntax(why)).map(|()| None),
             };
             match step {
                 Ok(None) => {}
@@ -226,10 +245,8 @@ impl<W: Wire> Session<'_, W> {
             }
             Command::Rset | Command::Noop => self.reply(250, "OK")?,
             Command::Help => self.reply(214, "Commands: EHLO HELO AUTH ATRN RSET NOOP HELP QUIT")?,
-            Command::StartTls => self.reply(502, "STARTTLS not available")?,
-            Command::NotImplemented(verb) => {
-                self.reply(502, &format!("{verb} not implemented on the ODMR port"))?
-            }
+            Command::StartTls => self.answer(&Refusal::NotImplemented("STARTTLS".into()))?,
+            Command::NotImplemented(verb) => self.answer(&Refusal::NotImplemented(verb))?,
         }
         Ok(None)
     }
@@ -242,21 +259,25 @@ impl<W: Wire> Session<'_, W> {
 
     fn auth(&mut self, mechanism: &str, initial_response: Option<String>) -> std::io::Result<Option<End>> {
         if self.user.is_some() {
-            self.reply(503, "Already authenticated")?;
+            self.answer(&Refusal::AlreadyAuthenticated)?;
             return Ok(None);
         }
         if !self.offered_mechanisms().contains(&mechanism) {
-            self.reply(504, "Unrecognized authentication type")?;
+            self.answer(&Refusal::UnknownMechanism)?;
             return Ok(None);
         }
         if initial_response.is_some() {
-            self.reply(501, "CRAM-MD5 takes no initial response")?;
+            self.answer(&Refusal::AuthInitialResponse)?;
             return Ok(None);
         }
         match self.gate.attempt() {
             Decision::Proceed { wait: 0 } => {}
             Decision::Proceed { wait } => {
-                self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
+                log::Event::new("throttle")
+                    .field("client", &self.client)
+                    .field("decision", "wait")
+                    .field("wait_ms", wait)
+                    .info();
                 self.gate.wait(std::time::Duration::from_millis(wait));
                 if let Some(refusal) = self.gate.after_wait() {
                     return self.refuse_throttled(refusal);
@@ -273,60 +294,72 @@ impl<W: Wire> Session<'_, W> {
         let line = match self.auth_response_line() {
             Ok(Some(line)) => line,
             Ok(None) => {
-                self.log("event=auth result=too-long");
+                self.auth_event("too-long").info();
                 return Ok(None);
             }
             Err(end) => return Ok(Some(end)),
         };
         if line == b"*" {
-            self.log("event=auth result=cancelled");
-            self.reply(501, "Authentication cancelled")?;
+            self.auth_event("cancelled").info();
+            self.answer(&Refusal::AuthCancelled)?;
             return Ok(None);
         }
         let Some((user, digest)) =
             std::str::from_utf8(&line).ok().and_then(|text| sasl::decode_cram_response(text).ok())
         else {
-            self.log("event=auth result=malformed");
-            self.reply(501, "Malformed CRAM-MD5 response")?;
+            self.auth_event("malformed").warn();
+            self.answer(&Refusal::AuthMalformed)?;
             return Ok(None);
         };
         match self.verify(&user, &challenge, &digest) {
             Ok(()) => {
-                self.log(&format!("event=auth user={user} result=ok mechanism=CRAM-MD5"));
+                let event = log::Event::new("auth").field("user", &user).field("result", "ok");
+                event.field("mechanism", "CRAM-MD5").field("client", &self.client).info();
                 self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
                 Ok(None)
             }
             Err(Verdict::Unavailable(status)) => {
-                self.log(&format!("event=auth user={user} result=tempfail status={status}"));
-                self.reply(451, "Credential store unavailable, try again later")?;
+                let event = log::Event::new("auth").field("user", &user).field("result", "tempfail");
+                event.field("status", status).field("client", &self.client).error();
+                self.answer(&Refusal::CredentialsUnavailable)?;
                 Ok(None)
             }
             Err(Verdict::Wrong(reason)) => {
                 self.failures += 1;
-                self.log(&format!(
-                    "event=auth user={user} result=failed reason={reason} failures={}",
-                    self.failures
-                ));
+                // At warning level, the client last (after the quoted user): what fail2ban's
+                // filter (etc/fail2ban/filter.d/odmrd.conf) matches.
+                log::Event::new("auth")
+                    .field("user", &user)
+                    .field("result", "failed")
+                    .field("reason", reason)
+                    .field("failures", self.failures)
+                    .field("client", &self.client)
+                    .warn();
                 let capped = self.gate.failed();
                 self.gate.wait(self.config.auth.failure_delay);
                 if let Some(refusal) = capped {
                     return self.refuse_throttled(refusal);
                 }
                 if self.failures >= self.config.auth.max_failures {
-                    self.reply(421, "Too many authentication failures, closing connection")?;
+                    self.answer(&Refusal::TooManyFailures)?;
                     return Ok(Some(End::Refused));
                 }
-                self.reply(535, "Authentication credentials invalid")?;
+                self.answer(&Refusal::AuthFailed)?;
                 Ok(None)
             }
         }
     }
 
+    /// `event=auth result=RESULT client=ADDRESS`, for the AUTH lines without a user.
+    fn auth_event(&self, result: &str) -> log::Event {
+        log::Event::new("auth").field("result", result).field("client", &self.client)
+    }
+
     /// The throttle refuses this client's AUTH: log, 421, end.
-    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
-        self.log(&format!("event=throttle client={} {refusal}", self.client));
+    fn refuse_throttled(&mut self, refusal: throttle::Refusal) -> std::io::Result<Option<End>> {
+        log::info(&format!("{}event=throttle client={} {refusal}", log::session_prefix(), self.client));
         self.reply(421, refusal.reply_text())?;
         Ok(Some(End::Refused))
     }
@@ -373,7 +406,7 @@ impl<W: Wire> Session<'_, W> {
     /// message, answer, and on 250 run the reversed session and end.
     fn atrn(&mut self, requested: Vec<String>) -> std::io::Result<Option<End>> {
         let Some(user) = self.user.clone() else {
-            self.reply(530, "Authentication required")?;
+            self.answer(&Refusal::AuthRequired)?;
             return Ok(None);
         };
         let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
@@ -381,7 +414,7 @@ impl<W: Wire> Session<'_, W> {
         let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
         let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
-        self.log(&format!("event=atrn user={user} domains={list} result=250"));
+        self.atrn_event(&user, &list).field("result", 250).info();
         // From here RFC 5321's limits per reply apply instead of session_timeout.
         self.conn.set_limit(None);
         self.reply(250, "OK now reversing the connection")?;
@@ -392,10 +425,13 @@ impl<W: Wire> Session<'_, W> {
             timeouts: relay::Timeouts::default(),
         };
         let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
-        self.log(&format!(
-            "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
-            summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
-        ));
+        log::Event::new("reversed-done")
+            .field("messages", summary.messages)
+            .field("sent", summary.sent)
+            .field("deferred", summary.deferred)
+            .field("bounced", summary.bounced)
+            .field("end", summary.end)
+            .info();
         // The cursor (and the queue's own locks) go before the domain locks.
         drop(cursor);
         drop(locks);
@@ -409,30 +445,24 @@ impl<W: Wire> Session<'_, W> {
             Ok(domains) => domains,
             // Disabled or removed since its AUTH: a refusal, not an unavailable store.
             Err(status @ (Status::Denied | Status::NotFound)) => {
-                self.log(&format!(
-                    "event=atrn user={user} result=450 reason=account-disabled status={status}"
-                ));
-                self.reply(450, "Your account is disabled")?;
+                let event = self.atrn_event(user, "").field("status", status);
+                self.refuse(Refusal::AccountDisabled, event, Level::Info)?;
                 return Ok(None);
             }
             Err(status) => {
-                self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
-                self.reply(451, "Credential store unavailable, try again later")?;
+                let event = self.atrn_event(user, "").field("status", status);
+                self.refuse(Refusal::CredentialsUnavailable, event, Level::Error)?;
                 return Ok(None);
             }
         };
         let domains = if requested.is_empty() { dedup(allowed.clone()) } else { requested };
         if domains.is_empty() {
-            self.log(&format!("event=atrn user={user} result=450 reason=no-domains"));
-            self.reply(450, "You may not collect mail for any domain")?;
+            self.refuse(Refusal::NoDomains, self.atrn_event(user, ""), Level::Info)?;
             return Ok(None);
         }
-        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
-            let list = domains.join(",");
-            self.log(&format!(
-                "event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"
-            ));
-            self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
+        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)).cloned() {
+            let event = self.atrn_event(user, &domains.join(",")).field("domain", &forbidden);
+            self.refuse(Refusal::NotPermitted(forbidden), event, Level::Info)?;
             return Ok(None);
         }
         Ok(Some(domains))
@@ -443,18 +473,13 @@ impl<W: Wire> Session<'_, W> {
         match DomainLocks::acquire(&self.config.server.lock_directory, domains) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"
-                ));
-                self.reply(450, &format!("{domain} is being collected by another session"))?;
+                let event = self.atrn_event(user, list).field("domain", &domain);
+                self.refuse(Refusal::Busy(domain), event, Level::Info)?;
                 Ok(None)
             }
             Err(e) => {
-                log::error(&format!(
-                    "session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"",
-                    self.id
-                ));
-                self.reply(451, "Local error, try again later")?;
+                let event = self.atrn_event(user, list).field("error", &e);
+                self.refuse(Refusal::LocalError, event, Level::Error)?;
                 Ok(None)
             }
         }
@@ -480,17 +505,26 @@ impl<W: Wire> Session<'_, W> {
         match found {
             Ok(Some(found)) => Ok(Some(found)),
             Ok(None) => {
-                self.log(&format!("event=atrn user={user} domains={list} result=453"));
-                self.reply(453, "You have no mail")?;
+                self.refuse(Refusal::NoMail, self.atrn_event(user, list), Level::Info)?;
                 Ok(None)
             }
             Err(status) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=451 reason=queue status={status}"
-                ));
-                self.reply(451, "Queue unavailable, try again later")?;
+                let event = self.atrn_event(user, list).field("status", status);
+                self.refuse(Refusal::QueueUnavailable, event, Level::Error)?;
                 Ok(None)
             }
+        }
+    }
+}
+
+impl<W: Wire> Session<'_, W> {
+    /// `event=atrn user=USER [domains=LIST]`.
+    fn atrn_event(&self, user: &str, domains: &str) -> log::Event {
+        let event = log::Event::new("atrn").field("user", user);
+        if domains.is_empty() {
+            event
+        } else {
+            event.field("domains", domains)
         }
     }
 }
