@@ -577,7 +577,8 @@ fn fail2ban_regex_matches_the_failed_auth_lines_and_nothing_else() {
     good.expect_quit();
     let (_, log) = daemon.stop();
     // The queue's own lines during the session carry its id.
-    let queue_lines: Vec<&str> = log.lines().filter(|l| l.contains("plugin=maildir maildir: domain=")).collect();
+    let queue_lines: Vec<&str> =
+        log.lines().filter(|l| l.contains("plugin=maildir maildir: domain=")).collect();
     assert!(!queue_lines.is_empty() && queue_lines.iter().all(|l| l.contains("session=")), "{log}");
     // Plugins are loaded once, at the standalone start, said at info in one line.
     assert_eq!(log.matches("event=plugins credentials=").count(), 1, "{log}");

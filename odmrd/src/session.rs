@@ -10,7 +10,7 @@
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
-use crate::locks::{DomainLocks, LockError};
+use crate::locks::{HeldLocks, LockError, Locker};
 use crate::log::{self, Level};
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::refusal::Refusal;
@@ -215,7 +215,14 @@ impl<W: Wire> Session<'_, W> {
                 Err(end) => return end,
             };
             let step = match proto::parse_command(&line) {
-                Ok(command) => self.command(command),
+                Ok(command) => {
+                    if matches!(command, Command::Atrn(_)) && proto::atrn_list_has_spaces(&line) {
+                        log::Event::new("atrn-list-with-spaces")
+                            .field("note", "accepted; RFC 2645 has no spaces in the list")
+                            .info();
+                    }
+                    self.command(command)
+                }
                 Err(CommandError::Unknown) => self.answer(&Refusal::Unrecognized).map(|()| None),
                 Err(CommandError::Syntax(why)) => self.answer(&Refusal::Syntax(why)).map(|()| None),
             };
@@ -412,7 +419,7 @@ impl<W: Wire> Session<'_, W> {
         let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
         let list = domains.join(",");
         let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
-        let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
+        let Some((cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
         self.atrn_event(&user, &list).field("result", 250).info();
         // From here RFC 5321's limits per reply apply instead of session_timeout.
@@ -423,8 +430,11 @@ impl<W: Wire> Session<'_, W> {
             hostname: &self.config.server.hostname,
             sendmail: &self.config.bounce.sendmail,
             timeouts: relay::Timeouts::default(),
+            queue: &self.backends.queue,
+            domains: &domains,
         };
-        let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
+        // The cursor (and the queue's own locks) are closed inside, before the domain locks go.
+        let summary = relay::deliver(&mut self.conn, cursor, first, &context);
         log::Event::new("reversed-done")
             .field("messages", summary.messages)
             .field("sent", summary.sent)
@@ -432,8 +442,6 @@ impl<W: Wire> Session<'_, W> {
             .field("bounced", summary.bounced)
             .field("end", summary.end)
             .info();
-        // The cursor (and the queue's own locks) go before the domain locks.
-        drop(cursor);
         drop(locks);
         Ok(Some(End::Normal))
     }
@@ -469,8 +477,8 @@ impl<W: Wire> Session<'_, W> {
     }
 
     /// Take the per-domain collection locks, or None after a 450/451.
-    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<DomainLocks>> {
-        match DomainLocks::acquire(&self.config.server.lock_directory, domains) {
+    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<HeldLocks>> {
+        match Locker::new(self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
                 let event = self.atrn_event(user, list).field("domain", &domain);

@@ -9,7 +9,8 @@
 //! - [`envelope`]: BSMTP and header-mode envelope parsing;
 //! - [`body`]: streaming (un-stuffed) content with constant memory;
 //! - [`spool`]: listing, locking, unlinking and atomically rewriting files;
-//! - [`queue`]: the `Queue`/`Cursor` implementation and the selection rule.
+//! - [`queue`]: the `Queue`/`Cursor` implementation and the selection rule;
+//! - [`claim`]: rename-based claims for a spool shared by several hosts (NFS).
 //!
 //! The rule above all: never lose mail. Files change only in `commit()`,
 //! after the host recorded outcomes; malformed or unreadable files are logged
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod claim;
 pub mod config;
 pub mod envelope;
 pub mod queue;
