@@ -89,7 +89,7 @@ pub fn ignore_habitual_signals() {
     let ignored = Arc::new(AtomicBool::new(false));
     for signal in HABITUAL {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&ignored)) {
-            log::warn(&format!("event=signal-setup signal={signal} error=\"{e}\""));
+            log::Event::new("signal-setup").field("signal", signal).field("error", e).warn();
         }
     }
 }
@@ -444,12 +444,12 @@ impl Acceptor {
         }
         if self.logged_at.map_or(true, |at| at.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL) {
             let event = if out_of_descriptors { "out-of-descriptors" } else { "accept-failed" };
-            log::error(&format!(
-                "event={event} error=\"{error}\" failures={} refused={} note=\"logged at most every {}s\"",
-                self.failures_unlogged,
-                self.refused_unlogged,
-                ACCEPT_FAILURE_LOG_INTERVAL.as_secs()
-            ));
+            log::Event::new(event)
+                .field("error", error)
+                .field("failures", self.failures_unlogged)
+                .field("refused", self.refused_unlogged)
+                .field("note", format!("logged at most every {}s", ACCEPT_FAILURE_LOG_INTERVAL.as_secs()))
+                .error();
             self.logged_at = Some(Instant::now());
             self.failures_unlogged = 0;
             self.refused_unlogged = 0;
@@ -601,6 +601,6 @@ fn start_session(
         session::serve_gated(&config, &backends, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
-        log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));
+        log::Event::new("spawn-failed").field("client", ip).field("error", e).error();
     }
 }

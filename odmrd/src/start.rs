@@ -82,10 +82,10 @@ pub fn prepare_lock_directory(config: &Config, user: Option<&ServiceUser>) {
     let root = nix::unistd::geteuid().is_root();
     let owner = user.filter(|_| root).map(|u| (u.uid, u.gid));
     match locks::prepare_directory(&config.server.lock_directory, owner) {
-        Ok(true) => log::info(&format!(
-            "event=created lock_directory={} mode=0750",
-            config.server.lock_directory.display()
-        )),
+        Ok(true) => log::Event::new("created")
+            .field("lock_directory", config.server.lock_directory.display())
+            .field("mode", "0750")
+            .info(),
         Ok(false) => {}
         Err(why) => log::error(&config.error("server", Some("lock_directory"), why).to_string()),
     }
