@@ -85,7 +85,6 @@ impl std::fmt::Display for End {
 struct Session<'a, W: Wire> {
     config: &'a Config,
     backends: &'a Backends,
-    id: String,
     conn: Conn<W>,
     splitter: LineSplitter,
     user: Option<String>,
@@ -123,7 +122,6 @@ pub fn serve_gated<W: Wire>(
         gate,
         conn: Conn::new(wire, config.server.idle_timeout),
         splitter: LineSplitter::new(MAX_COMMAND_LINE),
-        id,
         user: None,
         failures: 0,
         peer,
@@ -426,7 +424,6 @@ impl<W: Wire> Session<'_, W> {
         self.conn.set_limit(None);
         self.reply(250, "OK now reversing the connection")?;
         let context = relay::Context {
-            session_id: &self.id,
             hostname: &self.config.server.hostname,
             sendmail: &self.config.bounce.sendmail,
             timeouts: relay::Timeouts::default(),
