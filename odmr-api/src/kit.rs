@@ -721,16 +721,24 @@ unsafe extern "C" fn list_domains<T: Credentials>(
 ) -> odmr_status {
     guard(|| {
         // SAFETY: `inst` is ours; `user` is borrowed for the call.
-        let domains = match unsafe { instance_ref::<T>(inst).and_then(|i| i.domains(user.as_str()?)) } {
-            Ok(domains) => domains,
-            Err(status) => return status.to_raw(),
-        };
-        for domain in &domains {
-            // SAFETY: the host's callback, with a string borrowed for the call.
-            unsafe { cb(cb_ctx, OdmrStr::from_bytes(domain.as_bytes())) };
+        match unsafe { instance_ref::<T>(inst).and_then(|i| i.domains(user.as_str()?)) } {
+            // SAFETY: the host's callback and its context, for this call.
+            Ok(domains) => unsafe { report_each(&domains, cb_ctx, cb) },
+            Err(status) => status.to_raw(),
         }
-        ODMR_OK
     })
+}
+
+/// Call the host's `cb(cb_ctx, item)` once per item, then ODMR_OK.
+///
+/// # Safety
+/// `cb` and `cb_ctx` must be the host's callback and context of the current call.
+unsafe fn report_each(items: &[String], cb_ctx: *mut c_void, cb: odmr_domain_cb) -> odmr_status {
+    for item in items {
+        // SAFETY: the host's callback (caller), with a string borrowed for the call.
+        unsafe { cb(cb_ctx, OdmrStr::from_bytes(item.as_bytes())) };
+    }
+    ODMR_OK
 }
 
 unsafe extern "C" fn allowed_networks<T: Credentials>(
@@ -741,17 +749,13 @@ unsafe extern "C" fn allowed_networks<T: Credentials>(
 ) -> odmr_status {
     guard(|| {
         // SAFETY: `inst` is ours; `user` is borrowed for the call.
-        let nets = match unsafe { instance_ref::<T>(inst).and_then(|i| i.allowed_networks(user.as_str()?)) } {
-            Ok(None) => return ODMR_OK,
-            Ok(Some(nets)) if nets.is_empty() => return ODMR_DENIED,
-            Ok(Some(nets)) => nets,
-            Err(status) => return status.to_raw(),
-        };
-        for net in &nets {
-            // SAFETY: the host's callback, with a string borrowed for the call.
-            unsafe { cb(cb_ctx, OdmrStr::from_bytes(net.as_bytes())) };
+        match unsafe { instance_ref::<T>(inst).and_then(|i| i.allowed_networks(user.as_str()?)) } {
+            Ok(None) => ODMR_OK,
+            Ok(Some(nets)) if nets.is_empty() => ODMR_DENIED,
+            // SAFETY: the host's callback and its context, for this call.
+            Ok(Some(nets)) => unsafe { report_each(&nets, cb_ctx, cb) },
+            Err(status) => status.to_raw(),
         }
-        ODMR_OK
     })
 }
 

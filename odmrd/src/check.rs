@@ -35,6 +35,11 @@ impl Verdicts {
         log::error(&format!("error: {what}"));
     }
 
+    /// An error about `key` of `section`, located in `config` like the parser's own.
+    fn error_at(&mut self, config: &Config, section: &str, key: Option<&str>, message: String) {
+        self.error(&config.error(section, key, message).to_string());
+    }
+
     /// Counted through [`log::warnings_logged`], like the backends' warnings.
     fn warning(&self, what: &str) {
         log::warn(&format!("warning: {what}"));
@@ -107,25 +112,22 @@ fn check_all(config: &Config, v: &mut Verdicts) {
     if let (Some(u), true) = (&user, root) {
         // For good: the process exits after checking, and access(2) judges by the real ids.
         if let Err(e) = crate::server::drop_privileges(&u.name) {
-            v.error(&config.error("server", Some("user"), e).to_string());
+            v.error_at(config, "server", Some("user"), e);
             return;
         }
     }
     if !missing_lock_directory {
         match access(lock_directory, AccessFlags::W_OK | AccessFlags::X_OK) {
             Ok(()) => v.checked(&format!("[server] lock_directory {} is writable", lock_directory.display())),
-            Err(e) => v.error(
-                &config
-                    .error(
-                        "server",
-                        Some("lock_directory"),
-                        format!(
-                            "{} is not writable by {}: {e} (chown it to the service user)",
-                            lock_directory.display(),
-                            crate::locks::who_am_i()
-                        ),
-                    )
-                    .to_string(),
+            Err(e) => v.error_at(
+                config,
+                "server",
+                Some("lock_directory"),
+                format!(
+                    "{} is not writable by {}: {e} (chown it to the service user)",
+                    lock_directory.display(),
+                    crate::locks::who_am_i()
+                ),
             ),
         }
     }
@@ -157,9 +159,9 @@ fn check_backends(config: &Config, v: &mut Verdicts, backends: &Backends) {
             Err(Status::Unsupported) => {
                 v.checked(&format!("[{section}] {plugin} has no checks of its own (a plugin of ABI 1.0)"))
             }
-            Err(status) => v.error(
-                &config.error(section, None, format!("{plugin}: its checks failed: {status}")).to_string(),
-            ),
+            Err(status) => {
+                v.error_at(config, section, None, format!("{plugin}: its checks failed: {status}"))
+            }
         }
     }
 }
@@ -181,20 +183,17 @@ fn check_creatable(config: &Config, v: &mut Verdicts, for_user: Option<&ServiceU
                 dir.display()
             ));
         }
-        Err(e) => v.error(
-            &config
-                .error(
-                    "server",
-                    Some("lock_directory"),
-                    format!(
-                        "{} does not exist and {} cannot create it in {}: {e} \
+        Err(e) => v.error_at(
+            config,
+            "server",
+            Some("lock_directory"),
+            format!(
+                "{} does not exist and {} cannot create it in {}: {e} \
                          (create it, e.g. with the shipped tmpfiles.d line)",
-                        dir.display(),
-                        crate::locks::who_am_i(),
-                        parent.display()
-                    ),
-                )
-                .to_string(),
+                dir.display(),
+                crate::locks::who_am_i(),
+                parent.display()
+            ),
         ),
     }
 }
@@ -212,14 +211,11 @@ fn check_sendmail(config: &Config, v: &mut Verdicts) {
     };
     match problem {
         None => v.checked(&format!("[bounce] sendmail {program} is executable")),
-        Some(why) => v.error(
-            &config
-                .error(
-                    "bounce",
-                    Some("sendmail"),
-                    format!("{why}; DSNs could not be sent and bounced recipients would stay queued"),
-                )
-                .to_string(),
+        Some(why) => v.error_at(
+            config,
+            "bounce",
+            Some("sendmail"),
+            format!("{why}; DSNs could not be sent and bounced recipients would stay queued"),
         ),
     }
 }
