@@ -10,8 +10,9 @@
 //!   [`check`] (`--check-config`), [`log`] (one line per event);
 //! - serving: [`server`] (inetd, the standalone listener, limits, signals), [`session`] (the
 //!   ODMR state machine), `relay` (the reversed-state SMTP client) with `verdict` (what the
-//!   customer's replies decide for a recipient), `bounce` (DSNs), `locks`
-//!   (per-domain collection locks), [`conn`] (a buffered byte pipe with deadlines);
+//!   customer's replies decide for a recipient), `bounce` (DSNs), [`locks`]
+//!   (per-domain collection locks), [`throttle`] (AUTH throttling per client address),
+//!   [`conn`] (a buffered byte pipe with deadlines);
 //! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5),
 //!   `refusal` (the refusals of the reply table: code, text, log reason);
 //! - plugins: [`backend`] (loading plugins and the safe host side of the C ABI).
@@ -25,7 +26,7 @@ pub mod check;
 pub mod config;
 pub mod conn;
 pub mod demo;
-mod locks;
+pub mod locks;
 pub mod log;
 pub mod proto;
 mod refusal;

@@ -55,8 +55,6 @@ pub enum Locker {
 
 /// Locks held for one session, whichever kind; dropping releases them.
 #[derive(Debug)]
-// Never read: each variant is held only for its Drop, which releases the locks.
-#[allow(dead_code)]
 pub enum HeldLocks {
     Flock(DomainLocks),
     Database(odmr_backend_sql::lock::Held),
