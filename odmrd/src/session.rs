@@ -3,7 +3,7 @@
 //! This module owns the provider side of RFC 2645 over any [`Wire`]: the reply
 //! codes of the design's table, authentication with failure limits, the
 //! authorisation and locking of the requested domains, and the hand-over to
-//! [`crate::relay`] once the line is turned around. It does not know whether
+//! `relay` once the line is turned around. It does not know whether
 //! it runs under inetd or a listener, and it does not parse bytes itself
 //! ([`crate::proto`] does).
 
