@@ -34,7 +34,7 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use odmr_api::names::is_valid_domain;
+use odmr_api::names::{is_valid_domain, split_networks};
 use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
@@ -307,15 +307,11 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
             }
             "nologin" => account.nologin = true,
             "allow_nets" => {
-                let mut nets = Vec::new();
-                for net in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    if is_network(net) {
-                        nets.push(net.to_string());
-                    } else {
-                        warn(format!(
-                            "user '{user}': ignoring '{net}' in allow_nets: not an address or address/prefix"
-                        ));
-                    }
+                let (nets, invalid) = split_networks(value);
+                for net in invalid {
+                    warn(format!(
+                        "user '{user}': ignoring '{net}' in allow_nets: not an address or address/prefix"
+                    ));
                 }
                 if nets.is_empty() {
                     warn(format!(
@@ -333,21 +329,6 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         }
     }
     Ok((user.to_owned(), account))
-}
-
-/// `192.0.2.1`, `10.0.0.0/8`, `2001:db8::/32`: an address, or one with a
-/// prefix length that fits it.
-fn is_network(net: &str) -> bool {
-    let (address, prefix) = match net.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (net, None),
-    };
-    let Ok(address) = address.parse::<std::net::IpAddr>() else { return false };
-    let bits = if address.is_ipv4() { 32 } else { 128 };
-    match prefix {
-        None => true,
-        Some(p) => p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|p| p <= bits),
-    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
