@@ -601,3 +601,21 @@ fn fail2ban_regex_matches_the_failed_auth_lines_and_nothing_else() {
     let banned: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
     assert_eq!(banned, ["127.0.0.2", "127.0.0.3"], "over:\n{lines}");
 }
+
+#[test]
+fn an_empty_inetd_poll_logs_four_lines_at_info_and_no_plugin_loading() {
+    let p = Provider::new();
+    let config = with_log(&p, "syslog = off\nstderr = yes\nlevel = info");
+    std::fs::create_dir(p.path().join("locks")).unwrap(); // as after the first start
+    let mut c = start_inetd_command(odmrd_command(&config));
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org", 453);
+    c.command("QUIT", 221);
+    let (status, log) = c.finish();
+    assert!(status.success(), "{log}");
+    let events: Vec<&str> =
+        log.lines().map(|l| l.split_whitespace().find(|w| w.starts_with("event=")).unwrap_or(l)).collect();
+    assert_eq!(events, ["event=connect", "event=auth", "event=atrn", "event=close"], "{log}");
+    assert!(log.contains("event=atrn user=customer domains=example.org result=453 reason=no-mail"), "{log}");
+    assert!(log.contains("event=close end=normal"), "{log}");
+}

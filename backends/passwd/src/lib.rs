@@ -168,7 +168,10 @@ impl Passwd {
         for warning in warnings {
             self.log.log(LogLevel::Warn, &format!("passwd: {name} {warning}"));
         }
-        self.log.log(LogLevel::Info, &format!("passwd: loaded {} users from {name}", table.users.len()));
+        // The first reading is part of loading the plugin (under inetd, at every connection):
+        // debug. A change of the file while running is news: info.
+        let level = if cache.current.is_some() { LogLevel::Info } else { LogLevel::Debug };
+        self.log.log(level, &format!("passwd: loaded {} users from {name}", table.users.len()));
         let table = Arc::new(table);
         cache.current = Some((stamp, Arc::clone(&table)));
         Ok(table)
