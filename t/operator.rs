@@ -326,9 +326,18 @@ fn sighup_reloads_for_new_sessions_while_a_running_session_completes() {
     fresh.auth(USER, "new-password", 235);
     fresh.command("QUIT", 221);
 
-    // The session that started before the reload carries on, on the old backends.
-    running.command("ATRN example.org", 453);
-    running.command("QUIT", 221);
+    // The session that started before the reload carries on, on the old backends, and
+    // collects its mail.
+    p.queue(
+        "example.org",
+        "1.m",
+        "MAIL FROM:<a@s.example>\nRCPT TO:<x@example.org>\nDATA\nSubject: s\n\nb\n.\n",
+    );
+    running.command("ATRN example.org", 250);
+    running.turn_around(EHLO_NAME, &[]);
+    running.receive_one();
+    running.expect_quit();
+    assert!(p.queued("example.org").is_empty(), "delivered");
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
