@@ -74,7 +74,7 @@ fn start_daemon(dir: &Path, scale: u32) -> u16 {
     let port = listener.local_addr().unwrap().port();
     let no_reload = || Err("the benchmark does not reload".to_string());
     std::thread::spawn(move || {
-        odmrd::server::run_standalone(Arc::new(config), backends, listener, &no_reload)
+        odmrd::server::run_standalone(Arc::new(config), backends, None, listener, None, &no_reload)
     });
     port
 }

@@ -138,6 +138,11 @@ fn check_all(config: &Config, v: &mut Verdicts) {
         }
         Err(e) => v.error(&e.to_string()),
     }
+    match start::load_identity(config) {
+        Ok(Some(_)) => v.checked("[tls] certificate and key load and match"),
+        Ok(None) => {}
+        Err(e) => v.error(&e),
+    }
     check_sendmail(config, v);
 }
 

@@ -36,4 +36,5 @@ pub mod server;
 pub mod session;
 pub mod start;
 pub mod throttle;
+pub mod tls;
 mod verdict;

@@ -20,6 +20,7 @@ const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--ch
 
   -c FILE             configuration file (default /etc/odmrd.ini)
   --inetd             serve one session on stdin/stdout, whatever [server] listen says
+  --tls               with --inetd: the session starts with a TLS handshake (implicit TLS)
   --listen ADDR:PORT  run standalone on this address, whatever [server] listen says
   --check-config      check the configuration, the backends and the files the service
                       needs (as [server] user when run as root), then exit";
@@ -48,7 +49,7 @@ enum Command {
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let (mut config, mut inetd, mut listen) = (None, false, None);
-    let (mut check_config, mut demo, mut cram_md5) = (false, false, false);
+    let (mut check_config, mut demo, mut cram_md5, mut tls) = (false, false, false, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-c" | "--config" => config = Some(PathBuf::from(args.next().ok_or("-c needs a file")?)),
@@ -58,6 +59,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                 listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
             }
             "--check-config" => check_config = true,
+            "--tls" => tls = true,
             "--demo" => demo = true,
             "--cram-md5" => cram_md5 = true,
             "-h" | "--help" => return Ok(Command::Help),
@@ -67,6 +69,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     }
     if inetd && listen.is_some() {
         return Err("--inetd and --listen exclude each other".into());
+    }
+    if tls && !inetd {
+        return Err("--tls goes with --inetd (standalone, use [server] listen_tls)".into());
     }
     if demo && (config.is_some() || inetd || check_config) {
         return Err("--demo makes its own configuration; it takes only --listen".into());
@@ -82,7 +87,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         return Ok(Command::Check { config });
     }
     let listen = match (inetd, listen) {
-        (true, _) => Listen::Inetd,
+        (true, _) => Listen::Inetd { tls },
         (false, Some(addr)) => Listen::On(addr),
         (false, None) => Listen::AsConfigured,
     };
@@ -183,7 +188,12 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:366".parse().unwrap();
         let cases: Vec<(&[&str], Result<Command, ()>)> = vec![
             (&[], Ok(Command::Serve { config: etc(), listen: Listen::AsConfigured })),
-            (&["--inetd"], Ok(Command::Serve { config: etc(), listen: Listen::Inetd })),
+            (&["--inetd"], Ok(Command::Serve { config: etc(), listen: Listen::Inetd { tls: false } })),
+            (
+                &["--inetd", "--tls"],
+                Ok(Command::Serve { config: etc(), listen: Listen::Inetd { tls: true } }),
+            ),
+            (&["--tls"], Err(())),
             (&["--listen", "127.0.0.1:366"], Ok(Command::Serve { config: etc(), listen: Listen::On(addr) })),
             (&["-c", "/x.ini", "--check-config"], Ok(Command::Check { config: "/x.ini".into() })),
             (&["--demo"], Ok(Command::Demo { listen: None })),

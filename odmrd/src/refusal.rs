@@ -20,8 +20,8 @@ pub enum Refusal {
     AuthFailed,
     /// 501: the client sent `*`.
     AuthCancelled,
-    /// 501: not a CRAM-MD5 response.
-    AuthMalformed,
+    /// 501: not a response of the mechanism (`CRAM-MD5 response`, `PLAIN response`...).
+    AuthMalformed(&'static str),
     /// 501: CRAM-MD5 takes no initial response.
     AuthInitialResponse,
     /// 504: a mechanism not offered.
@@ -70,7 +70,7 @@ impl Refusal {
             Refusal::TooManySessions | Refusal::TooManyFromAddress => 421,
             Refusal::TooManyFailures | Refusal::IdleTimeout | Refusal::SessionTimeout => 421,
             Refusal::AuthFailed => 535,
-            Refusal::AuthCancelled | Refusal::AuthMalformed | Refusal::AuthInitialResponse => 501,
+            Refusal::AuthCancelled | Refusal::AuthMalformed(_) | Refusal::AuthInitialResponse => 501,
             Refusal::Syntax(_) => 501,
             Refusal::UnknownMechanism => 504,
             Refusal::AlreadyAuthenticated => 503,
@@ -93,7 +93,7 @@ impl Refusal {
             Refusal::TooManyFromAddress => "too-many-sessions-from-address",
             Refusal::AuthFailed => "auth-failed",
             Refusal::AuthCancelled => "cancelled",
-            Refusal::AuthMalformed => "malformed",
+            Refusal::AuthMalformed(_) => "malformed",
             Refusal::AuthInitialResponse => "initial-response",
             Refusal::UnknownMechanism => "unknown-mechanism",
             Refusal::AlreadyAuthenticated => "already-authenticated",
@@ -126,7 +126,7 @@ impl Refusal {
             }
             Refusal::AuthFailed => "Authentication credentials invalid".into(),
             Refusal::AuthCancelled => "Authentication cancelled".into(),
-            Refusal::AuthMalformed => "Malformed CRAM-MD5 response".into(),
+            Refusal::AuthMalformed(what) => format!("Malformed {what}"),
             Refusal::AuthInitialResponse => "CRAM-MD5 takes no initial response".into(),
             Refusal::UnknownMechanism => "Unrecognized authentication type".into(),
             Refusal::AlreadyAuthenticated => "Already authenticated".into(),

@@ -14,21 +14,22 @@
 //! Signals in standalone mode: SIGTERM/SIGINT stop accepting, let running
 //! sessions finish within `shutdown_grace`, then close the connections left,
 //! whose current messages stay queued; SIGHUP re-reads the configuration and
-//! reloads the backends for new sessions (running sessions finish on the old
-//! ones; an invalid new configuration is logged and the old one stays);
-//! SIGUSR1, SIGUSR2 and SIGALRM, which an operator may send by habit, are
-//! logged and otherwise ignored. Under inetd a session ignores SIGHUP, SIGUSR1,
-//! SIGUSR2 and SIGALRM (a `killall -HUP odmrd` must not cut a delivery short).
-//! SIGPIPE is ignored by the Rust runtime: a vanished peer is an I/O error of
-//! that session.
+//! reloads the backends and the TLS identity for new sessions (running
+//! sessions finish on the old ones; an invalid new configuration is logged and
+//! the old one stays); SIGUSR1, SIGUSR2 and SIGALRM, which an operator may send
+//! by habit, are logged and otherwise ignored. Under inetd a session ignores
+//! SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM (a `killall -HUP odmrd` must not cut a
+//! delivery short). SIGPIPE is ignored by the Rust runtime: a vanished peer is
+//! an I/O error of that session.
 
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
-use crate::session;
+use crate::session::{self, Start};
 use crate::throttle::{Gate, Refusal, Throttle};
+use crate::tls::Identity;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
@@ -54,9 +55,14 @@ pub fn stdin_is_socket() -> bool {
     crate::conn::fd_is_socket(0)
 }
 
-/// inetd mode: serve exactly one session on standard input and output, the
-/// AUTH throttle shared with the other inetd processes through its state file.
-pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
+/// inetd mode: serve exactly one session on standard input and output (`start` says whether
+/// it begins with a TLS handshake: `odmrd --inetd --tls`).
+pub fn run_inetd(
+    config: &Config,
+    backends: &Backends,
+    tls: Option<&Identity>,
+    start: Start,
+) -> io::Result<session::End> {
     let mut wire = Stdio::take()?;
     let peer = stdin_peer();
     let throttle = Throttle::in_file(&config.auth, &config.server.lock_directory);
@@ -64,15 +70,8 @@ pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::En
         refuse_throttled(&mut wire, &config.server.hostname, peer, refusal);
         return Ok(session::End::Refused);
     }
-    Ok(session::serve_gated(config, backends, wire, peer, &Gate::new(&throttle, peer, &std::thread::sleep)))
-}
-
-/// Log a refusal at connect by the throttle and answer 421.
-fn refuse_throttled(out: &mut impl Write, hostname: &str, peer: Option<IpAddr>, refusal: Refusal) {
-    let client = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-    log::warn(&format!("event=throttle client={client} stage=connect {refusal}"));
-    let _ = out.write_all(proto::reply(421, &format!("{hostname} {}", refusal.reply_text())).as_bytes());
-    let _ = out.flush();
+    let gate = Gate::new(&throttle, peer, &std::thread::sleep);
+    Ok(session::serve_gated(config, backends, tls, start, wire, peer, &gate))
 }
 
 /// The signals an operator may send by habit that must not kill odmrd silently.
@@ -94,8 +93,11 @@ pub fn ignore_habitual_signals() {
     }
 }
 
-/// A fresh configuration and its backends, for SIGHUP; the error is logged.
-pub type Reload<'a> = dyn Fn() -> Result<(Arc<Config>, Backends), String> + 'a;
+/// What new sessions are served with: the configuration, its backends and the TLS identity.
+pub type Serving = (Arc<Config>, Backends, Option<Arc<Identity>>);
+
+/// A fresh [`Serving`] for SIGHUP, or why not (logged; the old one stays).
+pub type Reload<'a> = dyn Fn() -> Result<Serving, String> + 'a;
 
 /// Which signals arrived since the last look; set by the handlers, read by the loop.
 struct Arrived {
@@ -126,20 +128,21 @@ impl Arrived {
     }
 
     /// After a wake-up: true to stop; a reload or another signal is handled here.
-    fn handle(&self, config: &mut Arc<Config>, backends: &mut Backends, reload: &Reload) -> bool {
+    fn handle(&self, serving: &mut Serving, reload: &Reload) -> bool {
         if self.stop.load(Ordering::Relaxed) {
             return true;
         }
         if self.reload.swap(false, Ordering::Relaxed) {
             match reload() {
-                Ok((fresh, fresh_backends)) => {
-                    if (fresh.server.max_sessions, fresh.server.max_sessions_per_ip)
-                        != (config.server.max_sessions, config.server.max_sessions_per_ip)
+                Ok(fresh) => {
+                    let (old, new) = (&serving.0.server, &fresh.0.server);
+                    if (old.max_sessions, old.max_sessions_per_ip)
+                        != (new.max_sessions, new.max_sessions_per_ip)
                     {
                         log::warn("event=reload note=\"max_sessions changes take effect at a restart\"");
                     }
-                    (*config, *backends) = (fresh, fresh_backends);
-                    log::info(&format!("event=reloaded {}", backends.describe()));
+                    *serving = fresh;
+                    log::info(&format!("event=reloaded {}", serving.1.describe()));
                 }
                 Err(why) => log::Event::new("reload-failed")
                     .field("note", "the previous configuration stays in force")
@@ -154,6 +157,14 @@ impl Arrived {
         }
         false
     }
+}
+
+/// Log a refusal at connect by the throttle and answer 421.
+fn refuse_throttled(out: &mut impl Write, hostname: &str, peer: Option<IpAddr>, refusal: Refusal) {
+    let client = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    log::warn(&format!("event=throttle client={client} stage=connect {refusal}"));
+    let _ = out.write_all(proto::reply(421, &format!("{hostname} {}", refusal.reply_text())).as_bytes());
+    let _ = out.flush();
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -313,39 +324,52 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
 /// then wait up to `shutdown_grace` for the running sessions to finish and
-/// close the connections of those left. SIGHUP calls `reload`.
+/// close the connections of those left.
+///
+/// `implicit_tls` is the `[server] listen_tls` port, whose sessions begin with a TLS handshake;
+/// `tls` is the identity they and STARTTLS present. SIGHUP calls `reload`.
 pub fn run_standalone(
     config: Arc<Config>,
     backends: Backends,
+    tls: Option<Arc<Identity>>,
     listener: TcpListener,
+    implicit_tls: Option<TcpListener>,
     reload: &Reload,
 ) -> io::Result<()> {
-    let (mut config, mut backends) = (config, backends);
+    let mut serving: Serving = (config, backends, tls);
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
     let arrived = Arrived::register(&signal_writer)?;
     raise_descriptor_limit();
     listener.set_nonblocking(true)?;
+    if let Some(tls_listener) = &implicit_tls {
+        tls_listener.set_nonblocking(true)?;
+        log::info(&format!("event=listening address={} tls=implicit", tls_listener.local_addr()?));
+    }
+    let server = &serving.0.server;
     let limits = Arc::new(Limits {
-        max_total: config.server.max_sessions,
-        max_per_ip: config.server.max_sessions_per_ip,
+        max_total: server.max_sessions,
+        max_per_ip: server.max_sessions_per_ip,
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
-    let throttle = Arc::new(Throttle::in_memory(&config.auth));
+    let throttle = Arc::new(Throttle::in_memory(&serving.0.auth));
     let open = Arc::new(OpenConnections::default());
-    let mut acceptor = Acceptor::new(&config.server.hostname);
+    let mut acceptor = Acceptor::new(&server.hostname);
     log::info(&format!(
         "event=listening address={} backlog={}",
         listener.local_addr()?,
-        listen_backlog(config.server.listen_backlog)
+        listen_backlog(server.listen_backlog)
     ));
     'serving: loop {
         // While backing off, only a signal ends the wait.
         let backoff = acceptor.backoff.take();
         let listening = if backoff.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
         let mut fds =
-            [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+            vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+        if let Some(tls_listener) = &implicit_tls {
+            fds.push(PollFd::new(tls_listener.as_fd(), listening));
+        }
         let timeout = backoff.map_or(PollTimeout::NONE, |pause| {
             PollTimeout::try_from(pause.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
         });
@@ -353,32 +377,43 @@ pub fn run_standalone(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+        let signalled = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let ready: Vec<bool> =
+            fds[1..].iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        if signalled {
             while signals.read(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
-            if arrived.handle(&mut config, &mut backends, reload) {
+            if arrived.handle(&mut serving, reload) {
                 break 'serving;
             }
         }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    acceptor.recovered();
-                    start_session(&config, &backends, &limits, &throttle, &open, stream, peer.ip());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The client gave up while queued: nothing to answer.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    if !acceptor.failed(&listener, &e) {
-                        break;
+        let (config, backends, tls) = &serving;
+        let ports = [(Some(&listener), Start::Clear), (implicit_tls.as_ref(), Start::ImplicitTls)];
+        for ((port, start), ready) in ports.into_iter().zip(ready) {
+            let Some(port) = port.filter(|_| ready) else { continue };
+            loop {
+                match port.accept() {
+                    Ok((stream, peer)) => {
+                        acceptor.recovered();
+                        let new = NewSession { stream, ip: peer.ip(), start, tls: tls.clone() };
+                        start_session(config, backends, &limits, &throttle, &open, new);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // The client gave up while queued: nothing to answer.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(e) => {
+                        if !acceptor.failed(port, &e) {
+                            break;
+                        }
                     }
                 }
             }
         }
     }
     drop(listener);
-    let grace = config.server.shutdown_grace;
+    drop(implicit_tls);
+    let grace = serving.0.server.shutdown_grace;
     log::info(&format!(
         "event=shutdown grace={}s note=\"stopped accepting; waiting for running sessions\"",
         grace.as_secs_f64()
@@ -559,15 +594,23 @@ impl crate::conn::Wire for Tracked {
     }
 }
 
+/// A connection just accepted, and how its session starts.
+struct NewSession {
+    stream: TcpStream,
+    ip: IpAddr,
+    start: Start,
+    tls: Option<Arc<Identity>>,
+}
+
 fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
     throttle: &Arc<Throttle>,
     open: &Arc<OpenConnections>,
-    stream: TcpStream,
-    ip: IpAddr,
+    new: NewSession,
 ) {
+    let NewSession { stream, ip, start, tls } = new;
     // Before taking a place or a thread: a capped guesser costs one reply.
     if let Some(refusal) = throttle.on_connect(ip) {
         let mut stream = stream;
@@ -598,7 +641,7 @@ fn start_session(
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
         let wait = |duration| slot.wait(duration);
         let gate = Gate::new(&throttle, Some(ip), &wait);
-        session::serve_gated(&config, &backends, stream, Some(ip), &gate);
+        session::serve_gated(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::Event::new("spawn-failed").field("client", ip).field("error", e).error();

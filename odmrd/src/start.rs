@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::locks;
 use crate::log;
 use crate::server;
+use crate::session::Start;
+use crate::tls::Identity;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,8 +47,8 @@ impl fmt::Display for Failure {
 /// Where sessions come from, as the command line asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listen {
-    /// `--inetd`: one session on stdin/stdout.
-    Inetd,
+    /// `--inetd`: one session on stdin/stdout; `--inetd --tls`: implicit TLS.
+    Inetd { tls: bool },
     /// `--listen ADDR:PORT`: standalone on that address.
     On(SocketAddr),
     /// As `[server] listen` says: standalone when it is set, else inetd.
@@ -101,13 +103,34 @@ pub fn load_backends(config: &Config) -> Result<Backends, Failure> {
     Backends::load(config).map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// The `[tls]` identity, loaded; a certificate close to its end is a warning. An error names
+/// the file, line and key.
+pub fn load_identity(config: &Config) -> Result<Option<Arc<Identity>>, String> {
+    let Some(files) = &config.tls.identity else { return Ok(None) };
+    match Identity::load(&files.certificate, &files.key) {
+        Ok(identity) => {
+            let days = identity.days_left(std::time::SystemTime::now());
+            if days < crate::tls::EXPIRY_WARNING_DAYS {
+                let message = format!("{} expires in {days} days", files.certificate.display());
+                log::warn(&config.error("tls", Some("certificate"), message).to_string());
+            }
+            Ok(Some(Arc::new(identity)))
+        }
+        Err(e) => {
+            let key = if e.path == files.key { "key" } else { "certificate" };
+            Err(config.error("tls", Some(key), e.to_string()).to_string())
+        }
+    }
+}
+
 /// Serve as `listen` says with the configuration at `path` until the end (inetd: one session;
 /// standalone: until SIGTERM/SIGINT). A failure has been logged and, under inetd, answered
 /// with 421.
 pub fn serve(path: PathBuf, listen: Listen) -> Result<(), Failure> {
     // A person who starts odmrd from a terminal sees what goes wrong, whatever [log] says.
     log::echo_to_person(log::stderr_is_terminal());
-    let inetd = listen == Listen::Inetd || (listen == Listen::AsConfigured && server::stdin_is_socket());
+    let inetd = matches!(listen, Listen::Inetd { .. })
+        || (listen == Listen::AsConfigured && server::stdin_is_socket());
     let mut hostname = None;
     let result = serve_from(&path, listen, &mut hostname);
     if let Err(failure) = &result {
@@ -123,35 +146,50 @@ fn serve_from(path: &Path, listen: Listen, hostname: &mut Option<String>) -> Res
     let mut config = load_config(path)?;
     *hostname = Some(config.server.hostname.clone());
     match listen {
-        Listen::Inetd => config.server.listen = None,
+        Listen::Inetd { .. } => config.server.listen = None,
         Listen::On(addr) => config.server.listen = Some(addr),
         Listen::AsConfigured => {}
     }
     log::init(&config.log);
     let user = service_user(&config).map_err(Failure::Config)?;
     prepare_lock_directory(&config, user.as_ref());
+    let identity = load_identity(&config).map_err(Failure::Config)?;
     let Some(addr) = config.server.listen else {
+        let start = match listen {
+            Listen::Inetd { tls: true } if identity.is_none() => {
+                let why = config.error("tls", None, "--tls needs [tls] certificate and key");
+                return Err(Failure::Config(why.to_string()));
+            }
+            Listen::Inetd { tls: true } => Start::ImplicitTls,
+            _ => Start::Clear,
+        };
         let backends = load_backends(&config)?;
         server::ignore_habitual_signals();
-        return server::run_inetd(&config, &backends)
+        return server::run_inetd(&config, &backends, identity.as_deref(), start)
             .map(drop)
             .map_err(|e| Failure::Os(format!("fatal: {e}")));
     };
-    let listener = server::bind(addr, config.server.listen_backlog)
-        .map_err(|e| Failure::Unavailable(format!("cannot listen on {addr}: {e}")))?;
+    let bind = |addr: SocketAddr| {
+        server::bind(addr, config.server.listen_backlog)
+            .map_err(|e| Failure::Unavailable(format!("cannot listen on {addr}: {e}")))
+    };
+    let listener = bind(addr)?;
+    let tls_listener = config.server.listen_tls.map(bind).transpose()?;
     if let Some(user) = &config.server.user {
         server::drop_privileges(user)
             .map_err(|e| Failure::NoPermission(config.error("server", Some("user"), e).to_string()))?;
     }
     let backends = load_backends(&config)?;
     log::info(&format!("event=plugins {}", backends.describe()));
-    let reload = move || -> Result<(Arc<Config>, Backends), String> {
+    // SIGHUP: the configuration, the backends and the TLS identity (a renewed certificate).
+    let reload = move || -> Result<server::Serving, String> {
         let mut fresh = load_config(path).map_err(|f| f.to_string())?;
         fresh.server.listen = Some(addr);
         let backends = load_backends(&fresh).map_err(|f| f.to_string())?;
+        let identity = load_identity(&fresh)?;
         log::init(&fresh.log);
-        Ok((Arc::new(fresh), backends))
+        Ok((Arc::new(fresh), backends, identity))
     };
-    server::run_standalone(Arc::new(config), backends, listener, &reload)
+    server::run_standalone(Arc::new(config), backends, identity, listener, tls_listener, &reload)
         .map_err(|e| Failure::Os(format!("fatal: {e}")))
 }
