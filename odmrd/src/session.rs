@@ -558,9 +558,17 @@ impl<W: Wire> Session<'_, W> {
 
     /// Check a clear-text password (PLAIN, LOGIN) against the store.
     fn verify_password(&self, user: &str, password: &[u8]) -> Result<(), Verdict> {
-        let matches = match self.backends.credentials.lookup_secret(user) {
+        let credentials = &self.backends.credentials;
+        let matches = match credentials.lookup_secret(user) {
             Ok(secret) => sasl::verify_password(&secret, password),
-            Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+            // A store that keeps only a hash checks the password itself (ABI 1.1).
+            Err(Status::Unsupported) => match credentials.verify_password(user, password) {
+                Ok(matches) => matches,
+                Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+                Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
+                Err(Status::NotFound) => return Err(Verdict::Wrong("unknown-user")),
+                Err(status) => return Err(Verdict::Unavailable(status)),
+            },
             Err(Status::NotFound) => {
                 sasl::verify_password(&Secret::Plain(b"\0unknown user\0".to_vec()), password);
                 return Err(Verdict::Wrong("unknown-user"));

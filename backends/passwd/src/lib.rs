@@ -97,6 +97,18 @@ impl Credentials for Passwd {
                 self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has an empty password"));
                 Err(Status::Denied)
             }
+            Password::Hashed { scheme, .. } => {
+                self.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "passwd: user '{user}' in {}: {scheme} is a one-way hash and cannot serve CRAM-MD5; \
+                         the customer can log in with PLAIN or LOGIN under TLS (or store {{CRAM-MD5}}, \
+                         as `odmrd --cram-md5` prints it)",
+                        self.path.display()
+                    ),
+                );
+                Err(Status::Unsupported)
+            }
             Password::Unusable(scheme) => {
                 self.log.log(
                     LogLevel::Warn,
@@ -109,6 +121,19 @@ impl Credentials for Passwd {
                 Err(Status::Unsupported)
             }
         }
+    }
+
+    /// A clear password (PLAIN or LOGIN under TLS) against a crypt hash: `{SHA512-CRYPT}`,
+    /// `{SHA256-CRYPT}`, `{MD5-CRYPT}`, `{BLF-CRYPT}`, `{CRYPT}` or a bare `$id$` hash, as
+    /// Dovecot writes them. Clear secrets and CRAM-MD5 contexts are the host's to check.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        if account.nologin {
+            self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
+            return Err(Status::Denied);
+        }
+        verify_clear(&account.password, password)
     }
 
     fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
@@ -238,6 +263,8 @@ pub enum Password {
     Usable(Secret),
     /// An empty password: nobody can log in (as in Dovecot).
     Empty,
+    /// A crypt(3) hash: only a clear password (PLAIN under TLS) can be checked against it.
+    Hashed { scheme: String, hash: String },
     /// A scheme that cannot serve CRAM-MD5; holds a printable scheme name.
     Unusable(String),
 }
@@ -352,7 +379,7 @@ pub fn parse_password(field: &[u8]) -> Result<Password, String> {
         Some((&rest[..end], &rest[end + 1..]))
     }) else {
         // No {SCHEME}: Dovecot's default scheme, CRYPT, or a $id$ crypt hash.
-        return Ok(Password::Unusable(crypt_name(field)));
+        return Ok(hashed(crypt_name(field), field));
     };
     let scheme = String::from_utf8_lossy(scheme).to_ascii_uppercase();
     if !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || scheme.len() > 40 {
@@ -390,7 +417,32 @@ pub fn parse_password(field: &[u8]) -> Result<Password, String> {
                 None => Err(format!("{{{scheme}}} value is not 32 bytes in hex or base64")),
             }
         }
+        "SHA512-CRYPT" | "SHA256-CRYPT" | "MD5-CRYPT" | "BLF-CRYPT" | "CRYPT" | "DES-CRYPT" => {
+            Ok(hashed(format!("{{{scheme}}}"), data))
+        }
         _ => Ok(Password::Unusable(format!("{{{scheme}}}"))),
+    }
+}
+
+/// Checks a clear password (PLAIN or LOGIN under TLS) against a parsed password field, in
+/// constant time: a crypt hash, or a clear secret. CRAM-MD5 contexts and unknown schemes are
+/// `Unsupported` (the host checks contexts itself); an empty password admits nobody.
+pub fn verify_clear(stored: &Password, clear: &[u8]) -> Result<bool, Status> {
+    match stored {
+        Password::Hashed { hash, .. } => Ok(pwhash::unix::verify(clear, hash)),
+        Password::Usable(Secret::Plain(secret)) => {
+            Ok(subtle::ConstantTimeEq::ct_eq(secret.as_slice(), clear).into())
+        }
+        Password::Empty => Err(Status::Denied),
+        Password::Usable(Secret::CramMd5Context(_)) | Password::Unusable(_) => Err(Status::Unsupported),
+    }
+}
+
+/// A crypt hash (text) under the printable `scheme` name.
+fn hashed(scheme: String, hash: &[u8]) -> Password {
+    match std::str::from_utf8(hash) {
+        Ok(hash) if !hash.is_empty() => Password::Hashed { scheme, hash: hash.to_owned() },
+        _ => Password::Unusable(scheme),
     }
 }
 

@@ -331,3 +331,35 @@ fn configuration_is_checked() {
         }
     }
 }
+
+/// Hashes as Dovecot 2.3's `doveadm pw -s SCHEME -p tanstaaf` printed them.
+const DOVEADM_HASHES: [&str; 4] = [
+    "{SHA512-CRYPT}$6$OhLdiyQM559x6wim$MXePt.7TnvhSR/bOMmI3/q.kY6sNENvxwpI/sIzcjepSBgqlw.fw72i5dYm75A8qmWP8dYoqjirJF5Z9sAdq4.",
+    "{SHA256-CRYPT}$5$ZYz9fWFvSSu5HGsb$WWdylfzTQdn4j77ZjHYdwSmofpFm/fVXhLSdzVDUF48",
+    "{MD5-CRYPT}$1$Ob6eeIio$v5ZcXallDO2JXjC6M0PtM/",
+    "{BLF-CRYPT}$2y$05$MkbJ4i/IYd3DUhxzg0L.oOUbcGq8/KG2iI3pKpg4ILTrt5qTJOsPm",
+];
+
+#[test]
+fn clear_passwords_verify_against_dovecot_crypt_hashes() {
+    let mut file = String::new();
+    for (n, hash) in DOVEADM_HASHES.iter().enumerate() {
+        file.push_str(&format!("u{n}:{hash}\n"));
+    }
+    file.push_str("bare:$1$Ob6eeIio$v5ZcXallDO2JXjC6M0PtM/\nplain:{PLAIN}tanstaaf\n");
+    file.push_str(
+        "off:{SHA256-CRYPT}$5$ZYz9fWFvSSu5HGsb$WWdylfzTQdn4j77ZjHYdwSmofpFm/fVXhLSdzVDUF48::::::nologin\n",
+    );
+    let fx = Fixture::new(&file);
+    for user in ["u0", "u1", "u2", "u3", "bare", "plain"] {
+        assert_eq!(fx.passwd.verify_password(user, b"tanstaaf"), Ok(true), "{user}");
+        assert_eq!(fx.passwd.verify_password(user, b"tanstaaF"), Ok(false), "{user}");
+        assert_eq!(fx.passwd.verify_password(user, b""), Ok(false), "{user}");
+    }
+    assert_eq!(fx.passwd.verify_password("off", b"tanstaaf"), Err(Status::Denied));
+    assert_eq!(fx.passwd.verify_password("nobody", b"tanstaaf"), Err(Status::NotFound));
+    // CRAM-MD5 cannot use them, and the log says what would work.
+    assert_eq!(fx.passwd.lookup_secret("u0"), Err(Status::Unsupported));
+    let warns = fx.logged(LogLevel::Warn);
+    assert!(warns.iter().any(|w| w.contains("PLAIN or LOGIN under TLS")), "{warns:?}");
+}

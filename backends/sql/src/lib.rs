@@ -32,7 +32,7 @@ use driver::{Column, Driver, Target};
 use odmr_api::names::{is_valid_domain, split_networks};
 use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
-use odmr_backend_passwd::{parse_password, Password};
+use odmr_backend_passwd::{parse_password, verify_clear, Password};
 use pool::Pool;
 use query::Query;
 use std::time::Duration;
@@ -204,21 +204,43 @@ fn truthy(value: &str) -> bool {
     !matches!(value.trim().to_ascii_lowercase().as_str(), "" | "0" | "n" | "no" | "false" | "f")
 }
 
-impl Credentials for Sql {
-    fn lookup_secret(&self, user: &str) -> Result<Secret, Status> {
+impl Sql {
+    /// The user's row of `password_query`: its password field, once `nologin` has not refused
+    /// it (`allow_nets` is the host's to check, through `allowed_networks`).
+    fn password(&self, user: &str) -> Result<Password, Status> {
         let (layout, row) = self.password_row(user)?;
         let value = |index: Option<usize>| index.and_then(|i| row[i].as_deref()).unwrap_or("");
         if truthy(value(layout.nologin)) {
             self.log.log(LogLevel::Info, &format!("sql: user '{user}' has nologin set"));
             return Err(Status::Denied);
         }
-        match parse_password(value(Some(layout.password)).as_bytes()) {
-            Ok(Password::Usable(secret)) => Ok(secret),
-            Ok(Password::Empty) => {
+        parse_password(value(Some(layout.password)).as_bytes()).map_err(|reason| {
+            self.log.log(LogLevel::Warn, &format!("sql: user '{user}': {reason}; refused"));
+            Status::Denied
+        })
+    }
+}
+
+impl Credentials for Sql {
+    fn lookup_secret(&self, user: &str) -> Result<Secret, Status> {
+        match self.password(user)? {
+            Password::Usable(secret) => Ok(secret),
+            Password::Empty => {
                 self.log.log(LogLevel::Info, &format!("sql: user '{user}' has an empty password"));
                 Err(Status::Denied)
             }
-            Ok(Password::Unusable(scheme)) => {
+            Password::Hashed { scheme, .. } => {
+                self.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "sql: user '{user}': {scheme} is a one-way hash and cannot serve CRAM-MD5; the \
+                         customer can log in with PLAIN or LOGIN under TLS (or return {{PLAIN}} or \
+                         {{CRAM-MD5}})"
+                    ),
+                );
+                Err(Status::Unsupported)
+            }
+            Password::Unusable(scheme) => {
                 self.log.log(
                     LogLevel::Warn,
                     &format!(
@@ -228,11 +250,13 @@ impl Credentials for Sql {
                 );
                 Err(Status::Unsupported)
             }
-            Err(reason) => {
-                self.log.log(LogLevel::Warn, &format!("sql: user '{user}': {reason}; refused"));
-                Err(Status::Denied)
-            }
         }
+    }
+
+    /// A clear password (PLAIN or LOGIN under TLS) against the row's password, crypt hashes
+    /// (vpopmail's `pw_passwd`, Postfix Admin's `password`) included.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        verify_clear(&self.password(user)?, password)
     }
 
     /// The `allow_nets` column, for the host to check the client against; an

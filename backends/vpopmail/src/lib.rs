@@ -134,6 +134,18 @@ impl Credentials for Vpopmail {
         }
     }
 
+    /// A clear password (PLAIN or LOGIN under TLS) against `pw_passwd`, the crypt hash vchkpw
+    /// checks; the clear-text field only when there is no hash.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        let account = self.account(user)?;
+        self.check_flags(&account)?;
+        match (&account.entry.crypted, &account.entry.clear) {
+            (Some(hash), _) => Ok(pwhash::unix::verify(password, hash)),
+            (None, Some(clear)) => Ok(subtle::ConstantTimeEq::ct_eq(clear.as_slice(), password).into()),
+            (None, None) => Err(Status::Unsupported),
+        }
+    }
+
     fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
         let account = self.account(user)?;
         self.check_flags(&account)?;

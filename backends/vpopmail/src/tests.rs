@@ -664,3 +664,25 @@ fn the_hash_is_djbs() {
         h
     });
 }
+
+/// `openssl passwd -6 -salt odmrsalt tanstaaf`, as vpopmail's pw_passwd holds it.
+const REAL_HASH6: &str =
+    "$6$odmrsalt$NfwqrogrOHng5UOzqG7QWFFa58rAz7PbRmjZIradWjs4ZhmubZhuMWFBH0dPxlAoqc2FlD5dqQdDhRgyq3vAX/";
+
+#[test]
+fn clear_passwords_verify_against_pw_passwd_for_plain_under_tls() {
+    let tree = Tree::standard();
+    tree.vpasswd(
+        "solo.example",
+        &[
+            &format!("hashed:{REAL_HASH6}:1:0:Hashed only:/x/hashed:NOQUOTA"),
+            &format!("blocked:{REAL_HASH6}:1:2048:No SMTP:/x/blocked:NOQUOTA"),
+        ],
+    );
+    let vp = tree.start();
+    assert_eq!(vp.verify_password("hashed@solo.example", b"tanstaaf"), Ok(true));
+    assert_eq!(vp.verify_password("hashed@solo.example", b"tanstaaF"), Ok(false));
+    assert_eq!(vp.verify_password("blocked@solo.example", b"tanstaaf"), Err(Status::Denied), "NO_SMTP");
+    assert_eq!(vp.verify_password("nobody@solo.example", b"tanstaaf"), Err(Status::NotFound));
+    tree.assert_no_secrets_logged();
+}

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 /// The fields of one account that odmrd uses.
 pub struct Entry {
+    /// Field 2, `pw_passwd`: the crypt(3) hash vchkpw checks clear passwords against, when
+    /// present and text.
+    pub crypted: Option<String>,
     /// Field 4, `pw_gid`: vpopmail's per-user flag bits (`NO_SMTP`, …).
     pub gid: Result<u32, ()>,
     /// Field 8, the clear-text password, when present and non-empty.
@@ -94,7 +97,8 @@ fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
         Err(_) => Err(()),
     };
     let clear = fields.get(6).filter(|clear| !clear.is_empty()).map(|clear| clear.to_vec());
-    Some(Entry { gid, clear })
+    let crypted = std::str::from_utf8(fields[0]).ok().filter(|hash| !hash.is_empty()).map(str::to_owned);
+    Some(Entry { crypted, gid, clear })
 }
 
 #[cfg(test)]
