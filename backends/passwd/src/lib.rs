@@ -296,6 +296,14 @@ fn parse(content: &[u8]) -> (Table, Vec<String>) {
     (table, warnings)
 }
 
+/// The file parser, for the fuzz targets and property tests only (`fuzz/`): how many accounts
+/// a load of `content` gives, and its warnings. Not part of the API.
+#[doc(hidden)]
+pub fn parse_for_fuzzing(content: &[u8]) -> (usize, Vec<String>) {
+    let (table, warnings) = parse(content);
+    (table.users.len(), warnings)
+}
+
 /// One non-comment line: `user:password[:uid:gid:gecos:home:shell[:extra fields]]`.
 fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Account), String> {
     let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();

@@ -363,3 +363,57 @@ fn clear_passwords_verify_against_dovecot_crypt_hashes() {
     let warns = fx.logged(LogLevel::Warn);
     assert!(warns.iter().any(|w| w.contains("PLAIN or LOGIN under TLS")), "{warns:?}");
 }
+
+/// Property tests of the line parser (arbitrary bytes are the fuzz harness's, replayed in
+/// `odmrd/tests/parsers.rs`). Bounded to 256 cases.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn domain() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9]{1,8}\\.(example|Example\\.ORG)"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_written_line_parses_back(
+            user in "[a-z0-9._@-]{1,20}",
+            password in "[!-9;-~]{1,20}",
+            domains in proptest::collection::vec(domain(), 0..5),
+            nologin in any::<bool>(),
+        ) {
+            let extra = format!("odmr_domains={}{}", domains.join(","), if nologin { " nologin" } else { "" });
+            let line = format!("{user}:{{PLAIN}}{password}:1000:1000::/home/u::{extra}\n");
+            let (table, warnings) = parse(line.as_bytes());
+            prop_assert!(warnings.is_empty(), "{:?}", warnings);
+            let account = &table.users[&user];
+            prop_assert!(account.nologin == nologin);
+            prop_assert!(matches!(&account.password, Password::Usable(Secret::Plain(p)) if p == password.as_bytes()));
+            let mut expected: Vec<String> = Vec::new();
+            for domain in domains.iter().map(|d| d.to_ascii_lowercase()) {
+                if !expected.contains(&domain) {
+                    expected.push(domain);
+                }
+            }
+            prop_assert_eq!(&account.domains, &expected);
+        }
+
+        /// A malformed or unusable password field is reported without the value in it.
+        #[test]
+        fn warnings_never_hold_the_password_field(
+            secret in "[a-zA-Z0-9]{12,24}",
+            scheme in prop_oneof![
+                Just("{CRAM-MD5}"), Just("{HMAC-MD5.HEX}"), Just("{PLAIN.HEX}"), Just("{PLAIN.B64}!"),
+                Just("{SHA512-CRYPT}"), Just("$6$"), Just(""), Just("{"),
+            ],
+        ) {
+            let content = format!("u:{scheme}{secret}\nu:{{PLAIN}}{secret}\n");
+            let (_, warnings) = parse(content.as_bytes());
+            for warning in &warnings {
+                prop_assert!(!warning.contains(&secret), "{}", warning);
+            }
+        }
+    }
+}

@@ -84,8 +84,9 @@ fn malformed(user: &str) -> io::Error {
 
 /// Parses the fields after the name (`crypted:uid:gid:gecos:dir:quota[:clear]`);
 /// `min` is the number of fields required (6, as vpopmail's `vgetent()`
-/// requires at least 6 colons in the whole line).
-fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
+/// requires at least 6 colons in the whole line). Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
     let fields: Vec<&[u8]> = rest.splitn(7, |&b| b == b':').collect();
     if fields.len() < min {
         return None;
@@ -127,6 +128,34 @@ mod tests {
             let got = parse_fields(rest, 6).map(|e| (e.gid, e.clear));
             let expected = expected.map(|(g, c)| (g, c.map(<[u8]>::to_vec)));
             assert_eq!(got, expected, "{}", String::from_utf8_lossy(rest));
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// The fields after the name, in the 7-field and the 8-field form (the clear
+            /// password being the rest of the line, colons included).
+            #[test]
+            fn written_fields_parse_back(
+                gid in any::<u32>(),
+                other in proptest::collection::vec("[^:\\n]{0,12}", 5),
+                clear in proptest::option::of("[^\\n]{0,30}"),
+            ) {
+                let mut rest = format!("{}:{}:{gid}:{}:{}:{}", other[0], other[1], other[2], other[3], other[4]);
+                if let Some(clear) = &clear {
+                    rest.push(':');
+                    rest.push_str(clear);
+                }
+                let entry = parse_fields(rest.as_bytes(), 6).expect("six fields or more");
+                prop_assert_eq!(entry.gid, Ok(gid));
+                let expected = clear.filter(|c| !c.is_empty()).map(String::into_bytes);
+                prop_assert_eq!(entry.clear, expected);
+            }
         }
     }
 }
