@@ -142,8 +142,8 @@ fn run(name: &str, count: usize, body_size: usize, transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     queue(dir.path(), count, body_size);
     let mut config = config(dir.path());
-    odmrd::log::init(&config.log).unwrap();
-    let backends = Backends::load(&config.credentials, &config.queue).unwrap();
+    odmrd::log::init(&config.log);
+    let backends = Backends::load(&config).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (identity, client_config) = tls_pair(dir.path());
     let rss_before = peak_rss_kib();

@@ -62,8 +62,6 @@ impl Default for Timeouts {
 
 /// What the relay needs from the session.
 pub struct Context<'a> {
-    /// For log lines.
-    pub session_id: &'a str,
     /// Our EHLO name and Reporting-MTA.
     pub hostname: &'a str,
     /// `[bounce] sendmail`.
@@ -166,24 +164,23 @@ pub fn deliver<W: Wire>(
 }
 
 impl<W: Wire> Relay<'_, '_, W> {
-    fn log(&self, fields: &str) {
-        log::info(&format!("session={} {fields}", self.ctx.session_id));
-    }
-
     fn read_reply(&mut self, timeout: Duration, waiting_for: &'static str) -> Result<Reply, Stop> {
         self.conn.set_timeout(timeout);
         match self.conn.read_reply() {
             Ok(Received::Item(Ok(reply))) => Ok(reply),
             Ok(Received::Item(Err(e))) => {
-                self.log(&format!("event=protocol-error waiting-for={waiting_for} error=\"{e:?}\""));
+                log::Event::new("protocol-error")
+                    .field("waiting-for", waiting_for)
+                    .field("error", format!("{e:?}"))
+                    .info();
                 Err(Stop("customer sent a malformed reply"))
             }
             Ok(Received::TimedOut) => {
-                self.log(&format!("event=timeout waiting-for={waiting_for}"));
+                log::Event::new("timeout").field("waiting-for", waiting_for).info();
                 Err(Stop("customer timed out"))
             }
             Ok(Received::Closed) | Err(_) => {
-                self.log(&format!("event=disconnect waiting-for={waiting_for}"));
+                log::Event::new("disconnect").field("waiting-for", waiting_for).info();
                 Err(Stop("customer disconnected"))
             }
         }
@@ -198,7 +195,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         let t = self.ctx.timeouts;
         let greeting = self.read_reply(t.greeting, "greeting")?;
         if greeting.class() != 2 {
-            self.log(&format!("event=greeting-refused reply=\"{}\"", greeting.text()));
+            log::Event::new("greeting-refused").field("reply", greeting.text()).info();
             self.quit();
             return Err(Stop("customer refused the session"));
         }
@@ -228,10 +225,10 @@ impl<W: Wire> Relay<'_, '_, W> {
                 }
                 {
                     if !sent && self.caps.mailmax.is_some_and(|max| self.transactions >= max) {
-                        self.log(&format!(
-                            "event=mailmax-reached transactions={} note=\"the rest stays queued for the next session\"",
-                            self.transactions
-                        ));
+                        log::Event::new("mailmax-reached")
+                            .field("transactions", self.transactions)
+                            .field("note", "the rest stays queued for the next session")
+                            .info();
                         break;
                     }
                     if wanted.is_none() {
@@ -277,20 +274,23 @@ impl<W: Wire> Relay<'_, '_, W> {
                 for (id, addresses) in &left {
                     for address in addresses {
                         self.summary.deferred += 1;
-                        self.log(&format!(
-                            "queue_id={id} to=<{address}> status=deferred reason=customer-limit"
-                        ));
+                        log::Event::new("recipient")
+                            .field("queue_id", id)
+                            .field("to", format!("<{address}>"))
+                            .field("status", "deferred")
+                            .field("reason", "customer-limit")
+                            .info();
                     }
                 }
                 break;
             }
-            self.log(&format!("event=more-transactions recipients={}", count(&left)));
+            log::Event::new("more-transactions").field("recipients", count(&left)).info();
             // The old cursor (and its locks) go first.
             drop(cursor);
             cursor = match self.ctx.queue.open(self.ctx.domains) {
                 Ok(cursor) => cursor,
                 Err(status) => {
-                    self.log(&format!("event=queue-error status={status}"));
+                    log::Event::new("queue-error").field("status", status).error();
                     self.summary.deferred += count(&left);
                     self.quit();
                     return Ok(());
@@ -306,7 +306,7 @@ impl<W: Wire> Relay<'_, '_, W> {
 
     fn next_message(&mut self, cursor: &mut QueueCursor) -> Option<Envelope> {
         cursor.next_message().unwrap_or_else(|status| {
-            self.log(&format!("event=queue-error status={status}"));
+            log::Event::new("queue-error").field("status", status).error();
             None
         })
     }
@@ -315,10 +315,15 @@ impl<W: Wire> Relay<'_, '_, W> {
     /// were not in step, or did not come.
     fn log_kept(&self, kept: Option<Decided>) {
         if let Some(kept) = kept {
-            self.log(&format!(
-                "queue_id={} event=kept reason=later-replies-not-in-step note=\"the customer's reply accepted it, but the replies behind that one were not in step: the message stays queued and may be delivered again\"",
-                kept.envelope.id
-            ));
+            log::Event::new("kept")
+                .field("queue_id", &kept.envelope.id)
+                .field("reason", "later-replies-not-in-step")
+                .field(
+                    "note",
+                    "the customer's reply accepted it, but the replies behind that one were not in step: \
+                     the message stays queued and may be delivered again",
+                )
+                .info();
         }
     }
 
@@ -382,9 +387,11 @@ impl<W: Wire> Relay<'_, '_, W> {
         let Some(decided) = earlier.take() else { return Ok(()) };
         let (mail, rcpts, data) = codes;
         if !verdict::in_step_before_body(mail, rcpts, data) || self.conn.has_buffered_input() {
-            self.log(&format!(
-                "queue_id={id} event=out-of-step step=before-body note=\"the message stays queued\""
-            ));
+            log::Event::new("out-of-step")
+                .field("queue_id", id)
+                .field("step", "before-body")
+                .field("note", "the message stays queued")
+                .info();
             *earlier = Some(decided);
             return Err(Stop("customer's replies are out of step with our commands"));
         }
@@ -407,7 +414,7 @@ impl<W: Wire> Relay<'_, '_, W> {
                 return Ok(());
             }
         }
-        self.log(&format!("event=hello-refused reply=\"{}\"", reply.text()));
+        log::Event::new("hello-refused").field("reply", reply.text()).info();
         self.quit();
         Err(Stop("customer refused EHLO and HELO"))
     }
@@ -437,9 +444,11 @@ impl<W: Wire> Relay<'_, '_, W> {
         if !self.conn.has_buffered_input() {
             return Ok(());
         }
-        self.log(&format!(
-            "queue_id={queue_id} event=out-of-step reason=unsolicited-reply note=\"the message stays queued\""
-        ));
+        log::Event::new("out-of-step")
+            .field("reason", "unsolicited-reply")
+            .field("note", "the message stays queued")
+            .field("queue_id", queue_id)
+            .warn();
         Err(Stop("customer's replies are out of step with our commands"))
     }
 
@@ -516,10 +525,10 @@ impl<W: Wire> Relay<'_, '_, W> {
             // session with a customer that takes SMTPUTF8.
             for &i in chosen {
                 self.summary.deferred += 1;
-                self.log(&format!(
-                    "queue_id={id} from=<{}> to=<{}> status=deferred reason=smtputf8-not-offered",
-                    envelope.sender, envelope.recipients[i]
-                ));
+                recipient_event(envelope, i)
+                    .field("status", "deferred")
+                    .field("reason", "smtputf8-not-offered")
+                    .info();
             }
             return Ok((Vec::new(), Then::Fetch));
         }
@@ -608,10 +617,12 @@ impl<W: Wire> Relay<'_, '_, W> {
                 (Decision::Again(_), Some(_)) => again.push(sent[slot]),
                 _ => {
                     let reply = reply.map(Reply::text).unwrap_or_else(|| "none".into());
-                    self.log(&format!(
-                        "queue_id={id} event=out-of-step step={step:?} reply=\"{}\" note=\"the message stays queued\"",
-                        reply.replace('"', "'")
-                    ));
+                    log::Event::new("out-of-step")
+                        .field("step", format!("{step:?}"))
+                        .field("reply", reply)
+                        .field("note", "the message stays queued")
+                        .field("queue_id", id)
+                        .warn();
                     return Err(Stop("customer's replies are out of step with our commands"));
                 }
             }
@@ -667,7 +678,10 @@ impl<W: Wire> Relay<'_, '_, W> {
                 Err(status) => {
                     // Never send the final dot of a truncated message: closing
                     // the connection makes the customer discard it.
-                    self.log(&format!("event=queue-error while=reading-body status={status}"));
+                    log::Event::new("queue-error")
+                        .field("while", "reading-body")
+                        .field("status", status)
+                        .error();
                     return Err(Stop("queue failed while reading a body"));
                 }
             };
@@ -682,15 +696,17 @@ impl<W: Wire> Relay<'_, '_, W> {
         self.send(encoded, t)?;
         let id = &envelope.id;
         if watch.eight_bit && !self.caps.eightbitmime {
-            self.log(&format!(
-                "queue_id={id} event=8bit-to-7bit-customer note=\"sent as is: the customer does not offer 8BITMIME\""
-            ));
+            log::Event::new("8bit-to-7bit-customer")
+                .field("note", "sent as is: the customer does not offer 8BITMIME")
+                .field("queue_id", id)
+                .info();
         }
         if watch.longest > MAX_LINE {
-            self.log(&format!(
-                "queue_id={id} event=long-lines longest={} note=\"sent as is: RFC 5321 allows 998 octets per line\"",
-                watch.longest
-            ));
+            log::Event::new("long-lines")
+                .field("longest", watch.longest)
+                .field("note", "sent as is: RFC 5321 allows 998 octets per line")
+                .field("queue_id", id)
+                .info();
         }
         Ok(())
     }
@@ -706,7 +722,8 @@ impl<W: Wire> Relay<'_, '_, W> {
         mut body: BodyCopy,
     ) {
         let mut outcomes: Vec<Outcome> = settled.iter().map(|(_, o, _)| *o).collect();
-        let mut notes: Vec<&str> = vec![""; settled.len()];
+        // What became of each recipient's DSN, for its log line (`dsn=`).
+        let mut notes: Vec<Option<&str>> = vec![None; settled.len()];
         // Who gets a line in a DSN: failures unless NOTIFY says otherwise (NEVER, or a list
         // without FAILURE), and deliveries the customer cannot report on although
         // NOTIFY=SUCCESS asked (RFC 3461 §4.2: "relayed").
@@ -716,7 +733,7 @@ impl<W: Wire> Relay<'_, '_, W> {
             let action = match outcome {
                 Outcome::PermFail if details.notify.on_failure() => Action::Failed,
                 Outcome::PermFail => {
-                    notes[k] = " dsn=none-notify";
+                    notes[k] = Some("none-notify");
                     continue;
                 }
                 Outcome::Delivered if !self.caps.dsn && details.notify.on_success() => Action::Relayed,
@@ -727,7 +744,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         }
         if !reported.is_empty() {
             let note = if envelope.sender.is_empty() {
-                " dsn=none-null-sender"
+                "none-null-sender"
             } else {
                 let failures: Vec<Failure> = reported.iter().map(|(_, f)| f.clone()).collect();
                 let report = Report {
@@ -741,20 +758,20 @@ impl<W: Wire> Relay<'_, '_, W> {
                 let full =
                     envelope.ret == Some(Ret::Full) && failures.iter().any(|f| f.action == Action::Failed);
                 match bounce::submit(self.ctx.sendmail, &report, body.original(cursor, full)) {
-                    Ok(()) => " dsn=sent",
+                    Ok(()) => "sent",
                     Err(e) => {
-                        log::error(&format!(
-                            "session={} queue_id={} event=dsn-failed error=\"{e}\"",
-                            self.ctx.session_id, envelope.id
-                        ));
-                        " dsn=failed"
+                        log::Event::new("dsn-failed")
+                            .field("queue_id", &envelope.id)
+                            .field("error", e)
+                            .error();
+                        "failed"
                     }
                 }
             };
             for (k, failure) in &reported {
-                notes[*k] = note;
+                notes[*k] = Some(note);
                 // Without its DSN the sender of a failed recipient would never learn: keep it.
-                if note == " dsn=failed" && failure.action == Action::Failed {
+                if note == "failed" && failure.action == Action::Failed {
                     outcomes[*k] = Outcome::TempFail;
                 }
             }
@@ -780,20 +797,17 @@ impl<W: Wire> Relay<'_, '_, W> {
                 Outcome::PermFail => self.summary.bounced += 1,
                 Outcome::TempFail => self.summary.deferred += 1,
             }
-            self.log(&format!(
-                "queue_id={} from=<{}> to=<{}> status={status}{} reply=\"{}\"",
-                envelope.id,
-                envelope.sender,
-                envelope.recipients[*i],
-                notes[k],
-                reply.text().replace('"', "'")
-            ));
+            recipient_event(envelope, *i)
+                .field("status", status)
+                .field_opt("dsn", notes[k])
+                .field("reply", reply.text())
+                .info();
         }
         if !committed {
-            log::error(&format!(
-                "session={} queue_id={} event=commit-failed note=\"the message stays queued and may be delivered again\"",
-                self.ctx.session_id, envelope.id
-            ));
+            log::Event::new("commit-failed")
+                .field("queue_id", &envelope.id)
+                .field("note", "the message stays queued and may be delivered again")
+                .error();
         }
     }
 }
@@ -806,6 +820,15 @@ fn batch(mail: &str, rcpts: &[String]) -> Vec<u8> {
     }
     batch.extend_from_slice(b"DATA\r\n");
     batch
+}
+
+/// `event=recipient queue_id=ID from=<SENDER> to=<RECIPIENT>`: the start of a recipient's
+/// one line; its status and the reply that decided it follow.
+fn recipient_event(envelope: &Envelope, i: usize) -> log::Event {
+    log::Event::new("recipient")
+        .field("queue_id", &envelope.id)
+        .field("from", format!("<{}>", envelope.sender))
+        .field("to", format!("<{}>", envelope.recipients[i]))
 }
 
 /// What of a message a DSN may return, kept while the message is streamed:

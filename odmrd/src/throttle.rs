@@ -428,7 +428,11 @@ impl Throttle {
             }
         });
         if let Err(e) = outcome {
-            crate::log::error(&format!("event=throttle client={ip} result=unavailable error=\"{e}\""));
+            crate::log::Event::new("throttle")
+                .field("client", ip)
+                .field("result", "unavailable")
+                .field("error", e)
+                .error();
         }
         result.unwrap_or(fallback)
     }

@@ -47,6 +47,31 @@ impl Instance for Exim {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Ok(Exim { host, config: Config::from_pairs(config)? })
     }
+
+    /// `--check-config`: the queue's `input/` exists and this user may list
+    /// it and change it (delivered messages are removed, the rest rewritten).
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        use nix::unistd::{access, AccessFlags};
+        let input = self.config.queue_root().join("input");
+        let key = if self.config.queue.is_some() { "queue" } else { "spool_directory" };
+        match access(&input, AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK) {
+            Ok(()) => {
+                report(LogLevel::Info, &format!("Exim's queue {} can be read and changed", input.display()))
+            }
+            Err(e) => {
+                let why = if input.is_dir() { e.to_string() } else { "no such directory".into() };
+                report(
+                    LogLevel::Error,
+                    &format!(
+                        "key '{key}': {}: {why} (this user must be able to read and change Exim's queue: \
+                         run odmrd as Exim's user, e.g. Debian-exim)",
+                        input.display()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn log(host: &Host, level: LogLevel, msg: &str) {
@@ -556,7 +581,7 @@ impl Cursor for EximCursor {
         let finished: Vec<&str> =
             current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
-            self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
+            self.log(LogLevel::Debug, &format!("id={id} nothing delivered; left as it was"));
             self.open.pop_front();
             return Ok(());
         }
@@ -582,7 +607,7 @@ impl Cursor for EximCursor {
             // Everything is journaled, so a failed removal loses nothing and
             // sends nothing twice: Exim completes the message at its next run.
             match spool::remove(&location) {
-                Ok(()) => self.log(LogLevel::Info, &format!("id={id} journaled={journaled} removed")),
+                Ok(()) => self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} removed")),
                 Err(e) => self.log(
                     LogLevel::Warn,
                     &format!("id={id} journaled={journaled} complete, but removal failed ({e}); Exim will finish it"),
@@ -591,7 +616,7 @@ impl Cursor for EximCursor {
             self.open.pop_front();
             return Ok(());
         }
-        self.log(LogLevel::Info, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
+        self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
         // Release the lock before asking Exim to merge the journal.
         self.open.pop_front();
         if let Some(command) = &self.config.exim {
@@ -786,6 +811,26 @@ mod tests {
         s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
         let e = s.exim(&[]).open(&["example.org".into()]).unwrap().next_message().unwrap().unwrap();
         assert_eq!((e.eight_bit, e.envid, e.ret, e.smtputf8), (Some(false), None, None, false));
+    }
+
+    #[test]
+    fn check_config_finds_the_queue_or_names_the_key() {
+        let spool = Spool::new();
+        let findings = |exim: &Exim| {
+            let mut found = Vec::new();
+            exim.check(&mut |level, text| found.push((level, text.to_string()))).unwrap();
+            found
+        };
+        let ok = findings(&spool.exim(&[]));
+        assert!(
+            matches!(ok.as_slice(), [(LogLevel::Info, text)] if text.contains("can be read and changed")),
+            "{ok:?}"
+        );
+        let named = findings(&spool.exim(&[("queue", "nosuch")]));
+        assert!(
+            matches!(named.as_slice(), [(LogLevel::Error, text)] if text.starts_with("key 'queue': ") && text.contains("no such directory")),
+            "{named:?}"
+        );
     }
 
     #[test]

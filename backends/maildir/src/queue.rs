@@ -44,6 +44,61 @@ impl Instance for Maildir {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Ok(Maildir { host, config: Config::from_pairs(config)? })
     }
+
+    /// `--check-config`: the directory above the domains' maildirs exists and
+    /// can be listed, and every domain's `new/` and `cur/` found there can be
+    /// changed (messages leave by rename and unlink). No maildir at all is a
+    /// warning: the MTA creates a domain's at its first message.
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        use nix::unistd::{access, AccessFlags};
+        let root = self.config.spool_root();
+        let template = self.config.template();
+        if let Err(e) = access(&root, AccessFlags::R_OK | AccessFlags::X_OK) {
+            let why = if root.is_dir() { e.to_string() } else { "no such directory".into() };
+            report(
+                LogLevel::Error,
+                &format!("key 'directory': {template}: {} cannot be listed: {why}", root.display()),
+            );
+            return Ok(());
+        }
+        let mut found = 0;
+        let entries = std::fs::read_dir(&root).map_err(|_| Status::TempFail)?;
+        for name in entries.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+            let Ok(maildir) = self.config.maildir(&name) else { continue };
+            if !maildir.join("new").is_dir() {
+                continue;
+            }
+            found += 1;
+            for sub in ["new", "cur"] {
+                let dir = maildir.join(sub);
+                if let Err(e) = access(&dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+                    report(
+                        LogLevel::Error,
+                        &format!(
+                            "key 'directory': {} cannot be changed: {e} (messages could not leave it)",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if found == 0 {
+            report(
+                LogLevel::Warn,
+                &format!(
+                    "key 'directory': no domain's maildir under {} yet ({template}); the MTA creates one at a \
+                     domain's first message",
+                    root.display()
+                ),
+            );
+        } else {
+            report(
+                LogLevel::Info,
+                &format!("{found} domain maildir(s) under {} can be changed", root.display()),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One requested domain's maildir, as found on disk.
@@ -573,7 +628,7 @@ impl MaildirCursor {
                 }
                 let left = done.iter().filter(|d| !**d).count();
                 self.log(
-                    LogLevel::Info,
+                    LogLevel::Debug,
                     &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
                 );
                 if let Some(dir) = removed_from {

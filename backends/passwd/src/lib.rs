@@ -3,10 +3,22 @@
 //! This crate owns reading and interpreting the file: the line syntax
 //! (`user:{SCHEME}secret:uid:gid:gecos:home:shell:extra fields`), the password
 //! schemes that can serve CRAM-MD5 (`{PLAIN}`/`{CLEARTEXT}` and `{CRAM-MD5}`,
-//! with Dovecot's `.hex`/`.b64` encodings), the `odmr_domains=` extra field
-//! listing the domains a user may collect with ATRN, and reloading the file
-//! whenever it changes (checked with one `stat` per lookup), so password
-//! changes need no restart.
+//! with Dovecot's `.hex`/`.b64` encodings), the extra fields, and reloading
+//! the file whenever it changes (checked with one `stat` per lookup), so
+//! password changes need no restart.
+//!
+//! Extra fields (after the 7th `:`, separated by spaces, as in Dovecot):
+//! - `odmr_domains=a.example,b.example`: the domains the user may collect with
+//!   ATRN. A space after a comma ends the field (Dovecot splits at spaces): it
+//!   is reported with the line, and the domain after the space is not added.
+//! - `nologin`: the account is disabled (Dovecot's; `reason=` may go with it).
+//! - `allow_nets=10.0.0.0/8,192.0.2.1`: Dovecot's per-user client restriction,
+//!   handed to the host (`allowed_networks`), which refuses a login from
+//!   elsewhere like a wrong password and logs why. An entry that is not an
+//!   address or `address/prefix` is ignored with a warning; none valid means
+//!   nobody may log in as that user.
+//! - `userdb_*` (Dovecot's userdb fields in a shared file) are ignored; any
+//!   other field is ignored with a warning naming it and its line.
 //!
 //! It does not verify CRAM-MD5 responses (odmrd's `sasl` does, from the secret
 //! returned here), does not decide SMTP replies (the host maps statuses), and
@@ -22,7 +34,7 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use odmr_api::names::is_valid_domain;
+use odmr_api::names::{is_valid_domain, split_networks};
 use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
@@ -48,6 +60,26 @@ impl Instance for Passwd {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Self::open(host, config)
     }
+
+    /// `--check-config`: the file is readable now (its lines' warnings were
+    /// logged when it was read), and not readable by every user.
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        let name = self.path.display();
+        match self.read() {
+            Err(e) => report(LogLevel::Error, &format!("key 'file': cannot read '{name}': {e}")),
+            Ok((_, content)) => {
+                let (table, _) = parse(&content);
+                report(LogLevel::Info, &format!("{name}: {} users", table.users.len()));
+            }
+        }
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.mode() & 0o004 != 0) {
+            report(
+                LogLevel::Warn,
+                &format!("key 'file': '{name}' is readable by every user; it holds secrets (chmod o-r)"),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Credentials for Passwd {
@@ -58,6 +90,7 @@ impl Credentials for Passwd {
             self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
             return Err(Status::Denied);
         }
+
         match &account.password {
             Password::Usable(secret) => Ok(secret.clone()),
             Password::Empty => {
@@ -107,6 +140,13 @@ impl Credentials for Passwd {
         let table = self.table()?;
         table.users.get(user).map(|account| account.domains.clone()).ok_or(Status::NotFound)
     }
+
+    /// `allow_nets`, for the host to check the client against.
+    fn allowed_networks(&self, user: &str) -> Result<Option<Vec<String>>, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        Ok(account.allow_nets.clone())
+    }
 }
 
 impl Passwd {
@@ -122,7 +162,9 @@ impl Passwd {
         let path = PathBuf::from(file);
         let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
         // Read it now, so that a wrong path is a configuration error at start.
-        passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
+        passwd
+            .refresh()
+            .map_err(|err| format!("key 'file': cannot read '{}': {err}", passwd.path.display()))?;
         Ok(passwd)
     }
 
@@ -151,7 +193,10 @@ impl Passwd {
         for warning in warnings {
             self.log.log(LogLevel::Warn, &format!("passwd: {name} {warning}"));
         }
-        self.log.log(LogLevel::Info, &format!("passwd: loaded {} users from {name}", table.users.len()));
+        // The first reading is part of loading the plugin (under inetd, at every connection):
+        // debug. A change of the file while running is news: info.
+        let level = if cache.current.is_some() { LogLevel::Info } else { LogLevel::Debug };
+        self.log.log(level, &format!("passwd: loaded {} users from {name}", table.users.len()));
         let table = Arc::new(table);
         cache.current = Some((stamp, Arc::clone(&table)));
         Ok(table)
@@ -208,6 +253,9 @@ struct Account {
     password: Password,
     nologin: bool,
     domains: Vec<String>,
+    /// Dovecot's `allow_nets`: the networks as written; empty when none is
+    /// valid (nobody may then log in as this user).
+    allow_nets: Option<Vec<String>>,
 }
 
 pub enum Password {
@@ -267,14 +315,25 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         return Err(format!("user '{user}' has no password field"));
     }
     let password = parse_password(fields[1]).map_err(|reason| format!("user '{user}': {reason}"))?;
-    let mut account = Account { password, nologin: false, domains: Vec::new() };
+    let mut account = Account { password, nologin: false, domains: Vec::new(), allow_nets: None };
     // As Dovecot: everything after the 7th field, re-joined, is space-separated
     // `key=value` extra fields.
     let extra = if fields.len() > 7 { fields[7..].join(&b':') } else { Vec::new() };
-    for field in String::from_utf8_lossy(&extra).split(' ').filter(|f| !f.is_empty()) {
+    let extra = String::from_utf8_lossy(&extra);
+    let mut after_comma = false;
+    for field in extra.split(' ').filter(|f| !f.is_empty()) {
         let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        // `odmr_domains=a.example, b.example`: the field ended at the space.
+        if std::mem::take(&mut after_comma) && !field.contains('=') {
+            warn(format!(
+                "user '{user}': a space after a comma in odmr_domains ends the field (extra fields are \
+                 separated by spaces), so '{field}' is not collected; write the list without spaces"
+            ));
+            continue;
+        }
         match key {
             "odmr_domains" => {
+                after_comma = value.ends_with(',');
                 for domain in value.split(',').filter(|d| !d.is_empty()) {
                     let domain = domain.to_ascii_lowercase();
                     if !is_valid_domain(&domain) {
@@ -285,7 +344,26 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 }
             }
             "nologin" => account.nologin = true,
-            _ => {}
+            "allow_nets" => {
+                let (nets, invalid) = split_networks(value);
+                for net in invalid {
+                    warn(format!(
+                        "user '{user}': ignoring '{net}' in allow_nets: not an address or address/prefix"
+                    ));
+                }
+                if nets.is_empty() {
+                    warn(format!(
+                        "user '{user}': allow_nets names no valid network; this user cannot log in"
+                    ));
+                }
+                account.allow_nets = Some(nets);
+            }
+            "reason" => {}
+            _ if key.starts_with("userdb_") => {}
+            _ => warn(format!(
+                "user '{user}': extra field '{key}' is not used by odmrd and is ignored \
+                 (known: odmr_domains, allow_nets, nologin, reason, userdb_*)"
+            )),
         }
     }
     Ok((user.to_owned(), account))

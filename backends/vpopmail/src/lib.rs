@@ -15,7 +15,7 @@
 //!   else `vpasswd`), with a small cdb reader of its own ([`cdb`]);
 //! - the account's flag bits ([`flags`]: the `gid` field OR-ed with the
 //!   domain's limits file, as `vlimits_setflags()` does) refuse it when they
-//!   include one of `refuse_flags` (default `NO_SMTP` and `NO_RELAY`);
+//!   include one of `refuse_flags` (default `NO_SMTP`, what vpopmail's own SMTP AUTH refuses);
 //! - CRAM-MD5 is served from the clear-text 8th field; an account without it
 //!   is refused with a log line that says so;
 //! - the domains it may collect are its real domain, that domain's alias

@@ -286,7 +286,10 @@ fn disabled_accounts_are_refused_by_their_flags() {
     let vp = tree.start();
     assert_eq!(vp.lookup_secret("nosmtp@example.com"), Err(Status::Denied));
     assert!(tree.logged("account nosmtp@example.com is disabled: its vpasswd gid field sets NO_SMTP (0x800)"));
-    assert_eq!(vp.lookup_secret("norelay@example.com"), Err(Status::Denied));
+    // NO_RELAY only turns off POP-before-SMTP in vpopmail: not refused by default.
+    assert_eq!(vp.lookup_secret("norelay@example.com"), plain("pw-norelay"));
+    let relay_too = tree.backend(&[("refuse_flags", "NO_SMTP, NO_RELAY")]).unwrap();
+    assert_eq!(relay_too.lookup_secret("norelay@example.com"), Err(Status::Denied));
     assert!(
         tree.logged("account norelay@example.com is disabled: its vpasswd gid field sets NO_RELAY (0x20)")
     );
@@ -311,11 +314,14 @@ fn domain_limits_refuse_every_account_but_v_override() {
     let tree = Tree::standard();
     let vp = tree.start();
     // vpopmail's global default applies when the domain has no file of its own.
+    // `vmoddomlimits -d -g r`: NO_RELAY for every account, which vpopmail's SMTP AUTH ignores.
     std::fs::write(tree.home().join("etc/vlimits.default"), "maxpopaccounts: 100\ndisable_external_relay\n")
         .unwrap();
+    assert_eq!(vp.lookup_secret("customer1@example.com"), plain("S3cret-odmr"));
+    std::fs::write(tree.home().join("etc/vlimits.default"), "maxpopaccounts: 100\ndisable_smtp\n").unwrap();
     assert_eq!(vp.lookup_secret("customer1@example.com"), Err(Status::Denied));
     assert!(
-        tree.logged("account customer1@example.com is disabled: the domain's limits sets NO_RELAY (0x20)")
+        tree.logged("account customer1@example.com is disabled: the domain's limits sets NO_SMTP (0x800)")
     );
     assert_eq!(vp.lookup_secret("override@example.com"), plain("pw-override"));
     // The domain's own .qmailadmin-limits replaces the default.
@@ -558,7 +564,7 @@ fn configuration_is_checked() {
     // The start-up line says what is refused.
     let tree = Tree::standard();
     tree.start();
-    assert!(tree.logged("refused when their flags include NO_RELAY|NO_SMTP (0x820)"), "{:?}", tree.logs());
+    assert!(tree.logged("refused when their flags include NO_SMTP (0x800)"), "{:?}", tree.logs());
 }
 
 // ---------------------------------------------------------------------------

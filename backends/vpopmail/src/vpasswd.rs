@@ -91,7 +91,12 @@ pub fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
     if fields.len() < min {
         return None;
     }
-    let gid = std::str::from_utf8(fields[2]).ok().and_then(|g| g.trim().parse::<u32>().ok()).ok_or(());
+    // An empty gid is 0, as vpopmail's atoi() reads it.
+    let gid = match std::str::from_utf8(fields[2]).map(str::trim) {
+        Ok("") => Ok(0),
+        Ok(g) => g.parse::<u32>().map_err(drop),
+        Err(_) => Err(()),
+    };
     let clear = fields.get(6).filter(|clear| !clear.is_empty()).map(|clear| clear.to_vec());
     let crypted = std::str::from_utf8(fields[0]).ok().filter(|hash| !hash.is_empty()).map(str::to_owned);
     Some(Entry { crypted, gid, clear })
@@ -105,7 +110,7 @@ mod tests {
 
     #[test]
     fn seven_and_eight_field_lines() {
-        let cases: [(&[u8], Expected); 8] = [
+        let cases: [(&[u8], Expected); 9] = [
             (
                 b"$6$x$y:1:0:Customer One:/d/customer1:NOQUOTA:S3cret-odmr",
                 Some((Ok(0), Some(b"S3cret-odmr"))),
@@ -115,6 +120,7 @@ mod tests {
             (b"$1$x$y:1:0:Colons:/d/c:NOQUOTA:a:b::c:", Some((Ok(0), Some(b"a:b::c:")))),
             (b"$1$x$y:1:0:No dir::NOQUOTA", Some((Ok(0), None))),
             (b"$1$x$y:1:x20:Bad gid:/d/b:NOQUOTA:pw", Some((Err(()), Some(b"pw")))),
+            (b"$1$x$y:1::Empty gid:/d/b:NOQUOTA:pw", Some((Ok(0), Some(b"pw")))),
             (b"$1$x$y:1:0:Short:/d/s", None),
             (b"", None),
         ];
