@@ -431,3 +431,49 @@ fn a_crypt_hashed_account_logs_in_with_plain_under_tls_and_not_with_cram_md5() {
     assert!(log.contains("user=hashed result=ok mechanism=PLAIN"), "{log}");
     assert!(!log.contains("hashed-secret"), "no secret in the log: {log}");
 }
+
+/// What `openssl s_client -starttls smtp` makes of the daemon's certificate, trusting `ca`:
+/// (exit success, stdout).
+fn s_client(port: u16, ca: &std::path::Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", SERVER_NAME, "-verify_return_error", "-CAfile"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (Debian's openssl package)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn sighup_with_a_new_certificate_serves_it_to_the_next_handshake_and_spares_a_running_session() {
+    let (old, new) = (Pki::new(), Pki::new());
+    // The configured files, replaced in place as certbot and the like do.
+    let files = tempfile::tempdir().unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(old.path(name), files.path().join(name)).unwrap();
+    }
+    let mut p = Provider::new();
+    p.extra_sections = format!(
+        "[tls]\ncertificate = {}\nkey = {}\n",
+        files.path().join("cert.pem").display(),
+        files.path().join("key.pem").display()
+    );
+    let daemon = Daemon::start(&p.config());
+    assert!(s_client(daemon.port(), &old.path("ca.pem")).0, "{}", daemon.log());
+
+    let mut running = daemon.connect();
+    running.hello();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(new.path(name), files.path().join(name)).unwrap();
+    }
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    daemon.wait_for_log("event=reloaded", Duration::from_secs(20));
+
+    let (trusted, stdout) = s_client(daemon.port(), &new.path("ca.pem"));
+    assert!(trusted && stdout.contains("Verify return code: 0 (ok)"), "{stdout}\n{}", daemon.log());
+    assert!(!s_client(daemon.port(), &old.path("ca.pem")).0, "the old certificate is still served");
+    // The session that was running across the reload goes on.
+    running.command("NOOP", 250);
+    running.command("QUIT", 221);
+}
