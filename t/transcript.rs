@@ -373,7 +373,7 @@ fn a_shifted_reply_behind_the_final_dot_keeps_both_messages_queued() {
     let (_, log) = c.finish();
     assert!(first.exists() && second.exists(), "{log}");
     assert_eq!(p.queued("example.org").len(), 2);
-    assert!(log.contains("queue_id=new/1.m event=kept"), "{log}");
+    assert!(log.contains("event=kept queue_id=new/1.m"), "{log}");
     assert!(!log.contains("status=sent"), "{log}");
 }
 
