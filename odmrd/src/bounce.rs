@@ -82,8 +82,30 @@ fn header_safe(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
+/// What a DSN tells the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The customer's MTA refused the recipients (5xx): `Action: failed`,
+    /// the status from the reply.
+    Refused,
+    /// Held longer than `max_hold` without being collected: `Action:
+    /// failed`, `Status: 4.4.7`, the last reply as the diagnostic if known.
+    Expired,
+    /// Held longer than `delay_warning`: `Action: delayed`, `Status: 4.4.7`,
+    /// with `Will-Retry-Until` when an expiry is set.
+    Delayed {
+        /// When the recipients will expire, if ever.
+        until: Option<SystemTime>,
+    },
+}
+
 /// The complete DSN message, with CRLF line ends.
 pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
+    compose_notice(report, Notice::Refused, now)
+}
+
+/// The complete DSN message for `notice`, with CRLF line ends.
+pub fn compose_notice(report: &Report<'_>, notice: Notice, now: SystemTime) -> Vec<u8> {
     let stamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let id = header_safe(report.queue_id).replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let boundary = format!("odmrd-{stamp:x}-{id}");
@@ -92,7 +114,10 @@ pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
     let mut lines: Vec<String> = vec![
         format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"),
         format!("To: <{}>", header_safe(report.sender)),
-        "Subject: Undelivered Mail Returned to Sender".into(),
+        match notice {
+            Notice::Delayed { .. } => "Subject: Delayed Mail (still being retried)".into(),
+            _ => "Subject: Undelivered Mail Returned to Sender".into(),
+        },
         format!("Date: {date}"),
         format!("Message-ID: <{stamp:x}.{id}@{host}>"),
         "Auto-Submitted: auto-replied".into(),
@@ -106,12 +131,28 @@ pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
         String::new(),
         format!("This is the mail system at {host}."),
         String::new(),
-        "Your message could not be delivered to the following recipients when".into(),
-        "their mail server collected it by On-Demand Mail Relay:".into(),
-        String::new(),
     ];
+    lines.extend(
+        match notice {
+            Notice::Refused => [
+                "Your message could not be delivered to the following recipients when",
+                "their mail server collected it by On-Demand Mail Relay:",
+            ],
+            Notice::Expired => [
+                "Your message could not be delivered to the following recipients: their",
+                "mail server did not collect it (On-Demand Mail Relay) in time:",
+            ],
+            Notice::Delayed { .. } => [
+                "Your message is still waiting for the following recipients' mail server",
+                "to collect it (On-Demand Mail Relay); no action is needed from you yet:",
+            ],
+        }
+        .map(String::from),
+    );
+    lines.push(String::new());
     for failure in report.failures {
-        lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(&failure.reply)));
+        let reply = if failure.reply.is_empty() { "not collected" } else { &failure.reply };
+        lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(reply)));
     }
     lines.extend([
         String::new(),
@@ -123,13 +164,23 @@ pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
         format!("Arrival-Date: {date}"),
     ]);
     for failure in report.failures {
+        let (action, status) = match notice {
+            Notice::Refused => ("failed", status_code(&failure.reply)),
+            Notice::Expired => ("failed", "4.4.7".to_string()),
+            Notice::Delayed { .. } => ("delayed", "4.4.7".to_string()),
+        };
         lines.extend([
             String::new(),
             format!("Final-Recipient: rfc822; {}", header_safe(&failure.recipient)),
-            "Action: failed".into(),
-            format!("Status: {}", status_code(&failure.reply)),
-            format!("Diagnostic-Code: smtp; {}", header_safe(&failure.reply)),
+            format!("Action: {action}"),
+            format!("Status: {status}"),
         ]);
+        if !failure.reply.is_empty() {
+            lines.push(format!("Diagnostic-Code: smtp; {}", header_safe(&failure.reply)));
+        }
+        if let Notice::Delayed { until: Some(until) } = notice {
+            lines.push(format!("Will-Retry-Until: {}", rfc5322_date(until)));
+        }
     }
     lines.push(String::new());
     let mut out = lines.join("\r\n").into_bytes();
@@ -155,13 +206,23 @@ pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
 /// The command's output never reaches our stdout (under inetd that is the
 /// customer's socket). Err carries a reason for the log.
 pub fn submit(sendmail: &[String], report: &Report<'_>) -> Result<(), String> {
+    submit_notice(sendmail, report, Notice::Refused, SystemTime::now())
+}
+
+/// As [`submit`], for `notice`, composed at `now`.
+pub fn submit_notice(
+    sendmail: &[String],
+    report: &Report<'_>,
+    notice: Notice,
+    now: SystemTime,
+) -> Result<(), String> {
     if report.sender.is_empty() {
         return Err("no DSN for the null sender".into());
     }
     let Some((program, args)) = sendmail.split_first() else {
         return Err("[bounce] sendmail is empty".into());
     };
-    let message = compose(report, SystemTime::now());
+    let message = compose_notice(report, notice, now);
     let mut child = Command::new(program)
         .args(args)
         .args(["-i", "-f", "<>", "--", report.sender])

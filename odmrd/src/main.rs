@@ -18,6 +18,8 @@ const EX_CONFIG: u8 = 78;
 const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--check-config]
        odmrd --demo [--listen ADDR:PORT]   start a demo provider with sample mail
        odmrd --cram-md5                    read a password on stdin, print its {CRAM-MD5} entry
+       odmrd [-c FILE] --queue [--json] [DOMAIN...]   list the held mail (reads only)
+       odmrd [-c FILE] --expire [--dry-run]           bounce mail held past [queue] max_hold
 
   -c FILE             configuration file (default /etc/odmrd.ini)
   --inetd             serve one session on stdin/stdout, whatever [server] listen says
@@ -32,6 +34,8 @@ struct Options {
     check_config: bool,
     demo: bool,
     cram_md5: bool,
+    /// `--queue`, `--expire` and their options (odmrd::hold_cli).
+    hold: Option<odmrd::hold_cli::Command>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -47,6 +51,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
             "--check-config" => options.check_config = true,
             "--demo" => options.demo = true,
             "--cram-md5" => options.cram_md5 = true,
+            "--queue" | "--expire" | "--json" | "--dry-run" | "--by-account" => {
+                odmrd::hold_cli::Command::parse_flag(&mut options.hold, &arg)?
+            }
+            domain if options.hold.is_some() && !domain.starts_with('-') => {
+                odmrd::hold_cli::Command::parse_domain(&mut options.hold, domain)?
+            }
             "-h" | "--help" => return Err(String::new()),
             "-V" | "--version" => {
                 println!("odmrd {}", env!("CARGO_PKG_VERSION"));
@@ -57,6 +67,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     }
     if options.inetd && options.listen.is_some() {
         return Err("--inetd and --listen exclude each other".into());
+    }
+    if let Some(command) = &options.hold {
+        command.check()?;
+        if options.inetd || options.listen.is_some() || options.check_config || options.demo {
+            return Err("--queue and --expire take only -c and their own options".into());
+        }
     }
     if options.demo && (options.config.is_some() || options.inetd) {
         return Err("--demo makes its own configuration; it takes only --listen".into());
@@ -86,7 +102,8 @@ fn main() -> ExitCode {
     // a session thread that panics ends that session only.
     std::panic::set_hook(Box::new(|info| log::error(&format!("event=panic {info}"))));
 
-    let inetd = options.inetd || (options.listen.is_none() && !options.demo && server::stdin_is_socket());
+    let inetd = options.inetd
+        || (options.listen.is_none() && !options.demo && options.hold.is_none() && server::stdin_is_socket());
     let path = if options.demo {
         match demo::prepare(options.listen) {
             Ok(path) => path,
@@ -127,7 +144,7 @@ fn main() -> ExitCode {
     }
     let hostname = config.server.hostname.clone();
 
-    let listener = match (config.server.listen, options.check_config) {
+    let listener = match (config.server.listen, options.check_config || options.hold.is_some()) {
         (Some(addr), false) => match server::bind(addr, config.server.listen_backlog) {
             Ok(listener) => Some(listener),
             Err(e) => return fail_start(&format!("cannot listen on {addr}: {e}"), EX_UNAVAILABLE, &hostname),
@@ -147,8 +164,15 @@ fn main() -> ExitCode {
         println!("{}: configuration OK", path.display());
         return ExitCode::SUCCESS;
     }
+    if let Some(command) = &options.hold {
+        return ExitCode::from(command.run(&config, &backends));
+    }
     let result = match listener {
-        Some(listener) => server::run_standalone(Arc::new(config), backends, listener),
+        Some(listener) => {
+            let config = Arc::new(config);
+            odmrd::expire::spawn_periodic(Arc::clone(&config), backends.queue.clone());
+            server::run_standalone(config, backends, listener)
+        }
         None => server::run_inetd(&config, &backends).map(drop),
     };
     match result {

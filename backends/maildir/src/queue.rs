@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
-use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
 use odmr_api::params::eight_bit_in;
 use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
@@ -209,7 +209,7 @@ fn load(config: &Config, spool: &Spool, entry: &Entry) -> Result<(File, Parsed),
     let mut parsed = envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?;
     if matches!(&parsed.layout, Layout::Headers { source, .. } if source.name == "Envelope-to") {
         let ours = |address: &str| {
-            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            let domain = domain_of(address).unwrap_or("");
             config.maildir(domain).is_ok_and(|path| path == spool.path)
         };
         parsed.recipients.retain(|r| ours(&r.address));
