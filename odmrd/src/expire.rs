@@ -29,6 +29,7 @@ use crate::listing;
 use crate::locks::{DomainLocks, LockError};
 use crate::log;
 use odmr_api::host::{MailQueue, QueueCursor};
+use odmr_api::params::Notify;
 use odmr_api::{Envelope, Outcome, Status};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -239,20 +240,15 @@ impl Pass<'_> {
     /// Bounce every offered recipient of an expired message, then remove them.
     fn expire(&mut self, cursor: &mut QueueCursor, domain: &str, envelope: &Envelope) {
         let id = &envelope.id;
+        let wants = |i: usize| envelope.recipient_details(i).notify.on_failure();
         let failures: Vec<Failure> = (0..envelope.recipients.len())
-            .filter(|&i| envelope.recipient_details(i).notify.on_failure())
+            .filter(|&i| wants(i))
             .map(|i| Failure {
                 recipient: envelope.recipients[i].clone(),
                 reply: self.last_reply(domain, id, &envelope.recipients[i]),
             })
             .collect();
-        let dsn = if envelope.sender.is_empty() {
-            "none (null sender)".to_string()
-        } else if failures.is_empty() {
-            "none (NOTIFY)".to_string()
-        } else if self.dry_run {
-            format!("would be sent to <{}>", envelope.sender)
-        } else {
+        if !self.dry_run && !envelope.sender.is_empty() && !failures.is_empty() {
             let headers = original_headers(cursor);
             let report = Report {
                 reporting_host: &self.config.server.hostname,
@@ -267,9 +263,14 @@ impl Pass<'_> {
                 return self.problem(&format!("domain={domain} id={id} expired but kept: DSN failed: {why}"));
             }
             self.summary.failure_dsns += 1;
-            format!("sent to <{}>", envelope.sender)
-        };
-        for rcpt in &envelope.recipients {
+        }
+        for (i, rcpt) in envelope.recipients.iter().enumerate() {
+            let dsn = match envelope.recipient_details(i).notify {
+                _ if envelope.sender.is_empty() => "none (null sender)".to_string(),
+                notify if notify == Notify::NEVER => "none (NOTIFY=NEVER)".to_string(),
+                _ if !wants(i) => "none (NOTIFY without FAILURE)".to_string(),
+                _ => format!("to <{}>", envelope.sender),
+            };
             self.say(&format!("domain={domain} id={id} to={rcpt} status=expired dsn={dsn}"));
         }
         if self.dry_run {
