@@ -105,6 +105,18 @@ pub struct AuthConfig {
     pub max_failures: u32,
     /// Key `failure_delay`, seconds (decimals allowed), default 1.
     pub failure_delay: Duration,
+    /// Key `address_penalty`, seconds (decimals allowed), default 2: after a failure from a client
+    /// address, its next AUTH waits this long, doubling with each further failure (0: no penalty).
+    /// See [`crate::throttle`].
+    pub address_penalty: Duration,
+    /// Key `address_max_penalty`, seconds (decimals allowed), default 15, at least
+    /// `address_penalty`: where the doubling stops.
+    pub address_max_penalty: Duration,
+    /// Key `address_max_failures`, default 20, at least 1: failed AUTH attempts from one client
+    /// address per window; beyond them the address gets 421 until the window ends.
+    pub address_max_failures: u32,
+    /// Key `address_failure_window`, whole seconds, default 3600, at least 1.
+    pub address_failure_window: Duration,
 }
 
 impl Default for AuthConfig {
@@ -113,6 +125,10 @@ impl Default for AuthConfig {
             mechanisms: vec!["CRAM-MD5".to_string()],
             max_failures: 3,
             failure_delay: Duration::from_secs(1),
+            address_penalty: Duration::from_secs(2),
+            address_max_penalty: Duration::from_secs(15),
+            address_max_failures: 20,
+            address_failure_window: Duration::from_secs(3600),
         }
     }
 }
@@ -238,7 +254,15 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_grace",
     "listen_backlog",
 ];
-const AUTH_KEYS: &[&str] = &["mechanisms", "max_failures", "failure_delay"];
+const AUTH_KEYS: &[&str] = &[
+    "mechanisms",
+    "max_failures",
+    "failure_delay",
+    "address_penalty",
+    "address_max_penalty",
+    "address_max_failures",
+    "address_failure_window",
+];
 const BOUNCE_KEYS: &[&str] = &["sendmail"];
 const LOG_KEYS: &[&str] = &["syslog", "stderr", "level"];
 const MECHANISMS: &[&str] = &["CRAM-MD5", "PLAIN", "LOGIN"];
@@ -512,13 +536,24 @@ fn parse_auth(ctx: &Ctx, properties: Option<&Properties>) -> Result<AuthConfig, 
         let fail = |message: String| ctx.error("auth", Some(key), message);
         match key {
             "mechanisms" => auth.mechanisms = parse_mechanisms(value).map_err(fail)?,
-            "max_failures" => {
-                let n = parse_count(value).map_err(&fail)?;
-                auth.max_failures = u32::try_from(n).map_err(|_| fail(format!("{value:?} is too large")))?;
-            }
+            "max_failures" => auth.max_failures = parse_count_u32(value).map_err(fail)?,
             "failure_delay" => auth.failure_delay = parse_seconds(value).map_err(fail)?,
+            "address_penalty" => auth.address_penalty = parse_seconds(value).map_err(fail)?,
+            "address_max_penalty" => auth.address_max_penalty = parse_seconds(value).map_err(fail)?,
+            "address_max_failures" => auth.address_max_failures = parse_count_u32(value).map_err(fail)?,
+            "address_failure_window" => {
+                auth.address_failure_window = parse_whole_seconds(value).map_err(fail)?
+            }
             _ => return Err(ctx.unknown_key("auth", key, AUTH_KEYS)),
         }
+    }
+    if auth.address_max_penalty < auth.address_penalty {
+        let message = format!(
+            "{}s is less than address_penalty ({}s)",
+            auth.address_max_penalty.as_secs_f64(),
+            auth.address_penalty.as_secs_f64()
+        );
+        return Err(ctx.error("auth", Some("address_max_penalty"), message));
     }
     Ok(auth)
 }
@@ -687,6 +722,11 @@ fn parse_count(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{value:?} is too large")),
     }
+}
+
+/// A whole number, at least 1, that fits in 32 bits.
+fn parse_count_u32(value: &str) -> Result<u32, String> {
+    u32::try_from(parse_count(value)?).map_err(|_| format!("{value:?} is too large"))
 }
 
 /// Whole seconds, at least 1.
@@ -932,6 +972,10 @@ plugin = builtin:maildir
         assert_eq!(config.auth.mechanisms, vec!["CRAM-MD5"]);
         assert_eq!(config.auth.max_failures, 3);
         assert_eq!(config.auth.failure_delay, Duration::from_secs(1));
+        assert_eq!(config.auth.address_penalty, Duration::from_secs(2));
+        assert_eq!(config.auth.address_max_penalty, Duration::from_secs(15));
+        assert_eq!(config.auth.address_max_failures, 20);
+        assert_eq!(config.auth.address_failure_window, Duration::from_secs(3600));
         assert!(config.credentials.settings.is_empty());
         assert_eq!(config.bounce.sendmail, vec!["/usr/sbin/sendmail"]);
         assert_eq!(facility(&config.log), Some(syslog::Facility::LOG_MAIL as i32));
@@ -975,6 +1019,16 @@ plugin = builtin:maildir
             ("auth", "failure_delay = 0", |c| c.auth.failure_delay.is_zero()),
             ("auth", "failure_delay = 2.", |c| c.auth.failure_delay == Duration::from_secs(2)),
             ("auth", "max_failures: 5", |c| c.auth.max_failures == 5),
+            ("auth", "address_penalty = 0\naddress_max_penalty = 0", |c| {
+                c.auth.address_penalty.is_zero() && c.auth.address_max_penalty.is_zero()
+            }),
+            ("auth", "address_penalty = 0.5\naddress_max_penalty = 0.5", |c| {
+                c.auth.address_max_penalty == Duration::from_millis(500)
+            }),
+            ("auth", "address_max_failures = 5", |c| c.auth.address_max_failures == 5),
+            ("auth", "address_failure_window = 600", |c| {
+                c.auth.address_failure_window == Duration::from_secs(600)
+            }),
             ("bounce", "sendmail = /usr/sbin/sendmail -i  -t", |c| {
                 c.bounce.sendmail == vec!["/usr/sbin/sendmail", "-i", "-t"]
             }),
@@ -1138,6 +1192,35 @@ plugin = builtin:maildir
             bad(&in_section("auth", "failure_delay = ."), Some(6), a, Some("failure_delay"), "seconds"),
             bad(&in_section("auth", "failure_delay = inf"), Some(6), a, Some("failure_delay"), "seconds"),
             bad(&in_section("auth", "delay = 1"), Some(6), a, Some("delay"), "unknown key"),
+            bad(&in_section("auth", "address_penalty = 2s"), Some(6), a, Some("address_penalty"), "seconds"),
+            bad(
+                &in_section("auth", "address_penalty = 20"),
+                Some(5),
+                a,
+                Some("address_max_penalty"),
+                "less than address_penalty",
+            ),
+            bad(
+                &in_section("auth", "address_penalty = 4\naddress_max_penalty = 3"),
+                Some(7),
+                a,
+                Some("address_max_penalty"),
+                "less than address_penalty",
+            ),
+            bad(
+                &in_section("auth", "address_max_failures = 0"),
+                Some(6),
+                a,
+                Some("address_max_failures"),
+                "at least 1",
+            ),
+            bad(
+                &in_section("auth", "address_failure_window = 0.5"),
+                Some(6),
+                a,
+                Some("address_failure_window"),
+                "whole number",
+            ),
             bad(
                 &in_section("bounce", "sendmail ="),
                 Some(6),

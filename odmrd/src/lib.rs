@@ -18,4 +18,5 @@ pub mod relay;
 pub mod sasl;
 pub mod server;
 pub mod session;
+pub mod throttle;
 pub mod verdict;

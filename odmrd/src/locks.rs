@@ -56,15 +56,7 @@ impl DomainLocks {
             }
             let path = directory.join(format!("{domain}.lock"));
             let io_error = |e: io::Error| LockError::Io(path.display().to_string(), e);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o640)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(io_error)?;
+            let file = open_lock_file(&path).map_err(io_error)?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => held.push(lock),
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(LockError::Busy(domain.clone())),
@@ -73,6 +65,19 @@ impl DomainLocks {
         }
         Ok(DomainLocks { _held: held })
     }
+}
+
+/// Open `path` read-write for `flock`, creating it (mode 0640) and never
+/// following a symbolic link there.
+pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
 }
 
 #[cfg(test)]

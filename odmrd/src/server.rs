@@ -3,7 +3,9 @@
 //!
 //! This module owns the listening socket (with a backlog that lets a burst of
 //! customers queue), the session limits (`max_sessions`,
-//! `max_sessions_per_ip`, answered with 421), running out of file descriptors
+//! `max_sessions_per_ip`, answered with 421), where the AUTH throttle of
+//! [`crate::throttle`] lives (in memory standalone, a state file under inetd)
+//! and its refusals at connect, running out of file descriptors
 //! (a reserve descriptor so that excess clients still get 421; accept backs
 //! off and the condition is logged once per interval), SIGTERM/SIGINT (stop
 //! accepting, let running sessions finish within `shutdown_grace`, then close
@@ -17,6 +19,7 @@ use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
 use crate::session;
+use crate::throttle::{Gate, Refusal, Throttle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
@@ -41,10 +44,25 @@ pub fn stdin_is_socket() -> bool {
     crate::conn::fd_is_socket(0)
 }
 
-/// inetd mode: serve exactly one session on standard input and output.
+/// inetd mode: serve exactly one session on standard input and output, the
+/// AUTH throttle shared with the other inetd processes through its state file.
 pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
-    let wire = Stdio::take()?;
-    Ok(session::serve(config, backends, wire, stdin_peer()))
+    let mut wire = Stdio::take()?;
+    let peer = stdin_peer();
+    let throttle = Throttle::in_file(&config.auth, &config.server.lock_directory);
+    if let Some(refusal) = peer.and_then(|ip| throttle.on_connect(ip)) {
+        refuse_throttled(&mut wire, &config.server.hostname, peer, refusal);
+        return Ok(session::End::Refused);
+    }
+    Ok(session::serve_gated(config, backends, wire, peer, &Gate::new(&throttle, peer, &std::thread::sleep)))
+}
+
+/// Log a refusal at connect by the throttle and answer 421.
+fn refuse_throttled(out: &mut impl Write, hostname: &str, peer: Option<IpAddr>, refusal: Refusal) {
+    let client = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    log::warn(&format!("event=throttle client={client} stage=connect {refusal}"));
+    let _ = out.write_all(proto::reply(421, &format!("{hostname} {}", refusal.reply_text())).as_bytes());
+    let _ = out.flush();
 }
 
 /// Tell an inetd client that the service cannot start (before exiting).
@@ -111,6 +129,10 @@ pub fn drop_privileges(user: &str) -> Result<(), String> {
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Of `total`, those waiting out an AUTH delay: they keep their place in
+    /// `per_ip` but not in `max_sessions`, so guessers waiting out their
+    /// penalties cannot crowd out other addresses.
+    waiting: usize,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -135,7 +157,7 @@ impl Limits {
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let mut counts = self.counts();
-        if counts.total >= self.max_total {
+        if counts.total - counts.waiting >= self.max_total {
             return Err("too many sessions");
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
@@ -158,6 +180,16 @@ impl Limits {
             counts = self.idle.wait_timeout(counts, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
         true
+    }
+}
+
+impl Slot {
+    /// Sleep `duration` outside of the `max_sessions` count (still counted per
+    /// address, and by the shutdown's wait for running sessions).
+    fn wait(&self, duration: Duration) {
+        self.limits.counts().waiting += 1;
+        std::thread::sleep(duration);
+        self.limits.counts().waiting -= 1;
     }
 }
 
@@ -204,6 +236,7 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
+    let throttle = Arc::new(Throttle::in_memory(&config.auth));
     let open = Arc::new(OpenConnections::default());
     let mut acceptor = Acceptor::new(&config.server.hostname);
     log::info(&format!(
@@ -232,7 +265,7 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
             match listener.accept() {
                 Ok((stream, peer)) => {
                     acceptor.recovered();
-                    start_session(&config, &backends, &limits, &open, stream, peer.ip());
+                    start_session(&config, &backends, &limits, &throttle, &open, stream, peer.ip());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -432,10 +465,18 @@ fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
+    throttle: &Arc<Throttle>,
     open: &Arc<OpenConnections>,
     stream: TcpStream,
     ip: IpAddr,
 ) {
+    // Before taking a place or a thread: a capped guesser costs one reply.
+    if let Some(refusal) = throttle.on_connect(ip) {
+        let mut stream = stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        refuse_throttled(&mut stream, &config.server.hostname, Some(ip), refusal);
+        return;
+    }
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
         Err(why) => {
@@ -451,10 +492,11 @@ fn start_session(
         return;
     }
     let stream = open.track(stream);
-    let (config, backends) = (Arc::clone(config), backends.clone());
+    let (config, backends, throttle) = (Arc::clone(config), backends.clone(), Arc::clone(throttle));
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
-        let _slot = slot;
-        session::serve(&config, &backends, stream, Some(ip));
+        let wait = |duration| slot.wait(duration);
+        let gate = Gate::new(&throttle, Some(ip), &wait);
+        session::serve_gated(&config, &backends, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));

@@ -15,6 +15,7 @@ use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
 use crate::sasl;
+use crate::throttle::{Decision, Gate, Refusal};
 use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
@@ -62,15 +63,33 @@ struct Session<'a, W: Wire> {
     splitter: LineSplitter,
     user: Option<String>,
     failures: u32,
+    /// The client's address as logged (`client=`).
+    client: String,
+    /// Authentication throttling across connections.
+    gate: &'a Gate<'a>,
 }
 
-/// Serve one session on `wire` from the peer `peer` (None when unknown).
+/// Serve one session on `wire` from the peer `peer` (None when unknown),
+/// without throttling across connections.
 pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Option<IpAddr>) -> End {
+    serve_gated(config, backends, wire, peer, &Gate::open())
+}
+
+/// Serve one session, its AUTH attempts throttled through `gate`.
+pub fn serve_gated<W: Wire>(
+    config: &Config,
+    backends: &Backends,
+    wire: W,
+    peer: Option<IpAddr>,
+    gate: &Gate<'_>,
+) -> End {
     let id = new_session_id();
     let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
     let mut session = Session {
         config,
         backends,
+        client: client.clone(),
+        gate,
         conn: Conn::new(wire, config.server.idle_timeout),
         splitter: LineSplitter::new(MAX_COMMAND_LINE),
         id,
@@ -215,6 +234,17 @@ impl<W: Wire> Session<'_, W> {
             self.reply(501, "CRAM-MD5 takes no initial response")?;
             return Ok(None);
         }
+        match self.gate.attempt() {
+            Decision::Proceed { wait: 0 } => {}
+            Decision::Proceed { wait } => {
+                self.log(&format!("event=throttle client={} decision=wait wait_ms={wait}", self.client));
+                self.gate.wait(std::time::Duration::from_millis(wait));
+                if let Some(refusal) = self.gate.after_wait() {
+                    return self.refuse_throttled(refusal);
+                }
+            }
+            Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
+        }
         let challenge = sasl::new_challenge(&self.config.server.hostname);
         {
             use base64::Engine as _;
@@ -244,6 +274,7 @@ impl<W: Wire> Session<'_, W> {
         match self.verify(&user, &challenge, &digest) {
             Ok(()) => {
                 self.log(&format!("event=auth user={user} result=ok mechanism=CRAM-MD5"));
+                self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
                 Ok(None)
@@ -259,7 +290,11 @@ impl<W: Wire> Session<'_, W> {
                     "event=auth user={user} result=failed reason={reason} failures={}",
                     self.failures
                 ));
-                std::thread::sleep(self.config.auth.failure_delay);
+                let capped = self.gate.failed();
+                self.gate.wait(self.config.auth.failure_delay);
+                if let Some(refusal) = capped {
+                    return self.refuse_throttled(refusal);
+                }
                 if self.failures >= self.config.auth.max_failures {
                     self.reply(421, "Too many authentication failures, closing connection")?;
                     return Ok(Some(End::Refused));
@@ -268,6 +303,13 @@ impl<W: Wire> Session<'_, W> {
                 Ok(None)
             }
         }
+    }
+
+    /// The throttle refuses this client's AUTH: log, 421, end.
+    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
+        self.log(&format!("event=throttle client={} {refusal}", self.client));
+        self.reply(421, refusal.reply_text())?;
+        Ok(Some(End::Refused))
     }
 
     fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {

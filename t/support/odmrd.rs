@@ -5,7 +5,8 @@
 //! - [`start_inetd`]: `odmrd --inetd -c CONFIG` with fds 0 and 1 on one end of
 //!   a socketpair (as inetd would), the test holding the other end
 //!   ([`start_inetd_command`] for a command prepared by the caller,
-//!   [`spawn_inetd_on`] for any socket);
+//!   [`spawn_inetd_on`] for any socket, [`start_inetd_from`] for a TCP
+//!   connection from a given loopback address);
 //! - [`Daemon`]: a standalone `odmrd -c CONFIG --listen 127.0.0.1:PORT` on a
 //!   free port, with its log captured, stopped by SIGTERM;
 //! - [`shared_object`]: the in-tree Rust plugins built as cdylibs, by file name;
@@ -182,6 +183,18 @@ pub fn start_inetd(config: &Path) -> Client {
 pub fn start_inetd_command(command: Command) -> Client {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let child = spawn_inetd_on(command, theirs);
+    ours.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let reader = Box::new(ours.try_clone().unwrap());
+    Client::new(Box::new(ours), reader, Some(child))
+}
+
+/// Start `odmrd --inetd -c config` on a real TCP connection from the loopback
+/// address `source` (so odmrd sees that peer address on fd 0).
+pub fn start_inetd_from(config: &Path, source: &str) -> Client {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = connect_from(source, listener.local_addr().unwrap().port());
+    let (theirs, _) = listener.accept().unwrap();
+    let child = spawn_inetd_on(odmrd_command(config), theirs);
     ours.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     let reader = Box::new(ours.try_clone().unwrap());
     Client::new(Box::new(ours), reader, Some(child))
