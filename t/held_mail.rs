@@ -9,15 +9,14 @@
 mod support;
 
 use nix::fcntl::{Flock, FlockArg};
+use odmr_api::testing::{tree_snapshot, EntryState};
 use odmrd::backend::Backends;
 use odmrd::config::Config;
 use odmrd::expire::{self, Summary};
 use odmrd::locks::DomainLocks;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::odmrd::{odmrd_command, Client, Provider, PASSWORD, USER};
@@ -56,25 +55,6 @@ fn exim_envelope_to_file() -> Vec<u8> {
     file
 }
 
-/// Every file under `root` with its bytes, mode and modification time.
-fn snapshot(root: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64)> {
-    let mut all = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for item in fs::read_dir(&dir).unwrap() {
-            let path = item.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let key = path.strip_prefix(root).unwrap().display().to_string();
-            let bytes = if meta.is_file() { fs::read(&path).unwrap() } else { Vec::new() };
-            all.insert(key, (bytes, meta.mode(), meta.mtime()));
-            if meta.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    all
-}
-
 fn queue_listing(provider: &Provider, args: &[&str]) -> String {
     let output =
         odmrd_command(&provider.config()).arg("--queue").args(args).stdin(Stdio::null()).output().unwrap();
@@ -102,7 +82,7 @@ fn the_listing_shows_exactly_what_is_held_and_changes_no_byte() {
     );
     provider.queue("example.org", "junk", "not mail at all\n");
     let spool = provider.path().join("spool");
-    let before = snapshot(&spool);
+    let before = tree_snapshot(&spool);
 
     let text = queue_listing(&provider, &[]);
     assert!(text.contains("example.net: 1 message(s), 1 recipient(s), "), "{text}");
@@ -137,7 +117,7 @@ fn the_listing_shows_exactly_what_is_held_and_changes_no_byte() {
         ),
         "{json}"
     );
-    assert_eq!(snapshot(&spool), before, "the listing changed the spool");
+    assert_eq!(tree_snapshot(&spool), before, "the listing changed the spool");
 }
 
 /// ATRN for example.org, as the test's customer; the reply line.
@@ -254,15 +234,15 @@ fn expiry_bounces_exactly_the_expired_recipients_and_warns_once() {
     // --dry-run: says it all, changes no message and sends nothing. (It
     // takes the locks a collection takes, so it may create their files.)
     let spool = provider.path().join("spool");
-    let messages = |all: BTreeMap<String, (Vec<u8>, u32, i64)>| {
+    let messages = |all: BTreeMap<String, EntryState>| {
         all.into_iter().filter(|(k, _)| k.contains("/new/") || k.contains("/cur/")).collect::<Vec<_>>()
     };
-    let before = messages(snapshot(&spool));
+    let before = messages(tree_snapshot(&spool));
     let (summary, out) = pass(&config, &backends, now, true);
     assert_eq!((summary.expired, summary.delay_dsns), (5, 1), "{out}");
     assert!(out.contains(&format!("dry-run domain=example.org id=new/{T0}.M1P1.provider to=a2@example.org status=expired dsn=none (NOTIFY=NEVER)\n")), "{out}");
     assert!(out.contains(&format!("dry-run domain=example.org id=new/{T0}.M1P1.provider to=a3@example.org status=expired dsn=to <alice@sender.example>\n")), "{out}");
-    assert_eq!(messages(snapshot(&spool)), before);
+    assert_eq!(messages(tree_snapshot(&spool)), before);
     assert!(provider.sendmail.calls().is_empty());
 
     // A collection holds example.net: its message is not touched.

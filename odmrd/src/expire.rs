@@ -229,6 +229,25 @@ impl Pass<'_> {
         }
     }
 
+    /// Submit a DSN of `notice` about `failures` of the cursor's current message.
+    fn submit(
+        &self,
+        cursor: &mut QueueCursor,
+        envelope: &Envelope,
+        failures: &[Failure],
+        notice: Notice,
+    ) -> Result<(), String> {
+        let headers = original_headers(cursor);
+        let report = Report {
+            reporting_host: &self.config.server.hostname,
+            queue_id: &envelope.id,
+            sender: &envelope.sender,
+            failures,
+            original_headers: &headers,
+        };
+        bounce::submit_notice(&self.config.bounce.sendmail, &report, notice, self.now)
+    }
+
     /// The last reply that deferred `rcpt`, if the queue knows it.
     fn last_reply(&self, domain: &str, id: &str, rcpt: &str) -> String {
         self.last_replies
@@ -249,17 +268,7 @@ impl Pass<'_> {
             })
             .collect();
         if !self.dry_run && !envelope.sender.is_empty() && !failures.is_empty() {
-            let headers = original_headers(cursor);
-            let report = Report {
-                reporting_host: &self.config.server.hostname,
-                queue_id: id,
-                sender: &envelope.sender,
-                failures: &failures,
-                original_headers: &headers,
-            };
-            if let Err(why) =
-                bounce::submit_notice(&self.config.bounce.sendmail, &report, Notice::Expired, self.now)
-            {
+            if let Err(why) = self.submit(cursor, envelope, &failures, Notice::Expired) {
                 return self.problem(&format!("domain={domain} id={id} expired but kept: DSN failed: {why}"));
             }
             self.summary.failure_dsns += 1;
@@ -324,20 +333,7 @@ impl Pass<'_> {
             (Some(t), Some(max)) => Some(UNIX_EPOCH + Duration::from_secs(t) + max),
             _ => None,
         };
-        let headers = original_headers(cursor);
-        let report = Report {
-            reporting_host: &self.config.server.hostname,
-            queue_id: id,
-            sender: &envelope.sender,
-            failures: &delayed,
-            original_headers: &headers,
-        };
-        match bounce::submit_notice(
-            &self.config.bounce.sendmail,
-            &report,
-            Notice::Delayed { until },
-            self.now,
-        ) {
+        match self.submit(cursor, envelope, &delayed, Notice::Delayed { until }) {
             Ok(()) => self.summary.delay_dsns += 1,
             Err(why) => {
                 self.problem(&format!("domain={domain} id={id} delay DSN failed (not retried): {why}"))

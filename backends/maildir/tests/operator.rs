@@ -6,12 +6,11 @@ mod common;
 
 use common::*;
 use nix::fcntl::{Flock, FlockArg};
+use odmr_api::testing::tree_snapshot;
 use odmr_api::{Cursor, Host, Instance, Listed, Outcome, Queue, Status};
 use odmr_backend_maildir::Maildir;
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 fn instance(spool: &Spool) -> Maildir {
     Maildir::new(Host::detached(), &spool.config(&[])).unwrap()
@@ -109,28 +108,6 @@ fn a_busy_seriallock_on_the_only_domain_with_mail_is_a_temporary_failure() {
     assert!(q.open(&domains(&["a.example"])).unwrap().next_message().unwrap().is_some());
 }
 
-/// Every file under `root` with its bytes, mode and modification time.
-fn snapshot(root: &Path) -> BTreeMap<String, (Vec<u8>, u32, i64, i64)> {
-    let mut all = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for item in fs::read_dir(&dir).unwrap() {
-            let path = item.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let key = path.strip_prefix(root).unwrap().display().to_string();
-            if meta.is_dir() {
-                stack.push(path);
-                all.insert(key, (Vec::new(), meta.mode(), 0, 0));
-            } else if meta.is_file() {
-                all.insert(key, (fs::read(&path).unwrap(), meta.mode(), meta.mtime(), meta.mtime_nsec()));
-            } else {
-                all.insert(key, (Vec::new(), meta.mode(), meta.mtime(), 0));
-            }
-        }
-    }
-    all
-}
-
 #[derive(Debug, PartialEq)]
 enum Row {
     Message { domain: String, id: String, sender: String, recipients: Vec<String>, arrival: i64 },
@@ -163,18 +140,10 @@ fn the_listing_reads_under_a_held_seriallock_and_changes_no_byte() {
     spool.put("example.net", "new/b", b"MAIL FROM:<>\nRCPT TO:<z@example.net>\nDATA\n.\n", 7);
     fs::write(spool.maildir("example.org").join("tmp/1.M1P1Q1.odmrd-rewrite"), b"leftover").unwrap();
     fs::create_dir(spool.root.path().join("not a domain")).unwrap();
-    let before = snapshot(spool.root.path());
     // A collection holds example.org: the listing neither waits nor fails.
     let file = fs::File::create(spool.root.path().join("example.org/seriallock")).unwrap();
     let _held = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap();
-    let before_lock = {
-        let mut b = before.clone();
-        b.insert(
-            "example.org/seriallock".into(),
-            snapshot(spool.root.path())["example.org/seriallock"].clone(),
-        );
-        b
-    };
+    let before = tree_snapshot(spool.root.path());
     let q = instance(&spool);
     let every = listing(&q, &[]);
     assert_eq!(
@@ -199,5 +168,5 @@ fn the_listing_reads_under_a_held_seriallock_and_changes_no_byte() {
     );
     assert_eq!(listing(&q, &["EXAMPLE.NET"]).len(), 1);
     assert!(listing(&q, &["never-delivered.example"]).is_empty());
-    assert_eq!(snapshot(spool.root.path()), before_lock, "the listing changed the spool");
+    assert_eq!(tree_snapshot(spool.root.path()), before, "the listing changed the spool");
 }
