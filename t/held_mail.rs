@@ -131,12 +131,13 @@ fn atrn(provider: &Provider) -> String {
 #[test]
 fn a_customer_is_told_453_only_when_nothing_is_held() {
     let provider = Provider::new();
-    // No spool root at all: `directory` has a typo, or the spool is not mounted.
-    assert!(atrn(&provider).starts_with("451 "), "missing spool root");
-
     // The root exists, example.org has never received mail: truly nothing.
-    fs::create_dir_all(provider.path().join("spool/example.net")).unwrap();
     assert!(atrn(&provider).starts_with("453 "), "granted domain without a maildir yet");
+
+    // No spool root at all: `directory` has a typo, or the spool is not mounted.
+    fs::remove_dir(provider.path().join("spool")).unwrap();
+    assert!(atrn(&provider).starts_with("451 "), "missing spool root");
+    fs::create_dir(provider.path().join("spool")).unwrap();
 
     // Only files odmrd cannot parse.
     let junk = provider.queue("example.org", "junk", "garbage\n");

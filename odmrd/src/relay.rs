@@ -396,7 +396,11 @@ impl<W: Wire> Relay<'_, '_, W> {
             }
         }
 
-        let recorded = outcomes.iter().enumerate().all(|(i, &o)| cursor.set_outcome(i, o).is_ok());
+        // With the reply, so that a queue may keep why a recipient was deferred (`--queue`).
+        let recorded = outcomes
+            .iter()
+            .enumerate()
+            .all(|(i, &o)| cursor.set_outcome_with_reply(i, o, &verdicts[i].text()).is_ok());
         let committed = recorded && cursor.commit().is_ok();
         for (i, (rcpt, outcome)) in envelope.recipients.iter().zip(&outcomes).enumerate() {
             let status = match (outcome, committed) {

@@ -77,6 +77,9 @@ impl Provider {
             ),
         )
         .unwrap();
+        // The spool root exists, as the package's tmpfiles.d creates /var/spool/odmr: a
+        // domain's maildir then appears with its first message (a missing root is a 451).
+        std::fs::create_dir(dir.path().join("spool")).unwrap();
         let d = dir.path().display().to_string();
         Provider {
             sendmail,

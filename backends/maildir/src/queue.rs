@@ -10,6 +10,7 @@
 
 use crate::body::{Body, Unstuffer};
 use crate::config::Config;
+use crate::deferred;
 use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
@@ -386,7 +387,13 @@ impl Queue for Maildir {
                             continue;
                         }
                         let envelope = envelope_of(entry, &Selected { file, parsed, offered });
-                        report(Listed::Message { domain, envelope: &envelope, last_replies: &[] });
+                        let recorded = deferred::read(&spool.path, &entry.id);
+                        let last_replies: Vec<String> = envelope
+                            .recipients
+                            .iter()
+                            .map(|r| recorded.get(r).cloned().unwrap_or_default())
+                            .collect();
+                        report(Listed::Message { domain, envelope: &envelope, last_replies: &last_replies });
                     }
                     Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => unreadable(report, &entry.id, e.to_string()),
@@ -429,11 +436,34 @@ struct Current {
     /// A second handle on the same open file, for positional copies in a rewrite.
     file: File,
     committed: bool,
+    /// The customer's replies to deferred recipients, by address.
+    deferred: std::collections::BTreeMap<String, String>,
 }
 
 impl MaildirCursor {
     fn log(&self, level: LogLevel, msg: &str) {
         self.host.log(level, &format!("maildir: {msg}"));
+    }
+
+    /// Update the current message's [`deferred`] record: the replies given
+    /// now replace older ones, recipients now done leave it. Information
+    /// only: a failure is logged and changes nothing else.
+    fn record_deferrals(&mut self) {
+        let Some(current) = self.current.as_mut().filter(|c| !c.committed) else { return };
+        let done: Vec<&str> =
+            current.outcomes.finished().map(|i| current.parsed.recipients[i].address.as_str()).collect();
+        let maildir = &self.spools[current.spool].path;
+        let old = deferred::read(maildir, &current.entry.id);
+        if current.deferred.is_empty() && done.iter().all(|a| !old.contains_key(*a)) {
+            return;
+        }
+        let mut replies = old;
+        replies.extend(std::mem::take(&mut current.deferred));
+        replies.retain(|address, _| !done.contains(&address.as_str()));
+        if let Err(e) = deferred::write(maildir, &current.entry.id, &replies) {
+            let msg = format!("file={} cannot record the deferral replies: {e}", current.entry.id);
+            self.host.log(LogLevel::Warn, &format!("maildir: {msg}"));
+        }
     }
 
     fn current(&mut self) -> Result<&mut Current, Status> {
@@ -546,6 +576,7 @@ impl Cursor for MaildirCursor {
                 body,
                 file: selected.file,
                 committed: false,
+                deferred: Default::default(),
             });
             self.offered_any = true;
             return Ok(Some(envelope));
@@ -580,7 +611,19 @@ impl Cursor for MaildirCursor {
         current.outcomes.set(index, outcome)
     }
 
+    fn set_outcome_reply(&mut self, index: usize, outcome: Outcome, reply: &str) -> Result<(), Status> {
+        self.set_outcome(index, outcome)?;
+        let current = self.current()?;
+        if outcome == Outcome::TempFail && !reply.is_empty() {
+            let offered = current.outcomes.offered().get(index).copied().ok_or(Status::InvalidArgument)?;
+            let address = current.parsed.recipients[offered].address.clone();
+            current.deferred.insert(address, reply.to_string());
+        }
+        Ok(())
+    }
+
     fn commit(&mut self) -> Result<(), Status> {
+        self.record_deferrals();
         let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
         if current.committed {
             return Ok(());

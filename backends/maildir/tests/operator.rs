@@ -170,3 +170,55 @@ fn the_listing_reads_under_a_held_seriallock_and_changes_no_byte() {
     assert!(listing(&q, &["never-delivered.example"]).is_empty());
     assert_eq!(tree_snapshot(spool.root.path()), before, "the listing changed the spool");
 }
+
+#[test]
+fn the_reply_that_deferred_a_recipient_is_listed_until_it_is_delivered() {
+    let spool = Spool::new();
+    spool.put(
+        "example.org",
+        "new/1790000000.M1P2.h",
+        b"MAIL FROM:<a@s.example>\nRCPT TO:<x@example.org>\nRCPT TO:<y@example.org>\nDATA\n\n.\n",
+        1,
+    );
+    let q = instance(&spool);
+    let replies = |q: &Maildir| {
+        let mut all = Vec::new();
+        q.list(&domains(&["example.org"]), &mut |entry| {
+            if let Listed::Message { envelope, last_replies, .. } = entry {
+                for (i, r) in envelope.recipients.iter().enumerate() {
+                    all.push((r.clone(), last_replies.get(i).cloned().unwrap_or_default()));
+                }
+            }
+        })
+        .unwrap();
+        all
+    };
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    cursor.next_message().unwrap().unwrap();
+    cursor.set_outcome_reply(0, Outcome::TempFail, "450 4.2.1 mailbox busy").unwrap();
+    cursor.set_outcome_reply(1, Outcome::TempFail, "451 4.3.0 try later").unwrap();
+    cursor.commit().unwrap();
+    drop(cursor);
+    assert_eq!(
+        replies(&q),
+        [
+            ("x@example.org".to_string(), "450 4.2.1 mailbox busy".to_string()),
+            ("y@example.org".to_string(), "451 4.3.0 try later".to_string())
+        ]
+    );
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    cursor.next_message().unwrap().unwrap();
+    cursor.set_outcome_reply(0, Outcome::Delivered, "250 ok").unwrap();
+    cursor.set_outcome_reply(1, Outcome::TempFail, "452 4.2.2 over quota").unwrap();
+    cursor.commit().unwrap();
+    drop(cursor);
+    assert_eq!(replies(&q), [("y@example.org".to_string(), "452 4.2.2 over quota".to_string())]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    cursor.next_message().unwrap().unwrap();
+    cursor.set_outcome_reply(0, Outcome::Delivered, "250 ok").unwrap();
+    cursor.commit().unwrap();
+    drop(cursor);
+    assert!(replies(&q).is_empty());
+    let records = spool.root.path().join("example.org/odmrd-deferred");
+    assert_eq!(fs::read_dir(records).unwrap().count(), 0, "the record outlived its message");
+}
