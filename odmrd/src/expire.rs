@@ -44,6 +44,10 @@ pub const DELAY_STATE: &str = "delay-warned";
 
 /// How often a standalone odmrd runs the expiry pass.
 pub const PERIOD: Duration = Duration::from_secs(3600);
+/// How long after its start a standalone odmrd runs its first pass: not in
+/// the rush of the first collections, yet soon enough for a daemon that is
+/// restarted more often than [`PERIOD`].
+pub const FIRST_PASS: Duration = Duration::from_secs(300);
 
 /// What one pass did (or, with `--dry-run`, would do).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -395,7 +399,7 @@ pub fn write_state(path: &Path, warned: &BTreeSet<(String, String)>) -> io::Resu
     File::open(dir)?.sync_all()
 }
 
-/// A standalone odmrd's periodic pass: every [`PERIOD`], in its own thread,
+/// A standalone odmrd's periodic pass: after [`FIRST_PASS`], then every [`PERIOD`], in its own thread,
 /// logging instead of printing. Nothing to do (both ages off, or Exim) ends
 /// the thread at once.
 pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
@@ -404,20 +408,23 @@ pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
     {
         return;
     }
-    let spawned = std::thread::Builder::new().name("expire".into()).spawn(move || loop {
-        match run(&config, &queue, SystemTime::now(), false, &mut io::sink()) {
-            Ok(summary) if summary.expired + summary.delay_dsns > 0 => log::info(&format!(
-                "event=expire_pass expired={} failure_dsns={} delay_dsns={} busy={} errors={}",
-                summary.expired,
-                summary.failure_dsns,
-                summary.delay_dsns,
-                summary.busy.len(),
-                summary.errors
-            )),
-            Ok(_) => {}
-            Err(refusal) => log::error(&format!("event=expire_pass {refusal}")),
+    let spawned = std::thread::Builder::new().name("expire".into()).spawn(move || {
+        std::thread::sleep(FIRST_PASS);
+        loop {
+            match run(&config, &queue, SystemTime::now(), false, &mut io::sink()) {
+                Ok(summary) if summary.expired + summary.delay_dsns > 0 => log::info(&format!(
+                    "event=expire_pass expired={} failure_dsns={} delay_dsns={} busy={} errors={}",
+                    summary.expired,
+                    summary.failure_dsns,
+                    summary.delay_dsns,
+                    summary.busy.len(),
+                    summary.errors
+                )),
+                Ok(_) => {}
+                Err(refusal) => log::error(&format!("event=expire_pass {refusal}")),
+            }
+            std::thread::sleep(PERIOD);
         }
-        std::thread::sleep(PERIOD);
     });
     if let Err(e) = spawned {
         log::error(&format!("event=expire_pass cannot start its thread: {e}"));
