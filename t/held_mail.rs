@@ -128,15 +128,30 @@ fn the_listing_reads_exims_spool_as_exim_bp_does_and_changes_nothing() {
     let both = exim.queue("alice@sender.example", &["u1@example.org", "u2@example.net"], "both", "x\n");
     let one = exim.queue("<>", &["u3@example.org"], "bounce", "y\n");
     let before = tree_snapshot(&exim.spool());
-    let output = exim.odmrd_command(exim_common::RunAs::EximUser).args(["--queue", "--json"]).output().unwrap();
+    let output =
+        exim.odmrd_command(exim_common::RunAs::EximUser).args(["--queue", "--json"]).output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let json = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = json.lines().collect();
     assert_eq!(lines.len(), 5, "{json}");
-    assert!(lines[0].starts_with(r#"{"type":"domain","domain":"example.net","messages":1,"recipients":1,"#), "{json}");
-    assert!(lines[1].starts_with(&format!(r#"{{"type":"message","domain":"example.net","id":"{both}","sender":"alice@sender.example","#)), "{json}");
-    assert!(lines[1].ends_with(r#""recipients":[{"address":"u2@example.net","last_reply":null}]}"#), "{json}");
-    assert!(lines[2].starts_with(r#"{"type":"domain","domain":"example.org","messages":2,"recipients":2,"#), "{json}");
+    assert!(
+        lines[0].starts_with(r#"{"type":"domain","domain":"example.net","messages":1,"recipients":1,"#),
+        "{json}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            r#"{{"type":"message","domain":"example.net","id":"{both}","sender":"alice@sender.example","#
+        )),
+        "{json}"
+    );
+    assert!(
+        lines[1].ends_with(r#""recipients":[{"address":"u2@example.net","last_reply":null}]}"#),
+        "{json}"
+    );
+    assert!(
+        lines[2].starts_with(r#"{"type":"domain","domain":"example.org","messages":2,"recipients":2,"#),
+        "{json}"
+    );
     assert!(lines[3].contains(&format!(r#""id":"{both}""#)) && lines[3].contains("u1@example.org"), "{json}");
     assert!(lines[4].contains(&format!(r#""id":"{one}","sender":"""#)), "{json}");
     assert_eq!(tree_snapshot(&exim.spool()), before, "the listing changed Exim's spool");

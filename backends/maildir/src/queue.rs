@@ -38,6 +38,38 @@ impl Instance for Maildir {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Ok(Maildir { host, config: Config::from_pairs(config)? })
     }
+
+    /// `--check-config`: the spool root must exist and be listable (else
+    /// every ATRN answers 451); a domain directory under it without `new/`
+    /// and `cur/` is worth a warning. A domain without a maildir is not
+    /// reported here: the MTA creates it with the first message.
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        let root = self.config.spool_root();
+        let items = match std::fs::read_dir(&root) {
+            Ok(items) => items,
+            Err(e) => {
+                let msg = format!(
+                    "key 'directory': spool root {} cannot be listed: {e}{}",
+                    root.display(),
+                    running_as()
+                );
+                report(LogLevel::Error, &msg);
+                return Ok(());
+            }
+        };
+        for item in items.flatten() {
+            let Some(domain) = item.file_name().to_str().and_then(|n| self.config.domain_of_entry(n)) else {
+                continue;
+            };
+            let Ok(maildir) = self.config.maildir(&domain) else { continue };
+            if maildir.exists() && !(maildir.join("new").is_dir() && maildir.join("cur").is_dir()) {
+                let msg =
+                    format!("domain={domain}: {} has no new/ and cur/ (not a maildir?)", maildir.display());
+                report(LogLevel::Warn, &msg);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One requested domain's maildir, as found on disk.
