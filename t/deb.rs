@@ -197,6 +197,8 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
         "/usr/lib/odmrd/libodmr_backend_maildir.so",
         "/usr/lib/odmrd/libodmr_backend_vpopmail.so",
         "/usr/lib/odmrd/libodmr_backend_exim.so",
+        "/usr/lib/odmrd/libodmr_backend_sql.so",
+        "/usr/share/doc/odmrd/examples/sql/vpopmail.ini",
         "/usr/share/doc/odmrd/plugin-guide.md.gz",
         "/usr/share/man/man8/odmrd.8.gz",
         "/usr/share/man/man5/odmrd.ini.5.gz",

@@ -208,6 +208,65 @@ fn a_4xx_recipient_stays_and_a_5xx_recipient_is_bounced_once() {
     assert_eq!(p.pending(&[]), expected);
 }
 
+/// DSN parameters as Exim 4.96 spools them (written by `exim -bs`) come out in the
+/// customer's MAIL and RCPT when it offers DSN, and in our own DSNs field by field when it
+/// does not; NOTIFY=NEVER yields no DSN; RET=FULL returns the whole body.
+#[test]
+fn dsn_parameters_exim_spooled_reach_the_customer_and_our_dsns() {
+    let p = Provider::new(false);
+    let body = "From: alice@sender.example\nSubject: dsn\n\n.first\nthe whole body\n";
+    let id = p.queue_smtp(
+        "<alice@sender.example> RET=FULL ENVID=env+2B1",
+        &[
+            "<ok@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Ok+2Bx@example.org",
+            "<never@example.org> NOTIFY=NEVER",
+            "<fail@example.org> NOTIFY=FAILURE ORCPT=rfc822;fail@example.org",
+        ],
+        body,
+    );
+    let mut c = start(&p, RunAs::EximUser);
+    assert!(atrn(&mut c, "example.org").starts_with("250"));
+    c.turn_around(EHLO_NAME, &["DSN"]);
+    let (mail, rcpts) = c.transaction(&["250 ok", "451 4.3.0 later", "451 4.3.0 later"], "250 queued");
+    assert_eq!(mail, "MAIL FROM:<alice@sender.example> RET=FULL ENVID=env+2B1");
+    assert_eq!(
+        rcpts,
+        [
+            "RCPT TO:<ok@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Ok+2Bx@example.org",
+            "RCPT TO:<never@example.org> NOTIFY=NEVER",
+            "RCPT TO:<fail@example.org> NOTIFY=FAILURE ORCPT=rfc822;fail@example.org",
+        ]
+    );
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(p.sendmail.calls().is_empty(), "{log}");
+    assert_eq!(p.pending(&[]), map(&[(&id, &["never@example.org", "fail@example.org"])]), "{log}");
+
+    // A customer without DSN refuses both: a DSN for `fail` only, with what Exim kept.
+    let mut c = start(&p, RunAs::EximUser);
+    assert!(atrn(&mut c, "example.org").starts_with("250"));
+    c.turn_around(EHLO_NAME, &[]);
+    let (mail, _) = c.transaction(&["550 5.1.1 gone", "550 5.1.1 gone"], "");
+    assert_eq!(mail, "MAIL FROM:<alice@sender.example>");
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(log.contains("to=<never@example.org> status=bounced dsn=none-notify"), "{log}");
+    assert!(p.pending(&[]).is_empty(), "{log}");
+    let calls = p.sendmail.calls();
+    assert_eq!(calls.len(), 1, "{log}");
+    let dsn = String::from_utf8_lossy(&calls[0].stdin).into_owned();
+    let field = |name: &str| support::lines_starting(&dsn, name);
+    assert_eq!(field("Original-Envelope-Id:"), ["Original-Envelope-Id: env+2B1"]);
+    assert_eq!(field("Final-Recipient:"), ["Final-Recipient: rfc822; fail@example.org"]);
+    assert_eq!(field("Original-Recipient:"), ["Original-Recipient: rfc822;fail@example.org"]);
+    assert_eq!(field("Action:"), ["Action: failed"]);
+    assert_eq!(field("Arrival-Date:").len(), 1, "{dsn}");
+    assert!(dsn.contains("message/rfc822\r\n\r\n"), "{dsn}");
+    let returned = &dsn[dsn.find("message/rfc822\r\n\r\n").unwrap()..];
+    assert!(returned.contains("\r\nSubject: dsn\r\n"), "{returned}");
+    assert!(returned.contains("\r\n\r\n.first\r\nthe whole body\r\n"), "RET=FULL: {returned}");
+}
+
 #[test]
 fn frozen_messages_are_not_collected_and_never_cause_an_empty_session() {
     let p = Provider::new(false);

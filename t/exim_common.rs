@@ -97,6 +97,8 @@ impl Provider {
              split_spool_directory = {split}\n\
              host_lookup =\nkeep_environment =\n\
              domainlist odmr_domains = {ODMR_DOMAINS}\n\
+             dsn_advertise_hosts = *\nacl_smtp_rcpt = accept_all\n\
+             \nbegin acl\n\naccept_all:\n  accept\n\
              \nbegin routers\n\n\
              odmr_hold:\n  driver = redirect\n  domains = +odmr_domains\n  allow_defer\n\
              \x20 data = :defer: held for ODMR collection\n  no_verify\n\n\
@@ -180,6 +182,40 @@ impl Provider {
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), message.as_bytes()).unwrap();
         drop(child.stdin.take());
         assert!(child.wait().unwrap().success(), "{}", self.exim_logs());
+        let after = self.ids(&[]);
+        let new: Vec<String> = after.difference(&before).cloned().collect();
+        assert_eq!(new.len(), 1, "one new message expected: {new:?}");
+        new.into_iter().next().unwrap()
+    }
+
+    /// Queue a message with `exim -bs -odq` (local SMTP, so ESMTP parameters
+    /// such as RET, ENVID, NOTIFY and ORCPT reach the spool): `mail` and
+    /// `rcpts` are the arguments of MAIL FROM: and RCPT TO:. Returns its id.
+    pub fn queue_smtp(&self, mail: &str, rcpts: &[&str], message: &str) -> String {
+        let before = self.ids(&[]);
+        let mut script = format!("EHLO client.example\r\nMAIL FROM:{mail}\r\n");
+        for rcpt in rcpts {
+            script.push_str(&format!("RCPT TO:{rcpt}\r\n"));
+        }
+        script.push_str("DATA\r\n");
+        for line in message.lines() {
+            let stuffed = if line.starts_with('.') { "." } else { "" };
+            script.push_str(&format!("{stuffed}{line}\r\n"));
+        }
+        script.push_str(".\r\nQUIT\r\n");
+        let mut child = self
+            .exim_command()
+            .args(["-odq", "-bs"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(transcript.contains("250 OK id="), "{transcript}\n{}", self.exim_logs());
         let after = self.ids(&[]);
         let new: Vec<String> = after.difference(&before).cloned().collect();
         assert_eq!(new.len(), 1, "one new message expected: {new:?}");

@@ -320,13 +320,16 @@ typedef struct odmr_envelope_sink {
      * before the first `recipient`: `arrival` in seconds since the Unix
      * epoch (0 when unknown); `envid` the RFC 3461 ENVID with its xtext
      * decoded (empty when none); `ret` an ODMR_RET_* value; `flags` ODMR_MSG_*
-     * bits. A message without this call has all of them unknown.
+     * bits; `wire_size` an upper bound of the octets the content takes on
+     * the wire, CRLF line ends and dot-stuffing counted (0 when unknown), for
+     * SIZE=. A message without this call has all of them unknown.
      */
     void (*message_details)(void *ctx,
                             int64_t arrival,
                             struct odmr_str envid,
                             uint32_t ret,
-                            uint32_t flags);
+                            uint32_t flags,
+                            uint64_t wire_size);
     /**
      * ABI 1.1, nullable, as `message_details`. Called at most once right
      * after a `recipient` call, for that recipient: `notify` ODMR_NOTIFY_*

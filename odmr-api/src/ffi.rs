@@ -285,9 +285,19 @@ pub struct odmr_envelope_sink {
     /// before the first `recipient`: `arrival` in seconds since the Unix
     /// epoch (0 when unknown); `envid` the RFC 3461 ENVID with its xtext
     /// decoded (empty when none); `ret` an ODMR_RET_* value; `flags` ODMR_MSG_*
-    /// bits. A message without this call has all of them unknown.
-    pub message_details:
-        Option<unsafe extern "C" fn(ctx: *mut c_void, arrival: i64, envid: OdmrStr, ret: u32, flags: u32)>,
+    /// bits; `wire_size` an upper bound of the octets the content takes on
+    /// the wire, CRLF line ends and dot-stuffing counted (0 when unknown), for
+    /// SIZE=. A message without this call has all of them unknown.
+    pub message_details: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            arrival: i64,
+            envid: OdmrStr,
+            ret: u32,
+            flags: u32,
+            wire_size: u64,
+        ),
+    >,
     /// ABI 1.1, nullable, as `message_details`. Called at most once right
     /// after a `recipient` call, for that recipient: `notify` ODMR_NOTIFY_*
     /// bits (0: none given); `orcpt` the ORCPT as `addr-type;address` with the

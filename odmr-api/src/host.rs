@@ -867,6 +867,7 @@ unsafe extern "C" fn sink_message_details(
     envid: OdmrStr,
     ret: u32,
     flags: u32,
+    wire_size: u64,
 ) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in `sink_message`.
@@ -875,6 +876,7 @@ unsafe extern "C" fn sink_message_details(
         e.envid = Some(lossy(envid)).filter(|s| !s.is_empty());
         e.ret = Ret::from_raw(ret);
         e.set_flags(flags);
+        e.wire_size = Some(wire_size).filter(|&w| w > 0);
     }));
 }
 

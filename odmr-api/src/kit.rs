@@ -213,6 +213,9 @@ pub struct Envelope {
     /// ABI 1.1: Some(true) for a body with 8-bit octets, Some(false) for a
     /// 7-bit one, None when the backend does not know.
     pub eight_bit: Option<bool>,
+    /// ABI 1.1: an upper bound of the content's octets on the wire (CRLF
+    /// and dot-stuffing counted), if known; see `params::wire_size_bound`.
+    pub wire_size: Option<u64>,
     /// ABI 1.1: NOTIFY and ORCPT of `recipients[i]` at index `i`; shorter
     /// (usually empty) when the backend knows none. Read it through
     /// [`Envelope::recipient_details`].
@@ -806,7 +809,9 @@ pub unsafe fn describe_envelope(sink: &odmr_envelope_sink, host_minor: u32, enve
         let envid = envelope.envid.as_deref().unwrap_or("");
         let raw_arrival = arrival_to_raw(envelope.arrival);
         // SAFETY: as above.
-        unsafe { details(sink.ctx, raw_arrival, str_of(envid), Ret::to_raw(envelope.ret), envelope.flags()) };
+        let (ret, wire_size) = (Ret::to_raw(envelope.ret), envelope.wire_size.unwrap_or(0));
+        // SAFETY: as above.
+        unsafe { details(sink.ctx, raw_arrival, str_of(envid), ret, envelope.flags(), wire_size) };
     }
     for (i, rcpt) in envelope.recipients.iter().enumerate() {
         // SAFETY: as above.

@@ -182,40 +182,59 @@ pub fn orcpt_decode(value: &str) -> Option<String> {
     Some(format!("{kind};{}", xtext_decode(address)?))
 }
 
-/// The `ORCPT=` value for a decoded `addr-type;address`.
+/// The `ORCPT=` value for a decoded `addr-type;address` (an address
+/// without a valid type is taken as `rfc822`).
 pub fn orcpt_param(decoded: &str) -> String {
     match decoded.split_once(';') {
-        Some((kind, address)) => format!("{kind};{}", xtext_encode(address)),
-        None => format!("rfc822;{}", xtext_encode(decoded)),
+        Some((kind, address))
+            if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            format!("{kind};{}", xtext_encode(address))
+        }
+        _ => format!("rfc822;{}", xtext_encode(decoded)),
     }
 }
 
-/// How many bytes of a message [`eight_bit_within`] reads at most, by
-/// convention for the backends: enough for nearly all mail, and a bound on
-/// the extra reading for the rest (which are then "unknown").
-pub const EIGHT_BIT_SCAN_LIMIT: u64 = 1 << 20;
+/// How many bytes of a message [`scan_files`] reads at most: enough for
+/// nearly all mail, and a bound on the extra reading for the rest (whose
+/// 8-bit-ness and line count are then unknown).
+pub const SCAN_LIMIT: u64 = 1 << 20;
 
-/// Does `content` hold an octet above 127? Reads at most `limit` bytes:
-/// Some(true) as soon as one is found, Some(false) when all of it was read
-/// without one, None when the limit came first.
-pub fn eight_bit_within(content: impl Read, limit: u64) -> io::Result<Option<bool>> {
+/// What a look at a message's content found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContentScan {
+    /// An octet above 127 was seen.
+    pub eight_bit: bool,
+    /// Line feeds seen.
+    pub lines: u64,
+}
+
+impl ContentScan {
+    /// Account for `bytes`, the next part of the content.
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.eight_bit |= bytes.iter().any(|&b| b > 127);
+        self.lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+/// Scan `content` to its end, reading at most `limit` bytes: None when the
+/// limit came first.
+pub fn scan_within(content: impl Read, limit: u64) -> io::Result<Option<ContentScan>> {
     let mut content = content.take(limit + 1);
     let mut buf = [0u8; 8192];
-    let mut seen = 0u64;
+    let (mut scan, mut seen) = (ContentScan::default(), 0u64);
     loop {
         let n = match content.read(&mut buf) {
-            Ok(0) => return Ok(Some(false)),
+            Ok(0) => return Ok(Some(scan)),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if buf[..n].iter().any(|&b| b > 127) {
-            return Ok(Some(true));
-        }
         seen += n as u64;
         if seen > limit {
             return Ok(None);
         }
+        scan.add(&buf[..n]);
     }
 }
 
@@ -234,15 +253,25 @@ impl Read for ReadAt<'_> {
     }
 }
 
-/// [`eight_bit_within`] over `parts` (each a file from an offset to its
-/// end, one after the other) with [`EIGHT_BIT_SCAN_LIMIT`], never moving the
-/// files' offsets. None also when reading fails: the answer is then unknown.
-pub fn eight_bit_in(parts: &[(&File, u64)]) -> Option<bool> {
+/// [`scan_within`] over `parts` (each a file from an offset to its end, one
+/// after the other) with [`SCAN_LIMIT`], never moving the files' offsets.
+/// None also when reading fails: the answer is then unknown.
+pub fn scan_files(parts: &[(&File, u64)]) -> Option<ContentScan> {
     let mut content: Box<dyn Read + '_> = Box::new(io::empty());
     for &(file, pos) in parts {
         content = Box::new(content.chain(ReadAt { file, pos }));
     }
-    eight_bit_within(content, EIGHT_BIT_SCAN_LIMIT).unwrap_or(None)
+    scan_within(content, SCAN_LIMIT).unwrap_or(None)
+}
+
+/// An upper bound of the octets `size` bytes of content with `lines` line
+/// feeds take on the wire: a CR before each LF (content that has CRLF
+/// already is over-counted, which is safe), a stuffed dot at the start of
+/// each line, and the CRLF added when the content does not end with one.
+/// RFC 1870's SIZE counts no stuffed dots; counting them keeps the bound
+/// safe for servers that do.
+pub fn wire_size_bound(size: u64, lines: u64) -> u64 {
+    size + lines + (lines + 1) + 2
 }
 
 /// The ESMTP parameters after a path (`<a@b> NOTIFY=NEVER ORCPT=...`), as
@@ -278,11 +307,17 @@ mod tests {
     }
 
     #[test]
-    fn eight_bit_scans_stop_at_the_limit() {
-        assert_eq!(eight_bit_within(&b"plain"[..], 10).unwrap(), Some(false));
-        assert_eq!(eight_bit_within("h\u{e9}".as_bytes(), 10).unwrap(), Some(true));
-        assert_eq!(eight_bit_within(&[b'a'; 20][..], 10).unwrap(), None);
-        assert_eq!(eight_bit_within(&[b'a'; 10][..], 10).unwrap(), Some(false));
+    fn scans_stop_at_the_limit_and_bound_the_wire_size() {
+        let scan = |b: &[u8], limit| scan_within(b, limit).unwrap();
+        assert_eq!(scan(b"a\nb\n", 10), Some(ContentScan { eight_bit: false, lines: 2 }));
+        assert_eq!(scan("h\u{e9}".as_bytes(), 10), Some(ContentScan { eight_bit: true, lines: 0 }));
+        assert_eq!(scan(&[b'a'; 20], 10), None);
+        assert_eq!(scan(&[b'a'; 10], 10), Some(ContentScan::default()));
+        // ".\n.\n" (4 octets, 2 lines) is "..\r\n..\r\n" (8) on the wire.
+        assert!(wire_size_bound(4, 2) >= 8);
+        assert!(wire_size_bound(6, 2) >= 8, "\".\r\n.\r\n\"");
+        // No final line end: "x" is "x\r\n".
+        assert!(wire_size_bound(1, 0) >= 3);
         assert_eq!(
             esmtp_params(" notify=SUCCESS  SMTPUTF8 ORCPT=rfc822;a@b"),
             [
@@ -315,5 +350,6 @@ mod tests {
         assert_eq!(orcpt_decode("rfc822;bob+2Bx@example.org").as_deref(), Some("rfc822;bob+x@example.org"));
         assert_eq!(orcpt_decode("bob@example.org"), None);
         assert_eq!(orcpt_param("rfc822;bob+x@example.org"), "rfc822;bob+2Bx@example.org");
+        assert_eq!(orcpt_param("bad type;b@x"), "rfc822;bad+20type;b@x");
     }
 }

@@ -26,6 +26,7 @@ fn envelope() -> Envelope {
         ret: Some(Ret::Full),
         smtputf8: true,
         eight_bit: Some(true),
+        wire_size: Some(99),
         details: vec![RecipientDetails { notify: Notify::NEVER, orcpt: Some("rfc822;A@example.org".into()) }],
     }
 }
@@ -115,8 +116,15 @@ unsafe extern "C" fn message(ctx: *mut c_void, id: OdmrStr, sender: OdmrStr, siz
 unsafe extern "C" fn recipient(ctx: *mut c_void, address: OdmrStr) {
     seen(ctx).0.push(format!("recipient {}", text(address)));
 }
-unsafe extern "C" fn message_details(ctx: *mut c_void, arrival: i64, envid: OdmrStr, ret: u32, flags: u32) {
-    seen(ctx).0.push(format!("details {arrival} {} {ret} {flags}", text(envid)));
+unsafe extern "C" fn message_details(
+    ctx: *mut c_void,
+    arrival: i64,
+    envid: OdmrStr,
+    ret: u32,
+    flags: u32,
+    wire_size: u64,
+) {
+    seen(ctx).0.push(format!("details {arrival} {} {ret} {flags} {wire_size}", text(envid)));
 }
 unsafe extern "C" fn recipient_details(ctx: *mut c_void, notify: u32, orcpt: OdmrStr) {
     seen(ctx).0.push(format!("rcpt-details {notify} {}", text(orcpt)));
@@ -185,7 +193,7 @@ fn a_1_1_host_gets_the_details_and_a_1_0_host_never_sees_them() {
         next_through_host_of_minor(1),
         [
             "message m1 s@example.net 42".to_string(),
-            format!("details 1795354394 env+id {ODMR_RET_FULL} {flags}"),
+            format!("details 1795354394 env+id {ODMR_RET_FULL} {flags} 99"),
             "recipient a@example.org".into(),
             format!("rcpt-details {ODMR_NOTIFY_NEVER} rfc822;A@example.org"),
             "recipient b@example.org".into(),
@@ -280,6 +288,7 @@ fn odmrds_host_code_gets_back_what_the_backend_described() {
         ret: None,
         smtputf8: false,
         eight_bit: None,
+        wire_size: None,
         ..envelope()
     };
     assert_eq!(cursor.next_message(), Ok(Some(bare)));

@@ -24,6 +24,7 @@ const BUILTINS: &[(&str, odmr_plugin_init_fn)] = &[
     ("maildir", odmr_backend_maildir::maildir_plugin_init),
     ("vpopmail", odmr_backend_vpopmail::vpopmail_plugin_init),
     ("exim", odmr_backend_exim::exim_plugin_init),
+    ("sql", odmr_backend_sql::sql_plugin_init),
 ];
 
 /// Which section a plugin serves.

@@ -1,26 +1,58 @@
-//! Delivery status notifications (RFC 3464) for recipients the customer
-//! refused permanently, and their submission through the sendmail command.
+//! Delivery status notifications (RFC 3464): "failed" for recipients the
+//! customer refused permanently, "relayed" for those delivered to a customer
+//! without DSN support whose sender asked NOTIFY=SUCCESS (RFC 3461 §4.2),
+//! "failed" (4.4.7) for mail held past `[queue] max_hold` and "delayed" for
+//! mail held past `delay_warning` (`odmrd --expire`), and their submission
+//! through the sendmail command.
 //!
-//! This module owns composing the `multipart/report` message and running
-//! `[bounce] sendmail`. It does not decide which recipients failed (the relay
-//! does) and never sends a DSN to the null sender (the caller checks, this
-//! module refuses too).
+//! This module owns composing the `multipart/report` message (streamed, so
+//! a RET=FULL message of any size is returned in constant memory) and
+//! running `[bounce] sendmail`. It does not decide which recipients get a
+//! DSN (the relay does, from the replies and each recipient's NOTIFY) and
+//! never sends one to the null sender (the caller checks, this module
+//! refuses too).
 
-use std::io::Write;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One recipient the customer refused with a 5xx.
+/// What happened to a recipient, as the DSN's `Action:` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The customer refused it permanently.
+    Failed,
+    /// Delivered to a customer that does not offer DSN (RFC 3461 §4.2).
+    Relayed,
+    /// Never collected within `[queue] max_hold`: `Action: failed`,
+    /// `Status: 4.4.7`; the reply is the last that deferred it, if any.
+    Expired,
+    /// Still waiting after `[queue] delay_warning`: `Action: delayed`,
+    /// `Status: 4.4.7`.
+    Delayed,
+}
+
+/// One recipient the DSN reports.
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// The recipient address, as queued.
     pub recipient: String,
     /// The customer's reply, e.g. `550 5.1.1 no such user`.
     pub reply: String,
+    /// Failed or relayed.
+    pub action: Action,
+    /// The sender's ORCPT for it (`rfc822;bob@example.org`), if any.
+    pub orcpt: Option<String>,
+}
+
+/// What of the original message the DSN returns.
+pub enum Original<'a> {
+    /// Its header block (may be empty: then nothing is returned).
+    Headers(&'a [u8]),
+    /// The whole message (RET=FULL), read as it goes out.
+    Full(Box<dyn Read + 'a>),
 }
 
 /// What a DSN reports.
-#[derive(Debug)]
 pub struct Report<'a> {
     /// Our host name (Reporting-MTA, and the From: domain).
     pub reporting_host: &'a str,
@@ -28,10 +60,12 @@ pub struct Report<'a> {
     pub queue_id: &'a str,
     /// The envelope sender, who receives the DSN. Never empty.
     pub sender: &'a str,
-    /// The failed recipients.
+    /// The sender's ENVID (decoded), if any.
+    pub envid: Option<&'a str>,
+    /// When the message reached the queue, if known.
+    pub arrival: Option<SystemTime>,
+    /// The recipients reported.
     pub failures: &'a [Failure],
-    /// The header block of the original message, if it was read (may be empty).
-    pub original_headers: &'a [u8],
 }
 
 /// The enhanced status code of a reply (`5.1.1`), or `5.0.0` when it has none.
@@ -82,43 +116,54 @@ fn header_safe(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-/// What a DSN tells the sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notice {
-    /// The customer's MTA refused the recipients (5xx): `Action: failed`,
-    /// the status from the reply.
-    Refused,
-    /// Held longer than `max_hold` without being collected: `Action:
-    /// failed`, `Status: 4.4.7`, the last reply as the diagnostic if known.
-    Expired,
-    /// Held longer than `delay_warning`: `Action: delayed`, `Status: 4.4.7`,
-    /// with `Will-Retry-Until` when an expiry is set.
-    Delayed {
-        /// When the recipients will expire, if ever.
-        until: Option<SystemTime>,
-    },
+/// The `Status:` of a recipient: the reply's enhanced code when it has a
+/// valid one of the right class, else `5.0.0` (failed) or `2.0.0` (relayed).
+fn recipient_status(failure: &Failure) -> String {
+    match failure.action {
+        Action::Failed => status_code(&failure.reply),
+        Action::Expired | Action::Delayed => "4.4.7".to_string(),
+        Action::Relayed => {
+            let candidate = failure.reply.get(4..).unwrap_or("").split_whitespace().next().unwrap_or("");
+            let parts: Vec<&str> = candidate.split('.').collect();
+            let valid = parts.len() == 3
+                && parts[0] == "2"
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+            if valid {
+                candidate.to_string()
+            } else {
+                "2.0.0".to_string()
+            }
+        }
+    }
 }
 
-/// The complete DSN message, with CRLF line ends.
-pub fn compose(report: &Report<'_>, now: SystemTime) -> Vec<u8> {
-    compose_notice(report, Notice::Refused, now)
-}
-
-/// The complete DSN message for `notice`, with CRLF line ends.
-pub fn compose_notice(report: &Report<'_>, notice: Notice, now: SystemTime) -> Vec<u8> {
+/// Write the complete DSN to `out`, with CRLF line ends; `original` is
+/// copied as it is read.
+pub fn write(
+    report: &Report<'_>,
+    original: Original<'_>,
+    now: SystemTime,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let stamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let id = header_safe(report.queue_id).replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let boundary = format!("odmrd-{stamp:x}-{id}");
     let host = header_safe(report.reporting_host);
-    let date = rfc5322_date(now);
+    let has = |action: Action| report.failures.iter().any(|f| f.action == action);
+    let subject = if has(Action::Failed) || has(Action::Expired) {
+        "Undelivered Mail Returned to Sender"
+    } else if has(Action::Delayed) {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Relayed mail: delivery status"
+    };
     let mut lines: Vec<String> = vec![
         format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"),
         format!("To: <{}>", header_safe(report.sender)),
-        match notice {
-            Notice::Delayed { .. } => "Subject: Delayed Mail (still being retried)".into(),
-            _ => "Subject: Undelivered Mail Returned to Sender".into(),
-        },
-        format!("Date: {date}"),
+        format!("Subject: {subject}"),
+        format!("Date: {}", rfc5322_date(now)),
         format!("Message-ID: <{stamp:x}.{id}@{host}>"),
         "Auto-Submitted: auto-replied".into(),
         "MIME-Version: 1.0".into(),
@@ -132,97 +177,135 @@ pub fn compose_notice(report: &Report<'_>, notice: Notice, now: SystemTime) -> V
         format!("This is the mail system at {host}."),
         String::new(),
     ];
-    lines.extend(
-        match notice {
-            Notice::Refused => [
-                "Your message could not be delivered to the following recipients when",
-                "their mail server collected it by On-Demand Mail Relay:",
-            ],
-            Notice::Expired => [
-                "Your message could not be delivered to the following recipients: their",
-                "mail server did not collect it (On-Demand Mail Relay) in time:",
-            ],
-            Notice::Delayed { .. } => [
-                "Your message is still waiting for the following recipients' mail server",
-                "to collect it (On-Demand Mail Relay); no action is needed from you yet:",
-            ],
+    let texts = [
+        (Action::Failed, "Your message could not be delivered to the following recipients when"),
+        (Action::Relayed, "Your message was relayed to the following recipients, whose mail server"),
+        (Action::Expired, "Your message could not be delivered to the following recipients: their"),
+        (Action::Delayed, "Your message is still waiting for the following recipients' mail server"),
+    ];
+    for (action, text) in texts {
+        if !report.failures.iter().any(|f| f.action == action) {
+            continue;
         }
-        .map(String::from),
-    );
-    lines.push(String::new());
-    for failure in report.failures {
-        let reply = if failure.reply.is_empty() { "not collected" } else { &failure.reply };
-        lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(reply)));
+        lines.push(text.into());
+        lines.push(match action {
+            Action::Failed => "their mail server collected it by On-Demand Mail Relay:".into(),
+            Action::Relayed => "collected it by On-Demand Mail Relay and sends no delivery notices:".into(),
+            Action::Expired => "mail server did not collect it by On-Demand Mail Relay in time:".into(),
+            Action::Delayed => "to collect it by On-Demand Mail Relay; nothing to do for you yet:".into(),
+        });
+        lines.push(String::new());
+        for failure in report.failures.iter().filter(|f| f.action == action) {
+            let reply = if failure.reply.is_empty() { "not collected yet" } else { &failure.reply };
+            lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(reply)));
+        }
+        lines.push(String::new());
+    }
+    lines.extend([format!("--{boundary}"), "Content-Type: message/delivery-status".into(), String::new()]);
+    if let Some(envid) = report.envid {
+        lines.push(format!("Original-Envelope-Id: {}", header_safe(&odmr_api::params::xtext_encode(envid))));
     }
     lines.extend([
-        String::new(),
-        format!("--{boundary}"),
-        "Content-Type: message/delivery-status".into(),
-        String::new(),
         format!("Reporting-MTA: dns; {host}"),
         format!("X-Odmrd-Queue-ID: {}", header_safe(report.queue_id)),
-        format!("Arrival-Date: {date}"),
     ]);
+    if let Some(arrival) = report.arrival {
+        lines.push(format!("Arrival-Date: {}", rfc5322_date(arrival)));
+    }
     for failure in report.failures {
-        let (action, status) = match notice {
-            Notice::Refused => ("failed", status_code(&failure.reply)),
-            Notice::Expired => ("failed", "4.4.7".to_string()),
-            Notice::Delayed { .. } => ("delayed", "4.4.7".to_string()),
-        };
+        lines.push(String::new());
+        if let Some(orcpt) = &failure.orcpt {
+            lines.push(format!("Original-Recipient: {}", header_safe(&odmr_api::params::orcpt_param(orcpt))));
+        }
         lines.extend([
-            String::new(),
             format!("Final-Recipient: rfc822; {}", header_safe(&failure.recipient)),
-            format!("Action: {action}"),
-            format!("Status: {status}"),
+            format!(
+                "Action: {}",
+                match failure.action {
+                    Action::Failed | Action::Expired => "failed",
+                    Action::Relayed => "relayed",
+                    Action::Delayed => "delayed",
+                }
+            ),
+            format!("Status: {}", recipient_status(failure)),
         ]);
+        // An expired or delayed recipient may never have been offered.
         if !failure.reply.is_empty() {
             lines.push(format!("Diagnostic-Code: smtp; {}", header_safe(&failure.reply)));
         }
-        if let Notice::Delayed { until: Some(until) } = notice {
-            lines.push(format!("Will-Retry-Until: {}", rfc5322_date(until)));
-        }
     }
     lines.push(String::new());
-    let mut out = lines.join("\r\n").into_bytes();
-    out.extend_from_slice(b"\r\n");
-    if !report.original_headers.is_empty() {
-        out.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes(),
-        );
-        for line in report.original_headers.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if !line.is_empty() {
-                out.extend_from_slice(line);
-                out.extend_from_slice(b"\r\n");
+    let mut head = lines.join("\r\n").into_bytes();
+    head.extend_from_slice(b"\r\n");
+    out.write_all(&head)?;
+    match original {
+        Original::Headers(headers) if !headers.is_empty() => {
+            out.write_all(format!("--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes())?;
+            for line in headers.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if !line.is_empty() {
+                    out.write_all(line)?;
+                    out.write_all(b"\r\n")?;
+                }
             }
+            out.write_all(b"\r\n")?;
         }
-        out.extend_from_slice(b"\r\n");
+        Original::Headers(_) => {}
+        Original::Full(mut message) => {
+            out.write_all(format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes())?;
+            copy_crlf(&mut *message, out)?;
+            out.write_all(b"\r\n")?;
+        }
     }
-    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out.write_all(format!("--{boundary}--\r\n").as_bytes())
+}
+
+/// Copy `message` line by line with CRLF line ends, in constant memory (a
+/// line longer than the buffer is copied in pieces).
+fn copy_crlf(message: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, message);
+    let mut at_line_end = true;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let (piece, used) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1),
+            None => (buf, buf.len()),
+        };
+        let ends = used > piece.len();
+        let piece = if ends { piece.strip_suffix(b"\r").unwrap_or(piece) } else { piece };
+        out.write_all(piece)?;
+        if ends {
+            out.write_all(b"\r\n")?;
+        }
+        at_line_end = ends;
+        reader.consume(used);
+    }
+    if !at_line_end {
+        out.write_all(b"\r\n")?;
+    }
+    Ok(())
+}
+
+/// The complete DSN message in memory (for tests and small reports).
+pub fn compose(report: &Report<'_>, original: Original<'_>, now: SystemTime) -> Vec<u8> {
+    let mut out = Vec::new();
+    write(report, original, now, &mut out).expect("writing to a Vec cannot fail");
     out
 }
 
-/// Compose the DSN and hand it to `sendmail` (`command -i -f <> -- sender`).
+/// Compose the DSN and stream it to `sendmail` (`command -i -f <> -- sender`).
 /// The command's output never reaches our stdout (under inetd that is the
 /// customer's socket). Err carries a reason for the log.
-pub fn submit(sendmail: &[String], report: &Report<'_>) -> Result<(), String> {
-    submit_notice(sendmail, report, Notice::Refused, SystemTime::now())
-}
-
-/// As [`submit`], for `notice`, composed at `now`.
-pub fn submit_notice(
-    sendmail: &[String],
-    report: &Report<'_>,
-    notice: Notice,
-    now: SystemTime,
-) -> Result<(), String> {
+pub fn submit(sendmail: &[String], report: &Report<'_>, original: Original<'_>) -> Result<(), String> {
     if report.sender.is_empty() {
         return Err("no DSN for the null sender".into());
     }
     let Some((program, args)) = sendmail.split_first() else {
         return Err("[bounce] sendmail is empty".into());
     };
-    let message = compose_notice(report, notice, now);
     let mut child = Command::new(program)
         .args(args)
         .args(["-i", "-f", "<>", "--", report.sender])
@@ -231,7 +314,12 @@ pub fn submit_notice(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let written = child.stdin.take().map(|mut stdin| stdin.write_all(&message));
+    // stderr is read after stdin is closed; a command that fills its stderr
+    // pipe before reading all of stdin would stall, which sendmail does not.
+    let written = child.stdin.take().map(|stdin| {
+        let mut stdin = io::BufWriter::new(stdin);
+        write(report, original, SystemTime::now(), &mut stdin).and_then(|()| stdin.flush())
+    });
     let output = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
     // The exit status says more than the broken pipe of a command that quit early.
     if !output.status.success() {
@@ -269,18 +357,27 @@ mod tests {
         assert_eq!(status_code("5"), "5.0.0");
     }
 
-    #[test]
-    fn the_report_has_the_rfc3464_structure() {
-        let failures =
-            [Failure { recipient: "x@example.org".into(), reply: "550 5.1.1 unknown\r\nuser".into() }];
-        let report = Report {
+    fn failure(recipient: &str, reply: &str, action: Action, orcpt: Option<&str>) -> Failure {
+        Failure { recipient: recipient.into(), reply: reply.into(), action, orcpt: orcpt.map(Into::into) }
+    }
+
+    fn report<'a>(failures: &'a [Failure]) -> Report<'a> {
+        Report {
             reporting_host: "odmr.example.net",
             queue_id: "1234.abc",
             sender: "alice@sender.example",
-            failures: &failures,
-            original_headers: b"Subject: hi\nFrom: alice@sender.example\n",
-        };
-        let text = String::from_utf8(compose(&report, UNIX_EPOCH)).unwrap();
+            envid: None,
+            arrival: None,
+            failures,
+        }
+    }
+
+    #[test]
+    fn the_report_has_the_rfc3464_structure() {
+        let failures = [failure("x@example.org", "550 5.1.1 unknown\r\nuser", Action::Failed, None)];
+        let headers = b"Subject: hi\nFrom: alice@sender.example\n";
+        let text =
+            String::from_utf8(compose(&report(&failures), Original::Headers(headers), UNIX_EPOCH)).unwrap();
         let boundary = text.split("boundary=\"").nth(1).unwrap().split('"').next().unwrap();
         let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
         assert_eq!(parts.len(), 5, "preamble, 3 parts, epilogue: {text}");
@@ -294,6 +391,7 @@ mod tests {
             parts[2].contains("Diagnostic-Code: smtp; 550 5.1.1 unknown  user\r\n"),
             "no header injection"
         );
+        assert!(!parts[2].contains("Arrival-Date"), "unknown arrival: no field rather than a wrong one");
         assert!(parts[3].contains(
             "Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\nFrom: alice@sender.example\r\n"
         ));
@@ -304,19 +402,40 @@ mod tests {
     }
 
     #[test]
+    fn envid_orcpt_arrival_relayed_and_the_full_message() {
+        let failures = [
+            failure("x@example.org", "550 5.1.1 unknown", Action::Failed, Some("rfc822;X+y@example.org")),
+            failure("y@example.org", "250 2.0.0 ok", Action::Relayed, None),
+        ];
+        let mut r = report(&failures);
+        r.envid = Some("env id+1");
+        r.arrival = Some(UNIX_EPOCH + std::time::Duration::from_secs(1_795_354_394));
+        let mut message: &[u8] = b"Subject: full\n\n.line one\nno end";
+        let text =
+            String::from_utf8(compose(&r, Original::Full(Box::new(&mut message)), UNIX_EPOCH)).unwrap();
+        assert!(text.contains("\r\nOriginal-Envelope-Id: env+20id+2B1\r\n"), "{text}");
+        assert!(text.contains("\r\nArrival-Date: Sun, 22 Nov 2026 13:33:14 +0000\r\n"), "{text}");
+        assert!(text.contains(
+            "\r\nOriginal-Recipient: rfc822;X+2By@example.org\r\nFinal-Recipient: rfc822; x@example.org\r\nAction: failed\r\n"
+        ));
+        assert!(
+            text.contains("Final-Recipient: rfc822; y@example.org\r\nAction: relayed\r\nStatus: 2.0.0\r\n")
+        );
+        assert!(text.contains(
+            "Content-Type: message/rfc822\r\n\r\nSubject: full\r\n\r\n.line one\r\nno end\r\n\r\n--"
+        ));
+        assert!(!text.replace("\r\n", "").contains('\n'), "only CRLF line ends");
+    }
+
+    #[test]
     fn submission_reports_a_failing_command_and_refuses_the_null_sender() {
-        let failures = [Failure { recipient: "x@example.org".into(), reply: "550 no".into() }];
-        let mut report = Report {
-            reporting_host: "h",
-            queue_id: "1",
-            sender: "a@b.example",
-            failures: &failures,
-            original_headers: b"",
-        };
-        let err = submit(&["/bin/false".into()], &report).unwrap_err();
+        let failures = [failure("x@example.org", "550 no", Action::Failed, None)];
+        let mut r = report(&failures);
+        let err = submit(&["/bin/false".into()], &r, Original::Headers(b"")).unwrap_err();
         assert!(err.contains("/bin/false exited"), "{err}");
-        assert!(submit(&["/nonexistent/sendmail".into()], &report).unwrap_err().contains("cannot run"));
-        report.sender = "";
-        assert!(submit(&["/bin/true".into()], &report).is_err());
+        let err = submit(&["/nonexistent/sendmail".into()], &r, Original::Headers(b"")).unwrap_err();
+        assert!(err.contains("cannot run"));
+        r.sender = "";
+        assert!(submit(&["/bin/true".into()], &r, Original::Headers(b"")).is_err());
     }
 }

@@ -22,14 +22,15 @@
 //!   before it is sent: a kill between the two loses that warning, it never
 //!   sends two.
 
-use crate::bounce::{self, Failure, Notice, Report};
+use crate::bounce::{self, Action, Failure, Report};
 use crate::config::Config;
 use crate::config::PluginSource;
 use crate::listing;
 use crate::locks::{DomainLocks, LockError};
 use crate::log;
+use crate::relay::BodyCopy;
 use odmr_api::host::{MailQueue, QueueCursor};
-use odmr_api::params::Notify;
+use odmr_api::params::{Notify, Ret};
 use odmr_api::{Envelope, Outcome, Status};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -227,29 +228,41 @@ impl Pass<'_> {
                 envelope.arrival.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
             match self.due(arrival) {
                 Some(Due::Expire) => self.expire(&mut cursor, domain, &envelope),
-                Some(Due::Warn) => self.warn(&mut cursor, domain, &envelope, arrival),
+                Some(Due::Warn) => self.warn(&mut cursor, domain, &envelope),
                 None => {}
             }
         }
     }
 
-    /// Submit a DSN of `notice` about `failures` of the cursor's current message.
+    /// Submit a DSN about `failures` of the cursor's current message, with
+    /// the whole message for RET=FULL (as the relay does), else its headers.
     fn submit(
         &self,
         cursor: &mut QueueCursor,
         envelope: &Envelope,
         failures: &[Failure],
-        notice: Notice,
     ) -> Result<(), String> {
-        let headers = original_headers(cursor);
         let report = Report {
             reporting_host: &self.config.server.hostname,
             queue_id: &envelope.id,
             sender: &envelope.sender,
+            envid: envelope.envid.as_deref(),
+            arrival: envelope.arrival,
             failures,
-            original_headers: &headers,
         };
-        bounce::submit_notice(&self.config.bounce.sendmail, &report, notice, self.now)
+        let full = envelope.ret == Some(Ret::Full) && failures.iter().any(|f| f.action == Action::Expired);
+        bounce::submit(&self.config.bounce.sendmail, &report, BodyCopy::unstreamed().original(cursor, full))
+    }
+
+    /// What the DSN says of recipient `i`.
+    fn failure(&self, domain: &str, envelope: &Envelope, i: usize, action: Action) -> Failure {
+        let recipient = envelope.recipients[i].clone();
+        Failure {
+            reply: self.last_reply(domain, &envelope.id, &recipient),
+            recipient,
+            action,
+            orcpt: envelope.recipient_details(i).orcpt,
+        }
     }
 
     /// The last reply that deferred `rcpt`, if the queue knows it.
@@ -266,13 +279,10 @@ impl Pass<'_> {
         let wants = |i: usize| envelope.recipient_details(i).notify.on_failure();
         let failures: Vec<Failure> = (0..envelope.recipients.len())
             .filter(|&i| wants(i))
-            .map(|i| Failure {
-                recipient: envelope.recipients[i].clone(),
-                reply: self.last_reply(domain, id, &envelope.recipients[i]),
-            })
+            .map(|i| self.failure(domain, envelope, i, Action::Expired))
             .collect();
         if !self.dry_run && !envelope.sender.is_empty() && !failures.is_empty() {
-            if let Err(why) = self.submit(cursor, envelope, &failures, Notice::Expired) {
+            if let Err(why) = self.submit(cursor, envelope, &failures) {
                 return self.problem(&format!("domain={domain} id={id} expired but kept: DSN failed: {why}"));
             }
             self.summary.failure_dsns += 1;
@@ -301,17 +311,14 @@ impl Pass<'_> {
     }
 
     /// One delay DSN per message, recorded before it is sent.
-    fn warn(&mut self, cursor: &mut QueueCursor, domain: &str, envelope: &Envelope, arrival: Option<u64>) {
+    fn warn(&mut self, cursor: &mut QueueCursor, domain: &str, envelope: &Envelope) {
         let key = (domain.to_string(), envelope.id.clone());
         if self.warned.contains(&key) || envelope.sender.is_empty() {
             return;
         }
         let delayed: Vec<Failure> = (0..envelope.recipients.len())
             .filter(|&i| envelope.recipient_details(i).notify.on_delay())
-            .map(|i| Failure {
-                recipient: envelope.recipients[i].clone(),
-                reply: self.last_reply(domain, &envelope.id, &envelope.recipients[i]),
-            })
+            .map(|i| self.failure(domain, envelope, i, Action::Delayed))
             .collect();
         if delayed.is_empty() {
             return;
@@ -333,41 +340,13 @@ impl Pass<'_> {
                 self.state_path.display()
             ));
         }
-        let until = match (arrival, self.config.hold.max_hold) {
-            (Some(t), Some(max)) => Some(UNIX_EPOCH + Duration::from_secs(t) + max),
-            _ => None,
-        };
-        match self.submit(cursor, envelope, &delayed, Notice::Delayed { until }) {
+        match self.submit(cursor, envelope, &delayed) {
             Ok(()) => self.summary.delay_dsns += 1,
             Err(why) => {
                 self.problem(&format!("domain={domain} id={id} delay DSN failed (not retried): {why}"))
             }
         }
     }
-}
-
-/// The header block of the current message, at most 64 KiB, for the DSN's
-/// `text/rfc822-headers` part; empty when it cannot be read.
-fn original_headers(cursor: &mut QueueCursor) -> Vec<u8> {
-    const LIMIT: usize = 64 * 1024;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    while data.len() < LIMIT {
-        match cursor.read_body(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-        }
-        let end = data
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .or_else(|| data.windows(4).position(|w| w == b"\r\n\r\n"));
-        if let Some(end) = end {
-            data.truncate(end + 1);
-            return data;
-        }
-    }
-    data.truncate(LIMIT);
-    data
 }
 
 /// The delay-warned set; a missing file is an empty set.

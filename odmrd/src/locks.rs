@@ -1,14 +1,23 @@
 //! Per-domain collection locks: one collector per domain at a time.
 //!
-//! A lock is an exclusive `flock(2)` on `<lock_directory>/<domain>.lock`.
+//! [`Locker`] is the interface the session uses, whatever holds the locks:
+//! `[server] lock = flock` (the default, one host) or `lock = database`
+//! (several front ends on several hosts sharing the `[credentials]` database
+//! of `builtin:sql`: PostgreSQL advisory locks or MariaDB `GET_LOCK`, held on
+//! a connection of the session's own, so they also vanish with a front end
+//! that dies; see `odmr_backend_sql::lock`).
+//!
+//! A flock lock is an exclusive `flock(2)` on `<lock_directory>/<domain>.lock`.
 //! `flock` locks belong to the open file description, so they exclude other
 //! inetd processes and other threads of a standalone daemon alike, and they
 //! vanish with their holder (a crash never leaves a stale lock). This module
 //! owns only the locks; deciding what a busy domain means (450) is the
 //! session's. Domains must already be validated (they become file names).
 
+use crate::config::{Config, LockKind, PluginSource};
 use crate::proto::is_valid_domain;
 use nix::fcntl::{Flock, FlockArg};
+use odmr_backend_sql::lock::{DatabaseLocks, LockFailure};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -21,6 +30,8 @@ pub enum LockError {
     Busy(String),
     /// The lock file could not be created or locked.
     Io(String, io::Error),
+    /// The lock database could not be reached or failed the lock call.
+    Database(String),
 }
 
 impl std::fmt::Display for LockError {
@@ -28,11 +39,60 @@ impl std::fmt::Display for LockError {
         match self {
             LockError::Busy(domain) => write!(f, "{domain} is being collected by another session"),
             LockError::Io(path, e) => write!(f, "lock {path}: {e}"),
+            LockError::Database(e) => write!(f, "lock database: {e}"),
         }
     }
 }
 
-/// Held locks; dropping releases them.
+/// Where a configuration's collection locks live.
+pub enum Locker {
+    Flock(std::path::PathBuf),
+    Database(DatabaseLocks),
+}
+
+/// Locks held for one session, whichever kind; dropping releases them.
+#[derive(Debug)]
+pub enum HeldLocks {
+    Flock(DomainLocks),
+    Database(odmr_backend_sql::lock::Held),
+}
+
+impl Locker {
+    /// The locker `config` asks for. `lock = database` needs `[credentials]
+    /// plugin = builtin:sql` with a driver that has session locks; the error
+    /// says why not (the caller names `[server] lock`).
+    pub fn new(config: &Config) -> Result<Locker, String> {
+        match config.server.lock {
+            LockKind::Flock => Ok(Locker::Flock(config.server.lock_directory.clone())),
+            LockKind::Database => {
+                if config.credentials.source != PluginSource::Builtin("sql".into()) {
+                    return Err(
+                        "lock = database needs [credentials] plugin = builtin:sql (the locks live in \
+                                that database)"
+                            .into(),
+                    );
+                }
+                let pairs: Vec<(String, String)> =
+                    config.credentials.settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
+                DatabaseLocks::from_credentials(&pairs).map(Locker::Database)
+            }
+        }
+    }
+
+    /// Lock every domain of `domains` without waiting, or none of them.
+    pub fn acquire(&self, domains: &[String]) -> Result<HeldLocks, LockError> {
+        match self {
+            Locker::Flock(directory) => DomainLocks::acquire(directory, domains).map(HeldLocks::Flock),
+            Locker::Database(database) => match database.acquire(domains) {
+                Ok(held) => Ok(HeldLocks::Database(held)),
+                Err(LockFailure::Busy(domain)) => Err(LockError::Busy(domain)),
+                Err(LockFailure::Unavailable(e)) => Err(LockError::Database(e)),
+            },
+        }
+    }
+}
+
+/// Held flock locks; dropping releases them.
 #[derive(Debug)]
 pub struct DomainLocks {
     _held: Vec<Flock<File>>,

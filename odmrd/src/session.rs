@@ -10,7 +10,7 @@
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
-use crate::locks::{DomainLocks, LockError};
+use crate::locks::{HeldLocks, LockError, Locker};
 use crate::log;
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
 use crate::relay;
@@ -177,7 +177,12 @@ impl<W: Wire> Session<'_, W> {
                 Err(end) => return end,
             };
             let step = match proto::parse_command(&line) {
-                Ok(command) => self.command(command),
+                Ok(command) => {
+                    if matches!(command, Command::Atrn(_)) && proto::atrn_list_has_spaces(&line) {
+                        self.log("event=atrn-list-with-spaces note=\"accepted; RFC 2645 has no spaces in the list\"");
+                    }
+                    self.command(command)
+                }
                 Err(CommandError::Unknown) => self.reply(500, "Command unrecognized").map(|()| None),
                 Err(CommandError::Syntax(why)) => self.reply(501, why).map(|()| None),
             };
@@ -347,7 +352,7 @@ impl<W: Wire> Session<'_, W> {
         let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
         let list = domains.join(",");
         let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
-        let Some((mut cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
+        let Some((cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
         self.log(&format!("event=atrn user={user} domains={list} result=250"));
         // From here RFC 5321's limits per reply apply instead of session_timeout.
@@ -358,14 +363,15 @@ impl<W: Wire> Session<'_, W> {
             hostname: &self.config.server.hostname,
             sendmail: &self.config.bounce.sendmail,
             timeouts: relay::Timeouts::default(),
+            queue: &self.backends.queue,
+            domains: &domains,
         };
-        let summary = relay::deliver(&mut self.conn, &mut cursor, first, &context);
+        // The cursor (and the queue's own locks) are closed inside, before the domain locks go.
+        let summary = relay::deliver(&mut self.conn, cursor, first, &context);
         self.log(&format!(
             "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
             summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
         ));
-        // The cursor (and the queue's own locks) go before the domain locks.
-        drop(cursor);
         drop(locks);
         Ok(Some(End::Normal))
     }
@@ -399,8 +405,8 @@ impl<W: Wire> Session<'_, W> {
     }
 
     /// Take the per-domain collection locks, or None after a 450/451.
-    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<DomainLocks>> {
-        match DomainLocks::acquire(&self.config.server.lock_directory, domains) {
+    fn lock(&mut self, user: &str, domains: &[String], list: &str) -> std::io::Result<Option<HeldLocks>> {
+        match Locker::new(self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
                 self.log(&format!(

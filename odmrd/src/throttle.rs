@@ -196,6 +196,12 @@ impl Policy {
         if let Some(refusal) = self.capped(record, now) {
             return Decision::Refuse(refusal);
         }
+        if record.failures == 0 {
+            // An address without failures never waits: several customers behind one NAT, or
+            // one customer's parallel polls, log in at once. Turns start with the first failure.
+            record.last_attempt = now;
+            return Decision::Proceed { wait: 0 };
+        }
         let turn = record.next_turn.max(now);
         let wait = turn - now;
         if wait > self.max_penalty {
@@ -574,9 +580,10 @@ mod tests {
         let busy = |turn_in| Decision::Refuse(Refusal::Busy { turn_in });
         #[rustfmt::skip]
         let cases: Vec<(&str, Policy, Vec<Step>)> = vec![
-            ("an address without failures waits only for its own attempt in progress", POLICY, vec![
+            ("an address without failures never waits, not even for parallel attempts", POLICY, vec![
                 Connect(0, None), Attempt(0, proceed(0)), Succeed(5), Attempt(6, proceed(0)), Succeed(7),
-                Attempt(8, proceed(0)), Attempt(9, proceed(1999)), Succeed(10), Attempt(11, proceed(0)),
+                Attempt(8, proceed(0)), Attempt(9, proceed(0)), Attempt(9, proceed(0)), Attempt(9, proceed(0)),
+                Attempt(9, proceed(0)), Attempt(9, proceed(0)), Succeed(10), Attempt(11, proceed(0)),
             ]),
             ("one guesser waits 2, 4, 8, 15, 15 s", lenient, vec![
                 Attempt(0, proceed(0)), Fail(0, None),
@@ -586,11 +593,12 @@ mod tests {
                 Attempt(14_000, proceed(15_000)), Fail(29_000, None),
                 Attempt(29_000, proceed(15_000)),
             ]),
-            ("parallel attempts take the same turns; one beyond the maximum penalty is refused", lenient, vec![
-                Attempt(0, proceed(0)), Attempt(0, proceed(2000)), Attempt(0, proceed(6000)),
+            ("after a failure, parallel attempts take turns; one beyond the maximum penalty is refused", lenient, vec![
+                Attempt(0, proceed(0)), Fail(0, None),
+                Attempt(0, proceed(2000)), Attempt(0, proceed(6000)),
                 Attempt(0, proceed(14_000)), Attempt(0, busy(29_000)),
                 Connect(0, Some(Refusal::Busy { turn_in: 29_000 })),
-                Fail(0, None), Fail(2000, None), Fail(6000, None), Fail(14_000, None),
+                Fail(2000, None), Fail(6000, None), Fail(14_000, None),
                 Attempt(14_000, proceed(15_000)),
                 // A refusal reserves nothing: once the next free turn (44 s) is near, one waits for it.
                 Attempt(16_000, busy(28_000)), Connect(29_000, None), Attempt(29_000, proceed(15_000)),
@@ -693,7 +701,11 @@ mod tests {
         assert!(file_throttle(&path).on_connect(guesser).is_some());
         assert_eq!(file_throttle(&path).on_connect(other), None);
         assert_eq!(file_throttle(&path).attempt(other), proceed(0));
-        assert_eq!(file_throttle(&path).attempt(other), proceed(2000), "the first might be a failure");
+        assert_eq!(
+            file_throttle(&path).attempt(other),
+            proceed(0),
+            "an address without failures never waits"
+        );
         file_throttle(&path).succeeded(other);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# odmrd auth throttle"), "{text}");

@@ -32,11 +32,15 @@ pub enum Decision {
     /// replies cannot be matched to our commands any more. Nothing of the message is committed
     /// and the session ends.
     OutOfStep(Step),
+    /// The customer's limit on this transaction, not a verdict on the recipient: it stays
+    /// queued (no outcome) and is sent again in a later transaction on the same connection.
+    Again(Step),
 }
 
-/// RCPT replies that RFC 5321 §4.5.3.1.10 says to treat as temporary although they are 5xx:
-/// `552` "too many recipients", a limit of this transaction rather than of the address.
-const TEMPORARY_RCPT_5XX: [u16; 1] = [552];
+/// RCPT replies that mean "too many recipients in this transaction": `452` and, although 5xx,
+/// `552`, which RFC 5321 §4.5.3.1.10 says to treat as temporary. The client sends the rest in
+/// another transaction, as Exim's smtp transport does on the same connection.
+const ANOTHER_TRANSACTION: [u16; 2] = [452, 552];
 
 /// Decide one recipient from the codes its transaction received. `None` means no reply was read
 /// for that step (the command was not sent, or its reply never came).
@@ -51,8 +55,8 @@ pub fn decide(mail: u16, rcpt: Option<u16>, data: Option<u16>, end: Option<u16>)
     let Some(rcpt) = rcpt else { return OutOfStep(Step::Rcpt) };
     match class(rcpt) {
         2 => {}
+        4 | 5 if ANOTHER_TRANSACTION.contains(&rcpt) => return Decision::Again(Step::Rcpt),
         4 => return Settled(Outcome::TempFail, Step::Rcpt),
-        5 if TEMPORARY_RCPT_5XX.contains(&rcpt) => return Settled(Outcome::TempFail, Step::Rcpt),
         5 => return Settled(Outcome::PermFail, Step::Rcpt),
         _ => return OutOfStep(Step::Rcpt),
     }
@@ -106,10 +110,11 @@ mod tests {
         ((250, Some(250), None, None), OutOfStep(Step::Data)),
         // RCPT.
         ((250, Some(450), Some(354), Some(250)), Settled(TempFail, Step::Rcpt)),
-        ((250, Some(452), Some(354), Some(250)), Settled(TempFail, Step::Rcpt)),
+        ((250, Some(452), Some(354), Some(250)), Again(Step::Rcpt)),
+        ((250, Some(452), None, None), Again(Step::Rcpt)),
         ((250, Some(550), Some(354), Some(250)), Settled(PermFail, Step::Rcpt)),
         ((250, Some(553), None, None), Settled(PermFail, Step::Rcpt)),
-        ((250, Some(552), Some(354), Some(250)), Settled(TempFail, Step::Rcpt)),
+        ((250, Some(552), Some(354), Some(250)), Again(Step::Rcpt)),
         ((250, Some(354), Some(354), Some(250)), OutOfStep(Step::Rcpt)),
         ((250, None, None, None), OutOfStep(Step::Rcpt)),
         // MAIL.

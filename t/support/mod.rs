@@ -18,12 +18,14 @@
 //!   [`qmail_message`] to build the two envelope forms odmrd's maildir backend reads);
 //! - [`SmtpClient`]: a line-oriented SMTP client for speaking to a server directly;
 //! - [`free_port`], [`wait_until`], [`doveadm_cram_md5`];
+//! - [`databases`]: private PostgreSQL and MariaDB servers for the SQL tests;
 //! - [`odmrd`]: odmrd itself, under inetd (a socketpair) or standalone, and the customer's client.
 //!
 //! The peers come from Debian packages that `t/setup-deps` installs. Everything works as root
 //! (CI) and as an ordinary user; see [`CustomerMta`] for how Exim is run in both cases.
 #![allow(dead_code)]
 
+pub mod databases;
 pub mod odmrd;
 
 use std::ffi::OsString;
@@ -91,6 +93,12 @@ pub fn header_section(message: &[u8]) -> &[u8] {
         return message;
     }
     &message[..message.len() - body.len()]
+}
+
+/// Every line of `text` (a DSN, say) that starts with `prefix` (`"Action:"`), whole, in order:
+/// for checking the fields of all parts of a report at once.
+pub fn lines_starting(text: &str, prefix: &str) -> Vec<String> {
+    text.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
 }
 
 /// The value of the first header field called `name` (case-insensitive) in the header section,

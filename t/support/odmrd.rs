@@ -216,6 +216,7 @@ pub fn shared_object(file_name: &str) -> PathBuf {
             "odmr-backend-maildir-so",
             "odmr-backend-vpopmail-so",
             "odmr-backend-exim-so",
+            "odmr-backend-sql-so",
             "odmr-test-panicky",
         ] {
             cargo.args(["-p", package]);
@@ -458,6 +459,33 @@ impl Client {
         }
         self.send("354 go");
         (mail, rcpts, self.data())
+    }
+
+    /// Play the MTA for one transaction without PIPELINING: 250 to MAIL,
+    /// `replies[n]` to the n-th RCPT, then 354 and `end` when one was
+    /// accepted, else 250 to the RSET. Returns the MAIL line and the RCPT
+    /// lines, without line ends.
+    pub fn transaction(&mut self, replies: &[&str], end: &str) -> (String, Vec<String>) {
+        let mail = self.line().trim_end().to_string();
+        assert!(mail.starts_with("MAIL FROM:"), "MAIL expected, got {mail:?}");
+        self.send("250 ok");
+        let mut rcpts = Vec::new();
+        for reply in replies {
+            let line = self.line().trim_end().to_string();
+            assert!(line.starts_with("RCPT TO:"), "RCPT expected, got {line:?}");
+            rcpts.push(line);
+            self.send(reply);
+        }
+        if replies.iter().any(|r| r.starts_with('2')) {
+            assert_eq!(self.line(), "DATA\r\n");
+            self.send("354 go");
+            self.data();
+            self.send(end);
+        } else {
+            assert_eq!(self.line(), "RSET\r\n");
+            self.send("250 ok");
+        }
+        (mail, rcpts)
     }
 
     /// In the reversed state: expect odmrd's QUIT and answer 221.

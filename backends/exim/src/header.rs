@@ -83,6 +83,8 @@ pub struct Header {
     pub ret: Option<Ret>,
     /// `-smtputf8`: received with SMTPUTF8.
     pub smtputf8: bool,
+    /// `-body_linecount`: lines of the `-D` body (absent in wire format).
+    pub body_lines: Option<u64>,
     /// Bytes consumed up to and including the blank line before the headers.
     pub headers_offset: u64,
 }
@@ -154,7 +156,7 @@ pub fn parse<R: BufRead>(reader: R, id: &str) -> Result<Header, Bad> {
 
     let mut frozen = false;
     let mut wireformat = false;
-    let (mut envid, mut ret, mut smtputf8) = (None, None, false);
+    let (mut envid, mut ret, mut smtputf8, mut body_lines) = (None, None, false, None);
     let mut line = r.line("options")?;
     while line[0] == b'-' {
         let text = &line[..line.len() - 1];
@@ -173,6 +175,8 @@ pub fn parse<R: BufRead>(reader: R, id: &str) -> Result<Header, Bad> {
             };
         } else if var == b"smtputf8" {
             smtputf8 = true;
+        } else if let Some(value) = var.strip_prefix(b"body_linecount ") {
+            body_lines = std::str::from_utf8(value).ok().and_then(|n| n.parse().ok());
         } else if var.starts_with(b"spool_file_wireformat") {
             wireformat = true;
         } else if var.starts_with(b"aclc ") || var.starts_with(b"aclm ") || var.starts_with(b"acl ") {
@@ -222,6 +226,7 @@ pub fn parse<R: BufRead>(reader: R, id: &str) -> Result<Header, Bad> {
         envid,
         ret,
         smtputf8,
+        body_lines,
         headers_offset: r.consumed,
     })
 }

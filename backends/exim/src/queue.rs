@@ -18,7 +18,7 @@ use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
 use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::eight_bit_in;
+use odmr_api::params::{scan_files, wire_size_bound};
 use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
@@ -299,6 +299,7 @@ impl Queue for Exim {
                     ret: header.ret,
                     smtputf8: header.smtputf8,
                     eight_bit: None,
+                    wire_size: None,
                     details: mine.iter().map(|&i| header.details[i].clone()).collect(),
                 };
                 report(Listed::Message { domain, envelope: &envelope, last_replies: &[] });
@@ -343,6 +344,8 @@ struct Current {
     size: u64,
     /// Whether headers and body hold 8-bit octets (None: too large to scan).
     eight_bit: Option<bool>,
+    /// An upper bound of its size on the wire, if known.
+    wire_size: Option<u64>,
     body: Body<BufReader<File>, BufReader<File>>,
     /// The locked `-D`; the lock lasts until this and `body` are dropped.
     data: File,
@@ -497,21 +500,26 @@ impl EximCursor {
         };
         // Exim keeps no 8BITMIME mark in the spool: look (the page cache
         // then serves the delivery), without moving the readers' offsets.
-        let eight_bit = eight_bit_in(&[(reader.get_ref(), header.headers_offset), (&data, offset)]);
+        let scan = scan_files(&[(reader.get_ref(), header.headers_offset), (&data, offset)]);
         reader.seek(SeekFrom::Start(header.headers_offset)).map_err(with(&h_path))?;
         let mut body_file = data.try_clone().map_err(with(&d_path))?;
         body_file.seek(SeekFrom::Start(offset)).map_err(with(&d_path))?;
         let body = Body::new(reader, BufReader::with_capacity(READ_BUFFER, body_file));
         // Exim's message_size: transmitted headers, the blank line, the body.
         let body_size = data.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
+        let size = headers_size + 1 + body_size;
+        // Lines: counted by the scan, else Exim's body count plus (safely
+        // over-counted) one per header byte and the blank line.
+        let lines = scan.map(|s| s.lines).or(header.body_lines.map(|b| b + headers_size + 1));
         Ok(Some(Current {
             location: location.clone(),
             torn_journal: journal.last().is_some_and(|&b| b != b'\n'),
             outcomes: Outcomes::new(offered),
             done,
             header,
-            size: headers_size + 1 + body_size,
-            eight_bit,
+            size,
+            eight_bit: scan.map(|s| s.eight_bit),
+            wire_size: lines.map(|lines| wire_size_bound(size, lines)),
             body,
             data,
         }))
@@ -554,6 +562,7 @@ impl Cursor for EximCursor {
                         ret: current.header.ret,
                         smtputf8: current.header.smtputf8,
                         eight_bit: current.eight_bit,
+                        wire_size: current.wire_size,
                         details: current
                             .outcomes
                             .offered()
@@ -831,6 +840,8 @@ mod tests {
         assert_eq!(e.recipients, ["a@example.org", "c@example.org"]);
         assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(1795354394)));
         assert_eq!(e.eight_bit, Some(true));
+        // Subject, From, the blank line and one body line: four CRs to add.
+        assert!(e.wire_size.is_some_and(|w| w >= e.size + 4), "{:?} for {}", e.wire_size, e.size);
         assert_eq!(e.recipient_details(0).orcpt.as_deref(), Some("rfc822;A+x@example.org"));
         assert!(e.recipient_details(0).notify.on_success());
         assert_eq!(e.recipient_details(1), Default::default());

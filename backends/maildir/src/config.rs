@@ -21,6 +21,18 @@ pub struct Config {
     directory: String,
     /// qmail virtualdomains prefix to strip from `Delivered-To`; may contain `{domain}`.
     strip_prefix: Option<String>,
+    /// `claim = yes`: front ends on several hosts share the spool (see `claim`).
+    pub claims: Option<Claims>,
+}
+
+/// How this front end claims messages in a shared spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// `claim_host`, default the system's host name: part of each claim name.
+    pub host: String,
+    /// `stale_claim_after`, seconds (default 3600): a claim older than this
+    /// is a dead front end's and is returned.
+    pub stale_after: u64,
 }
 
 impl Config {
@@ -30,7 +42,26 @@ impl Config {
         let mut settings = Settings::new(pairs)?;
         let directory = settings.take_str("directory");
         let strip_prefix = settings.take_str("strip_prefix");
+        let claim = settings.take_with("claim", |v| match v {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            _ => Err(format!("'{v}' is not yes or no")),
+        })?;
+        let claim_host = settings.take_str("claim_host").map(str::to_owned);
+        let stale_after = settings.take_u64("stale_claim_after")?;
         settings.finish()?;
+        let claims = match claim.unwrap_or(false) {
+            true => Some(Claims {
+                host: claim_host.unwrap_or_else(|| {
+                    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+                }),
+                stale_after: stale_after.unwrap_or(3600),
+            }),
+            false if claim_host.is_some() || stale_after.is_some() => {
+                return Err("keys 'claim_host' and 'stale_claim_after' need claim = yes".into())
+            }
+            false => None,
+        };
         for (key, value) in [("directory", directory), ("strip_prefix", strip_prefix)] {
             if let Some(value) = value {
                 check_template(key, value)?;
@@ -44,6 +75,7 @@ impl Config {
         Ok(Config {
             directory: directory.to_owned(),
             strip_prefix: strip_prefix.filter(|p| !p.is_empty()).map(str::to_owned),
+            claims,
         })
     }
 
@@ -150,6 +182,19 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_off_unless_asked_for() {
+        let c = Config::from_pairs(&pairs(&[("directory", "/s/{domain}")])).unwrap();
+        assert_eq!(c.claims, None);
+        let c = Config::from_pairs(&pairs(&[
+            ("directory", "/s/{domain}"),
+            ("claim", "yes"),
+            ("claim_host", "a"),
+        ]))
+        .unwrap();
+        assert_eq!(c.claims, Some(Claims { host: "a".into(), stale_after: 3600 }));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "'directory' is required"),
@@ -162,6 +207,12 @@ mod tests {
             (&[("directory", "/s/fixed")], "key 'directory'"),
             (&[("directory", "/s/{domian}")], "key 'directory'"),
             (&[("directory", "/s/{domain}"), ("strip_prefix", "{user}-")], "key 'strip_prefix'"),
+            (&[("directory", "/s/{domain}"), ("claim", "maybe")], "key 'claim'"),
+            (&[("directory", "/s/{domain}"), ("claim_host", "a")], "need claim = yes"),
+            (
+                &[("directory", "/s/{domain}"), ("claim", "yes"), ("stale_claim_after", "soon")],
+                "stale_claim_after",
+            ),
         ];
         for (input, expected) in cases {
             let err = Config::from_pairs(&pairs(input)).unwrap_err();

@@ -13,7 +13,7 @@
 //! what happens to a file.
 
 use crate::body::Unstuffer;
-use odmr_api::params::{esmtp_params, orcpt_decode, xtext_decode, Notify, Ret};
+use odmr_api::params::{esmtp_params, orcpt_decode, xtext_decode, ContentScan, Notify, Ret};
 use odmr_api::RecipientDetails;
 use std::io::{self, BufRead};
 use std::ops::Range;
@@ -76,6 +76,8 @@ pub struct MailParams {
     /// `BODY=8BITMIME` or an 8-bit octet in the data: Some(true); the whole
     /// data read without one: Some(false); headers mode: None.
     pub eight_bit: Option<bool>,
+    /// Line feeds in the data (BSMTP; headers mode: None).
+    pub lines: Option<u64>,
 }
 
 /// How the content is laid out in the file.
@@ -251,8 +253,9 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
         return malformed("no RCPT TO before DATA");
     }
     let data_start = offset;
-    let eight_bit_data = check_data(r)?;
-    params.eight_bit = Some(params.eight_bit.unwrap_or(false) || eight_bit_data);
+    let scan = check_data(r)?;
+    params.eight_bit = Some(params.eight_bit.unwrap_or(false) || scan.eight_bit);
+    params.lines = Some(scan.lines);
     params.smtputf8 |= !sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
     let layout = Layout::Bsmtp { mail_line: mail.kept, data_line, data_start };
     Ok(Parsed { sender, recipients, params, layout })
@@ -260,21 +263,21 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
 
 /// Run the data through the same un-stuffer the body reader uses and require
 /// the terminating `.` line to be the end of the file. Whether the data
-/// holds an 8-bit octet comes for free on the way.
-fn check_data(r: &mut impl BufRead) -> Result<bool, Rejected> {
+/// holds an 8-bit octet, and its line count, come for free on the way.
+fn check_data(r: &mut impl BufRead) -> Result<ContentScan, Rejected> {
     let mut unstuffer = Unstuffer::default();
     let mut scratch = [0u8; 1024];
-    let mut eight_bit = false;
+    let mut scan = ContentScan::default();
     loop {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             if unstuffer.finish_at_eof() {
-                return Ok(eight_bit);
+                return Ok(scan);
             }
             return malformed("data not terminated by a line '.'");
         }
         let (used, _) = unstuffer.decode(buf, &mut scratch);
-        eight_bit |= buf[..used].iter().any(|&b| b > 127);
+        scan.add(&buf[..used]);
         let done = unstuffer.is_done();
         let rest = buf.len() - used;
         r.consume(used);
@@ -282,7 +285,7 @@ fn check_data(r: &mut impl BufRead) -> Result<bool, Rejected> {
             if rest > 0 || !r.fill_buf()?.is_empty() {
                 return malformed("bytes after the terminating '.' line");
             }
-            return Ok(eight_bit);
+            return Ok(scan);
         }
     }
 }

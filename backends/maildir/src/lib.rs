@@ -10,7 +10,8 @@
 //! - [`body`]: streaming (un-stuffed) content with constant memory;
 //! - [`spool`]: listing, locking, unlinking and atomically rewriting files;
 //! - [`deferred`]: the last reply that deferred each recipient, for the listing;
-//! - [`queue`]: the `Queue`/`Cursor` implementation and the selection rule.
+//! - [`queue`]: the `Queue`/`Cursor` implementation and the selection rule;
+//! - [`claim`]: rename-based claims for a spool shared by several hosts (NFS).
 //!
 //! The rule above all: never lose mail. Files change only in `commit()`,
 //! after the host recorded outcomes; malformed or unreadable files are logged
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod claim;
 pub mod config;
 pub mod deferred;
 pub mod envelope;

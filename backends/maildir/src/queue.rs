@@ -9,6 +9,7 @@
 //! system calls itself (`spool`).
 
 use crate::body::{Body, Unstuffer};
+use crate::claim::{self, Claim};
 use crate::config::Config;
 use crate::deferred;
 use crate::envelope::{self, Layout, Parsed, Rejected};
@@ -16,7 +17,7 @@ use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
 use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::eight_bit_in;
+use odmr_api::params::{scan_files, wire_size_bound};
 use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -164,6 +165,23 @@ impl Maildir {
         Ok(domains)
     }
 
+    /// With `claim = yes`: return the claims of dead front ends in `spool`.
+    fn return_stale_claims(&self, spool: &Spool) {
+        let Some(claims) = &self.config.claims else { return };
+        match claim::return_stale(&spool.path, claims.stale_after) {
+            Ok(returned) => {
+                for id in returned {
+                    let msg = format!("domain={} file={id} stale claim returned to the queue", spool.domain);
+                    self.log(LogLevel::Warn, &msg);
+                }
+            }
+            Err(e) => self.log(
+                LogLevel::Error,
+                &format!("domain={} maildir={} cannot check claims: {e}", spool.domain, spool.path.display()),
+            ),
+        }
+    }
+
     /// List one maildir's messages, logging what is passed over.
     fn scan(&self, spool: &Spool) -> io::Result<Vec<Entry>> {
         let (entries, ignored) = spool::scan(&spool.path).inspect_err(|e| {
@@ -283,6 +301,7 @@ impl Queue for Maildir {
         let domains = self.domains(domains)?;
         let (spools, mut errors) = self.spools(&domains)?;
         for spool in &spools {
+            self.return_stale_claims(spool);
             let Ok(entries) = self.scan(spool) else {
                 errors += 1;
                 continue;
@@ -322,6 +341,16 @@ impl Queue for Maildir {
         let mut locks = Vec::new();
         let mut queue = Vec::new();
         for spool in candidates {
+            // With claims, each message is claimed by a rename instead: the
+            // seriallock cannot be relied on between hosts (NFS).
+            if self.config.claims.is_some() {
+                self.return_stale_claims(&spool);
+                if let Ok(entries) = self.scan(&spool) {
+                    queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
+                }
+                spools.push(spool);
+                continue;
+            }
             match spool::lock(&spool.path) {
                 Ok(Lock::Held(lock)) => locks.push(lock),
                 Ok(Lock::Busy) => {
@@ -470,6 +499,9 @@ struct Current {
     committed: bool,
     /// The customer's replies to deferred recipients, by address.
     deferred: std::collections::BTreeMap<String, String>,
+    /// With `claim = yes`: the claim, returned when this message is left
+    /// without being removed.
+    claim: Option<Claim>,
 }
 
 impl MaildirCursor {
@@ -521,8 +553,12 @@ fn envelope_of(entry: &Entry, selected: &Selected) -> Envelope {
     let meta = selected.file.metadata().ok();
     let size = meta.as_ref().map_or(0, |m| m.len());
     let params = &selected.parsed.params;
-    // BSMTP data was scanned while parsing; the headers form is read here.
-    let eight_bit = params.eight_bit.or_else(|| eight_bit_in(&[(&selected.file, 0)]));
+    // BSMTP data was scanned while parsing; the headers form is read
+    // here (its envelope headers, not sent, only make the bound safer).
+    let (eight_bit, lines) = match (params.eight_bit, params.lines) {
+        (Some(eight_bit), Some(lines)) => (Some(eight_bit), Some(lines)),
+        _ => scan_files(&[(&selected.file, 0)]).map_or((None, None), |s| (Some(s.eight_bit), Some(s.lines))),
+    };
     let offered = |i: &usize| &selected.parsed.recipients[*i];
     Envelope {
         id: entry.id.clone(),
@@ -534,6 +570,7 @@ fn envelope_of(entry: &Entry, selected: &Selected) -> Envelope {
         ret: params.ret,
         smtputf8: params.smtputf8,
         eight_bit,
+        wire_size: lines.map(|lines| wire_size_bound(size, lines)),
         details: selected.offered.iter().map(|i| offered(i).details.clone()).collect(),
     }
 }
@@ -579,8 +616,24 @@ impl Cursor for MaildirCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
         // Leaving a message without commit leaves its file exactly as it was.
         self.current = None;
-        while let Some((spool_index, entry)) = self.queue.pop_front() {
+        while let Some((spool_index, mut entry)) = self.queue.pop_front() {
             let spool = &self.spools[spool_index];
+            let claim = match &self.config.claims {
+                None => None,
+                Some(claims) => match Claim::take(&entry.path, &claims.host) {
+                    Ok(Some(claim)) => {
+                        entry.path = claim.path().to_owned();
+                        Some(claim)
+                    }
+                    // Another front end has it.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let msg = format!("domain={} file={} cannot claim: {e}", spool.domain, entry.id);
+                        self.log(LogLevel::Error, &msg);
+                        continue;
+                    }
+                },
+            };
             let selected = match select(&self.host, &self.config, spool, &entry, &self.domains) {
                 Selection::Offer(selected) => selected,
                 Selection::Nothing => continue,
@@ -609,6 +662,7 @@ impl Cursor for MaildirCursor {
                 file: selected.file,
                 committed: false,
                 deferred: Default::default(),
+                claim,
             });
             self.offered_any = true;
             return Ok(Some(envelope));
@@ -695,6 +749,9 @@ impl Cursor for MaildirCursor {
         match result {
             Ok(what) => {
                 current.committed = true;
+                if let (Some(claim), "removed") = (current.claim.as_mut(), what) {
+                    claim.settle();
+                }
                 let left = done.iter().filter(|d| !**d).count();
                 self.log(
                     LogLevel::Info,

@@ -497,10 +497,46 @@ RCPT TO:<u2@example.org> NOTIFY=NEVER\nRCPT TO:<u3@example.org> NOTIFY=bogus\nDA
     assert_eq!(e.recipient_details(1).notify, Notify::NEVER);
     assert_eq!(e.recipient_details(2).notify, Notify::UNSPECIFIED, "a bad NOTIFY is as if absent");
 
+    // Data "Subject: p\n\nhé\n" is 16 octets with CRLF: the bound covers it.
+    assert!(e.wire_size.is_some_and(|w| w >= 16), "{:?}", e.wire_size);
     let e = &got[1].0;
     assert_eq!((e.smtputf8, e.eight_bit, e.envid.as_deref()), (true, Some(false), None));
 
     let e = &got[2].0;
     assert_eq!((e.smtputf8, e.eight_bit), (false, Some(false)));
     assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(300)), "no time in the name: the file's");
+}
+
+/// `claim = yes`: a message being sent is hidden under a claim name (another
+/// front end neither sees nor gets it), comes back under its own name when
+/// left without a verdict, and is removed after one; a stale claim of a dead
+/// front end is returned when the spool is next opened.
+#[test]
+fn claims_hide_return_and_remove_messages() {
+    let spool = Spool::new();
+    let first = spool.put("example.org", "new/1.M1P1.h", BSMTP_LF, 100);
+    let claims = [("claim", "yes"), ("claim_host", "front-a")];
+    let q = instance(&spool, &claims);
+    let other = instance(&spool, &[("claim", "yes"), ("claim_host", "front-b")]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    assert!(cursor.next_message().unwrap().is_some());
+    assert!(!first.exists(), "claimed: renamed away");
+    assert!(!other.has_pending(&domains(&["example.org"])).unwrap());
+    assert!(other.open(&domains(&["example.org"])).unwrap().next_message().unwrap().is_none());
+    drop(cursor);
+    assert_eq!(read(&first), BSMTP_LF, "left without a verdict: back under its own name");
+
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    cursor.next_message().unwrap().unwrap();
+    cursor.set_outcome(0, Outcome::Delivered).unwrap();
+    cursor.commit().unwrap();
+    drop(cursor);
+    let left: Vec<_> = fs::read_dir(spool.maildir("example.org").join("new")).unwrap().collect();
+    assert!(left.is_empty(), "delivered: removed, claim and all: {left:?}");
+
+    // A claim a dead front end left an hour and more ago.
+    let stale = spool.put("example.org", "cur/.odmrd-claim.1000.front-c.77.2.M2P2.h:2,S", BSMTP_CRLF, 200);
+    assert!(q.has_pending(&domains(&["example.org"])).unwrap());
+    assert!(!stale.exists());
+    assert_eq!(read(&spool.maildir("example.org").join("cur/2.M2P2.h:2,S")), BSMTP_CRLF);
 }

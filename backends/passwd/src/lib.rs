@@ -185,7 +185,7 @@ struct Account {
     domains: Vec<String>,
 }
 
-enum Password {
+pub enum Password {
     /// A secret that can serve CRAM-MD5.
     Usable(Secret),
     /// An empty password: nobody can log in (as in Dovecot).
@@ -263,9 +263,9 @@ enum Encoding {
     Base64,
 }
 
-/// Interprets a password field. `Err` is a malformed value (the reason never
-/// contains the value itself).
-fn parse_password(field: &[u8]) -> Result<Password, String> {
+/// Interprets a password field (also `builtin:sql`'s `password` column).
+/// `Err` is a malformed value (the reason never contains the value itself).
+pub fn parse_password(field: &[u8]) -> Result<Password, String> {
     if field.is_empty() {
         return Ok(Password::Empty);
     }
