@@ -412,3 +412,39 @@ fn a_kill_during_expire_loses_nothing() {
     assert!(!queued.exists());
     assert_eq!(provider.sendmail.calls().len(), 1);
 }
+
+#[test]
+fn the_mail_is_waiting_command_runs_once_per_interval() {
+    let mut provider = Provider::new();
+    let told = provider.path().join("told");
+    let command = provider.path().join("tell");
+    fs::write(
+        &command,
+        format!(
+            "#!/bin/sh\necho \"$ODMR_DOMAIN $ODMR_MESSAGES $ODMR_RECIPIENTS $ODMR_OLDEST_AGE\" >> '{}'\n",
+            told.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&command, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let keys = format!(
+        "max_hold = 0\nnotify_after = 24h\nnotify_interval = 2d\nnotify_command = {}",
+        command.display()
+    );
+    let (config, backends) = expiring(&mut provider, &keys);
+    provider.queue(
+        "example.org",
+        &format!("{T0}.M1P1.h"),
+        "MAIL FROM:<a@s.example>\nRCPT TO:<u@example.org>\nRCPT TO:<v@example.org>\nDATA\n\n.\n",
+    );
+    let told_lines = || fs::read_to_string(&told).unwrap_or_default();
+    assert_eq!(pass(&config, &backends, T0 + DAY - 1, false).0.notices, 0, "not a day old yet");
+    assert_eq!(pass(&config, &backends, T0 + DAY, false).0.notices, 1);
+    assert_eq!(told_lines(), format!("example.org 1 2 {DAY}\n"));
+    assert_eq!(pass(&config, &backends, T0 + 2 * DAY, false).0.notices, 0, "within notify_interval");
+    assert_eq!(pass(&config, &backends, T0 + 3 * DAY, true).0.notices, 0, "a dry run runs nothing");
+    assert_eq!(pass(&config, &backends, T0 + 3 * DAY, false).0.notices, 1, "after notify_interval");
+    assert_eq!(told_lines().lines().count(), 2);
+    let state = fs::read_to_string(provider.path().join("state/notified")).unwrap();
+    assert_eq!(state, format!("example.org\t{}\n", T0 + 3 * DAY));
+}

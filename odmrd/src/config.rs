@@ -184,8 +184,17 @@ pub struct HoldConfig {
     /// delay DSN per message.
     pub delay_warning: Option<Duration>,
     /// Key `state_directory`, default `/var/lib/odmrd`, absolute: what
-    /// `--expire` remembers (the delay warnings sent).
+    /// `--expire` remembers (the delay warnings sent, the notices run).
     pub state_directory: PathBuf,
+    /// Key `notify_after`, default `0` (None) = off: once a domain's oldest
+    /// held message is this old, run `notify_command` ("mail is waiting").
+    pub notify_after: Option<Duration>,
+    /// Key `notify_interval`, default 1 day: at most one notice per domain
+    /// per this long.
+    pub notify_interval: Duration,
+    /// Key `notify_command`: the command split on white space, the program
+    /// an absolute path; required when `notify_after` is set.
+    pub notify_command: Vec<String>,
 }
 
 impl Default for HoldConfig {
@@ -194,12 +203,16 @@ impl Default for HoldConfig {
             max_hold: Some(Duration::from_secs(14 * 86_400)),
             delay_warning: None,
             state_directory: PathBuf::from("/var/lib/odmrd"),
+            notify_after: None,
+            notify_interval: Duration::from_secs(86_400),
+            notify_command: Vec::new(),
         }
     }
 }
 
 /// `[queue]` keys for odmrd, not for the backend.
-pub const HOLD_KEYS: &[&str] = &["max_hold", "delay_warning", "state_directory"];
+pub const HOLD_KEYS: &[&str] =
+    &["max_hold", "delay_warning", "state_directory", "notify_after", "notify_interval", "notify_command"];
 
 /// `[bounce]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -631,8 +644,23 @@ fn parse_hold(ctx: &Ctx, properties: Option<&Properties>) -> Result<HoldConfig, 
                 }
                 hold.state_directory = PathBuf::from(value);
             }
+            "notify_after" => hold.notify_after = parse_age(value).map_err(fail)?,
+            "notify_interval" => {
+                hold.notify_interval =
+                    parse_age(value).map_err(&fail)?.ok_or_else(|| fail("must be more than 0".into()))?
+            }
+            "notify_command" => {
+                let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+                if !words.first().is_some_and(|program| program.starts_with('/')) {
+                    return Err(fail("expected a command starting with an absolute path".into()));
+                }
+                hold.notify_command = words;
+            }
             _ => {}
         }
+    }
+    if hold.notify_after.is_some() && hold.notify_command.is_empty() {
+        return Err(ctx.error("queue", Some("notify_after"), "needs notify_command (the program to run)"));
     }
     Ok(hold)
 }
@@ -899,10 +927,18 @@ plugin = builtin:maildir
                 max_hold: Some(Duration::from_secs(3 * 86_400)),
                 delay_warning: Some(Duration::from_secs(86_400)),
                 state_directory: "/var/lib/x".into(),
+                ..HoldConfig::default()
             }
         );
         let keys: Vec<&str> = config.queue.settings.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["directory"]);
+        let notices = "[queue]\nnotify_after = 24h\nnotify_command = /usr/local/bin/tell --quietly\n";
+        let hold = parse(&SAMPLE.replace("[queue]\n", notices)).unwrap().hold;
+        assert_eq!(hold.notify_after, Some(Duration::from_secs(86_400)));
+        assert_eq!(hold.notify_interval, Duration::from_secs(86_400));
+        assert_eq!(hold.notify_command, ["/usr/local/bin/tell", "--quietly"]);
+        let err = parse(&SAMPLE.replace("[queue]\n", "[queue]\nnotify_after = 1h\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("notify_after"), "{err}");
         let never = parse(&SAMPLE.replace("[queue]\n", "[queue]\nmax_hold = 0\n")).unwrap();
         assert_eq!(never.hold.max_hold, None);
         for (bad, key) in [

@@ -64,6 +64,24 @@ pub struct Summary {
     pub busy: Vec<String>,
     /// Problems that left mail queued (logged).
     pub errors: usize,
+    /// "Mail is waiting" notices run (`notify`).
+    pub notices: usize,
+}
+
+impl std::fmt::Display for Summary {
+    /// `expired=N failure_dsns=N delay_dsns=N notices=N busy_domains=N errors=N`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "expired={} failure_dsns={} delay_dsns={} notices={} busy_domains={} errors={}",
+            self.expired,
+            self.failure_dsns,
+            self.delay_dsns,
+            self.notices,
+            self.busy.len(),
+            self.errors
+        )
+    }
 }
 
 /// Why no pass ran.
@@ -104,12 +122,12 @@ pub fn run(
     }
     let hold = &config.hold;
     let mut summary = Summary::default();
-    if hold.max_hold.is_none() && hold.delay_warning.is_none() {
+    if hold.max_hold.is_none() && hold.delay_warning.is_none() && hold.notify_after.is_none() {
         return Ok(summary);
     }
     let listed = listing::gather(queue, &[]).map_err(Refusal::Listing)?;
     let state_path = hold.state_directory.join(DELAY_STATE);
-    let mut warned = read_state(&state_path).map_err(|e| Refusal::State(state_path.clone(), e))?;
+    let mut warned = read_pairs(&state_path).map_err(|e| Refusal::State(state_path.clone(), e))?;
     // Forget what is no longer queued, so the file stays small.
     let queued: BTreeSet<(String, String)> = listed
         .iter()
@@ -143,7 +161,18 @@ pub fn run(
         pass.domain(queue, domain);
     }
     if !dry_run {
-        write_state(&state_path, &warned).map_err(|e| Refusal::State(state_path.clone(), e))?;
+        write_pairs(&state_path, &warned).map_err(|e| Refusal::State(state_path.clone(), e))?;
+    }
+    // The notices look at what is left after expiry (a fresh listing).
+    if hold.notify_after.is_some() {
+        let listed = listing::gather(queue, &[]).map_err(Refusal::Listing)?;
+        let prefix = if dry_run { "dry-run " } else { "" };
+        let mut say = |line: &str| {
+            let _ = writeln!(out, "{prefix}{line}");
+        };
+        summary.notices = crate::notify::run(&listed, hold, now, dry_run, &mut say).map_err(|why| {
+            Refusal::State(hold.state_directory.join(crate::notify::STATE), io::Error::other(why))
+        })?;
     }
     Ok(summary)
 }
@@ -334,7 +363,7 @@ impl Pass<'_> {
             return;
         }
         self.warned.insert(key);
-        if let Err(e) = write_state(self.state_path, self.warned) {
+        if let Err(e) = write_pairs(self.state_path, self.warned) {
             return self.problem(&format!(
                 "domain={domain} id={id} no delay DSN: state file {}: {e}",
                 self.state_path.display()
@@ -349,8 +378,9 @@ impl Pass<'_> {
     }
 }
 
-/// The delay-warned set; a missing file is an empty set.
-fn read_state(path: &Path) -> io::Result<BTreeSet<(String, String)>> {
+/// A state file's `first TAB second` lines (the delay-warned set, the
+/// notices' times); a missing file is an empty set.
+pub(crate) fn read_pairs(path: &Path) -> io::Result<BTreeSet<(String, String)>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
@@ -365,13 +395,14 @@ fn read_state(path: &Path) -> io::Result<BTreeSet<(String, String)>> {
 
 /// Replace the state file atomically: a new file beside it, fsynced, renamed
 /// over it, the directory fsynced. A crash leaves the old or the new file.
-pub fn write_state(path: &Path, warned: &BTreeSet<(String, String)>) -> io::Result<()> {
+pub(crate) fn write_pairs(path: &Path, pairs: &BTreeSet<(String, String)>) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("state file has no directory"))?;
     fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
-    let tmp = dir.join(format!(".{}.{}", DELAY_STATE, std::process::id()));
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
-    for (domain, id) in warned {
-        writeln!(file, "{domain}\t{id}")?;
+    for (first, second) in pairs {
+        writeln!(file, "{first}\t{second}")?;
     }
     file.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -382,8 +413,9 @@ pub fn write_state(path: &Path, warned: &BTreeSet<(String, String)>) -> io::Resu
 /// logging instead of printing. Nothing to do (both ages off, or Exim) ends
 /// the thread at once.
 pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
+    let hold = &config.hold;
     if config.queue.source == PluginSource::Builtin("exim".into())
-        || (config.hold.max_hold.is_none() && config.hold.delay_warning.is_none())
+        || (hold.max_hold.is_none() && hold.delay_warning.is_none() && hold.notify_after.is_none())
     {
         return;
     }
@@ -391,14 +423,9 @@ pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
         std::thread::sleep(FIRST_PASS);
         loop {
             match run(&config, &queue, SystemTime::now(), false, &mut io::sink()) {
-                Ok(summary) if summary.expired + summary.delay_dsns > 0 => log::info(&format!(
-                    "event=expire_pass expired={} failure_dsns={} delay_dsns={} busy={} errors={}",
-                    summary.expired,
-                    summary.failure_dsns,
-                    summary.delay_dsns,
-                    summary.busy.len(),
-                    summary.errors
-                )),
+                Ok(summary) if summary.expired + summary.delay_dsns + summary.notices > 0 => {
+                    log::info(&format!("event=expire_pass {summary}"))
+                }
                 Ok(_) => {}
                 Err(refusal) => log::error(&format!("event=expire_pass {refusal}")),
             }
@@ -418,12 +445,12 @@ mod tests {
     fn the_state_file_is_replaced_whole_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(DELAY_STATE);
-        assert!(read_state(&path).unwrap().is_empty());
+        assert!(read_pairs(&path).unwrap().is_empty());
         let set: BTreeSet<(String, String)> =
             [("a.example".to_string(), "new/1".to_string()), ("b.example".into(), "1abcDE-000001-AB".into())]
                 .into();
-        write_state(&path, &set).unwrap();
-        assert_eq!(read_state(&path).unwrap(), set);
+        write_pairs(&path, &set).unwrap();
+        assert_eq!(read_pairs(&path).unwrap(), set);
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
     }
 }

@@ -140,16 +140,8 @@ impl Command {
             Command::Expire { dry_run } => {
                 match expire::run(config, &backends.queue, now, *dry_run, &mut out) {
                     Ok(summary) => {
-                        let _ = writeln!(
-                            out,
-                            "{}expired={} failure_dsns={} delay_dsns={} busy_domains={} errors={}",
-                            if *dry_run { "dry-run " } else { "" },
-                            summary.expired,
-                            summary.failure_dsns,
-                            summary.delay_dsns,
-                            summary.busy.len(),
-                            summary.errors
-                        );
+                        let prefix = if *dry_run { "dry-run " } else { "" };
+                        let _ = writeln!(out, "{prefix}{summary}");
                         if summary.errors > 0 {
                             EX_UNAVAILABLE
                         } else {

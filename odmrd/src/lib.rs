@@ -13,6 +13,7 @@ pub mod hold_cli;
 pub mod listing;
 pub mod locks;
 pub mod log;
+pub mod notify;
 pub mod proto;
 pub mod relay;
 pub mod sasl;
