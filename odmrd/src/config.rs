@@ -649,13 +649,7 @@ fn parse_hold(ctx: &Ctx, properties: Option<&Properties>) -> Result<HoldConfig, 
                 hold.notify_interval =
                     parse_age(value).map_err(&fail)?.ok_or_else(|| fail("must be more than 0".into()))?
             }
-            "notify_command" => {
-                let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-                if !words.first().is_some_and(|program| program.starts_with('/')) {
-                    return Err(fail("expected a command starting with an absolute path".into()));
-                }
-                hold.notify_command = words;
-            }
+            "notify_command" => hold.notify_command = parse_command(value).map_err(fail)?,
             _ => {}
         }
     }
@@ -663,6 +657,15 @@ fn parse_hold(ctx: &Ctx, properties: Option<&Properties>) -> Result<HoldConfig, 
         return Err(ctx.error("queue", Some("notify_after"), "needs notify_command (the program to run)"));
     }
     Ok(hold)
+}
+
+/// A command line split on white space; the program must be an absolute path.
+fn parse_command(value: &str) -> Result<Vec<String>, String> {
+    let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+    match words.first() {
+        Some(program) if program.starts_with('/') => Ok(words),
+        _ => Err("expected a command starting with an absolute path".into()),
+    }
 }
 
 /// An age such as `14d`, `36h`, `90m`, `45s`, `2w` or plain seconds; `0` is None (off).
@@ -688,18 +691,7 @@ fn parse_bounce(ctx: &Ctx, properties: Option<&Properties>) -> Result<BounceConf
     for (key, value) in properties.into_iter().flat_map(Properties::iter) {
         match key {
             "sendmail" => {
-                let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-                match words.first() {
-                    Some(program) if program.starts_with('/') => {}
-                    _ => {
-                        return Err(ctx.error(
-                            "bounce",
-                            Some(key),
-                            "expected a command starting with an absolute path",
-                        ))
-                    }
-                }
-                bounce.sendmail = words;
+                bounce.sendmail = parse_command(value).map_err(|m| ctx.error("bounce", Some(key), m))?;
             }
             _ => return Err(ctx.unknown_key("bounce", key, BOUNCE_KEYS)),
         }
