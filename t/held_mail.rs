@@ -22,7 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::odmrd::{odmrd_command, Client, Provider, PASSWORD, USER};
-use support::{CustomerMta, SmtpClient};
+use support::{CustomerMta, MtaOptions, SmtpClient};
 
 /// Arrival of the test's oldest messages (maildir names start with it).
 const T0: u64 = 1_790_000_000;
@@ -30,9 +30,11 @@ const DAY: u64 = 86_400;
 
 /// A message as a real Exim 4.96 stores it with appendfile, `maildir_format`,
 /// `return_path_add` and `envelope_to_add` (the customer-MTA fixture's
-/// transport), for two recipients in one file.
-fn exim_envelope_to_file() -> Vec<u8> {
-    let mta = CustomerMta::start();
+/// transport), for two recipients in one file; with `transport_extra`
+/// (`use_bsmtp`) in that transport too.
+fn exim_file(transport_extra: &str) -> Vec<u8> {
+    let options = MtaOptions { transport_extra: transport_extra.into(), ..MtaOptions::default() };
+    let mta = CustomerMta::start_with(options);
     let (mut smtp, greeting) = SmtpClient::connect(&mta.addr());
     assert_eq!(greeting.code, 220);
     for (line, code) in [
@@ -47,7 +49,11 @@ fn exim_envelope_to_file() -> Vec<u8> {
     assert_eq!(smtp.send_data(b"Subject: held by exim\n\nbody\n").code, 250);
     smtp.cmd("QUIT");
     let messages = mta.wait_for(1, Duration::from_secs(20));
-    let file = messages.into_iter().next().unwrap();
+    messages.into_iter().next().unwrap()
+}
+
+fn exim_envelope_to_file() -> Vec<u8> {
+    let file = exim_file("");
     assert!(file.starts_with(b"Return-path: <alice@sender.example>\n"), "{}", String::from_utf8_lossy(&file));
     assert!(
         String::from_utf8_lossy(&file).contains("Envelope-to: u1@example.org,\n u2@example.org\n"),
@@ -83,12 +89,15 @@ fn the_listing_shows_exactly_what_is_held_and_changes_no_byte() {
         "MAIL FROM:<> RET=HDRS\nRCPT TO:<n1@example.net> NOTIFY=NEVER\nDATA\nSubject: b\n\n.\n",
     );
     provider.queue("example.org", "junk", "not mail at all\n");
+    let bsmtp = exim_file("  use_bsmtp");
+    assert!(bsmtp.starts_with(b"MAIL FROM:<alice@sender.example>"), "{}", String::from_utf8_lossy(&bsmtp));
+    provider.queue("example.org", &format!("{}.M4P4.provider", T0 + 180), &String::from_utf8(bsmtp).unwrap());
     let spool = provider.path().join("spool");
     let before = tree_snapshot(&spool);
 
     let text = queue_listing(&provider, &[]);
     assert!(text.contains("example.net: 1 message(s), 1 recipient(s), "), "{text}");
-    assert!(text.contains("example.org: 2 message(s), 3 recipient(s), "), "{text}");
+    assert!(text.contains("example.org: 3 message(s), 5 recipient(s), "), "{text}");
     assert!(text.contains(", 1 unreadable\n"), "{text}");
     assert!(text.contains(&format!("  new/{T0}.M1P1.provider  ")), "{text}");
     assert!(
@@ -99,26 +108,23 @@ fn the_listing_shows_exactly_what_is_held_and_changes_no_byte() {
 
     let json = queue_listing(&provider, &["--json", "example.org"]);
     let lines: Vec<&str> = json.lines().collect();
-    assert_eq!(lines.len(), 4, "{json}");
-    assert!(
-        lines[0].starts_with(r#"{"type":"domain","domain":"example.org","messages":2,"recipients":3,"#),
-        "{json}"
-    );
+    assert_eq!(lines.len(), 5, "{json}");
+    let domain = r#"{"type":"domain","domain":"example.org","messages":3,"recipients":5,"#;
+    assert!(lines[0].starts_with(domain), "{json}");
     assert!(lines[0].contains(&format!(r#""oldest_arrival":{T0},"#)), "{json}");
-    assert!(lines[1].starts_with(&format!(
-        r#"{{"type":"message","domain":"example.org","id":"new/{T0}.M1P1.provider","sender":"alice@sender.example","size":"#
-    )), "{json}");
-    assert!(lines[1].ends_with(r#""recipients":[{"address":"u1@example.org","last_reply":null},{"address":"u2@example.org","last_reply":null}]}"#), "{json}");
+    let both = r#""recipients":[{"address":"u1@example.org","last_reply":null},{"address":"u2@example.org","last_reply":null}]}"#;
+    let message = |id: &str| format!(r#"{{"type":"message","domain":"example.org","id":"{id}","sender":"#);
+    // Exim's envelope_to_add file, the Postfix file, Exim's use_bsmtp file, the junk.
+    assert!(lines[1].starts_with(&message(&format!("new/{T0}.M1P1.provider"))), "{json}");
+    assert!(lines[1].contains(r#""sender":"alice@sender.example""#) && lines[1].ends_with(both), "{json}");
     assert!(
         lines[2].contains(r#""sender":"bob@sender.example""#) && lines[2].contains("u3@example.org"),
         "{json}"
     );
-    assert!(
-        lines[3].starts_with(
-            r#"{"type":"unreadable","domain":"example.org","id":"new/junk","reason":"malformed: "#
-        ),
-        "{json}"
-    );
+    assert!(lines[3].starts_with(&message(&format!("new/{}.M4P4.provider", T0 + 180))), "{json}");
+    assert!(lines[3].contains(r#""sender":"alice@sender.example""#) && lines[3].ends_with(both), "{json}");
+    let junk = r#"{"type":"unreadable","domain":"example.org","id":"new/junk","reason":"malformed: "#;
+    assert!(lines[4].starts_with(junk), "{json}");
     assert_eq!(tree_snapshot(&spool), before, "the listing changed the spool");
 }
 
