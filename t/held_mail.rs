@@ -454,3 +454,44 @@ fn the_mail_is_waiting_command_runs_once_per_interval() {
     let state = fs::read_to_string(provider.path().join("state/notified")).unwrap();
     assert_eq!(state, format!("example.org\t{}\n", T0 + 3 * DAY));
 }
+
+#[test]
+fn by_account_shows_each_customers_held_bytes_against_its_quota() {
+    let provider = Provider::new();
+    fs::write(
+        provider.path().join("passwd"),
+        format!(
+            "{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org,example.net odmr_quota=100\n\
+             other:{{PLAIN}}x::::::odmr_domains=example.com\n"
+        ),
+    )
+    .unwrap();
+    let message =
+        "MAIL FROM:<a@s.example>\nRCPT TO:<u@example.org>\nDATA\nSubject: a body of some size\n\n.\n";
+    provider.queue("example.org", "1", message);
+    provider.queue("example.org", "2", message);
+    provider.queue("stray.example", "3", "MAIL FROM:<>\nRCPT TO:<x@stray.example>\nDATA\n\n.\n");
+    let bytes = 2 * message.len();
+    let text = queue_listing(&provider, &["--by-account"]);
+    let percent = bytes * 100 / 100;
+    assert!(
+        text.starts_with(&format!(
+            "account {USER}: 2 message(s), 2 recipient(s), {bytes} bytes of 100 ({percent}%, over quota)\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("account other: 0 message(s), 0 recipient(s), 0 bytes\nexample.com: 0 message(s)"),
+        "{text}"
+    );
+    assert!(text.contains("account (no account): 1 message(s)"), "{text}");
+    let json = queue_listing(&provider, &["--by-account", "--json", "example.org"]);
+    let first = json.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!(
+            r#"{{"type":"account","account":"{USER}","domains":["example.net","example.org"],"messages":2,"recipients":2,"bytes":{bytes},"quota":100,"over_quota":true}}"#
+        )
+    );
+    assert!(!json.contains(r#""account":"other""#), "only the accounts of the domains asked for: {json}");
+}

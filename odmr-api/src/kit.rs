@@ -369,6 +369,25 @@ pub trait Credentials: Instance {
     fn verify_password(&self, _user: &str, _password: &[u8]) -> Result<bool, Status> {
         Err(Status::Unsupported)
     }
+
+    /// ABI 1.1: every account that may collect a domain, for `odmrd --queue
+    /// --by-account`. The default is `Unsupported`.
+    fn accounts(&self) -> Result<Vec<Account>, Status> {
+        Err(Status::Unsupported)
+    }
+}
+
+/// ABI 1.1: one account of a credential store ([`Credentials::accounts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// The user name it logs in with.
+    pub user: String,
+    /// The domains it may collect (lower case).
+    pub domains: Vec<String>,
+    /// Its quota of held bytes (`odmr_quota=`), reported and never enforced.
+    pub quota: Option<u64>,
+    /// A contact address for notices (`odmr_notify=`).
+    pub contact: Option<String>,
 }
 
 /// A queue reader.
@@ -706,6 +725,32 @@ unsafe extern "C" fn verify_password<T: Credentials>(
     })
 }
 
+unsafe extern "C" fn list_accounts<T: Credentials>(
+    inst: *mut odmr_instance,
+    cb_ctx: *mut c_void,
+    cb: odmr_account_cb,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours.
+        let accounts = match unsafe { instance_ref::<T>(inst).and_then(|i| i.accounts()) } {
+            Ok(accounts) => accounts,
+            Err(status) => return status.to_raw(),
+        };
+        for account in &accounts {
+            let domains = account.domains.join(",");
+            let contact = account.contact.as_deref().unwrap_or("");
+            let (user, domains, contact) = (
+                OdmrStr::from_bytes(account.user.as_bytes()),
+                OdmrStr::from_bytes(domains.as_bytes()),
+                OdmrStr::from_bytes(contact.as_bytes()),
+            );
+            // SAFETY: the host's callback, with strings borrowed for the call.
+            unsafe { cb(cb_ctx, user, domains, account.quota.unwrap_or(0), contact) };
+        }
+        ODMR_OK
+    })
+}
+
 unsafe extern "C" fn list_domains<T: Credentials>(
     inst: *mut odmr_instance,
     user: OdmrStr,
@@ -969,6 +1014,7 @@ pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
         verify_cram_md5: Some(verify_cram_md5::<T>),
         list_domains: Some(list_domains::<T>),
         verify_password: Some(verify_password::<T>),
+        list_accounts: Some(list_accounts::<T>),
     }
 }
 

@@ -26,7 +26,7 @@ pub enum Command {
     Queue {
         /// `--json`: JSON Lines instead of text.
         json: bool,
-        /// `--by-account`: not available yet (see README).
+        /// `--by-account`: grouped by account, against its quota.
         by_account: bool,
         /// Domains to list; empty: all.
         domains: Vec<String>,
@@ -108,13 +108,18 @@ impl Command {
         let mut out = stdout.lock();
         match self {
             Command::Pending(_) => EX_USAGE,
-            Command::Queue { by_account: true, .. } => {
-                eprintln!(
-                    "odmrd: --by-account is not available yet: the credential ABI cannot enumerate accounts"
-                );
-                EX_USAGE
-            }
-            Command::Queue { json, domains, .. } => {
+            Command::Queue { json, by_account, domains } => {
+                let accounts = if *by_account {
+                    match backends.credentials.accounts() {
+                        Ok(accounts) => Some(accounts),
+                        Err(status) => {
+                            eprintln!("odmrd: --by-account: the credential backend cannot list its accounts: {status:?}");
+                            return EX_UNAVAILABLE;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let listed = match listing::gather(&backends.queue, domains) {
                     Ok(listed) => listed,
                     Err(status) => {
@@ -124,10 +129,21 @@ impl Command {
                         return EX_UNAVAILABLE;
                     }
                 };
-                let written = if *json {
-                    listing::write_json(&listed, now, &mut out)
-                } else {
-                    listing::write_text(&listed, now, &mut out)
+                let written = match (&accounts, *json) {
+                    (Some(accounts), json) => {
+                        let mut groups = listing::by_account(&listed, accounts);
+                        if !domains.is_empty() {
+                            // Only the accounts of the domains asked for.
+                            groups.retain(|(_, _, own)| own.keys().any(|d| domains.contains(d)));
+                        }
+                        if json {
+                            listing::write_json_by_account(&groups, now, &mut out)
+                        } else {
+                            listing::write_text_by_account(&groups, now, &mut out)
+                        }
+                    }
+                    (None, true) => listing::write_json(&listed, now, &mut out),
+                    (None, false) => listing::write_text(&listed, now, &mut out),
                 };
                 match written.and_then(|()| out.flush()) {
                     Ok(()) => 0,

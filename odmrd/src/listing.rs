@@ -1,4 +1,5 @@
-//! `odmrd --queue [--json] [DOMAIN...]`: what is held, per domain, as an
+//! `odmrd --queue [--json] [--by-account] [DOMAIN...]`: what is held, per
+//! domain (or per account, against its `odmr_quota=`), as an
 //! operator asks "is mail waiting for customer X, since when, and why was it
 //! not delivered?".
 //!
@@ -119,6 +120,14 @@ pub fn age_text(seconds: u64) -> String {
 /// The text report: per domain a summary line, then each message with its
 /// recipients (and the reply that deferred them), then what is unreadable.
 pub fn write_text(listing: &Listing, now: SystemTime, out: &mut dyn Write) -> io::Result<()> {
+    if listing.values().all(|d| d.messages.is_empty() && d.unreadable.is_empty()) {
+        writeln!(out, "Nothing is held.")?;
+    }
+    write_domains(listing, now, out)
+}
+
+/// [`write_text`]'s domains.
+fn write_domains(listing: &Listing, now: SystemTime, out: &mut dyn Write) -> io::Result<()> {
     let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let since = |arrival: Option<u64>| match arrival {
         Some(t) => format!(
@@ -128,9 +137,6 @@ pub fn write_text(listing: &Listing, now: SystemTime, out: &mut dyn Write) -> io
         ),
         None => "unknown".to_string(),
     };
-    if listing.values().all(|d| d.messages.is_empty() && d.unreadable.is_empty()) {
-        writeln!(out, "Nothing is held.")?;
-    }
     for (name, domain) in listing {
         let label = if name.is_empty() { "(no domain)" } else { name };
         write!(
@@ -243,6 +249,77 @@ pub fn write_json(listing: &Listing, now: SystemTime, out: &mut dyn Write) -> io
     Ok(())
 }
 
+/// `--by-account`: the listing regrouped under each account (a domain
+/// granted to several is shown under each; held domains no account may
+/// collect come last, under the account ""), each with its quota.
+pub fn by_account(listing: &Listing, accounts: &[odmr_api::Account]) -> Vec<(String, Option<u64>, Listing)> {
+    let mut groups = Vec::new();
+    let mut claimed = std::collections::BTreeSet::new();
+    for account in accounts {
+        let mut own = Listing::new();
+        for domain in &account.domains {
+            own.insert(domain.clone(), listing.get(domain).cloned().unwrap_or_default());
+            claimed.insert(domain.clone());
+        }
+        groups.push((account.user.clone(), account.quota, own));
+    }
+    let rest: Listing =
+        listing.iter().filter(|(d, _)| !claimed.contains(*d)).map(|(d, v)| (d.clone(), v.clone())).collect();
+    if !rest.is_empty() {
+        groups.push((String::new(), None, rest));
+    }
+    groups
+}
+
+/// One account's totals: messages, recipients, bytes.
+fn account_totals(own: &Listing) -> (usize, usize, u64) {
+    own.values().fold((0, 0, 0), |(m, r, b), d| (m + d.messages.len(), r + d.recipients(), b + d.bytes()))
+}
+
+/// `--by-account` in text: per account a line with its totals against its
+/// quota, then its domains as [`write_text`] shows them.
+pub fn write_text_by_account(
+    groups: &[(String, Option<u64>, Listing)],
+    now: SystemTime,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    for (user, quota, own) in groups {
+        let (messages, recipients, bytes) = account_totals(own);
+        let label = if user.is_empty() { "(no account)" } else { user };
+        write!(out, "account {label}: {messages} message(s), {recipients} recipient(s), {bytes} bytes")?;
+        if let Some(quota) = quota {
+            let percent = bytes.saturating_mul(100) / (*quota).max(1);
+            write!(out, " of {quota} ({percent}%{})", if bytes > *quota { ", over quota" } else { "" })?;
+        }
+        writeln!(out)?;
+        write_domains(own, now, out)?;
+    }
+    Ok(())
+}
+
+/// `--by-account --json`: per account an `"account"` object, then its
+/// domains' objects as [`write_json`] writes them.
+pub fn write_json_by_account(
+    groups: &[(String, Option<u64>, Listing)],
+    now: SystemTime,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    for (user, quota, own) in groups {
+        let (messages, recipients, bytes) = account_totals(own);
+        let domains: Vec<String> = own.keys().map(|d| json_str(d)).collect();
+        writeln!(
+            out,
+            "{{\"type\":\"account\",\"account\":{},\"domains\":[{}],\"messages\":{messages},\"recipients\":{recipients},\"bytes\":{bytes},\"quota\":{},\"over_quota\":{}}}",
+            json_str(user),
+            domains.join(","),
+            json_opt(*quota),
+            quota.is_some_and(|q| bytes > q)
+        )?;
+        write_json(own, now, out)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +377,50 @@ mod tests {
         assert!(text.contains("      y@example.org  (deferred: 450 busy\tnow)\n"), "{text}");
         assert!(text.contains("  unreadable cur/junk: malformed: empty file\n"), "{text}");
         assert!(text.contains("example.net: 0 message(s), 0 recipient(s), 0 bytes\n"), "{text}");
+    }
+
+    #[test]
+    fn accounts_group_their_domains_and_are_measured_against_their_quota() {
+        let accounts = [
+            odmr_api::Account {
+                user: "cust".into(),
+                domains: vec!["example.org".into(), "new.example".into()],
+                quota: Some(8),
+                contact: None,
+            },
+            odmr_api::Account {
+                user: "other".into(),
+                domains: vec!["example.org".into()],
+                quota: None,
+                contact: None,
+            },
+        ];
+        let groups = by_account(&sample(), &accounts);
+        let names: Vec<(&str, Vec<&str>)> =
+            groups.iter().map(|(u, _, l)| (u.as_str(), l.keys().map(String::as_str).collect())).collect();
+        assert_eq!(
+            names,
+            [
+                ("cust", vec!["example.org", "new.example"]),
+                ("other", vec!["example.org"]),
+                ("", vec!["example.net"])
+            ]
+        );
+        let mut out = Vec::new();
+        write_text_by_account(&groups, UNIX_EPOCH + Duration::from_secs(4600), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "account cust: 1 message(s), 2 recipient(s), 10 bytes of 8 (125%, over quota)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("account other: 1 message(s), 2 recipient(s), 10 bytes\n"), "{text}");
+        assert!(text.contains("account (no account): 0 message(s)"), "{text}");
+        let mut out = Vec::new();
+        write_json_by_account(&groups, UNIX_EPOCH, &mut out).unwrap();
+        let json = String::from_utf8(out).unwrap();
+        assert!(json.starts_with(r#"{"type":"account","account":"cust","domains":["example.org","new.example"],"messages":1,"recipients":2,"bytes":10,"quota":8,"over_quota":true}"#), "{json}");
     }
 
     #[test]

@@ -287,3 +287,31 @@ fn configuration_is_checked() {
         }
     }
 }
+
+#[test]
+fn accounts_carry_their_domains_quota_and_contact() {
+    let fx = Fixture::new(
+        "b:{PLAIN}x::::::odmr_domains=b.example odmr_quota=10M odmr_notify=ops@b.example\n\
+         a:{PLAIN}x::::::odmr_domains=A.example,a2.example odmr_quota=2048\n\
+         nodomains:{PLAIN}x::::::odmr_quota=5\n\
+         bad:{PLAIN}x::::::odmr_domains=c.example odmr_quota=lots odmr_notify=nobody\n",
+    );
+    let accounts = fx.passwd.accounts().unwrap();
+    let summary: Vec<(&str, Vec<&str>, Option<u64>, Option<&str>)> = accounts
+        .iter()
+        .map(|a| {
+            (a.user.as_str(), a.domains.iter().map(String::as_str).collect(), a.quota, a.contact.as_deref())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a", vec!["a.example", "a2.example"], Some(2048), None),
+            ("b", vec!["b.example"], Some(10 << 20), Some("ops@b.example")),
+            ("bad", vec!["c.example"], None, None),
+        ]
+    );
+    let warns = fx.logged(LogLevel::Warn);
+    assert!(warns.iter().any(|w| w.contains("line 4") && w.contains("odmr_quota 'lots'")), "{warns:?}");
+    assert!(warns.iter().any(|w| w.contains("line 4") && w.contains("odmr_notify 'nobody'")), "{warns:?}");
+}
