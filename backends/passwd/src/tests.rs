@@ -296,19 +296,19 @@ fn accounts_carry_their_domains_quota_and_contact() {
          nodomains:{PLAIN}x::::::odmr_quota=5\n\
          bad:{PLAIN}x::::::odmr_domains=c.example odmr_quota=lots odmr_notify=nobody\n",
     );
-    let accounts = fx.passwd.accounts().unwrap();
-    let summary: Vec<(&str, Vec<&str>, Option<u64>, Option<&str>)> = accounts
-        .iter()
-        .map(|a| {
-            (a.user.as_str(), a.domains.iter().map(String::as_str).collect(), a.quota, a.contact.as_deref())
-        })
-        .collect();
+    let account =
+        |user: &str, domains: &[&str], quota: Option<u64>, contact: Option<&str>| odmr_api::Account {
+            user: user.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            quota,
+            contact: contact.map(str::to_string),
+        };
     assert_eq!(
-        summary,
+        fx.passwd.accounts().unwrap(),
         [
-            ("a", vec!["a.example", "a2.example"], Some(2048), None),
-            ("b", vec!["b.example"], Some(10 << 20), Some("ops@b.example")),
-            ("bad", vec!["c.example"], None, None),
+            account("a", &["a.example", "a2.example"], Some(2048), None),
+            account("b", &["b.example"], Some(10 << 20), Some("ops@b.example")),
+            account("bad", &["c.example"], None, None),
         ]
     );
     let warns = fx.logged(LogLevel::Warn);
