@@ -219,9 +219,8 @@ fn expiring(provider: &mut Provider, keys: &str) -> (Config, Backends) {
 
 fn pass(config: &Config, backends: &Backends, now: u64, dry_run: bool) -> (Summary, String) {
     let mut out = Vec::new();
-    let summary =
-        expire::run(config, &backends.queue, UNIX_EPOCH + Duration::from_secs(now), dry_run, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let summary = expire::run(config, backends, UNIX_EPOCH + Duration::from_secs(now), dry_run, &mut out)
+        .unwrap_or_else(|e| panic!("{e}"));
     (summary, String::from_utf8(out).unwrap())
 }
 
@@ -427,7 +426,7 @@ fn the_mail_is_waiting_command_runs_once_per_interval() {
     fs::write(
         &command,
         format!(
-            "#!/bin/sh\necho \"$ODMR_DOMAIN $ODMR_MESSAGES $ODMR_RECIPIENTS $ODMR_OLDEST_AGE\" >> '{}'\n",
+            "#!/bin/sh\necho \"$ODMR_DOMAIN $ODMR_MESSAGES $ODMR_RECIPIENTS $ODMR_OLDEST_AGE $ODMR_ACCOUNT $ODMR_CONTACT\" >> '{}'\n",
             told.display()
         ),
     )
@@ -437,6 +436,13 @@ fn the_mail_is_waiting_command_runs_once_per_interval() {
         "max_hold = 0\nnotify_after = 24h\nnotify_interval = 2d\nnotify_command = {}",
         command.display()
     );
+    fs::write(
+        provider.path().join("passwd"),
+        format!(
+            "{USER}:{{PLAIN}}{PASSWORD}::::::odmr_domains=example.org odmr_notify=admin@customer.example\n"
+        ),
+    )
+    .unwrap();
     let (config, backends) = expiring(&mut provider, &keys);
     provider.queue(
         "example.org",
@@ -446,7 +452,7 @@ fn the_mail_is_waiting_command_runs_once_per_interval() {
     let told_lines = || fs::read_to_string(&told).unwrap_or_default();
     assert_eq!(pass(&config, &backends, T0 + DAY - 1, false).0.notices, 0, "not a day old yet");
     assert_eq!(pass(&config, &backends, T0 + DAY, false).0.notices, 1);
-    assert_eq!(told_lines(), format!("example.org 1 2 {DAY}\n"));
+    assert_eq!(told_lines(), format!("example.org 1 2 {DAY} {USER} admin@customer.example\n"));
     assert_eq!(pass(&config, &backends, T0 + 2 * DAY, false).0.notices, 0, "within notify_interval");
     assert_eq!(pass(&config, &backends, T0 + 3 * DAY, true).0.notices, 0, "a dry run runs nothing");
     assert_eq!(pass(&config, &backends, T0 + 3 * DAY, false).0.notices, 1, "after notify_interval");

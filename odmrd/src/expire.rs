@@ -22,6 +22,7 @@
 //!   before it is sent: a kill between the two loses that warning, it never
 //!   sends two.
 
+use crate::backend::Backends;
 use crate::bounce::{self, Action, Failure, Report};
 use crate::config::Config;
 use crate::config::PluginSource;
@@ -112,11 +113,12 @@ impl std::fmt::Display for Refusal {
 /// and sends nothing.
 pub fn run(
     config: &Config,
-    queue: &MailQueue,
+    backends: &Backends,
     now: SystemTime,
     dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<Summary, Refusal> {
+    let queue = &backends.queue;
     if config.queue.source == PluginSource::Builtin("exim".into()) {
         return Err(Refusal::EximsJob);
     }
@@ -170,9 +172,12 @@ pub fn run(
         let mut say = |line: &str| {
             let _ = writeln!(out, "{prefix}{line}");
         };
-        summary.notices = crate::notify::run(&listed, hold, now, dry_run, &mut say).map_err(|why| {
-            Refusal::State(hold.state_directory.join(crate::notify::STATE), io::Error::other(why))
-        })?;
+        // Who collects each domain, for the command (none when the store cannot say).
+        let accounts = backends.credentials.accounts().unwrap_or_default();
+        summary.notices =
+            crate::notify::run(&listed, &accounts, hold, now, dry_run, &mut say).map_err(|why| {
+                Refusal::State(hold.state_directory.join(crate::notify::STATE), io::Error::other(why))
+            })?;
     }
     Ok(summary)
 }
@@ -412,7 +417,7 @@ pub(crate) fn write_pairs(path: &Path, pairs: &BTreeSet<(String, String)>) -> io
 /// A standalone odmrd's periodic pass: after [`FIRST_PASS`], then every [`PERIOD`], in its own thread,
 /// logging instead of printing. Nothing to do (both ages off, or Exim) ends
 /// the thread at once.
-pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
+pub fn spawn_periodic(config: std::sync::Arc<Config>, backends: Backends) {
     let hold = &config.hold;
     if config.queue.source == PluginSource::Builtin("exim".into())
         || (hold.max_hold.is_none() && hold.delay_warning.is_none() && hold.notify_after.is_none())
@@ -422,7 +427,7 @@ pub fn spawn_periodic(config: std::sync::Arc<Config>, queue: MailQueue) {
     let spawned = std::thread::Builder::new().name("expire".into()).spawn(move || {
         std::thread::sleep(FIRST_PASS);
         loop {
-            match run(&config, &queue, SystemTime::now(), false, &mut io::sink()) {
+            match run(&config, &backends, SystemTime::now(), false, &mut io::sink()) {
                 Ok(summary) if summary.expired + summary.delay_dsns + summary.notices > 0 => {
                     log::info(&format!("event=expire_pass {summary}"))
                 }

@@ -153,31 +153,29 @@ impl Command {
                     }
                 }
             }
-            Command::Expire { dry_run } => {
-                match expire::run(config, &backends.queue, now, *dry_run, &mut out) {
-                    Ok(summary) => {
-                        let prefix = if *dry_run { "dry-run " } else { "" };
-                        let _ = writeln!(out, "{prefix}{summary}");
-                        if summary.errors > 0 {
-                            EX_UNAVAILABLE
-                        } else {
-                            0
-                        }
-                    }
-                    Err(expire::Refusal::EximsJob) => {
-                        let _ = writeln!(out, "odmrd: {}", expire::Refusal::EximsJob);
+            Command::Expire { dry_run } => match expire::run(config, backends, now, *dry_run, &mut out) {
+                Ok(summary) => {
+                    let prefix = if *dry_run { "dry-run " } else { "" };
+                    let _ = writeln!(out, "{prefix}{summary}");
+                    if summary.errors > 0 {
+                        EX_UNAVAILABLE
+                    } else {
                         0
                     }
-                    Err(refusal) => {
-                        log::error(&format!("event=expire {refusal}"));
-                        eprintln!("odmrd: --expire: {refusal}");
-                        match refusal {
-                            expire::Refusal::State(..) => EX_IOERR,
-                            _ => EX_UNAVAILABLE,
-                        }
+                }
+                Err(expire::Refusal::EximsJob) => {
+                    let _ = writeln!(out, "odmrd: {}", expire::Refusal::EximsJob);
+                    0
+                }
+                Err(refusal) => {
+                    log::error(&format!("event=expire {refusal}"));
+                    eprintln!("odmrd: --expire: {refusal}");
+                    match refusal {
+                        expire::Refusal::State(..) => EX_IOERR,
+                        _ => EX_UNAVAILABLE,
                     }
                 }
-            }
+            },
         }
     }
 }

@@ -170,7 +170,7 @@ fn main() -> ExitCode {
     let result = match listener {
         Some(listener) => {
             let config = Arc::new(config);
-            odmrd::expire::spawn_periodic(Arc::clone(&config), backends.queue.clone());
+            odmrd::expire::spawn_periodic(Arc::clone(&config), backends.clone());
             server::run_standalone(config, backends, listener)
         }
         None => server::run_inetd(&config, &backends).map(drop),

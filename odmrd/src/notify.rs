@@ -9,8 +9,7 @@
 //! its command runs: a kill between the two skips one notice, it never
 //! repeats one within the interval. A domain with nothing held is forgotten,
 //! so a new backlog is told at once. Does not: read queues (it is given the
-//! listing) or know the account behind a domain (the credential ABI cannot
-//! look one up by domain; `ODMR_ACCOUNT` is reserved for when it can).
+//! listing or the accounts).
 
 use crate::expire::{read_pairs, write_pairs};
 use crate::listing::Listing;
@@ -75,6 +74,7 @@ pub fn due(
 /// `state_directory` first. Returns how many commands ran successfully.
 pub fn run(
     listing: &Listing,
+    accounts: &[odmr_api::Account],
     hold: &crate::config::HoldConfig,
     now: SystemTime,
     dry_run: bool,
@@ -96,7 +96,9 @@ pub fn run(
     write_pairs(&path, &last).map_err(|e| format!("state file {}: {e}", path.display()))?;
     let mut ran = 0;
     for notice in &notices {
-        match notify(&hold.notify_command, notice) {
+        let collectors: Vec<&odmr_api::Account> =
+            accounts.iter().filter(|a| a.domains.contains(&notice.domain)).collect();
+        match notify(&hold.notify_command, notice, &collectors) {
             Ok(()) => {
                 ran += 1;
                 say(&format!(
@@ -111,15 +113,20 @@ pub fn run(
 }
 
 /// Run the command once for `notice`: `ODMR_DOMAIN`, `ODMR_MESSAGES`,
-/// `ODMR_RECIPIENTS`, `ODMR_BYTES`, `ODMR_OLDEST_AGE` (seconds) and
-/// `ODMR_ACCOUNT` (empty for now) in its environment, no input, its output
-/// discarded; a non-zero exit is an error.
-fn notify(command: &[String], notice: &Notice) -> Result<(), String> {
+/// `ODMR_RECIPIENTS`, `ODMR_BYTES`, `ODMR_OLDEST_AGE` (seconds), and the
+/// accounts that may collect the domain with their `odmr_notify=` contacts
+/// (`ODMR_ACCOUNT`, `ODMR_CONTACT`, comma-separated, empty when unknown) in
+/// its environment, no input, its output discarded; a non-zero exit is an
+/// error.
+fn notify(command: &[String], notice: &Notice, collectors: &[&odmr_api::Account]) -> Result<(), String> {
+    let users: Vec<&str> = collectors.iter().map(|a| a.user.as_str()).collect();
+    let contacts: Vec<&str> = collectors.iter().filter_map(|a| a.contact.as_deref()).collect();
     let Some((program, args)) = command.split_first() else { return Err("no notify_command".into()) };
     let status = Command::new(program)
         .args(args)
         .env("ODMR_DOMAIN", &notice.domain)
-        .env("ODMR_ACCOUNT", "")
+        .env("ODMR_ACCOUNT", users.join(","))
+        .env("ODMR_CONTACT", contacts.join(","))
         .env("ODMR_MESSAGES", notice.messages.to_string())
         .env("ODMR_RECIPIENTS", notice.recipients.to_string())
         .env("ODMR_BYTES", notice.bytes.to_string())
