@@ -285,7 +285,7 @@ fn expiry_bounces_exactly_the_expired_recipients_and_warns_once() {
     };
     let before = messages(tree_snapshot(&spool));
     let (summary, out) = pass(&config, &backends, now, true);
-    assert_eq!((summary.expired, summary.delay_dsns), (5, 1), "{out}");
+    assert_eq!((summary.expired, summary.failure_dsns, summary.delay_dsns), (5, 2, 1), "{out}");
     assert!(out.contains(&format!("dry-run domain=example.org id=new/{T0}.M1P1.provider to=a2@example.org status=expired dsn=none (NOTIFY=NEVER)\n")), "{out}");
     assert!(out.contains(&format!("dry-run domain=example.org id=new/{T0}.M1P1.provider to=a3@example.org status=expired dsn=to <alice@sender.example>\n")), "{out}");
     assert_eq!(messages(tree_snapshot(&spool)), before);

@@ -315,9 +315,12 @@ impl Pass<'_> {
             .filter(|&i| wants(i))
             .map(|i| self.failure(domain, envelope, i, Action::Expired))
             .collect();
-        if !self.dry_run && !envelope.sender.is_empty() && !failures.is_empty() {
-            if let Err(why) = self.submit(cursor, envelope, &failures) {
-                return self.problem(&format!("domain={domain} id={id} expired but kept: DSN failed: {why}"));
+        if !envelope.sender.is_empty() && !failures.is_empty() {
+            if !self.dry_run {
+                if let Err(why) = self.submit(cursor, envelope, &failures) {
+                    return self
+                        .problem(&format!("domain={domain} id={id} expired but kept: DSN failed: {why}"));
+                }
             }
             self.summary.failure_dsns += 1;
         }

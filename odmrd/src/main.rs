@@ -18,7 +18,7 @@ const EX_CONFIG: u8 = 78;
 const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--check-config]
        odmrd --demo [--listen ADDR:PORT]   start a demo provider with sample mail
        odmrd --cram-md5                    read a password on stdin, print its {CRAM-MD5} entry
-       odmrd [-c FILE] --queue [--json] [DOMAIN...]   list the held mail (reads only)
+       odmrd [-c FILE] --queue [--json] [--by-account] [DOMAIN...]   list the held mail (reads only)
        odmrd [-c FILE] --expire [--dry-run]           bounce mail held past [queue] max_hold
 
   -c FILE             configuration file (default /etc/odmrd.ini)
