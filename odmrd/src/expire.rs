@@ -12,7 +12,7 @@
 //!
 //! Safety against loss and repeats:
 //! - a domain is expired only under the same per-domain lock a collection
-//!   takes (`locks`), and through the backend's cursor (which takes the
+//!   takes (`locks::Locker`: flock or the shared database), and through the backend's cursor (which takes the
 //!   backend's own locks): a session never sees a message half expired;
 //! - a recipient is removed only after its DSN was accepted by the sendmail
 //!   command (or when none is due): a kill between the two leaves it queued,
@@ -27,7 +27,7 @@ use crate::bounce::{self, Action, Failure, Report};
 use crate::config::Config;
 use crate::config::PluginSource;
 use crate::listing;
-use crate::locks::{DomainLocks, LockError};
+use crate::locks::{LockError, Locker};
 use crate::log;
 use crate::relay::BodyCopy;
 use odmr_api::host::{MailQueue, QueueCursor};
@@ -233,7 +233,12 @@ impl Pass<'_> {
     /// Expire and warn within one domain, under its collection lock.
     fn domain(&mut self, queue: &MailQueue, domain: &str) {
         let domains = [domain.to_string()];
-        let _locks = match DomainLocks::acquire(&self.config.server.lock_directory, &domains) {
+        // The locker the sessions use: flock, or the shared database's locks.
+        let locker = match Locker::new(self.config) {
+            Ok(locker) => locker,
+            Err(e) => return self.problem(&format!("domain={domain} [server] lock: {e}")),
+        };
+        let _locks = match locker.acquire(&domains) {
             Ok(locks) => locks,
             Err(LockError::Busy(_)) => {
                 self.say(&format!("domain={domain} skipped: being collected"));
