@@ -249,10 +249,14 @@ pub fn write_json(listing: &Listing, now: SystemTime, out: &mut dyn Write) -> io
     Ok(())
 }
 
+/// One account of `--by-account`: its user ("" for domains no account may
+/// collect), its quota, and the listing of its domains.
+pub type AccountGroup = (String, Option<u64>, Listing);
+
 /// `--by-account`: the listing regrouped under each account (a domain
 /// granted to several is shown under each; held domains no account may
 /// collect come last, under the account ""), each with its quota.
-pub fn by_account(listing: &Listing, accounts: &[odmr_api::Account]) -> Vec<(String, Option<u64>, Listing)> {
+pub fn by_account(listing: &Listing, accounts: &[odmr_api::Account]) -> Vec<AccountGroup> {
     let mut groups = Vec::new();
     let mut claimed = std::collections::BTreeSet::new();
     for account in accounts {
@@ -279,7 +283,7 @@ fn account_totals(own: &Listing) -> (usize, usize, u64) {
 /// `--by-account` in text: per account a line with its totals against its
 /// quota, then its domains as [`write_text`] shows them.
 pub fn write_text_by_account(
-    groups: &[(String, Option<u64>, Listing)],
+    groups: &[AccountGroup],
     now: SystemTime,
     out: &mut dyn Write,
 ) -> io::Result<()> {
@@ -300,7 +304,7 @@ pub fn write_text_by_account(
 /// `--by-account --json`: per account an `"account"` object, then its
 /// domains' objects as [`write_json`] writes them.
 pub fn write_json_by_account(
-    groups: &[(String, Option<u64>, Listing)],
+    groups: &[AccountGroup],
     now: SystemTime,
     out: &mut dyn Write,
 ) -> io::Result<()> {
