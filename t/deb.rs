@@ -35,10 +35,12 @@ use support::odmrd::{PASSWORD, USER};
 use support::{body_of, envelope_of, qmail_message, wait_until, CustomerMta, Fetchmail, Maildir};
 
 const SPOOL: &str = "/var/spool/odmr";
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 5] = [
     "/lib/systemd/system/odmrd.socket",
     "/lib/systemd/system/odmrd@.service",
     "/lib/systemd/system/odmrd.service",
+    "/lib/systemd/system/odmrs.socket",
+    "/lib/systemd/system/odmrs@.service",
 ];
 
 fn workspace() -> PathBuf {
@@ -210,7 +212,11 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     {
         assert!(Path::new(path).exists(), "{path} is not installed");
     }
-    for wants in ["sockets.target.wants/odmrd.socket", "multi-user.target.wants/odmrd.service"] {
+    for wants in [
+        "sockets.target.wants/odmrd.socket",
+        "sockets.target.wants/odmrs.socket",
+        "multi-user.target.wants/odmrd.service",
+    ] {
         let link = Path::new("/etc/systemd/system").join(wants);
         assert!(!link.exists(), "the package enabled {}: only the operator may", link.display());
     }
@@ -478,7 +484,7 @@ fn the_socket_limits_match_the_packaged_session_limits() {
 /// `systemd-analyze security` works on unit files without a running systemd (--offline).
 #[test]
 fn every_unit_is_rated_ok_or_better_by_systemd_analyze_security() {
-    for unit in ["odmrd@.service", "odmrd.service"] {
+    for unit in ["odmrd@.service", "odmrd.service", "odmrs@.service"] {
         let path = workspace().join("etc/systemd").join(unit);
         let output = run_ok(
             Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&path),

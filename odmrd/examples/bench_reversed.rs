@@ -11,15 +11,20 @@
 //! - 500 queued messages of 4.3 KB (the figure peers.md gives for Exim 4.99's
 //!   own provider: 6.7 s with a direct customer);
 //! - one 100 MB message, with the process's peak memory before and after,
-//!   to show the body streams in constant memory.
+//!   to show the body streams in constant memory;
+//! - both again under implicit TLS, with the fetchmail-safe framing (one record per line) and
+//!   with packed records, to show what the framing costs.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use odmrd::backend::Backends;
 use odmrd::config::Config;
+use odmrd::session::Start;
+use odmrd::tls::{Framing, Identity};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 const PASSWORD: &str = "bench-secret";
@@ -60,36 +65,36 @@ fn queue(dir: &Path, count: usize, body_size: usize) {
 
 /// The customer: log in, ATRN, then accept every message. Returns
 /// (messages, body bytes received).
-fn customer(stream: UnixStream) -> (usize, u64) {
-    let mut out = stream.try_clone().unwrap();
+fn customer<S: Read + Write>(stream: S) -> (usize, u64) {
     let mut input = BufReader::with_capacity(256 * 1024, stream);
     let mut line = String::new();
-    let mut read_line = |input: &mut BufReader<UnixStream>| {
+    let mut read_line = |input: &mut BufReader<S>| {
         line.clear();
         input.read_line(&mut line).unwrap();
         line.clone()
     };
+    let mut out = Writer;
     read_line(&mut input);
-    out.write_all(b"EHLO customer.example\r\n").unwrap();
+    out.write_all(&mut input, b"EHLO customer.example\r\n");
     while read_line(&mut input).starts_with("250-") {}
-    out.write_all(b"AUTH CRAM-MD5\r\n").unwrap();
+    out.write_all(&mut input, b"AUTH CRAM-MD5\r\n");
     let challenge = read_line(&mut input);
     let challenge = base64::engine::general_purpose::STANDARD.decode(challenge[4..].trim()).unwrap();
     let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
     mac.update(&challenge);
     let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let response = base64::engine::general_purpose::STANDARD.encode(format!("bench {digest}"));
-    out.write_all(format!("{response}\r\nATRN example.org\r\n").as_bytes()).unwrap();
+    out.write_all(&mut input, format!("{response}\r\nATRN example.org\r\n").as_bytes());
     assert!(read_line(&mut input).starts_with("235"));
     assert!(read_line(&mut input).starts_with("250"), "ATRN refused");
-    out.write_all(b"220 customer.example ESMTP\r\n").unwrap();
+    out.write_all(&mut input, b"220 customer.example ESMTP\r\n");
     let (mut messages, mut bytes) = (0usize, 0u64);
     loop {
         let command = read_line(&mut input);
         let reply: &[u8] = match command.get(..4) {
             Some("EHLO") => b"250-customer.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n",
             Some("DATA") => {
-                out.write_all(b"354 go\r\n").unwrap();
+                out.write_all(&mut input, b"354 go\r\n");
                 let mut data = Vec::new();
                 loop {
                     data.clear();
@@ -103,13 +108,23 @@ fn customer(stream: UnixStream) -> (usize, u64) {
                 b"250 ok\r\n"
             }
             Some("QUIT") | None => {
-                let _ = out.write_all(b"221 bye\r\n");
+                let _ = input.get_mut().write_all(b"221 bye\r\n").and_then(|()| input.get_mut().flush());
                 let _ = input.read_to_end(&mut Vec::new());
                 return (messages, bytes);
             }
             _ => b"250 ok\r\n",
         };
-        out.write_all(reply).unwrap();
+        out.write_all(&mut input, reply);
+    }
+}
+
+/// Writes through the customer's buffered reader to the stream under it.
+struct Writer;
+
+impl Writer {
+    fn write_all<S: Read + Write>(&mut self, input: &mut BufReader<S>, bytes: &[u8]) {
+        input.get_mut().write_all(bytes).unwrap();
+        input.get_mut().flush().unwrap();
     }
 }
 
@@ -123,17 +138,58 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn run(name: &str, count: usize, body_size: usize) {
+/// How the customer connects.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Clear,
+    Tls(Framing),
+}
+
+/// A self-signed identity for `bench.example` and a client configuration trusting it.
+fn tls_pair(dir: &Path) -> (Identity, Arc<rustls::ClientConfig>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["bench.example".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let identity = Identity::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (identity, Arc::new(client))
+}
+
+fn run(name: &str, count: usize, body_size: usize, transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     queue(dir.path(), count, body_size);
-    let config = config(dir.path());
+    let mut config = config(dir.path());
     odmrd::log::init(&config.log).unwrap();
     let backends = Backends::load(&config.credentials, &config.queue).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
+    let (identity, client_config) = tls_pair(dir.path());
     let rss_before = peak_rss_kib();
     let start = Instant::now();
-    let customer = std::thread::spawn(move || customer(ours));
-    odmrd::session::serve(&config, &backends, theirs, None);
+    let (identity, start_mode) = match transport {
+        Transport::Clear => (None, Start::Clear),
+        Transport::Tls(framing) => {
+            config.tls.framing = framing;
+            (Some(&identity), Start::ImplicitTls)
+        }
+    };
+    let customer = std::thread::spawn(move || match transport {
+        Transport::Clear => customer(ours),
+        Transport::Tls(_) => {
+            let name = rustls::pki_types::ServerName::try_from("bench.example").unwrap();
+            let conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            customer(rustls::StreamOwned::new(conn, ours))
+        }
+    });
+    odmrd::session::serve(&config, &backends, identity, start_mode, theirs, None);
     let (messages, bytes) = customer.join().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let left = std::fs::read_dir(dir.path().join("spool/example.org/new")).unwrap().count();
@@ -150,6 +206,12 @@ fn run(name: &str, count: usize, body_size: usize) {
 }
 
 fn main() {
-    run("500 x 4.3 KB (Exim 4.99: 6.7 s)", 500, 4300);
-    run("1 x 100 MB", 1, 100 * 1024 * 1024);
+    let line = Transport::Tls(Framing::Line);
+    let packed = Transport::Tls(Framing::Packed);
+    run("500 x 4.3 KB (Exim 4.99: 6.7 s)", 500, 4300, Transport::Clear);
+    run("500 x 4.3 KB, TLS, a record per line", 500, 4300, line);
+    run("500 x 4.3 KB, TLS, packed records", 500, 4300, packed);
+    run("1 x 100 MB", 1, 100 * 1024 * 1024, Transport::Clear);
+    run("1 x 100 MB, TLS, a record per line", 1, 100 * 1024 * 1024, line);
+    run("1 x 100 MB, TLS, packed records", 1, 100 * 1024 * 1024, packed);
 }

@@ -72,7 +72,9 @@ fn start_daemon(dir: &Path, scale: u32) -> u16 {
     let backends = Backends::load(&config.credentials, &config.queue).unwrap();
     let listener = odmrd::server::bind("127.0.0.1:0".parse().unwrap(), config.server.listen_backlog).unwrap();
     let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || odmrd::server::run_standalone(Arc::new(config), backends, listener));
+    std::thread::spawn(move || {
+        odmrd::server::run_standalone(Arc::new(config), backends, None, listener, None)
+    });
     port
 }
 

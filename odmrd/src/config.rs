@@ -43,6 +43,27 @@ pub struct Config {
     pub hold: HoldConfig,
     pub bounce: BounceConfig,
     pub log: LogTarget,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`. STARTTLS is offered once `certificate` and `key` are set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// PEM chain, end entity first, and the PEM private key; both or neither.
+    pub identity: Option<TlsFiles>,
+    /// Key `require`: no AUTH before TLS. Default no.
+    pub require: bool,
+    /// Key `framing`: TLS records of the reversed state. Default `line` (safe for fetchmail).
+    pub framing: crate::tls::Framing,
+}
+
+/// The certificate and key files, with their lines for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub certificate_line: usize,
+    pub key: PathBuf,
+    pub key_line: usize,
 }
 
 /// `[server]`.
@@ -67,6 +88,8 @@ pub struct ServerConfig {
     /// Key `idle_timeout`, whole seconds, default 300, at least 1: the wait for a command line's
     /// first byte, and again from that byte to the line's end.
     pub idle_timeout: Duration,
+    /// Standalone: an implicit-TLS listener (fetchmail's `ssl`); needs `[tls]`.
+    pub listen_tls: Option<SocketAddr>,
     /// Key `session_timeout`, whole seconds, default 600, at least 1: the whole dialogue before
     /// ATRN's 250 (the reversed state has RFC 5321's limits per reply instead).
     pub session_timeout: Duration,
@@ -99,6 +122,7 @@ impl Default for ServerConfig {
             lock_directory: PathBuf::from("/run/odmrd"),
             lock: LockKind::Flock,
             idle_timeout: Duration::from_secs(300),
+            listen_tls: None,
             session_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             listen_backlog: None,
@@ -264,7 +288,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-const SECTIONS: &[&str] = &["server", "auth", "credentials", "queue", "bounce", "log"];
+const SECTIONS: &[&str] = &["server", "auth", "credentials", "queue", "bounce", "log", "tls"];
 const SERVER_KEYS: &[&str] = &[
     "hostname",
     "listen",
@@ -275,6 +299,7 @@ const SERVER_KEYS: &[&str] = &[
     "lock_directory",
     "lock",
     "idle_timeout",
+    "listen_tls",
     "session_timeout",
     "shutdown_grace",
     "listen_backlog",
@@ -290,6 +315,7 @@ const AUTH_KEYS: &[&str] = &[
 ];
 const BOUNCE_KEYS: &[&str] = &["sendmail"];
 const LOG_KEYS: &[&str] = &["syslog", "stderr", "level"];
+const TLS_KEYS: &[&str] = &["certificate", "key", "require", "framing"];
 const MECHANISMS: &[&str] = &["CRAM-MD5", "PLAIN", "LOGIN"];
 
 impl Config {
@@ -347,11 +373,12 @@ impl Config {
             hold: parse_hold(&ctx, section("queue"))?,
             bounce: parse_bounce(&ctx, section("bounce"))?,
             log: parse_log(&ctx, section("log"))?,
+            tls: parse_tls(&ctx, section("tls"))?,
         };
         if config.server.lock == LockKind::Database {
             crate::locks::Locker::new(&config).map_err(|e| ctx.error("server", Some("lock"), e))?;
         }
-        Ok(config)
+        config.check_tls(&ctx)
     }
 }
 
@@ -524,12 +551,8 @@ fn parse_server(ctx: &Ctx, properties: Option<&Properties>) -> Result<ServerConf
         let fail = |message: String| ctx.error("server", Some(key), message);
         match key {
             "hostname" => server.hostname = parse_hostname(value).map_err(fail)?,
-            "listen" => {
-                let addr = value.parse::<SocketAddr>().map_err(|_| {
-                    fail(format!("{value:?} is not ADDRESS:PORT (e.g. 0.0.0.0:366 or [::]:366)"))
-                })?;
-                server.listen = Some(addr);
-            }
+            "listen" => server.listen = Some(parse_socket_addr(value).map_err(fail)?),
+            "listen_tls" => server.listen_tls = Some(parse_socket_addr(value).map_err(fail)?),
             "user" => {
                 if value.is_empty() || value.contains(char::is_whitespace) {
                     return Err(fail(format!("{value:?} is not a user name")));
@@ -699,6 +722,52 @@ fn parse_bounce(ctx: &Ctx, properties: Option<&Properties>) -> Result<BounceConf
     Ok(bounce)
 }
 
+fn parse_tls(ctx: &Ctx, properties: Option<&Properties>) -> Result<TlsConfig, ConfigError> {
+    let mut tls = TlsConfig::default();
+    let (mut certificate, mut key) = (None, None);
+    for (name, value) in properties.into_iter().flat_map(Properties::iter) {
+        let fail = |message: String| ctx.error("tls", Some(name), message);
+        let absolute = |value: &str| {
+            if value.starts_with('/') {
+                Ok((PathBuf::from(value), ctx.locator.line("tls", Some(name)).unwrap_or(0)))
+            } else {
+                Err(fail(format!("{value:?} is not an absolute path")))
+            }
+        };
+        match name {
+            "certificate" => certificate = Some(absolute(value)?),
+            "key" => key = Some(absolute(value)?),
+            "require" => tls.require = parse_bool(value).map_err(fail)?,
+            "framing" => tls.framing = value.parse().map_err(fail)?,
+            _ => return Err(ctx.unknown_key("tls", name, TLS_KEYS)),
+        }
+    }
+    tls.identity = match (certificate, key) {
+        (Some((certificate, certificate_line)), Some((key, key_line))) => {
+            Some(TlsFiles { certificate, certificate_line, key, key_line })
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(ctx.error("tls", Some("certificate"), "needs `key` as well")),
+        (None, Some(_)) => return Err(ctx.error("tls", Some("key"), "needs `certificate` as well")),
+    };
+    Ok(tls)
+}
+
+impl Config {
+    /// What needs a certificate has one.
+    fn check_tls(self, ctx: &Ctx) -> Result<Config, ConfigError> {
+        if self.tls.identity.is_none() {
+            if self.tls.require {
+                return Err(ctx.error("tls", Some("require"), "needs `certificate` and `key`"));
+            }
+            if self.server.listen_tls.is_some() {
+                return Err(ctx.error("server", Some("listen_tls"), "needs [tls] `certificate` and `key`"));
+            }
+        }
+        Ok(self)
+    }
+}
+
 fn parse_log(ctx: &Ctx, properties: Option<&Properties>) -> Result<LogTarget, ConfigError> {
     let mut target = default_log_target();
     for (key, value) in properties.into_iter().flat_map(Properties::iter) {
@@ -753,6 +822,12 @@ fn parse_hostname(value: &str) -> Result<String, String> {
     } else {
         Err(format!("{value:?} is not a host name (labels of letters, digits and hyphens)"))
     }
+}
+
+fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{value:?} is not ADDRESS:PORT (e.g. 0.0.0.0:366 or [::]:366)"))
 }
 
 /// A whole number, at least 1.
@@ -963,6 +1038,7 @@ plugin = builtin:maildir
                 lock_directory: "/run/odmrd".into(),
                 lock: LockKind::Flock,
                 idle_timeout: Duration::from_secs(300),
+                listen_tls: None,
                 session_timeout: Duration::from_secs(600),
                 shutdown_grace: Duration::from_secs(30),
                 listen_backlog: None,
@@ -1486,5 +1562,45 @@ plugin = builtin:maildir
         std::fs::write(&path, b"[server]\nhostname = \xff\n").unwrap();
         let e = Config::load(&path).unwrap_err();
         assert!(e.message.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn tls_section() {
+        let config = with(
+            "tls",
+            "certificate = /etc/odmrd/cert.pem\nkey = /etc/odmrd/key.pem\nrequire = yes\nframing = packed",
+        )
+        .unwrap();
+        let files = config.tls.identity.as_ref().unwrap();
+        assert_eq!(
+            (files.certificate.as_path(), files.certificate_line),
+            (Path::new("/etc/odmrd/cert.pem"), 6)
+        );
+        assert_eq!((files.key.as_path(), files.key_line), (Path::new("/etc/odmrd/key.pem"), 7));
+        assert!(config.tls.require);
+        assert_eq!(config.tls.framing, crate::tls::Framing::Packed);
+        let default = parse(MINIMAL).unwrap().tls;
+        assert_eq!(
+            (default.identity, default.require, default.framing),
+            (None, false, crate::tls::Framing::Line)
+        );
+
+        let both = "certificate = /c.pem\nkey = /k.pem";
+        let text = format!("{MINIMAL}[server]\nlisten_tls = 127.0.0.1:10995\n[tls]\n{both}\n");
+        assert_eq!(parse(&text).unwrap().server.listen_tls, Some("127.0.0.1:10995".parse().unwrap()));
+
+        let cases = [
+            (in_section("tls", "certificate = /c.pem"), "[tls] certificate", "needs `key`"),
+            (in_section("tls", "key = /k.pem"), "[tls] key", "needs `certificate`"),
+            (in_section("tls", "certificate = c.pem\nkey = /k.pem"), "[tls] certificate", "absolute path"),
+            (in_section("tls", "require = yes"), "[tls] require", "needs `certificate`"),
+            (in_section("tls", &format!("{both}\nframing = records")), "[tls] framing", "not a framing"),
+            (in_section("tls", &format!("{both}\nciphers = all")), "[tls] ciphers", "unknown key"),
+            (in_section("server", "listen_tls = 127.0.0.1:995"), "[server] listen_tls", "needs [tls]"),
+        ];
+        for (text, place, message) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(place) && e.contains(message), "{text:?}: {e}");
+        }
     }
 }

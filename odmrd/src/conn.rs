@@ -40,6 +40,13 @@ pub trait Wire: Read + Write {
     fn read_fd(&self) -> BorrowedFd<'_>;
     /// The descriptor written to.
     fn write_fd(&self) -> BorrowedFd<'_>;
+    /// Input received but held inside the wire (TLS plaintext already decrypted), which polling
+    /// the descriptor would not show.
+    fn has_buffered_input(&mut self) -> bool {
+        false
+    }
+    /// The deadline for the wire's own blocking (a TLS layer reading or writing whole records).
+    fn set_deadline(&mut self, _deadline: Option<std::time::Instant>) {}
 }
 
 impl Wire for std::net::TcpStream {
@@ -145,6 +152,21 @@ impl<W: Wire> Conn<W> {
         self.timeout = timeout;
     }
 
+    /// The wire under this connection (to start TLS on it).
+    pub fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
+    /// Forget input received but not yet consumed. After STARTTLS, whatever the client sent
+    /// behind the command in clear text must never be read as if it came inside TLS
+    /// (the CVE-2011-0411 class of command injection).
+    pub fn discard_buffered_input(&mut self) -> usize {
+        let discarded = self.rlen - self.rpos;
+        self.rpos = 0;
+        self.rlen = 0;
+        discarded
+    }
+
     /// Bound every following wait by `limit` (None: no bound beyond the
     /// timeout). Past the limit, reads report [`Received::TimedOut`] and
     /// writes fail, except what is already possible without waiting.
@@ -188,6 +210,7 @@ impl<W: Wire> Conn<W> {
 
     fn write_all_timed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         let deadline = self.deadline();
+        self.wire.set_deadline(Some(deadline));
         while !bytes.is_empty() {
             if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
@@ -207,7 +230,8 @@ impl<W: Wire> Conn<W> {
         if self.rpos < self.rlen {
             return Ok(Received::Item(()));
         }
-        if !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
+        self.wire.set_deadline(Some(deadline));
+        if !self.wire.has_buffered_input() && !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
             return Ok(Received::TimedOut);
         }
         loop {
@@ -220,6 +244,7 @@ impl<W: Wire> Conn<W> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Received::TimedOut),
                 Err(e) => return Err(e),
             }
         }

@@ -20,4 +20,5 @@ pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod throttle;
+pub mod tls;
 pub mod verdict;

@@ -4,6 +4,7 @@
 
 use odmrd::backend::Backends;
 use odmrd::config::Config;
+use odmrd::session::Start;
 use odmrd::{demo, log, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--ch
 
   -c FILE             configuration file (default /etc/odmrd.ini)
   --inetd             serve one session on stdin/stdout, whatever [server] listen says
+  --tls               with --inetd: the session starts with a TLS handshake (implicit TLS)
   --listen ADDR:PORT  run standalone on this address, whatever [server] listen says
   --check-config      validate the configuration and the backends, then exit";
 
@@ -32,6 +34,7 @@ struct Options {
     inetd: bool,
     listen: Option<std::net::SocketAddr>,
     check_config: bool,
+    tls: bool,
     demo: bool,
     cram_md5: bool,
     /// `--queue`, `--expire` and their options (odmrd::hold_cli).
@@ -49,6 +52,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                 options.listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
             }
             "--check-config" => options.check_config = true,
+            "--tls" => options.tls = true,
             "--demo" => options.demo = true,
             "--cram-md5" => options.cram_md5 = true,
             "--queue" | "--expire" | "--json" | "--dry-run" | "--by-account" => {
@@ -73,6 +77,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         if options.inetd || options.listen.is_some() || options.check_config || options.demo {
             return Err("--queue and --expire take only -c and their own options".into());
         }
+    }
+    if options.tls && !options.inetd {
+        return Err("--tls goes with --inetd (standalone, use [server] listen_tls)".into());
     }
     if options.demo && (options.config.is_some() || options.inetd) {
         return Err("--demo makes its own configuration; it takes only --listen".into());
@@ -144,12 +151,50 @@ fn main() -> ExitCode {
     }
     let hostname = config.server.hostname.clone();
 
-    let listener = match (config.server.listen, options.check_config || options.hold.is_some()) {
-        (Some(addr), false) => match server::bind(addr, config.server.listen_backlog) {
-            Ok(listener) => Some(listener),
-            Err(e) => return fail_start(&format!("cannot listen on {addr}: {e}"), EX_UNAVAILABLE, &hostname),
+    let identity = match &config.tls.identity {
+        None if options.tls => {
+            let message = format!("{}: --tls needs [tls] certificate and key", path.display());
+            return fail_start(&message, EX_CONFIG, &hostname);
+        }
+        None => None,
+        Some(files) => match odmrd::tls::Identity::load(&files.certificate, &files.key) {
+            Ok(identity) => {
+                let days = identity.days_left(std::time::SystemTime::now());
+                if days < odmrd::tls::EXPIRY_WARNING_DAYS {
+                    let message = format!(
+                        "{}:{}: [tls] certificate: {} expires in {days} days",
+                        path.display(),
+                        files.certificate_line,
+                        files.certificate.display()
+                    );
+                    if options.check_config {
+                        eprintln!("odmrd: warning: {message}");
+                    }
+                    log::warn(&message);
+                }
+                Some(Arc::new(identity))
+            }
+            Err(e) => {
+                let (key, line) = if e.path == files.key {
+                    ("key", files.key_line)
+                } else {
+                    ("certificate", files.certificate_line)
+                };
+                let message = format!("{}:{line}: [tls] {key}: {e}", path.display());
+                return fail_start(&message, EX_CONFIG, &hostname);
+            }
         },
-        _ => None,
+    };
+    let bind =
+        |addr: Option<std::net::SocketAddr>| match (addr, options.check_config || options.hold.is_some()) {
+            (Some(addr), false) => server::bind(addr, config.server.listen_backlog)
+                .map(Some)
+                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+            _ => Ok(None),
+        };
+    let (listener, tls_listener) = match (bind(config.server.listen), bind(config.server.listen_tls)) {
+        (Ok(listener), Ok(tls_listener)) => (listener, tls_listener),
+        (Err(e), _) | (_, Err(e)) => return fail_start(&e, EX_UNAVAILABLE, &hostname),
     };
     if let (Some(user), Some(_)) = (&config.server.user, &listener) {
         if let Err(e) = server::drop_privileges(user) {
@@ -171,9 +216,12 @@ fn main() -> ExitCode {
         Some(listener) => {
             let config = Arc::new(config);
             odmrd::expire::spawn_periodic(Arc::clone(&config), backends.clone());
-            server::run_standalone(config, backends, listener)
+            server::run_standalone(config, backends, identity, listener, tls_listener)
         }
-        None => server::run_inetd(&config, &backends).map(drop),
+        None => {
+            let start = if options.tls { Start::ImplicitTls } else { Start::Clear };
+            server::run_inetd(&config, &backends, identity.as_deref(), start).map(drop)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,6 +106,52 @@ pub fn verify(secret: &Secret, challenge: &str, digest_hex: &str) -> bool {
     }
 }
 
+/// Decodes an AUTH PLAIN response (RFC 4616: `authzid NUL authcid NUL password`, base64) into
+/// `(user, password)`. An authorisation identity other than the user itself is refused: odmrd
+/// has no proxy users. The user name follows the same rules as in CRAM-MD5 responses.
+pub fn decode_plain_response(base64_line: &str) -> Result<(String, Vec<u8>), ResponseError> {
+    let raw = BASE64.decode(base64_line.trim().as_bytes()).map_err(|_| ResponseError::BadBase64)?;
+    let mut parts = raw.splitn(3, |&b| b == 0);
+    let (Some(authzid), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ResponseError::Malformed);
+    };
+    let user = valid_user(user)?;
+    if !authzid.is_empty() && authzid != user.as_bytes() {
+        return Err(ResponseError::Malformed);
+    }
+    if password.is_empty() || password.contains(&0) {
+        return Err(ResponseError::Malformed);
+    }
+    Ok((user, password.to_vec()))
+}
+
+/// Decodes one AUTH LOGIN answer (the user name or the password, base64).
+pub fn decode_login_field(base64_line: &str) -> Result<Vec<u8>, ResponseError> {
+    let raw = BASE64.decode(base64_line.trim().as_bytes()).map_err(|_| ResponseError::BadBase64)?;
+    if raw.is_empty() || raw.contains(&0) {
+        return Err(ResponseError::Malformed);
+    }
+    Ok(raw)
+}
+
+/// A user name from a PLAIN or LOGIN exchange: UTF-8 without control characters, not empty.
+pub fn valid_user(raw: &[u8]) -> Result<String, ResponseError> {
+    let text = std::str::from_utf8(raw).map_err(|_| ResponseError::Malformed)?;
+    if text.is_empty() || text.chars().any(char::is_control) {
+        return Err(ResponseError::Malformed);
+    }
+    Ok(text.to_owned())
+}
+
+/// Checks a clear-text password against a stored secret, in constant time: equal to a clear
+/// secret, or producing the same Dovecot CRAM-MD5 context.
+pub fn verify_password(secret: &Secret, password: &[u8]) -> bool {
+    match secret {
+        Secret::Plain(stored) => stored.as_slice().ct_eq(password).into(),
+        Secret::CramMd5Context(context) => cram_md5_context(password).ct_eq(context).into(),
+    }
+}
+
 /// Dovecot's 32-byte CRAM-MD5 context for `password`: the MD5 state after the
 /// opad block, then after the ipad block, each as four little-endian words.
 /// Keys longer than 64 bytes are first replaced by their MD5, as in HMAC.
@@ -449,6 +495,46 @@ mod tests {
         assert_eq!(decode_cram_response(&not_utf8), Err(ResponseError::Malformed));
         for line in ["*", "dGlt!", "dGltIGI5MTNh=YjAy", "d"] {
             assert_eq!(decode_cram_response(line), Err(ResponseError::BadBase64), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn plain_responses_decode_and_refuse_what_is_not_rfc_4616() {
+        let ok = [
+            (&b"\0tim\0tanstaaf"[..], "tim", &b"tanstaaf"[..]),
+            (b"tim\0tim\0pass word", "tim", b"pass word"),
+            (b"\0t\xc3\xa9\0x", "t\u{e9}", b"x"),
+        ];
+        for (raw, user, password) in ok {
+            let got = decode_plain_response(&BASE64.encode(raw)).unwrap();
+            assert_eq!((got.0.as_str(), got.1.as_slice()), (user, password), "{raw:?}");
+        }
+        let malformed: [&[u8]; 7] = [
+            b"tim\0tanstaaf",
+            b"\0\0pw",
+            b"\0tim\0",
+            b"other\0tim\0pw",
+            b"\0ti\nm\0pw",
+            b"\0t\xffm\0pw",
+            b"",
+        ];
+        for raw in malformed {
+            assert_eq!(decode_plain_response(&BASE64.encode(raw)), Err(ResponseError::Malformed), "{raw:?}");
+        }
+        assert_eq!(decode_plain_response("not base64!"), Err(ResponseError::BadBase64));
+        assert_eq!(decode_login_field(&BASE64.encode("tim")).unwrap(), b"tim");
+        assert_eq!(decode_login_field(&BASE64.encode("")), Err(ResponseError::Malformed));
+    }
+
+    #[test]
+    fn clear_passwords_verify_against_clear_secrets_and_contexts() {
+        let plain = Secret::Plain(RFC2195_SECRET.to_vec());
+        let context = Secret::CramMd5Context(context_of(RFC2195_CONTEXT));
+        for secret in [&plain, &context] {
+            assert!(verify_password(secret, RFC2195_SECRET), "{secret:?}");
+            assert!(!verify_password(secret, b"tanstaaftanstaaF"), "{secret:?}");
+            assert!(!verify_password(secret, b"tanstaaf"), "{secret:?}");
+            assert!(!verify_password(secret, b""), "{secret:?}");
         }
     }
 }

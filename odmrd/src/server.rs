@@ -18,8 +18,9 @@ use crate::config::Config;
 use crate::conn::Stdio;
 use crate::log;
 use crate::proto;
-use crate::session;
+use crate::session::{self, Start};
 use crate::throttle::{Gate, Refusal, Throttle};
+use crate::tls::Identity;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getpeername, SockaddrStorage};
 use std::collections::HashMap;
@@ -44,9 +45,14 @@ pub fn stdin_is_socket() -> bool {
     crate::conn::fd_is_socket(0)
 }
 
-/// inetd mode: serve exactly one session on standard input and output, the
-/// AUTH throttle shared with the other inetd processes through its state file.
-pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::End> {
+/// inetd mode: serve exactly one session on standard input and output (`start` says whether
+/// it begins with a TLS handshake: `odmrd --inetd --tls`).
+pub fn run_inetd(
+    config: &Config,
+    backends: &Backends,
+    tls: Option<&Identity>,
+    start: Start,
+) -> io::Result<session::End> {
     let mut wire = Stdio::take()?;
     let peer = stdin_peer();
     let throttle = Throttle::in_file(&config.auth, &config.server.lock_directory);
@@ -54,7 +60,8 @@ pub fn run_inetd(config: &Config, backends: &Backends) -> io::Result<session::En
         refuse_throttled(&mut wire, &config.server.hostname, peer, refusal);
         return Ok(session::End::Refused);
     }
-    Ok(session::serve_gated(config, backends, wire, peer, &Gate::new(&throttle, peer, &std::thread::sleep)))
+    let gate = Gate::new(&throttle, peer, &std::thread::sleep);
+    Ok(session::serve_gated(config, backends, tls, start, wire, peer, &gate))
 }
 
 /// Log a refusal at connect by the throttle and answer 421.
@@ -222,7 +229,16 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Standalone mode: accept until SIGTERM or SIGINT, a thread per session,
 /// then wait up to `shutdown_grace` for the running sessions to finish and
 /// close the connections of those left.
-pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpListener) -> io::Result<()> {
+///
+/// `implicit_tls` is the `[server] listen_tls` port, whose sessions begin with a TLS handshake;
+/// `tls` is the identity they and STARTTLS present.
+pub fn run_standalone(
+    config: Arc<Config>,
+    backends: Backends,
+    tls: Option<Arc<Identity>>,
+    listener: TcpListener,
+    implicit_tls: Option<TcpListener>,
+) -> io::Result<()> {
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -230,6 +246,10 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
     }
     raise_descriptor_limit();
     listener.set_nonblocking(true)?;
+    if let Some(tls_listener) = &implicit_tls {
+        tls_listener.set_nonblocking(true)?;
+        log::info(&format!("event=listening address={} tls=implicit", tls_listener.local_addr()?));
+    }
     let limits = Arc::new(Limits {
         max_total: config.server.max_sessions,
         max_per_ip: config.server.max_sessions_per_ip,
@@ -249,7 +269,10 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
         let backoff = acceptor.backoff.take();
         let listening = if backoff.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
         let mut fds =
-            [PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+            vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), listening)];
+        if let Some(tls_listener) = &implicit_tls {
+            fds.push(PollFd::new(tls_listener.as_fd(), listening));
+        }
         let timeout = backoff.map_or(PollTimeout::NONE, |pause| {
             PollTimeout::try_from(pause.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
         });
@@ -261,25 +284,34 @@ pub fn run_standalone(config: Arc<Config>, backends: Backends, listener: TcpList
             let _ = signals.read(&mut [0u8; 16]);
             break 'serving;
         }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    acceptor.recovered();
-                    start_session(&config, &backends, &limits, &throttle, &open, stream, peer.ip());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The client gave up while queued: nothing to answer.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    if !acceptor.failed(&listener, &e) {
-                        break;
+        let ready: Vec<bool> =
+            fds[1..].iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        let ports = [(Some(&listener), Start::Clear), (implicit_tls.as_ref(), Start::ImplicitTls)];
+        for ((port, start), ready) in ports.into_iter().zip(ready) {
+            let Some(port) = port.filter(|_| ready) else { continue };
+            loop {
+                match port.accept() {
+                    Ok((stream, peer)) => {
+                        acceptor.recovered();
+                        let new = NewSession { stream, ip: peer.ip(), start, tls: tls.clone() };
+                        start_session(&config, &backends, &limits, &throttle, &open, new);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // The client gave up while queued: nothing to answer.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(e) => {
+                        if !acceptor.failed(port, &e) {
+                            break;
+                        }
                     }
                 }
             }
         }
     }
     drop(listener);
+    drop(implicit_tls);
     let grace = config.server.shutdown_grace;
     log::info(&format!(
         "event=shutdown grace={}s note=\"stopped accepting; waiting for running sessions\"",
@@ -461,15 +493,23 @@ impl crate::conn::Wire for Tracked {
     }
 }
 
+/// A connection just accepted, and how its session starts.
+struct NewSession {
+    stream: TcpStream,
+    ip: IpAddr,
+    start: Start,
+    tls: Option<Arc<Identity>>,
+}
+
 fn start_session(
     config: &Arc<Config>,
     backends: &Backends,
     limits: &Arc<Limits>,
     throttle: &Arc<Throttle>,
     open: &Arc<OpenConnections>,
-    stream: TcpStream,
-    ip: IpAddr,
+    new: NewSession,
 ) {
+    let NewSession { stream, ip, start, tls } = new;
     // Before taking a place or a thread: a capped guesser costs one reply.
     if let Some(refusal) = throttle.on_connect(ip) {
         let mut stream = stream;
@@ -496,7 +536,7 @@ fn start_session(
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
         let wait = |duration| slot.wait(duration);
         let gate = Gate::new(&throttle, Some(ip), &wait);
-        session::serve_gated(&config, &backends, stream, Some(ip), &gate);
+        session::serve_gated(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));

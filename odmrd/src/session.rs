@@ -16,6 +16,7 @@ use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LIN
 use crate::relay;
 use crate::sasl;
 use crate::throttle::{Decision, Gate, Refusal};
+use crate::tls::{Identity, Link};
 use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
 use std::net::IpAddr;
@@ -58,27 +59,50 @@ pub enum End {
 struct Session<'a, W: Wire> {
     config: &'a Config,
     backends: &'a Backends,
+    /// The server identity when `[tls]` is configured.
+    tls: Option<&'a Identity>,
     id: String,
-    conn: Conn<W>,
+    conn: Conn<Link<W>>,
     splitter: LineSplitter,
     user: Option<String>,
     failures: u32,
+    /// After STARTTLS everything learnt in clear text is forgotten: a new EHLO comes first.
+    needs_ehlo: bool,
     /// The client's address as logged (`client=`).
     client: String,
     /// Authentication throttling across connections.
     gate: &'a Gate<'a>,
 }
 
-/// Serve one session on `wire` from the peer `peer` (None when unknown),
-/// without throttling across connections.
-pub fn serve<W: Wire>(config: &Config, backends: &Backends, wire: W, peer: Option<IpAddr>) -> End {
-    serve_gated(config, backends, wire, peer, &Gate::open())
+/// How the connection starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Clear text; STARTTLS is offered when `[tls]` is configured.
+    Clear,
+    /// Implicit TLS (fetchmail's `ssl`): the handshake comes before the greeting.
+    ImplicitTls,
+}
+
+/// Serve one session on `wire` from the peer `peer` (None when unknown), without throttling
+/// across connections. `tls` is the identity to present on STARTTLS or, with
+/// [`Start::ImplicitTls`], at once.
+pub fn serve<W: Wire>(
+    config: &Config,
+    backends: &Backends,
+    tls: Option<&Identity>,
+    start: Start,
+    wire: W,
+    peer: Option<IpAddr>,
+) -> End {
+    serve_gated(config, backends, tls, start, wire, peer, &Gate::open())
 }
 
 /// Serve one session, its AUTH attempts throttled through `gate`.
 pub fn serve_gated<W: Wire>(
     config: &Config,
     backends: &Backends,
+    tls: Option<&Identity>,
+    start: Start,
     wire: W,
     peer: Option<IpAddr>,
     gate: &Gate<'_>,
@@ -88,23 +112,30 @@ pub fn serve_gated<W: Wire>(
     let mut session = Session {
         config,
         backends,
-        client: client.clone(),
-        gate,
-        conn: Conn::new(wire, config.server.idle_timeout),
+        tls,
+        conn: Conn::new(Link::Plain(wire), config.server.idle_timeout),
         splitter: LineSplitter::new(MAX_COMMAND_LINE),
         id,
         user: None,
         failures: 0,
+        needs_ehlo: false,
+        client: client.clone(),
+        gate,
     };
     session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
     if !is_allowed(config, peer) {
         log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
-        let _ = session.reply(554, &format!("{hostname} access denied"));
-        let _ = session.conn.flush();
+        if start == Start::Clear {
+            let _ = session.reply(554, &format!("{hostname} access denied"));
+            let _ = session.conn.flush();
+        }
         return End::Refused;
     }
     log::info(&format!("session={} event=connect client={client}", session.id));
+    if start == Start::ImplicitTls && !session.start_tls(&client) {
+        return End::Disconnected;
+    }
     let end = match session.reply(220, &format!("{hostname} ESMTP odmrd ODMR service ready")) {
         Ok(()) => session.run(),
         Err(_) => End::Disconnected,
@@ -199,11 +230,22 @@ impl<W: Wire> Session<'_, W> {
         let hostname = self.config.server.hostname.clone();
         match command {
             Command::Ehlo(_) => {
+                self.needs_ehlo = false;
                 let auth = format!("AUTH {}", self.offered_mechanisms().join(" "));
-                let lines = [hostname.as_str(), auth.as_str(), "ATRN"];
+                let mut lines = vec![hostname.as_str()];
+                if self.starttls_offered() {
+                    lines.push("STARTTLS");
+                }
+                lines.extend([auth.as_str(), "ATRN"]);
                 self.conn.send(proto::reply_multiline(250, &lines).as_bytes())?;
             }
-            Command::Helo(_) => self.reply(250, &hostname)?,
+            Command::Helo(_) => {
+                self.needs_ehlo = false;
+                self.reply(250, &hostname)?
+            }
+            Command::Auth { .. } | Command::Atrn(_) if self.needs_ehlo => {
+                self.reply(503, "5.5.1 Send EHLO again after STARTTLS")?
+            }
             Command::Auth { mechanism, initial_response } => return self.auth(&mechanism, initial_response),
             Command::Atrn(domains) => return self.atrn(domains),
             Command::Quit => {
@@ -212,7 +254,20 @@ impl<W: Wire> Session<'_, W> {
             }
             Command::Rset | Command::Noop => self.reply(250, "OK")?,
             Command::Help => self.reply(214, "Commands: EHLO HELO AUTH ATRN RSET NOOP HELP QUIT")?,
-            Command::StartTls => self.reply(502, "STARTTLS not available")?,
+            Command::StartTls if self.conn.wire_mut().is_tls() => {
+                self.reply(503, "5.5.1 TLS already active")?
+            }
+            Command::StartTls if self.tls.is_none() => self.reply(502, "5.5.1 STARTTLS not available")?,
+            Command::StartTls => {
+                self.reply(220, "2.0.0 Ready to start TLS")?;
+                let client = "starttls";
+                if !self.start_tls(client) {
+                    return Ok(Some(End::Disconnected));
+                }
+                // RFC 3207 §4.2: discard what was learnt before TLS.
+                self.user = None;
+                self.needs_ehlo = true;
+            }
             Command::NotImplemented(verb) => {
                 self.reply(502, &format!("{verb} not implemented on the ODMR port"))?
             }
@@ -220,10 +275,50 @@ impl<W: Wire> Session<'_, W> {
         Ok(None)
     }
 
-    /// Mechanisms offered without TLS: only CRAM-MD5 (PLAIN and LOGIN would
-    /// expose the password in clear text).
-    fn offered_mechanisms(&self) -> Vec<&'static str> {
-        vec!["CRAM-MD5"]
+    fn starttls_offered(&mut self) -> bool {
+        self.tls.is_some() && !self.conn.wire_mut().is_tls()
+    }
+
+    /// Run the TLS handshake (after `220` to STARTTLS, or at once on an implicit-TLS port) and
+    /// log it; false when it failed and the session must end.
+    fn start_tls(&mut self, _client: &str) -> bool {
+        let Some(identity) = self.tls else { return false };
+        if let Err(e) = self.conn.flush() {
+            self.log(&format!("event=tls result=failed error=\"{e}\""));
+            return false;
+        }
+        // Bytes the client sent behind STARTTLS in clear text are not commands (CVE-2011-0411).
+        let injected = self.conn.discard_buffered_input();
+        self.splitter = LineSplitter::new(MAX_COMMAND_LINE);
+        if injected > 0 {
+            log::warn(&format!("session={} event=tls note=\"discarded {injected} octets sent in clear text behind STARTTLS\"", self.id));
+        }
+        let deadline = std::time::Instant::now() + self.config.server.idle_timeout;
+        let framing = self.config.tls.framing;
+        match self.conn.wire_mut().start_tls(std::sync::Arc::clone(&identity.config), framing, deadline) {
+            Ok(()) => {
+                let described = self.conn.wire_mut().describe().unwrap_or_default();
+                self.log(&format!("event=tls result=ok {described}"));
+                true
+            }
+            Err(e) => {
+                log::warn(&format!("session={} event=tls result=failed error=\"{e}\"", self.id));
+                false
+            }
+        }
+    }
+
+    /// Mechanisms offered: CRAM-MD5 always (RFC 2645 mandates it); PLAIN and LOGIN, where
+    /// `[auth] mechanisms` lists them, only under TLS, since they carry the password itself.
+    fn offered_mechanisms(&mut self) -> Vec<&'static str> {
+        let under_tls = self.conn.wire_mut().is_tls();
+        let mut offered = vec!["CRAM-MD5"];
+        for mechanism in ["PLAIN", "LOGIN"] {
+            if under_tls && self.config.auth.mechanisms.iter().any(|m| m == mechanism) {
+                offered.push(mechanism);
+            }
+        }
+        offered
     }
 
     fn auth(&mut self, mechanism: &str, initial_response: Option<String>) -> std::io::Result<Option<End>> {
@@ -231,12 +326,18 @@ impl<W: Wire> Session<'_, W> {
             self.reply(503, "Already authenticated")?;
             return Ok(None);
         }
-        if !self.offered_mechanisms().contains(&mechanism) {
-            self.reply(504, "Unrecognized authentication type")?;
+        let under_tls = self.conn.wire_mut().is_tls();
+        if self.config.tls.require && !under_tls {
+            self.log(&format!("event=auth result=refused reason=tls-required mechanism={mechanism}"));
+            self.reply(530, "5.7.0 Must issue a STARTTLS command first")?;
             return Ok(None);
         }
-        if initial_response.is_some() {
-            self.reply(501, "CRAM-MD5 takes no initial response")?;
+        if !self.offered_mechanisms().contains(&mechanism) {
+            if !under_tls && self.config.auth.mechanisms.iter().any(|m| m == mechanism) {
+                self.reply(538, "5.7.11 Encryption required for requested authentication mechanism")?;
+            } else {
+                self.reply(504, "Unrecognized authentication type")?;
+            }
             return Ok(None);
         }
         match self.gate.attempt() {
@@ -250,35 +351,19 @@ impl<W: Wire> Session<'_, W> {
             }
             Decision::Refuse(refusal) => return self.refuse_throttled(refusal),
         }
-        let challenge = sasl::new_challenge(&self.config.server.hostname);
-        {
-            use base64::Engine as _;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(challenge.as_bytes());
-            self.reply(334, &encoded)?;
-        }
-        let line = match self.auth_response_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => {
-                self.log("event=auth result=too-long");
-                return Ok(None);
-            }
-            Err(end) => return Ok(Some(end)),
+        let exchange = match mechanism {
+            "PLAIN" => self.plain_exchange(initial_response)?,
+            "LOGIN" => self.login_exchange(initial_response)?,
+            _ => self.cram_md5_exchange(initial_response)?,
         };
-        if line == b"*" {
-            self.log("event=auth result=cancelled");
-            self.reply(501, "Authentication cancelled")?;
-            return Ok(None);
-        }
-        let Some((user, digest)) =
-            std::str::from_utf8(&line).ok().and_then(|text| sasl::decode_cram_response(text).ok())
-        else {
-            self.log("event=auth result=malformed");
-            self.reply(501, "Malformed CRAM-MD5 response")?;
-            return Ok(None);
+        let (user, verdict) = match exchange {
+            Exchange::Ended(end) => return Ok(Some(end)),
+            Exchange::Refused => return Ok(None),
+            Exchange::Checked { user, verdict } => (user, verdict),
         };
-        match self.verify(&user, &challenge, &digest) {
+        match verdict {
             Ok(()) => {
-                self.log(&format!("event=auth user={user} result=ok mechanism=CRAM-MD5"));
+                self.log(&format!("event=auth user={user} result=ok mechanism={mechanism}"));
                 self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
@@ -315,6 +400,112 @@ impl<W: Wire> Session<'_, W> {
         self.log(&format!("event=throttle client={} {refusal}", self.client));
         self.reply(421, refusal.reply_text())?;
         Ok(Some(End::Refused))
+    }
+
+    /// Send a `334` with `prompt` (base64-encoded) and read the answer; `*` cancels (501).
+    fn sasl_answer(&mut self, prompt: &[u8]) -> std::io::Result<Result<String, Exchange>> {
+        use base64::Engine as _;
+        self.reply(334, &base64::engine::general_purpose::STANDARD.encode(prompt))?;
+        let line = match self.auth_response_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.log("event=auth result=too-long");
+                return Ok(Err(Exchange::Refused));
+            }
+            Err(end) => return Ok(Err(Exchange::Ended(end))),
+        };
+        if line == b"*" {
+            self.log("event=auth result=cancelled");
+            self.reply(501, "Authentication cancelled")?;
+            return Ok(Err(Exchange::Refused));
+        }
+        match String::from_utf8(line) {
+            Ok(text) => Ok(Ok(text)),
+            Err(_) => self.malformed("response").map(Err),
+        }
+    }
+
+    /// Answer a response that cannot be decoded.
+    fn malformed(&mut self, what: &str) -> std::io::Result<Exchange> {
+        self.log("event=auth result=malformed");
+        self.reply(501, &format!("Malformed {what}"))?;
+        Ok(Exchange::Refused)
+    }
+
+    fn cram_md5_exchange(&mut self, initial_response: Option<String>) -> std::io::Result<Exchange> {
+        if initial_response.is_some() {
+            self.reply(501, "CRAM-MD5 takes no initial response")?;
+            return Ok(Exchange::Refused);
+        }
+        let challenge = sasl::new_challenge(&self.config.server.hostname);
+        let answer = match self.sasl_answer(challenge.as_bytes())? {
+            Ok(answer) => answer,
+            Err(exchange) => return Ok(exchange),
+        };
+        let Ok((user, digest)) = sasl::decode_cram_response(&answer) else {
+            return self.malformed("CRAM-MD5 response");
+        };
+        let verdict = self.verify(&user, &challenge, &digest);
+        Ok(Exchange::Checked { user, verdict })
+    }
+
+    /// AUTH PLAIN (RFC 4616), with or without an initial response (`=` is an empty one).
+    fn plain_exchange(&mut self, initial_response: Option<String>) -> std::io::Result<Exchange> {
+        let answer = match initial_response {
+            Some(response) if response != "=" => response,
+            _ => match self.sasl_answer(b"")? {
+                Ok(answer) => answer,
+                Err(exchange) => return Ok(exchange),
+            },
+        };
+        let Ok((user, password)) = sasl::decode_plain_response(&answer) else {
+            return self.malformed("PLAIN response");
+        };
+        let verdict = self.verify_password(&user, &password);
+        Ok(Exchange::Checked { user, verdict })
+    }
+
+    /// AUTH LOGIN: the user name (possibly as initial response), then the password.
+    fn login_exchange(&mut self, initial_response: Option<String>) -> std::io::Result<Exchange> {
+        let user = match initial_response {
+            Some(response) => response,
+            None => match self.sasl_answer(b"Username:")? {
+                Ok(answer) => answer,
+                Err(exchange) => return Ok(exchange),
+            },
+        };
+        let Some(user) = sasl::decode_login_field(&user).ok().and_then(|raw| sasl::valid_user(&raw).ok())
+        else {
+            return self.malformed("LOGIN user name");
+        };
+        let password = match self.sasl_answer(b"Password:")? {
+            Ok(answer) => answer,
+            Err(exchange) => return Ok(exchange),
+        };
+        let Ok(password) = sasl::decode_login_field(&password) else {
+            return self.malformed("LOGIN password");
+        };
+        let verdict = self.verify_password(&user, &password);
+        Ok(Exchange::Checked { user, verdict })
+    }
+
+    /// Check a clear-text password (PLAIN, LOGIN) against the store.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<(), Verdict> {
+        let matches = match self.backends.credentials.lookup_secret(user) {
+            Ok(secret) => sasl::verify_password(&secret, password),
+            Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+            Err(Status::NotFound) => {
+                sasl::verify_password(&Secret::Plain(b"\0unknown user\0".to_vec()), password);
+                return Err(Verdict::Wrong("unknown-user"));
+            }
+            Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
+            Err(status) => return Err(Verdict::Unavailable(status)),
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(Verdict::Wrong("wrong-password"))
+        }
     }
 
     fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {
@@ -464,6 +655,16 @@ impl<W: Wire> Session<'_, W> {
 enum Verdict {
     Wrong(&'static str),
     Unavailable(Status),
+}
+
+/// How a SASL exchange ended.
+enum Exchange {
+    /// The connection ended or timed out.
+    Ended(End),
+    /// Cancelled or malformed: already answered with 501.
+    Refused,
+    /// The user's credentials were checked.
+    Checked { user: String, verdict: Result<(), Verdict> },
 }
 
 fn dedup(mut domains: Vec<String>) -> Vec<String> {

@@ -60,6 +60,10 @@ pub struct Provider {
     pub credentials: String,
     /// The lines of `[queue]`: `builtin:maildir` on `spool/{domain}`.
     pub queue: String,
+    /// Extra lines for `[auth]`.
+    pub extra_auth: String,
+    /// Whole sections appended to the file (e.g. `[tls]`).
+    pub extra_sections: String,
 }
 
 impl Provider {
@@ -86,6 +90,8 @@ impl Provider {
             extra_server: String::new(),
             credentials: format!("plugin = builtin:passwd\nfile = {d}/passwd\n"),
             queue: format!("plugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n"),
+            extra_auth: String::new(),
+            extra_sections: String::new(),
             dir,
         }
     }
@@ -98,15 +104,17 @@ impl Provider {
         let d = self.path().display();
         let ini = format!(
             "[server]\nhostname = {EHLO_NAME}\nlock_directory = {d}/locks\n{extra}\n\
-             [auth]\nmax_failures = 3\nfailure_delay = 0.01\n\
+             [auth]\nmax_failures = 3\nfailure_delay = 0.01\n{extra_auth}\
              [credentials]\n{credentials}\
              [queue]\n{queue}\
              [bounce]\nsendmail = {sendmail}\n\
-             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n",
+             [log]\nsyslog = off\nstderr = yes\nlevel = debug\n{extra_sections}",
             extra = self.extra_server,
             credentials = self.credentials,
             queue = self.queue,
-            sendmail = self.sendmail.path().display()
+            sendmail = self.sendmail.path().display(),
+            extra_auth = self.extra_auth,
+            extra_sections = self.extra_sections,
         );
         let path = self.path().join("odmrd.ini");
         std::fs::write(&path, ini).unwrap();
