@@ -213,7 +213,7 @@ fn expiring(provider: &mut Provider, keys: &str) -> (Config, Backends) {
         "plugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\nstate_directory = {d}/state\n{keys}\n"
     );
     let config = Config::load(&provider.config()).unwrap();
-    let backends = Backends::load(&config.credentials, &config.queue).unwrap();
+    let backends = Backends::load(&config).unwrap();
     (config, backends)
 }
 

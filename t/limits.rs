@@ -97,7 +97,7 @@ fn a_line_trickled_byte_by_byte_gets_421_within_idle_timeout_of_its_first_byte()
     let mut c =
         Sender::start(&daemon, bytes.chunks(1).map(<[u8]>::to_vec).collect(), Duration::from_millis(500));
     c.expect_421_after(first_byte, Duration::from_secs(2), "idle timeout");
-    daemon.wait_for_log("event=timeout reason=idle-timeout", Duration::from_secs(10));
+    daemon.wait_for_log("event=timeout result=421 reason=idle-timeout", Duration::from_secs(10));
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn session_timeout_ends_even_a_busy_dialogue_with_421() {
     // Never idle: a NOOP every 200 ms for a minute.
     let mut c = Sender::start(&daemon, vec![b"NOOP\r\n".to_vec(); 300], Duration::from_millis(200));
     c.expect_421_after(started, Duration::from_secs(2), "session time limit");
-    daemon.wait_for_log("event=timeout reason=session-timeout", Duration::from_secs(10));
+    daemon.wait_for_log("event=timeout result=421 reason=session-timeout", Duration::from_secs(10));
 }
 
 #[test]

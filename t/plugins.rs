@@ -91,9 +91,11 @@ fn queue_files(p: &Provider) -> Vec<(String, String)> {
 /// every fragment of `reason`, in `--check-config` and in `--inetd` mode.
 fn assert_refused(p: &Provider, section: &str, plugin: &Path, reason: &[&str]) {
     let plugin = plugin.display().to_string();
-    let what = format!("[{section}] plugin {plugin}: ");
+    // `FILE:LINE: [section] plugin: PATH: reason`, or for the backend's verdict on its
+    // settings `FILE:LINE: [section] KEY: reason (backend PATH)`.
+    let what = format!("[{section}]");
     let check = |log: &str, mode: &str| {
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&what)).collect();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&what) && l.contains(&plugin)).collect();
         assert_eq!(lines.len(), 1, "{mode}: one message naming {plugin}, got:\n{log}");
         for fragment in reason {
             assert!(lines[0].contains(fragment), "{mode}: {fragment:?} missing from {:?}", lines[0]);
@@ -104,7 +106,8 @@ fn assert_refused(p: &Provider, section: &str, plugin: &Path, reason: &[&str]) {
     let out = check_config(&p.config());
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "--check-config: {log}");
-    assert!(out.stdout.is_empty(), "nothing says OK: {:?}", String::from_utf8_lossy(&out.stdout));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("configuration OK"), "nothing says OK: {said:?}");
     check(&log, "--check-config");
 
     let mut c = p.start();
@@ -185,14 +188,14 @@ fn instance_new_failing_is_refused_with_the_plugins_reason() {
     let path = test_plugin(p.path(), "libfailnew.so", &["-DFAIL_NEW"]);
     refused_credentials(
         &path,
-        &["instance_new failed: cannot open the user database /nonexistent/users.db: No such file"],
+        &["cannot open the user database /nonexistent/users.db: No such file"],
         &mut p,
     );
     // The section's keys reach instance_new: the C example names a key it
     // does not know.
     let example = example_plugin(p.path());
     p.credentials = format!("plugin = {}\nbogus = 1\n", example.display());
-    assert_refused(&p, "credentials", &example, &["instance_new failed: unknown key 'bogus'"]);
+    assert_refused(&p, "credentials", &example, &["[credentials] bogus: unknown key", "(backend "]);
 }
 
 #[test]
@@ -354,7 +357,7 @@ fn the_guides_minimal_c_example_compiles_and_is_served() {
     assert!(log.contains("plugin=one version=1.0 section=credentials"), "{log}");
 
     p.credentials = format!("plugin = {}\ncolour = blue\n", so.display());
-    assert_refused(&p, "credentials", &so, &["instance_new failed: unknown key or value too long: 'colour'"]);
+    assert_refused(&p, "credentials", &so, &["[credentials]: unknown key or value too long: 'colour'"]);
 }
 
 // ---------------------------------------------------------------------------

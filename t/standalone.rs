@@ -31,7 +31,7 @@ fn sessions_beyond_the_limits_get_421() {
     // A finished session frees its place.
     first.command("QUIT", 221);
     drop(first);
-    daemon.wait_for_log("end=Normal", Duration::from_secs(10));
+    daemon.wait_for_log("end=normal", Duration::from_secs(10));
     support::wait_until(Duration::from_secs(5), || {
         let mut c = daemon.connect_from("127.0.0.1");
         let ok = c.reply()[0].starts_with("220 ");
@@ -54,7 +54,7 @@ fn clients_outside_allow_get_554_and_others_are_served() {
     let mut insider = daemon.connect_from("127.0.0.2");
     insider.login(USER, PASSWORD);
     insider.command("QUIT", 221);
-    daemon.wait_for_log("client=127.0.0.1 reason=not-in-allow-list", Duration::from_secs(5));
+    daemon.wait_for_log("client=127.0.0.1 result=554 reason=not-in-allow-list", Duration::from_secs(5));
 }
 
 fn graceful_stop(signal: Signal) {

@@ -393,3 +393,87 @@ fn check_config_names_a_key_that_does_not_fit() {
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("[tls] key") && stderr.contains("does not fit"), "{stderr}");
 }
+
+#[test]
+fn a_crypt_hashed_account_logs_in_with_plain_under_tls_and_not_with_cram_md5() {
+    let pki = Pki::new();
+    let mut p = provider_with_tls(&pki, "", "CRAM-MD5 PLAIN");
+    let hash = Command::new("doveadm")
+        .args(["pw", "-s", "SHA512-CRYPT", "-p", "hashed-secret"])
+        .output()
+        .expect("doveadm (dovecot-core, t/setup-deps)");
+    let hash = String::from_utf8(hash.stdout).unwrap();
+    assert!(hash.starts_with("{SHA512-CRYPT}$6$"), "{hash}");
+    let passwd = p.path().join("passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str(&format!("hashed:{}::::::odmr_domains=example.org\n", hash.trim()));
+    std::fs::write(&passwd, text).unwrap();
+    p.credentials = format!("plugin = builtin:passwd\nfile = {}\n", passwd.display());
+
+    let mut c = Customer::start(&p);
+    c.reply();
+    c.command("EHLO customer.example", 250);
+    // CRAM-MD5 cannot be checked against a hash.
+    let challenge = c.command("AUTH CRAM-MD5", 334)[0][4..].to_string();
+    c.command(&support::odmrd::cram_md5_response("hashed", "hashed-secret", &challenge), 535);
+    c.command("STARTTLS", 220);
+    c.starttls(&pki);
+    c.command("EHLO customer.example", 250);
+    c.command(&format!("AUTH PLAIN {}", plain("hashed", "wrong")), 535);
+    c.command(&format!("AUTH PLAIN {}", plain("hashed", "hashed-secret")), 235);
+    c.command("ATRN example.org", 453);
+    c.command("QUIT", 221);
+    let log = c.log();
+    assert!(
+        log.contains("cannot serve CRAM-MD5; the customer can log in with PLAIN or LOGIN under TLS"),
+        "{log}"
+    );
+    assert!(log.contains("user=hashed result=ok mechanism=PLAIN"), "{log}");
+    assert!(!log.contains("hashed-secret"), "no secret in the log: {log}");
+}
+
+/// What `openssl s_client -starttls smtp` makes of the daemon's certificate, trusting `ca`:
+/// (exit success, stdout).
+fn s_client(port: u16, ca: &std::path::Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", SERVER_NAME, "-verify_return_error", "-CAfile"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (Debian's openssl package)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn sighup_with_a_new_certificate_serves_it_to_the_next_handshake_and_spares_a_running_session() {
+    let (old, new) = (Pki::new(), Pki::new());
+    // The configured files, replaced in place as certbot and the like do.
+    let files = tempfile::tempdir().unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(old.path(name), files.path().join(name)).unwrap();
+    }
+    let mut p = Provider::new();
+    p.extra_sections = format!(
+        "[tls]\ncertificate = {}\nkey = {}\n",
+        files.path().join("cert.pem").display(),
+        files.path().join("key.pem").display()
+    );
+    let daemon = Daemon::start(&p.config());
+    assert!(s_client(daemon.port(), &old.path("ca.pem")).0, "{}", daemon.log());
+
+    let mut running = daemon.connect();
+    running.hello();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(new.path(name), files.path().join(name)).unwrap();
+    }
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    daemon.wait_for_log("event=reloaded", Duration::from_secs(20));
+
+    let (trusted, stdout) = s_client(daemon.port(), &new.path("ca.pem"));
+    assert!(trusted && stdout.contains("Verify return code: 0 (ok)"), "{stdout}\n{}", daemon.log());
+    assert!(!s_client(daemon.port(), &old.path("ca.pem")).0, "the old certificate is still served");
+    // The session that was running across the reload goes on.
+    running.command("NOOP", 250);
+    running.command("QUIT", 221);
+}

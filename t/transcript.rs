@@ -321,6 +321,98 @@ fn pipelining_sends_the_envelope_in_one_batch() {
     assert!(p.queued("example.org").is_empty());
 }
 
+/// Two messages queued, a customer with PIPELINING; returns the provider, the client after the
+/// first message's body, and the two files.
+fn two_messages_pipelined() -> (Provider, Client, std::path::PathBuf, std::path::PathBuf) {
+    let p = Provider::new();
+    let first =
+        p.queue("example.org", "1.m", &bsmtp("a@s.example", &["x@example.org"], "Subject: 1\n\none\n"));
+    let second =
+        p.queue("example.org", "2.m", &bsmtp("b@s.example", &["y@example.org"], "Subject: 2\n\ntwo\n"));
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, &["PIPELINING"]);
+    for _ in 0..3 {
+        c.line();
+    }
+    c.send_raw(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    while c.line() != ".\r\n" {}
+    (p, c, first, second)
+}
+
+#[test]
+fn pipelining_sends_the_next_envelope_with_the_final_dot() {
+    let (p, mut c, first, second) = two_messages_pipelined();
+    // RFC 2920: the next transaction goes out before the reply to the dot.
+    assert_eq!(c.line(), "MAIL FROM:<b@s.example>\r\n");
+    assert_eq!(c.line(), "RCPT TO:<y@example.org>\r\n");
+    assert_eq!(c.line(), "DATA\r\n");
+    assert!(first.exists() && second.exists(), "nothing removed before its own final 2xx");
+    c.send_raw(b"250 one done\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    while c.line() != ".\r\n" {}
+    assert!(!first.exists(), "the first is committed once the replies behind its 250 are in step");
+    assert!(second.exists(), "the second awaits its own final 2xx");
+    c.send("250 two done");
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(p.queued("example.org").is_empty(), "{log}");
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+}
+
+#[test]
+fn a_shifted_reply_behind_the_final_dot_keeps_both_messages_queued() {
+    let (p, mut c, first, second) = two_messages_pipelined();
+    for _ in 0..3 {
+        c.line();
+    }
+    // One reply too many: the second DATA's reply is read as 250, so the first's 250 may have
+    // answered something else too.
+    c.send_raw(b"250 one done\r\n250 extra\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    c.expect_eof();
+    let (_, log) = c.finish();
+    assert!(first.exists() && second.exists(), "{log}");
+    assert_eq!(p.queued("example.org").len(), 2);
+    assert!(log.contains("queue_id=new/1.m event=kept"), "{log}");
+    assert!(!log.contains("status=sent"), "{log}");
+}
+
+#[test]
+fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot() {
+    let p = Provider::new();
+    let content = format!(
+        "{}{}",
+        bsmtp("a@s.example", &["x@example.org"], "Subject: 1\n\none\n"),
+        bsmtp("b@s.example", &["y@example.org"], "Subject: 2\n\ntwo\n")
+    );
+    let file = p.queue("example.org", "1.m", &content);
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, &[]);
+    let mut sent = String::new();
+    assert!(c.line().starts_with("MAIL FROM:<a@s.example>"));
+    c.send("250 ok");
+    c.line();
+    c.send("250 ok");
+    assert_eq!(c.line(), "DATA\r\n");
+    c.send("354 go");
+    // The data is checked while it streams: the first message's lines go out, but the bytes
+    // after its terminator are found before the final dot, which is never sent.
+    loop {
+        let line = c.line();
+        if line.is_empty() {
+            break;
+        }
+        assert_ne!(line, ".\r\n", "the final dot of a malformed file was sent");
+        sent.push_str(&line);
+    }
+    let (_, log) = c.finish();
+    assert_eq!(sent, "Subject: 1\r\n\r\none\r\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), content, "{log}");
+    assert!(log.contains("bytes after the terminating '.' line"), "{log}");
+}
+
 #[test]
 fn other_domains_recipients_stay_queued() {
     let p = Provider::new();

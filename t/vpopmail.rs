@@ -296,6 +296,20 @@ fn a_disabled_account_gets_535_even_with_the_right_password() {
 }
 
 #[test]
+fn an_account_disabled_between_auth_and_atrn_gets_450_not_451() {
+    let p = Provider::new();
+    let mut c = p.start();
+    c.login("customer1@example.com", PASSWORD);
+    // vmoduser -s customer1@example.com: NO_SMTP, now.
+    p.vpasswd("example.com", &[("customer1", 2048, Some(PASSWORD))]);
+    let text = c.command("ATRN example.com", 450);
+    assert!(text.contains("disabled"), "{text}");
+    c.command("QUIT", 221);
+    let (_, log) = c.finish();
+    assert!(log.contains("result=450 reason=account-disabled"), "{log}");
+}
+
+#[test]
 fn a_password_changed_on_disk_applies_to_the_running_odmrd() {
     let p = Provider::new();
     let mut c = p.start();

@@ -306,6 +306,18 @@ typedef struct odmr_credentials_ops {
                                    struct odmr_str user,
                                    struct odmr_str password);
     /**
+     * ABI 1.1, nullable. The client networks `user` may log in from (as
+     * Dovecot's `allow_nets`): `cb(cb_ctx, net)` once per network, an address
+     * or `address/prefix`, synchronously, before returning ODMR_OK; no call at
+     * all means no restriction. ODMR_DENIED: restricted, but to nothing this
+     * plugin could read (every login is refused). The host refuses a login
+     * from elsewhere like a wrong password, and logs why.
+     */
+    odmr_status (*allowed_networks)(struct odmr_instance *inst,
+                                    struct odmr_str user,
+                                    void *cb_ctx,
+                                    odmr_domain_cb cb);
+    /**
      * ABI 1.1, nullable. For `odmrd --queue --by-account`: call `cb` once
      * per account that may collect at least one domain, synchronously,
      * then return ODMR_OK; ODMR_UNSUPPORTED for stores that cannot

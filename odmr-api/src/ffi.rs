@@ -22,7 +22,7 @@
 //! ABI 1.1 appended, all nullable or flag-gated (a 1.0 plugin is unchanged):
 //! per-message and per-recipient details in the envelope sink (arrival time,
 //! ENVID, RET, SMTPUTF8/8-bit, NOTIFY, ORCPT), `odmr_plugin.check`,
-//! `odmr_credentials_ops.verify_password` and `.list_accounts`, and in `odmr_queue_ops` the
+//! `odmr_credentials_ops.verify_password`, `allowed_networks` and `list_accounts`, and in `odmr_queue_ops` the
 //! `flags` (ODMR_QF_*), the read-only `list` and `set_outcome_reply`.
 //!
 //! Threads: `odmr_plugin_init`, `instance_new` and `instance_free` are called on
@@ -272,6 +272,20 @@ pub struct odmr_credentials_ops {
     /// `lookup_secret` itself and calls this only otherwise.
     pub verify_password: Option<
         unsafe extern "C" fn(inst: *mut odmr_instance, user: OdmrStr, password: OdmrStr) -> odmr_status,
+    >,
+    /// ABI 1.1, nullable. The client networks `user` may log in from (as
+    /// Dovecot's `allow_nets`): `cb(cb_ctx, net)` once per network, an address
+    /// or `address/prefix`, synchronously, before returning ODMR_OK; no call at
+    /// all means no restriction. ODMR_DENIED: restricted, but to nothing this
+    /// plugin could read (every login is refused). The host refuses a login
+    /// from elsewhere like a wrong password, and logs why.
+    pub allowed_networks: Option<
+        unsafe extern "C" fn(
+            inst: *mut odmr_instance,
+            user: OdmrStr,
+            cb_ctx: *mut c_void,
+            cb: odmr_domain_cb,
+        ) -> odmr_status,
     >,
     /// ABI 1.1, nullable. For `odmrd --queue --by-account`: call `cb` once
     /// per account that may collect at least one domain, synchronously,

@@ -149,6 +149,7 @@ struct CredentialFns {
     verify_cram_md5: Option<VerifyCramFn>,
     list_domains: ListDomainsFn,
     verify_password: Option<VerifyPasswordFn>,
+    allowed_networks: Option<ListDomainsFn>,
     list_accounts: Option<ListAccountsFn>,
 }
 
@@ -434,6 +435,7 @@ unsafe fn check_credentials(table: *const odmr_credentials_ops) -> Result<Creden
                 verify_cram_md5: ops.verify_cram_md5,
                 list_domains,
                 verify_password: ops.verify_password,
+                allowed_networks: ops.allowed_networks,
                 list_accounts: ops.list_accounts,
             })
         }
@@ -679,25 +681,43 @@ impl CredentialStore {
 
     /// The domains `user` may collect, lower-cased.
     pub fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
-        unsafe extern "C" fn collect(ctx: *mut c_void, domain: OdmrStr) {
+        self.strings("list_domains", self.fns.list_domains, user)
+    }
+
+    /// ABI 1.1: the client networks `user` may log in from, as the plugin
+    /// wrote them; None when it sets no restriction (or has no such call),
+    /// an empty list when the user may log in from nowhere.
+    pub fn allowed_networks(&self, user: &str) -> Result<Option<Vec<String>>, Status> {
+        let Some(call) = self.fns.allowed_networks else { return Ok(None) };
+        match self.strings("allowed_networks", call, user) {
+            Ok(nets) if nets.is_empty() => Ok(None),
+            Ok(nets) => Ok(Some(nets)),
+            Err(Status::Denied) => Ok(Some(Vec::new())),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// A call that reports strings through an `odmr_domain_cb`, lower-cased.
+    fn strings(&self, what: &str, call: ListDomainsFn, user: &str) -> Result<Vec<String>, Status> {
+        unsafe extern "C" fn collect(ctx: *mut c_void, item: OdmrStr) {
             let _ = catch_unwind(AssertUnwindSafe(|| {
                 // SAFETY: `ctx` is the Vec passed below, alive for the call;
-                // `domain` is borrowed for this callback.
-                let (out, bytes) = unsafe { (&mut *ctx.cast::<Vec<String>>(), domain.as_bytes()) };
+                // `item` is borrowed for this callback.
+                let (out, bytes) = unsafe { (&mut *ctx.cast::<Vec<String>>(), item.as_bytes()) };
                 out.push(String::from_utf8_lossy(bytes).to_ascii_lowercase());
             }));
         }
-        let mut domains: Vec<String> = Vec::new();
+        let mut items: Vec<String> = Vec::new();
         let status = {
             let _serial = self.instance.enter();
             let user = OdmrStr::from_bytes(user.as_bytes());
-            let ctx = (&mut domains as *mut Vec<String>).cast();
+            let ctx = (&mut items as *mut Vec<String>).cast();
             // SAFETY: instance alive; the callback context outlives the call.
-            unsafe { (self.fns.list_domains)(self.instance.inner.raw, user, ctx, collect) }
+            unsafe { call(self.instance.inner.raw, user, ctx, collect) }
         };
         match status {
-            ODMR_OK => Ok(domains),
-            other => Err(self.instance.failure("list_domains", other)),
+            ODMR_OK => Ok(items),
+            other => Err(self.instance.failure(what, other)),
         }
     }
 }
@@ -956,6 +976,13 @@ impl QueueCursor {
             ODMR_OK => Ok(()),
             other => Err(self.queue.instance.failure(what, other)),
         }
+    }
+
+    /// ABI 1.1: may [`QueueCursor::next_message`] be called before the current message is
+    /// committed (the queue's `ODMR_QF_NEXT_BEFORE_COMMIT`)? Then `read_body` reads the newer
+    /// message and outcomes and `commit` go to the older until its commit.
+    pub fn next_before_commit(&self) -> bool {
+        self.queue.next_before_commit()
     }
 
     /// The next message, or None when the queue has no more for this session.

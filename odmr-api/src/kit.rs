@@ -370,6 +370,13 @@ pub trait Credentials: Instance {
         Err(Status::Unsupported)
     }
 
+    /// ABI 1.1: the client networks (`address` or `address/prefix`) `user`
+    /// may log in from; None (the default) for no restriction, an empty list
+    /// for nowhere.
+    fn allowed_networks(&self, _user: &str) -> Result<Option<Vec<String>>, Status> {
+        Ok(None)
+    }
+
     /// ABI 1.1: every account that may collect a domain, for `odmrd --queue
     /// --by-account`. The default is `Unsupported`.
     fn accounts(&self) -> Result<Vec<Account>, Status> {
@@ -759,15 +766,41 @@ unsafe extern "C" fn list_domains<T: Credentials>(
 ) -> odmr_status {
     guard(|| {
         // SAFETY: `inst` is ours; `user` is borrowed for the call.
-        let domains = match unsafe { instance_ref::<T>(inst).and_then(|i| i.domains(user.as_str()?)) } {
-            Ok(domains) => domains,
-            Err(status) => return status.to_raw(),
-        };
-        for domain in &domains {
-            // SAFETY: the host's callback, with a string borrowed for the call.
-            unsafe { cb(cb_ctx, OdmrStr::from_bytes(domain.as_bytes())) };
+        match unsafe { instance_ref::<T>(inst).and_then(|i| i.domains(user.as_str()?)) } {
+            // SAFETY: the host's callback and its context, for this call.
+            Ok(domains) => unsafe { report_each(&domains, cb_ctx, cb) },
+            Err(status) => status.to_raw(),
         }
-        ODMR_OK
+    })
+}
+
+/// Call the host's `cb(cb_ctx, item)` once per item, then ODMR_OK.
+///
+/// # Safety
+/// `cb` and `cb_ctx` must be the host's callback and context of the current call.
+unsafe fn report_each(items: &[String], cb_ctx: *mut c_void, cb: odmr_domain_cb) -> odmr_status {
+    for item in items {
+        // SAFETY: the host's callback (caller), with a string borrowed for the call.
+        unsafe { cb(cb_ctx, OdmrStr::from_bytes(item.as_bytes())) };
+    }
+    ODMR_OK
+}
+
+unsafe extern "C" fn allowed_networks<T: Credentials>(
+    inst: *mut odmr_instance,
+    user: OdmrStr,
+    cb_ctx: *mut c_void,
+    cb: odmr_domain_cb,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours; `user` is borrowed for the call.
+        match unsafe { instance_ref::<T>(inst).and_then(|i| i.allowed_networks(user.as_str()?)) } {
+            Ok(None) => ODMR_OK,
+            Ok(Some(nets)) if nets.is_empty() => ODMR_DENIED,
+            // SAFETY: the host's callback and its context, for this call.
+            Ok(Some(nets)) => unsafe { report_each(&nets, cb_ctx, cb) },
+            Err(status) => status.to_raw(),
+        }
     })
 }
 
@@ -1014,6 +1047,7 @@ pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
         verify_cram_md5: Some(verify_cram_md5::<T>),
         list_domains: Some(list_domains::<T>),
         verify_password: Some(verify_password::<T>),
+        allowed_networks: Some(allowed_networks::<T>),
         list_accounts: Some(list_accounts::<T>),
     }
 }

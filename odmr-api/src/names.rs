@@ -74,9 +74,57 @@ pub fn in_domains(address: &str, domains: &[String]) -> bool {
     domain_of(address).is_some_and(|domain| domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
 }
 
+/// A client network as Dovecot's `allow_nets` writes one: an IP address
+/// (`192.0.2.1`, `2001:db8::1`) or an address with a prefix length that fits
+/// it (`10.0.0.0/8`, `2001:db8::/32`). What backends hand to the host's
+/// `allowed_networks` check.
+pub fn is_valid_network(net: &str) -> bool {
+    let (address, prefix) = match net.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (net, None),
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else { return false };
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => true,
+        Some(p) => p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|p| p <= bits),
+    }
+}
+
+/// The networks of an `allow_nets` value (comma- or space-separated), each
+/// checked by [`is_valid_network`]: (the valid ones, the others as written).
+pub fn split_networks(value: &str) -> (Vec<String>, Vec<String>) {
+    let items = value.split([',', ' ', '\t']).filter(|n| !n.is_empty());
+    let (valid, invalid): (Vec<&str>, Vec<&str>) = items.partition(|n| is_valid_network(n));
+    (valid.into_iter().map(str::to_string).collect(), invalid.into_iter().map(str::to_string).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_rule_and_allow_nets_lists() {
+        let cases = [
+            ("192.0.2.1", true),
+            ("10.0.0.0/8", true),
+            ("0.0.0.0/0", true),
+            ("2001:db8::/32", true),
+            ("::1", true),
+            ("10.0.0.0/33", false),
+            ("2001:db8::/129", false),
+            ("10.0.0.0/", false),
+            ("10.0.0.0/+8", false),
+            ("example.org", false),
+            ("", false),
+        ];
+        for (net, valid) in cases {
+            assert_eq!(is_valid_network(net), valid, "{net:?}");
+        }
+        let (valid, invalid) = split_networks("10.0.0.0/8, 192.0.2.1,,bogus 2001:db8::/32");
+        assert_eq!(valid, ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]);
+        assert_eq!(invalid, ["bogus"]);
+    }
 
     #[test]
     fn the_domain_rule() {

@@ -176,21 +176,23 @@ pub fn xtext_encode(text: &str) -> String {
 /// None when malformed.
 pub fn orcpt_decode(value: &str) -> Option<String> {
     let (kind, address) = value.split_once(';')?;
-    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !is_addr_type(kind) {
         return None;
     }
     Some(format!("{kind};{}", xtext_decode(address)?))
 }
 
-/// The `ORCPT=` value for a decoded `addr-type;address` (an address
-/// without a valid type is taken as `rfc822`).
+/// RFC 3461's addr-type: an atom; we take letters, digits and `-` (as registered types are).
+fn is_addr_type(kind: &str) -> bool {
+    !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The `ORCPT=` value for a decoded `addr-type;address`. Anything else (a backend may pass on a
+/// value it could not decode) is sent as an rfc822 address, encoded whole, so the value is
+/// always one parameter: spooled text can never add parameters to the customer's RCPT.
 pub fn orcpt_param(decoded: &str) -> String {
     match decoded.split_once(';') {
-        Some((kind, address))
-            if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
-        {
-            format!("{kind};{}", xtext_encode(address))
-        }
+        Some((kind, address)) if is_addr_type(kind) => format!("{kind};{}", xtext_encode(address)),
         _ => format!("rfc822;{}", xtext_encode(decoded)),
     }
 }
@@ -350,6 +352,10 @@ mod tests {
         assert_eq!(orcpt_decode("rfc822;bob+2Bx@example.org").as_deref(), Some("rfc822;bob+x@example.org"));
         assert_eq!(orcpt_decode("bob@example.org"), None);
         assert_eq!(orcpt_param("rfc822;bob+x@example.org"), "rfc822;bob+2Bx@example.org");
+        // Found by fuzzing (fuzz/regressions/esmtp_params/): an undecodable value kept as
+        // written must not carry spaces or `=` into the RCPT command as more parameters.
+        assert_eq!(orcpt_param("x NOTIFY=NEVER;a@b"), "rfc822;x+20NOTIFY+3DNEVER;a@b");
+        assert_eq!(orcpt_param(";a@b"), "rfc822;;a@b");
         assert_eq!(orcpt_param("bad type;b@x"), "rfc822;bad+20type;b@x");
     }
 }

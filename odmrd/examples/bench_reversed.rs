@@ -15,8 +15,6 @@
 //! - both again under implicit TLS, with the fetchmail-safe framing (one record per line) and
 //!   with packed records, to show what the framing costs.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use odmrd::backend::Backends;
 use odmrd::config::Config;
 use odmrd::session::Start;
@@ -27,7 +25,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-const PASSWORD: &str = "bench-secret";
+mod support;
+
+use support::{queue, PASSWORD};
 
 fn config(dir: &Path) -> Config {
     let d = dir.display();
@@ -40,27 +40,6 @@ fn config(dir: &Path) -> Config {
          [bounce]\nsendmail = /bin/true\n[log]\nsyslog = off\nstderr = no\nlevel = error\n"
     );
     Config::parse(&text, &dir.join("bench.ini")).expect("bench configuration")
-}
-
-fn queue(dir: &Path, count: usize, body_size: usize) {
-    let new = dir.join("spool/example.org/new");
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(dir.join("spool/example.org").join(sub)).unwrap();
-    }
-    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n";
-    for i in 0..count {
-        let file = std::fs::File::create(new.join(format!("{i:06}.bench"))).unwrap();
-        let mut file = std::io::BufWriter::new(file);
-        write!(file, "Return-Path: <sender{i}@sender.example>\nDelivered-To: rcpt{i}@example.org\nSubject: bench {i}\n\n")
-            .unwrap();
-        let mut written = 0;
-        while written < body_size {
-            let n = line.len().min(body_size - written);
-            file.write_all(&line[..n]).unwrap();
-            written += n;
-        }
-        file.write_all(b"\n").unwrap();
-    }
 }
 
 /// The customer: log in, ATRN, then accept every message. Returns
@@ -78,12 +57,7 @@ fn customer<S: Read + Write>(stream: S) -> (usize, u64) {
     out.write_all(&mut input, b"EHLO customer.example\r\n");
     while read_line(&mut input).starts_with("250-") {}
     out.write_all(&mut input, b"AUTH CRAM-MD5\r\n");
-    let challenge = read_line(&mut input);
-    let challenge = base64::engine::general_purpose::STANDARD.decode(challenge[4..].trim()).unwrap();
-    let mut mac = Hmac::<md5::Md5>::new_from_slice(PASSWORD.as_bytes()).unwrap();
-    mac.update(&challenge);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let response = base64::engine::general_purpose::STANDARD.encode(format!("bench {digest}"));
+    let response = support::cram_md5_response(&read_line(&mut input));
     out.write_all(&mut input, format!("{response}\r\nATRN example.org\r\n").as_bytes());
     assert!(read_line(&mut input).starts_with("235"));
     assert!(read_line(&mut input).starts_with("250"), "ATRN refused");
@@ -168,8 +142,8 @@ fn run(name: &str, count: usize, body_size: usize, transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     queue(dir.path(), count, body_size);
     let mut config = config(dir.path());
-    odmrd::log::init(&config.log).unwrap();
-    let backends = Backends::load(&config.credentials, &config.queue).unwrap();
+    odmrd::log::init(&config.log);
+    let backends = Backends::load(&config).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (identity, client_config) = tls_pair(dir.path());
     let rss_before = peak_rss_kib();

@@ -68,12 +68,13 @@ fn config(dir: &Path, scale: u32) -> Config {
 /// Start a standalone odmrd in this process; returns its port.
 fn start_daemon(dir: &Path, scale: u32) -> u16 {
     let config = config(dir, scale);
-    odmrd::log::init(&config.log).unwrap();
-    let backends = Backends::load(&config.credentials, &config.queue).unwrap();
+    odmrd::log::init(&config.log);
+    let backends = Backends::load(&config).unwrap();
     let listener = odmrd::server::bind("127.0.0.1:0".parse().unwrap(), config.server.listen_backlog).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let no_reload = || Err("the benchmark does not reload".to_string());
     std::thread::spawn(move || {
-        odmrd::server::run_standalone(Arc::new(config), backends, None, listener, None)
+        odmrd::server::run_standalone(Arc::new(config), backends, None, listener, None, &no_reload)
     });
     port
 }

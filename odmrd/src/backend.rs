@@ -9,7 +9,7 @@
 //! file a refusal is about. It knows nothing about SMTP; mapping statuses to
 //! replies is the session's.
 
-use crate::config::{PluginConfig, PluginSource};
+use crate::config::{Config, ConfigError, PluginConfig, PluginSource};
 use crate::log::{self, Level};
 use odmr_api::ffi::*;
 use odmr_api::host::{CredentialStore, Instance, LogFn, MailQueue, Plugin, PluginHost};
@@ -54,6 +54,9 @@ pub struct LoadError {
     pub section: &'static str,
     /// What went wrong.
     pub reason: String,
+    /// The reason is the backend's verdict on its settings (they name their keys as `key 'K'`,
+    /// the convention of `odmr_api::settings`), not a failure to load the plugin itself.
+    pub about_settings: bool,
 }
 
 impl fmt::Display for LoadError {
@@ -64,6 +67,53 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+impl LoadError {
+    fn new(plugin: &str, kind: Kind, reason: String) -> LoadError {
+        LoadError { plugin: plugin.to_string(), section: kind.section(), reason, about_settings: false }
+    }
+
+    /// The error located in `config` like the parser's own: a failure to load names the `plugin`
+    /// key's line; a backend's verdict on its settings names the key it mentions (`key 'file'`)
+    /// and that key's line, or the section's line when it names none (a missing key).
+    pub fn locate(&self, config: &Config) -> ConfigError {
+        if !self.about_settings {
+            return config.error(self.section, Some("plugin"), format!("{}: {}", self.plugin, self.reason));
+        }
+        locate(config, self.section, &self.plugin, &self.reason)
+    }
+}
+
+/// A backend's message about its section located like the parser's errors: the key it names as
+/// `key 'K'` and that key's line (the section's when the key is not written, e.g. missing),
+/// with the backend named at the end.
+pub fn locate(config: &Config, section: &str, plugin: &str, message: &str) -> ConfigError {
+    let (key, message) = split_key(message);
+    let message = format!("{message} (backend {plugin})");
+    match key {
+        Some(key) if config.line(section, Some(&key)) != config.line(section, None) => {
+            config.error(section, Some(&key), message)
+        }
+        Some(key) => ConfigError { key: Some(key), ..config.error(section, None, message) },
+        None => config.error(section, None, message),
+    }
+}
+
+/// The key a backend's message names as `key 'K'`, and the message without the name:
+/// `key 'file': cannot read ...` → (`file`, `cannot read ...`),
+/// `unknown key 'x' (known: file)` → (`x`, `unknown key (known: file)`).
+fn split_key(reason: &str) -> (Option<String>, String) {
+    let Some(at) = reason.find("key '") else { return (None, reason.to_string()) };
+    let rest = &reason[at + "key '".len()..];
+    let Some(end) = rest.find('\'') else { return (None, reason.to_string()) };
+    let key = &rest[..end];
+    let after = &rest[end + 1..];
+    let message = match after.strip_prefix(": ") {
+        Some(tail) if at == 0 => tail.to_string(),
+        _ => format!("{}key{after}", &reason[..at]),
+    };
+    (Some(key.to_string()), message)
+}
+
 fn level_of(level: LogLevel) -> Level {
     match level {
         LogLevel::Error => Level::Error,
@@ -73,32 +123,31 @@ fn level_of(level: LogLevel) -> Level {
     }
 }
 
-/// Plugins log through odmrd's log, one line tagged with their name.
+/// Plugins log through odmrd's log, one line tagged with their name (and, during a session,
+/// its `session=`); the plugin's own text follows the host's fields.
 fn plugin_log() -> LogFn {
     Arc::new(|name: &str, level: LogLevel, text: &str| {
-        log::log(level_of(level), &format!("plugin={name} {text}"))
+        log::log(level_of(level), &format!("{}plugin={name} {text}", log::session_prefix()))
     })
 }
 
 /// Resolve, initialise and check the plugin of `config`, then create its
-/// instance. Plugins are never unloaded: their code lives until exit.
-pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadError> {
+/// instance; with it, what it is (`passwd 0.1.0 from builtin:passwd, ABI 1.1`).
+/// Plugins are never unloaded: their code lives until exit.
+pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<(Instance, String), LoadError> {
     let (label, init) = match &config.source {
         PluginSource::Builtin(name) => {
             let label = format!("builtin:{name}");
             let Some((_, init)) = BUILTINS.iter().find(|(n, _)| n == name) else {
                 let known: Vec<_> = BUILTINS.iter().map(|(n, _)| format!("builtin:{n}")).collect();
-                return Err(LoadError {
-                    plugin: label,
-                    section: kind.section(),
-                    reason: format!("no such built-in backend (known: {})", known.join(", ")),
-                });
+                let reason = format!("no such built-in backend (known: {})", known.join(", "));
+                return Err(LoadError::new(&label, kind, reason));
             };
             (label, *init)
         }
         PluginSource::Path(path) => (path.display().to_string(), open_shared_object(path, kind)?),
     };
-    let fail = |reason: String| LoadError { plugin: label.clone(), section: kind.section(), reason };
+    let fail = |reason: String| LoadError::new(&label, kind, reason);
     let plugin = Plugin::load(PluginHost::new(&label, plugin_log()), init).map_err(|r| fail(r.reason))?;
     let serves = match kind {
         Kind::Credentials => plugin.serves_credentials(),
@@ -111,23 +160,29 @@ pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<Instance, LoadEr
     let settings: Vec<(&str, &str)> =
         config.settings.iter().map(|s| (s.key.as_str(), s.value.as_str())).collect();
     let instance =
-        plugin.new_instance(&settings).map_err(|r| fail(format!("instance_new failed: {}", r.reason)))?;
+        plugin.new_instance(&settings).map_err(|r| LoadError { about_settings: true, ..fail(r.reason) })?;
     let (major, minor) = plugin.abi();
-    log::info(&format!(
+    // At debug: under inetd every connection loads the plugins. A standalone start says it once.
+    log::debug(&format!(
         "plugin={} version={} section={} loaded={label} abi={major}.{minor} threadsafe={}",
         plugin.name(),
         plugin.version().unwrap_or("?"),
         kind.section(),
         if plugin.threadsafe() { "yes" } else { "no" }
     ));
-    Ok(instance)
+    let about = format!(
+        "{} {} from {label}, ABI {major}.{minor}{}",
+        plugin.name(),
+        plugin.version().unwrap_or("?"),
+        if plugin.threadsafe() { ", thread-safe" } else { "" }
+    );
+    Ok((instance, about))
 }
 
 /// dlopen a plugin (`RTLD_NOW | RTLD_LOCAL`) and find `odmr_plugin_init`.
 fn open_shared_object(path: &Path, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    let fail =
-        |reason: String| LoadError { plugin: path.display().to_string(), section: kind.section(), reason };
+    let fail = |reason: String| LoadError::new(&path.display().to_string(), kind, reason);
     match std::fs::metadata(path) {
         Err(e) => return Err(fail(format!("cannot open: {e}"))),
         Ok(meta) if !meta.is_file() => return Err(fail("not a shared object: not a regular file".into())),
@@ -156,6 +211,10 @@ fn dl_reason(error: &libloading::Error, path: &Path) -> String {
     }
 }
 
+/// A backend's findings from its `check` call, or the status it failed with
+/// (`Unsupported`: it has no `check`).
+pub type Findings = Result<Vec<(LogLevel, String)>, odmr_api::Status>;
+
 /// The two backends a session needs.
 #[derive(Clone)]
 pub struct Backends {
@@ -163,15 +222,38 @@ pub struct Backends {
     pub credentials: CredentialStore,
     /// `[queue]`
     pub queue: MailQueue,
+    /// What each is and where it came from, for the start-up line.
+    loaded: [String; 2],
 }
 
 impl Backends {
-    /// Load both plugins of a configuration.
-    pub fn load(credentials: &PluginConfig, queue: &PluginConfig) -> Result<Backends, LoadError> {
-        let credentials = instantiate(credentials, Kind::Credentials)?
-            .credentials()
-            .expect("instantiate checked the section");
-        let queue = instantiate(queue, Kind::Queue)?.queue().expect("instantiate checked the section");
-        Ok(Backends { credentials, queue })
+    /// Load both plugins of a configuration; an error names the file, line, section and key.
+    pub fn load(config: &Config) -> Result<Backends, ConfigError> {
+        let (credentials, about_credentials) =
+            instantiate(&config.credentials, Kind::Credentials).map_err(|e| e.locate(config))?;
+        let (queue, about_queue) = instantiate(&config.queue, Kind::Queue).map_err(|e| e.locate(config))?;
+        Ok(Backends {
+            credentials: credentials.credentials().expect("instantiate checked the section"),
+            queue: queue.queue().expect("instantiate checked the section"),
+            loaded: [about_credentials, about_queue],
+        })
+    }
+
+    /// What was loaded, for the start-up line: `credentials="passwd 0.1.0 from builtin:passwd,
+    /// ABI 1.1" queue="..."`.
+    pub fn describe(&self) -> String {
+        format!("credentials=\"{}\" queue=\"{}\"", self.loaded[0], self.loaded[1])
+    }
+
+    /// Each backend's own checks (ABI 1.1 `check`, for `--check-config`): its section, and its
+    /// findings (warnings, and errors: what would fail in service). A backend without the call
+    /// reports nothing.
+    pub fn check(&self) -> Vec<(&'static str, &str, Findings)> {
+        let credentials = self.credentials.instance();
+        let queue = self.queue.instance();
+        vec![
+            (Kind::Credentials.section(), credentials.plugin().name(), credentials.check()),
+            (Kind::Queue.section(), queue.plugin().name(), queue.check()),
+        ]
     }
 }

@@ -289,7 +289,8 @@ fn copy_crlf(message: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// The complete DSN message in memory (for tests and small reports).
+/// The complete DSN message in memory, for the tests (odmrd itself streams it with [`write`]).
+#[cfg(test)]
 pub fn compose(report: &Report<'_>, original: Original<'_>, now: SystemTime) -> Vec<u8> {
     let mut out = Vec::new();
     write(report, original, now, &mut out).expect("writing to a Vec cannot fail");

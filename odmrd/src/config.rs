@@ -44,6 +44,9 @@ pub struct Config {
     pub bounce: BounceConfig,
     pub log: LogTarget,
     pub tls: TlsConfig,
+    /// Where each section and key is, so that later checks (backends, `--check-config`) can name
+    /// the line too.
+    lines: Locator,
 }
 
 /// `[tls]`. STARTTLS is offered once `certificate` and `key` are set.
@@ -374,11 +377,29 @@ impl Config {
             bounce: parse_bounce(&ctx, section("bounce"))?,
             log: parse_log(&ctx, section("log"))?,
             tls: parse_tls(&ctx, section("tls"))?,
+            lines: locator,
         };
         if config.server.lock == LockKind::Database {
-            crate::locks::Locker::new(&config).map_err(|e| ctx.error("server", Some("lock"), e))?;
+            crate::locks::Locker::new(&config).map_err(|e| config.error("server", Some("lock"), e))?;
         }
-        config.check_tls(&ctx)
+        config.check_tls()
+    }
+
+    /// The line of `key` in `section` (of the section header when `key` is None or absent).
+    pub fn line(&self, section: &str, key: Option<&str>) -> Option<usize> {
+        self.lines.line(section, key).or_else(|| self.lines.line(section, None))
+    }
+
+    /// An error about `key` of `section` found after parsing (by a backend, by
+    /// `--check-config`), located like the parser's own: `FILE:LINE: [section] key: message`.
+    pub fn error(&self, section: &str, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: self.line(section, key),
+            section: Some(section.to_string()),
+            key: key.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 
@@ -387,7 +408,7 @@ impl Config {
 // ---------------------------------------------------------------------------------------------
 
 /// The line of every section header and key, found by scanning the raw text.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Locator {
     sections: HashMap<String, usize>,
     keys: HashMap<(String, String), usize>,
@@ -755,13 +776,13 @@ fn parse_tls(ctx: &Ctx, properties: Option<&Properties>) -> Result<TlsConfig, Co
 
 impl Config {
     /// What needs a certificate has one.
-    fn check_tls(self, ctx: &Ctx) -> Result<Config, ConfigError> {
+    fn check_tls(self) -> Result<Config, ConfigError> {
         if self.tls.identity.is_none() {
             if self.tls.require {
-                return Err(ctx.error("tls", Some("require"), "needs `certificate` and `key`"));
+                return Err(self.error("tls", Some("require"), "needs `certificate` and `key`"));
             }
             if self.server.listen_tls.is_some() {
-                return Err(ctx.error("server", Some("listen_tls"), "needs [tls] `certificate` and `key`"));
+                return Err(self.error("server", Some("listen_tls"), "needs [tls] `certificate` and `key`"));
             }
         }
         Ok(self)
@@ -797,12 +818,35 @@ fn parse_log(ctx: &Ctx, properties: Option<&Properties>) -> Result<LogTarget, Co
 // Values
 // ---------------------------------------------------------------------------------------------
 
-fn system_hostname() -> String {
-    nix::unistd::gethostname()
+/// The system's fully qualified host name (greeting, EHLO, `MAILER-DAEMON@` of DSNs): the
+/// kernel's name when it has a dot, else its canonical name in `/etc/hosts` (what `hostname -f`
+/// finds there), else Debian's `/etc/mailname`, else the short name; `localhost` when none.
+pub fn system_hostname() -> String {
+    let short = nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+        .unwrap_or_else(|| "localhost".to_string());
+    if short.contains('.') {
+        return short;
+    }
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    qualify(&short, &read("/etc/hosts"))
+        .or_else(|| {
+            Some(read("/etc/mailname").trim().to_string())
+                .filter(|m| parse_hostname(m).is_ok() && m.contains('.'))
+        })
+        .unwrap_or(short)
+}
+
+/// The canonical (first) name of the `/etc/hosts` line that lists `short`, if it has a dot.
+fn qualify(short: &str, hosts: &str) -> Option<String> {
+    hosts.lines().map(strip_comment).find_map(|line| {
+        let names: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let canonical = *names.first()?;
+        (names.contains(&short) && canonical.contains('.') && parse_hostname(canonical).is_ok())
+            .then(|| canonical.to_string())
+    })
 }
 
 /// Letters, digits and hyphens in dot-separated labels (one label is enough: `localhost`).
@@ -1514,6 +1558,15 @@ plugin = builtin:maildir
         let settings: Vec<(&str, &str, usize)> =
             config.credentials.settings.iter().map(|s| (s.key.as_str(), s.value.as_str(), s.line)).collect();
         assert_eq!(settings, vec![("file", "/etc/odmrd/pass#word", 6), ("quoted", "\"a b\"", 7)]);
+    }
+
+    #[test]
+    fn a_short_host_name_is_qualified_from_etc_hosts() {
+        let hosts = "127.0.0.1\tlocalhost\n# 10.0.0.1 mx.example.net mx\n\
+                     127.0.1.1\tmx.example.net mx # the host\n::1 localhost ip6-localhost\n";
+        assert_eq!(qualify("mx", hosts), Some("mx.example.net".to_string()));
+        assert_eq!(qualify("other", hosts), None);
+        assert_eq!(qualify("mx", "127.0.1.1 mx\n"), None, "no dotted canonical name");
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use crate::proto::{Line, LineSplitter, Reply, ReplyError, ReplyParser};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 const READ_BUFFER: usize = 16 * 1024;
@@ -47,6 +47,24 @@ pub trait Wire: Read + Write {
     }
     /// The deadline for the wire's own blocking (a TLS layer reading or writing whole records).
     fn set_deadline(&mut self, _deadline: Option<std::time::Instant>) {}
+    /// Called before each read while a reply of the peer is awaited: acknowledge what
+    /// arrives at once instead of delaying the ACK. We have nothing to send then, so a
+    /// delayed ACK would wait its full 40 ms, while the peer's Nagle algorithm holds its next
+    /// small reply until that ACK comes: one stall per pipelined batch. The default does
+    /// nothing (pipes, Unix sockets, wrappers that cannot reach a TCP socket).
+    fn ack_promptly(&self) {}
+}
+
+/// Leave delayed-ACK mode on `fd` if it is a TCP socket (Linux `TCP_QUICKACK`; the kernel
+/// drops back to delayed ACKs by itself, hence the call before every read). Elsewhere, and
+/// on anything but a TCP socket, it does nothing: a failure here costs speed, never mail.
+pub fn quick_ack(fd: BorrowedFd<'_>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(&fd).set_tcp_quickack(true);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = fd;
 }
 
 impl Wire for std::net::TcpStream {
@@ -55,6 +73,9 @@ impl Wire for std::net::TcpStream {
     }
     fn write_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
+    }
+    fn ack_promptly(&self) {
+        quick_ack(self.as_fd());
     }
 }
 
@@ -71,6 +92,8 @@ impl Wire for std::os::unix::net::UnixStream {
 pub struct Stdio {
     input: std::fs::File,
     output: std::fs::File,
+    /// Known once, so a pipe or a Unix socket costs no failed system call per read.
+    input_is_socket: bool,
 }
 
 impl Stdio {
@@ -78,7 +101,8 @@ impl Stdio {
     pub fn take() -> io::Result<Stdio> {
         let input = io::stdin().as_fd().try_clone_to_owned()?;
         let output = io::stdout().as_fd().try_clone_to_owned()?;
-        Ok(Stdio { input: input.into(), output: output.into() })
+        let input_is_socket = fd_is_tcp(input.as_fd());
+        Ok(Stdio { input: input.into(), output: output.into(), input_is_socket })
     }
 }
 
@@ -104,6 +128,18 @@ impl Wire for Stdio {
     fn write_fd(&self) -> BorrowedFd<'_> {
         self.output.as_fd()
     }
+    fn ack_promptly(&self) {
+        if self.input_is_socket {
+            quick_ack(self.input.as_fd());
+        }
+    }
+}
+
+/// Is `fd` a TCP socket (the only kind with delayed ACKs to avoid)?
+fn fd_is_tcp(fd: BorrowedFd<'_>) -> bool {
+    let socket = socket2::SockRef::from(&fd);
+    socket.local_addr().is_ok_and(|addr| addr.is_ipv4() || addr.is_ipv6())
+        && socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
 }
 
 /// Is `fd` a socket? (Under inetd, fds 0-2 may all be the customer's.)
@@ -136,6 +172,13 @@ pub struct Conn<W: Wire> {
 impl<W: Wire> Conn<W> {
     /// Wrap `wire`, with `timeout` for every item until changed and no limit.
     pub fn new(wire: W, timeout: Duration) -> Conn<W> {
+        // Reads and writes are tried first and polled only when they would block.
+        set_nonblocking(wire.read_fd());
+        set_nonblocking(wire.write_fd());
+        // Writes are batched here (a flush only before a wait, or a full buffer), so Nagle's
+        // algorithm can only delay a batch behind an unacknowledged one, e.g. the next
+        // message's commands behind a final dot: send each at once.
+        let _ = socket2::SockRef::from(&wire.write_fd()).set_tcp_nodelay(true);
         Conn {
             wire,
             rbuf: vec![0; READ_BUFFER].into_boxed_slice(),
@@ -209,15 +252,21 @@ impl<W: Wire> Conn<W> {
     }
 
     fn write_all_timed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let deadline = self.deadline();
         self.wire.set_deadline(Some(deadline));
         while !bytes.is_empty() {
-            if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
-            }
             match self.wire.write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
+                // Only a write that would block costs a poll.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(self.wire.write_fd(), PollFlags::POLLOUT, deadline)? {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -225,15 +274,16 @@ impl<W: Wire> Conn<W> {
         self.wire.flush()
     }
 
-    /// Make sure unread input is buffered, waiting until `deadline` at most.
+    /// Make sure unread input is buffered, waiting until `deadline` at most. Before waiting,
+    /// what we queued goes out: the peer may be waiting for it before it sends more, and
+    /// while input is still buffered it is not (so replies to pipelined commands leave in
+    /// one write, and Nagle's algorithm has no small segment to hold back).
     fn fill(&mut self, deadline: Instant) -> io::Result<Received<()>> {
         if self.rpos < self.rlen {
             return Ok(Received::Item(()));
         }
+        self.flush()?;
         self.wire.set_deadline(Some(deadline));
-        if !self.wire.has_buffered_input() && !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
-            return Ok(Received::TimedOut);
-        }
         loop {
             match self.wire.read(&mut self.rbuf) {
                 Ok(0) => return Ok(Received::Closed),
@@ -241,6 +291,12 @@ impl<W: Wire> Conn<W> {
                     self.rpos = 0;
                     self.rlen = n;
                     return Ok(Received::Item(()));
+                }
+                // Only a read that would block costs a poll.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(self.wire.read_fd(), PollFlags::POLLIN, deadline)? {
+                        return Ok(Received::TimedOut);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
@@ -250,12 +306,11 @@ impl<W: Wire> Conn<W> {
         }
     }
 
-    /// Read one command line (flushes pending output first: the peer is
-    /// waiting for it before it sends more). The timeout runs once for the
+    /// Read one command line (pending output goes out before any wait: the
+    /// peer may be waiting for it before it sends more). The timeout runs once for the
     /// wait for the line's first byte and once more from that byte to the
     /// line's end, however the bytes trickle in.
     pub fn read_line(&mut self, splitter: &mut LineSplitter) -> io::Result<Received<Line>> {
-        self.flush()?;
         let mut deadline = self.deadline();
         loop {
             match self.fill(deadline)? {
@@ -284,10 +339,13 @@ impl<W: Wire> Conn<W> {
 
     /// Read one (possibly multi-line) SMTP reply, all of it within the timeout.
     pub fn read_reply(&mut self) -> io::Result<Received<Result<Reply, ReplyError>>> {
-        self.flush()?;
         let deadline = self.deadline();
         let mut parser = ReplyParser::new();
         loop {
+            if !self.has_buffered_input() {
+                // About to wait for the peer with nothing of ours to send: see Wire::ack_promptly.
+                self.wire.ack_promptly();
+            }
             match self.fill(deadline)? {
                 Received::Item(()) => {}
                 Received::Closed => return Ok(Received::Closed),
@@ -298,6 +356,20 @@ impl<W: Wire> Conn<W> {
             if let Some(reply) = reply {
                 return Ok(Received::Item(reply));
             }
+        }
+    }
+}
+
+/// Make `fd` non-blocking, so a read or write returns WouldBlock instead of waiting past a
+/// deadline. A descriptor that refuses stays blocking: reads and writes then still work, only
+/// without the deadline's protection for that one call.
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let raw = fd.as_raw_fd();
+    if let Ok(flags) = fcntl(raw, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags);
+        if !flags.contains(OFlag::O_NONBLOCK) {
+            let _ = fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK));
         }
     }
 }

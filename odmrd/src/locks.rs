@@ -30,6 +30,8 @@ pub enum LockError {
     Busy(String),
     /// The lock file could not be created or locked.
     Io(String, io::Error),
+    /// The lock directory is missing and this process could not create it.
+    NoDirectory(String),
     /// The lock database could not be reached or failed the lock call.
     Database(String),
 }
@@ -39,6 +41,7 @@ impl std::fmt::Display for LockError {
         match self {
             LockError::Busy(domain) => write!(f, "{domain} is being collected by another session"),
             LockError::Io(path, e) => write!(f, "lock {path}: {e}"),
+            LockError::NoDirectory(why) => f.write_str(why),
             LockError::Database(e) => write!(f, "lock database: {e}"),
         }
     }
@@ -102,11 +105,7 @@ impl DomainLocks {
     /// Lock every domain of `domains` without waiting, or none of them.
     pub fn acquire(directory: &Path, domains: &[String]) -> Result<DomainLocks, LockError> {
         if !directory.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(directory)
-                .map_err(|e| LockError::Io(directory.display().to_string(), e))?;
+            prepare_directory(directory, None).map_err(LockError::NoDirectory)?;
         }
         let mut held = Vec::with_capacity(domains.len());
         for domain in domains {
@@ -125,6 +124,36 @@ impl DomainLocks {
         }
         Ok(DomainLocks { _held: held })
     }
+}
+
+/// Who this process is, for messages: `user odmrd (uid 105)`.
+pub fn who_am_i() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => format!("user {} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// Make sure the lock directory exists: create it (and its parents) when missing, mode 0750,
+/// owned by `owner` (uid, gid) when given (root creating it for the service user). The error
+/// says that it does not exist and who could not create it, and why.
+pub fn prepare_directory(directory: &Path, owner: Option<(u32, u32)>) -> Result<bool, String> {
+    if directory.is_dir() {
+        return Ok(false);
+    }
+    let fail = |e: io::Error| {
+        format!(
+            "lock_directory {} does not exist and {} could not create it: {e}",
+            directory.display(),
+            who_am_i()
+        )
+    };
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(directory).map_err(fail)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(directory, Some(uid), Some(gid)).map_err(fail)?;
+    }
+    Ok(true)
 }
 
 /// Open `path` read-write for `flock`, creating it (mode 0640) and never
@@ -182,5 +211,27 @@ mod tests {
         assert!(nested.join("example.org.lock").exists());
         assert!(matches!(DomainLocks::acquire(&nested, &domains(&["../x"])), Err(LockError::Io(..))));
         assert!(!dir.path().join("run/x.lock").exists());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_created_is_named_with_who_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let inside = file.join("odmrd");
+        let e = DomainLocks::acquire(&inside, &domains(&["example.org"])).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("lock_directory {} does not exist and ", inside.display())), "{e}");
+        assert!(e.contains(&format!("(uid {})", nix::unistd::geteuid())), "{e}");
+        assert!(e.contains("could not create it: Not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_prepared_directory_is_0750() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("run/odmrd");
+        assert_eq!(prepare_directory(&locks, None), Ok(true));
+        assert_eq!(std::fs::metadata(&locks).unwrap().permissions().mode() & 0o777, 0o750);
+        assert_eq!(prepare_directory(&locks, None), Ok(false));
     }
 }

@@ -1,14 +1,12 @@
-//! odmrd's command line: arguments → configuration → run. This file alone
+//! odmrd's command line: arguments → one [`Command`] → run it. This file alone
 //! decides exit statuses (sysexits.h: 64 usage, 69 unavailable, 71 OS error,
 //! 77 no permission, 78 configuration).
 
-use odmrd::backend::Backends;
-use odmrd::config::Config;
-use odmrd::session::Start;
-use odmrd::{demo, log, server};
+use odmrd::start::{Failure, Listen};
+use odmrd::{check, demo, log, start};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
@@ -18,7 +16,7 @@ const EX_CONFIG: u8 = 78;
 
 const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--check-config]
        odmrd --demo [--listen ADDR:PORT]   start a demo provider with sample mail
-       odmrd --cram-md5                    read a password on stdin, print its {CRAM-MD5} entry
+       odmrd --cram-md5                    read a password, print its {CRAM-MD5} entry
        odmrd [-c FILE] --queue [--json] [--by-account] [DOMAIN...]   list the held mail (reads only)
        odmrd [-c FILE] --expire [--dry-run]           bounce mail held past [queue] max_hold
 
@@ -26,226 +24,223 @@ const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--ch
   --inetd             serve one session on stdin/stdout, whatever [server] listen says
   --tls               with --inetd: the session starts with a TLS handshake (implicit TLS)
   --listen ADDR:PORT  run standalone on this address, whatever [server] listen says
-  --check-config      validate the configuration and the backends, then exit";
+  --check-config      check the configuration, the backends and the files the service
+                      needs (as [server] user when run as root), then exit";
 
-#[derive(Default)]
-struct Options {
-    config: Option<PathBuf>,
-    inetd: bool,
-    listen: Option<std::net::SocketAddr>,
-    check_config: bool,
-    tls: bool,
-    demo: bool,
-    cram_md5: bool,
-    /// `--queue`, `--expire` and their options (odmrd::hold_cli).
-    hold: Option<odmrd::hold_cli::Command>,
+/// What this run of odmrd does, decided once from the arguments.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Help,
+    Version,
+    /// Print a `{CRAM-MD5}` passwd entry for a password.
+    CramMd5,
+    /// A provider with sample mail in a fresh directory.
+    Demo {
+        listen: Option<SocketAddr>,
+    },
+    /// `--check-config`.
+    Check {
+        config: PathBuf,
+    },
+    /// `--queue` or `--expire` (odmrd::hold_cli).
+    Hold {
+        config: PathBuf,
+        command: odmrd::hold_cli::Command,
+    },
+    /// Serve sessions: inetd, standalone, or as `[server] listen` says.
+    Serve {
+        config: PathBuf,
+        listen: Listen,
+    },
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut options = Options::default();
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let (mut config, mut inetd, mut listen) = (None, false, None);
+    let (mut check_config, mut demo, mut cram_md5, mut tls) = (false, false, false, false);
+    let mut hold = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-c" | "--config" => options.config = Some(args.next().ok_or("-c needs a file")?.into()),
-            "--inetd" => options.inetd = true,
+            "-c" | "--config" => config = Some(PathBuf::from(args.next().ok_or("-c needs a file")?)),
+            "--inetd" => inetd = true,
             "--listen" => {
                 let value = args.next().ok_or("--listen needs ADDR:PORT")?;
-                options.listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
+                listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
             }
-            "--check-config" => options.check_config = true,
-            "--tls" => options.tls = true,
-            "--demo" => options.demo = true,
-            "--cram-md5" => options.cram_md5 = true,
+            "--check-config" => check_config = true,
+            "--tls" => tls = true,
+            "--demo" => demo = true,
+            "--cram-md5" => cram_md5 = true,
             "--queue" | "--expire" | "--json" | "--dry-run" | "--by-account" => {
-                odmrd::hold_cli::Command::parse_flag(&mut options.hold, &arg)?
+                odmrd::hold_cli::Command::parse_flag(&mut hold, &arg)?
             }
-            domain if options.hold.is_some() && !domain.starts_with('-') => {
-                odmrd::hold_cli::Command::parse_domain(&mut options.hold, domain)?
+            domain if hold.is_some() && !domain.starts_with('-') => {
+                odmrd::hold_cli::Command::parse_domain(&mut hold, domain)?
             }
-            "-h" | "--help" => return Err(String::new()),
-            "-V" | "--version" => {
-                println!("odmrd {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
             other => return Err(format!("unknown argument: {other}")),
         }
     }
-    if options.inetd && options.listen.is_some() {
+    if inetd && listen.is_some() {
         return Err("--inetd and --listen exclude each other".into());
     }
-    if let Some(command) = &options.hold {
+    if tls && !inetd {
+        return Err("--tls goes with --inetd (standalone, use [server] listen_tls)".into());
+    }
+    if demo && (config.is_some() || inetd || check_config) {
+        return Err("--demo makes its own configuration; it takes only --listen".into());
+    }
+    if let Some(command) = &hold {
         command.check()?;
-        if options.inetd || options.listen.is_some() || options.check_config || options.demo {
+        if inetd || listen.is_some() || check_config || demo || cram_md5 || tls {
             return Err("--queue and --expire take only -c and their own options".into());
         }
     }
-    if options.tls && !options.inetd {
-        return Err("--tls goes with --inetd (standalone, use [server] listen_tls)".into());
+    if cram_md5 {
+        return Ok(Command::CramMd5);
     }
-    if options.demo && (options.config.is_some() || options.inetd) {
-        return Err("--demo makes its own configuration; it takes only --listen".into());
+    if demo {
+        return Ok(Command::Demo { listen });
     }
-    Ok(options)
+    let config = config.unwrap_or_else(|| PathBuf::from(odmrd::config::DEFAULT_PATH));
+    if check_config {
+        return Ok(Command::Check { config });
+    }
+    if let Some(command) = hold {
+        return Ok(Command::Hold { config, command });
+    }
+    let listen = match (inetd, listen) {
+        (true, _) => Listen::Inetd { tls },
+        (false, Some(addr)) => Listen::On(addr),
+        (false, None) => Listen::AsConfigured,
+    };
+    Ok(Command::Serve { config, listen })
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(why) => {
-            if why.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("odmrd: {why}\n{USAGE}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    if options.cram_md5 {
-        return print_cram_md5_entry();
-    }
-    // Until the configuration says otherwise: syslog, and stderr only when it
-    // is not a socket (under inetd it may be the customer's connection).
-    log::init_early();
-    // A panic (a bug) is logged like everything else, never printed to fd 2;
-    // a session thread that panics ends that session only.
-    std::panic::set_hook(Box::new(|info| log::error(&format!("event=panic {info}"))));
-
-    let inetd = options.inetd
-        || (options.listen.is_none() && !options.demo && options.hold.is_none() && server::stdin_is_socket());
-    let path = if options.demo {
-        match demo::prepare(options.listen) {
-            Ok(path) => path,
-            Err(e) => {
-                log::error(&format!("demo: {e}"));
-                return ExitCode::from(EX_OSERR);
-            }
-        }
-    } else {
-        options.config.clone().unwrap_or_else(|| PathBuf::from("/etc/odmrd.ini"))
-    };
-    let fail_start = |message: &str, code: u8, hostname: &str| {
-        log::error(message);
-        if inetd {
-            server::refuse_inetd_client(hostname);
-        }
-        ExitCode::from(code)
-    };
-
-    let mut config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(e) => {
-            return fail_start(
-                &format!("configuration error: {e}"),
-                EX_CONFIG,
-                &nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-            )
-        }
-    };
-    if options.inetd {
-        config.server.listen = None;
-    }
-    if let Some(listen) = options.listen {
-        config.server.listen = Some(listen);
-    }
-    if let Err(e) = log::init(&config.log) {
-        return fail_start(&format!("{}: [log]: {e}", path.display()), EX_CONFIG, &config.server.hostname);
-    }
-    let hostname = config.server.hostname.clone();
-
-    let identity = match &config.tls.identity {
-        None if options.tls => {
-            let message = format!("{}: --tls needs [tls] certificate and key", path.display());
-            return fail_start(&message, EX_CONFIG, &hostname);
-        }
-        None => None,
-        Some(files) => match odmrd::tls::Identity::load(&files.certificate, &files.key) {
-            Ok(identity) => {
-                let days = identity.days_left(std::time::SystemTime::now());
-                if days < odmrd::tls::EXPIRY_WARNING_DAYS {
-                    let message = format!(
-                        "{}:{}: [tls] certificate: {} expires in {days} days",
-                        path.display(),
-                        files.certificate_line,
-                        files.certificate.display()
-                    );
-                    if options.check_config {
-                        eprintln!("odmrd: warning: {message}");
-                    }
-                    log::warn(&message);
-                }
-                Some(Arc::new(identity))
-            }
-            Err(e) => {
-                let (key, line) = if e.path == files.key {
-                    ("key", files.key_line)
-                } else {
-                    ("certificate", files.certificate_line)
-                };
-                let message = format!("{}:{line}: [tls] {key}: {e}", path.display());
-                return fail_start(&message, EX_CONFIG, &hostname);
-            }
-        },
-    };
-    let bind =
-        |addr: Option<std::net::SocketAddr>| match (addr, options.check_config || options.hold.is_some()) {
-            (Some(addr), false) => server::bind(addr, config.server.listen_backlog)
-                .map(Some)
-                .map_err(|e| format!("cannot listen on {addr}: {e}")),
-            _ => Ok(None),
-        };
-    let (listener, tls_listener) = match (bind(config.server.listen), bind(config.server.listen_tls)) {
-        (Ok(listener), Ok(tls_listener)) => (listener, tls_listener),
-        (Err(e), _) | (_, Err(e)) => return fail_start(&e, EX_UNAVAILABLE, &hostname),
-    };
-    if let (Some(user), Some(_)) = (&config.server.user, &listener) {
-        if let Err(e) = server::drop_privileges(user) {
-            return fail_start(&format!("{}: [server] user: {e}", path.display()), EX_NOPERM, &hostname);
-        }
-    }
-    let backends = match Backends::load(&config.credentials, &config.queue) {
-        Ok(backends) => backends,
-        Err(e) => return fail_start(&format!("{}: {e}", path.display()), EX_CONFIG, &hostname),
-    };
-    if options.check_config {
-        println!("{}: configuration OK", path.display());
-        return ExitCode::SUCCESS;
-    }
-    if let Some(command) = &options.hold {
-        return ExitCode::from(command.run(&config, &backends));
-    }
-    let result = match listener {
-        Some(listener) => {
-            let config = Arc::new(config);
-            odmrd::expire::spawn_periodic(Arc::clone(&config), backends.clone());
-            server::run_standalone(config, backends, identity, listener, tls_listener)
-        }
-        None => {
-            let start = if options.tls { Start::ImplicitTls } else { Start::Clear };
-            server::run_inetd(&config, &backends, identity.as_deref(), start).map(drop)
-        }
-    };
-    match result {
+    match try_main() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error(&format!("fatal: {e}"));
-            ExitCode::from(EX_OSERR)
-        }
+        Err(code) => ExitCode::from(code),
     }
 }
 
-/// `odmrd --cram-md5`: one password on stdin (the line end is not part of
-/// it), its Dovecot `{CRAM-MD5}` entry on stdout.
-fn print_cram_md5_entry() -> ExitCode {
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().read_line(&mut line) {
-        eprintln!("odmrd: reading the password: {e}");
-        return ExitCode::from(EX_USAGE);
+/// Run the command; Err is the exit status, after the reason was reported.
+fn try_main() -> Result<(), u8> {
+    let command = parse_args(std::env::args().skip(1)).map_err(|why| {
+        eprintln!("odmrd: {why}\n{USAGE}");
+        EX_USAGE
+    })?;
+    // A panic (a bug) is logged like everything else, never printed to fd 2;
+    // a session thread that panics ends that session only.
+    std::panic::set_hook(Box::new(|info| log::error(&format!("event=panic {info}"))));
+    match command {
+        Command::Help => println!("{USAGE}"),
+        Command::Version => println!("odmrd {}", env!("CARGO_PKG_VERSION")),
+        Command::CramMd5 => print_cram_md5_entry().map_err(|why| {
+            eprintln!("odmrd: {why}");
+            EX_USAGE
+        })?,
+        Command::Check { config } => {
+            check::run(&config).map_err(|summary| {
+                eprintln!("{summary}");
+                EX_CONFIG
+            })?;
+        }
+        Command::Demo { listen } => {
+            let config = demo::prepare(listen).map_err(|e| {
+                log::echo_to_person(true);
+                log::error(&format!("demo: {e}"));
+                EX_OSERR
+            })?;
+            start::serve(config, Listen::AsConfigured).map_err(exit_status)?;
+        }
+        Command::Hold { config, command } => {
+            log::echo_to_person(log::stderr_is_terminal());
+            let config = start::load_config(&config).map_err(exit_status)?;
+            log::init(&config.log);
+            let backends = start::load_backends(&config).map_err(exit_status)?;
+            match command.run(&config, &backends) {
+                0 => {}
+                code => return Err(code),
+            }
+        }
+        Command::Serve { config, listen } => start::serve(config, listen).map_err(exit_status)?,
     }
+    Ok(())
+}
+
+/// `odmrd --cram-md5`: one password (the line end is not part of it), its Dovecot `{CRAM-MD5}`
+/// entry on stdout. On a terminal it prompts and does not echo the password.
+fn print_cram_md5_entry() -> Result<(), String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let terminal = tcgetattr(&stdin).ok();
+    if let Some(saved) = &terminal {
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet).map_err(|e| format!("turning off echo: {e}"))?;
+        // The prompt once echo is off: what is typed after it is never shown.
+        eprint!("Password: ");
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(saved) = &terminal {
+        let _ = tcsetattr(&stdin, SetArg::TCSAFLUSH, saved);
+        eprintln!();
+    }
+    read.map_err(|e| format!("reading the password: {e}"))?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        eprintln!("odmrd: empty password on stdin");
-        return ExitCode::from(EX_USAGE);
+        return Err("empty password".into());
     }
     println!("{}", odmrd::sasl::cram_md5_entry(password.as_bytes()));
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+fn exit_status(failure: Failure) -> u8 {
+    match failure {
+        Failure::Config(_) => EX_CONFIG,
+        Failure::Unavailable(_) => EX_UNAVAILABLE,
+        Failure::NoPermission(_) => EX_NOPERM,
+        Failure::Os(_) => EX_OSERR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn the_run_mode_is_decided_once_from_the_arguments() {
+        let etc = || PathBuf::from("/etc/odmrd.ini");
+        let addr: SocketAddr = "127.0.0.1:366".parse().unwrap();
+        let cases: Vec<(&[&str], Result<Command, ()>)> = vec![
+            (&[], Ok(Command::Serve { config: etc(), listen: Listen::AsConfigured })),
+            (&["--inetd"], Ok(Command::Serve { config: etc(), listen: Listen::Inetd { tls: false } })),
+            (
+                &["--inetd", "--tls"],
+                Ok(Command::Serve { config: etc(), listen: Listen::Inetd { tls: true } }),
+            ),
+            (&["--tls"], Err(())),
+            (&["--listen", "127.0.0.1:366"], Ok(Command::Serve { config: etc(), listen: Listen::On(addr) })),
+            (&["-c", "/x.ini", "--check-config"], Ok(Command::Check { config: "/x.ini".into() })),
+            (&["--demo"], Ok(Command::Demo { listen: None })),
+            (&["--cram-md5"], Ok(Command::CramMd5)),
+            (&["--version"], Ok(Command::Version)),
+            (&["--help"], Ok(Command::Help)),
+            (&["--inetd", "--listen", "127.0.0.1:366"], Err(())),
+            (&["--demo", "-c", "/x.ini"], Err(())),
+            (&["--demo", "--check-config"], Err(())),
+            (&["--listen"], Err(())),
+            (&["--bogus"], Err(())),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse(args).map_err(|_| ()), want, "{args:?}");
+        }
+    }
 }

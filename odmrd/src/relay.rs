@@ -62,8 +62,6 @@ impl Default for Timeouts {
 
 /// What the relay needs from the session.
 pub struct Context<'a> {
-    /// For log lines.
-    pub session_id: &'a str,
     /// Our EHLO name and Reporting-MTA.
     pub hostname: &'a str,
     /// `[bounce] sendmail`.
@@ -111,6 +109,28 @@ struct Relay<'c, 'a, W: Wire> {
     summary: Summary,
     /// MAIL commands sent, for the customer's MAILMAX.
     transactions: usize,
+    /// The body buffers, allocated once for the session.
+    chunk: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+/// A message whose replies all came and were in step, kept uncommitted until the replies that
+/// came behind its final one (the next message's, pipelined with its dot) are in step too.
+struct Decided {
+    envelope: Envelope,
+    settled: Vec<(usize, Outcome, Reply)>,
+    body: BodyCopy,
+}
+
+/// What follows a message that did not stop the dialogue.
+enum Then {
+    /// The next message is still to be fetched.
+    Fetch,
+    /// The next message was fetched (its commands not sent).
+    Next(Envelope),
+    /// The message is decided but not committed, and the next message's commands went out
+    /// with its dot (RFC 2920).
+    Pipelined(Box<(Decided, Envelope)>),
 }
 
 /// Recipients (by address) of messages (by queue id) that a customer's limit
@@ -126,8 +146,15 @@ pub fn deliver<W: Wire>(
     first: Envelope,
     ctx: &Context<'_>,
 ) -> Summary {
-    let mut relay =
-        Relay { conn, ctx, caps: Capabilities::default(), summary: Summary::default(), transactions: 0 };
+    let mut relay = Relay {
+        conn,
+        ctx,
+        caps: Capabilities::default(),
+        summary: Summary::default(),
+        transactions: 0,
+        chunk: vec![0u8; BODY_CHUNK],
+        encoded: Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8),
+    };
     let end = match relay.run(cursor, first) {
         Ok(()) => "done",
         Err(Stop(why)) => why,
@@ -137,24 +164,23 @@ pub fn deliver<W: Wire>(
 }
 
 impl<W: Wire> Relay<'_, '_, W> {
-    fn log(&self, fields: &str) {
-        log::info(&format!("session={} {fields}", self.ctx.session_id));
-    }
-
     fn read_reply(&mut self, timeout: Duration, waiting_for: &'static str) -> Result<Reply, Stop> {
         self.conn.set_timeout(timeout);
         match self.conn.read_reply() {
             Ok(Received::Item(Ok(reply))) => Ok(reply),
             Ok(Received::Item(Err(e))) => {
-                self.log(&format!("event=protocol-error waiting-for={waiting_for} error=\"{e:?}\""));
+                log::Event::new("protocol-error")
+                    .field("waiting-for", waiting_for)
+                    .field("error", format!("{e:?}"))
+                    .info();
                 Err(Stop("customer sent a malformed reply"))
             }
             Ok(Received::TimedOut) => {
-                self.log(&format!("event=timeout waiting-for={waiting_for}"));
+                log::Event::new("timeout").field("waiting-for", waiting_for).info();
                 Err(Stop("customer timed out"))
             }
             Ok(Received::Closed) | Err(_) => {
-                self.log(&format!("event=disconnect waiting-for={waiting_for}"));
+                log::Event::new("disconnect").field("waiting-for", waiting_for).info();
                 Err(Stop("customer disconnected"))
             }
         }
@@ -169,7 +195,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         let t = self.ctx.timeouts;
         let greeting = self.read_reply(t.greeting, "greeting")?;
         if greeting.class() != 2 {
-            self.log(&format!("event=greeting-refused reply=\"{}\"", greeting.text()));
+            log::Event::new("greeting-refused").field("reply", greeting.text()).info();
             self.quit();
             return Err(Stop("customer refused the session"));
         }
@@ -179,9 +205,11 @@ impl<W: Wire> Relay<'_, '_, W> {
         // recipients again through a new cursor.
         let mut wanted: Option<Leftovers> = None;
         let mut next = Some(first);
+        // The commands of `next` went out with the previous message's dot, which is `earlier`.
+        let (mut sent, mut earlier) = (false, None);
         loop {
             let mut left = Leftovers::new();
-            while let Some(envelope) = next {
+            while let Some(envelope) = next.take() {
                 let chosen: Vec<usize> = match &wanted {
                     None => (0..envelope.recipients.len()).collect(),
                     Some(wanted) => {
@@ -191,32 +219,53 @@ impl<W: Wire> Relay<'_, '_, W> {
                             .collect()
                     }
                 };
-                if !chosen.is_empty() {
-                    if self.caps.mailmax.is_some_and(|max| self.transactions >= max) {
-                        self.log(&format!(
-                            "event=mailmax-reached transactions={} note=\"the rest stays queued for the next session\"",
-                            self.transactions
-                        ));
+                if chosen.is_empty() {
+                    next = self.next_message(&mut cursor);
+                    continue;
+                }
+                {
+                    if !sent && self.caps.mailmax.is_some_and(|max| self.transactions >= max) {
+                        log::Event::new("mailmax-reached")
+                            .field("transactions", self.transactions)
+                            .field("note", "the rest stays queued for the next session")
+                            .info();
                         break;
                     }
                     if wanted.is_none() {
                         self.summary.messages += 1;
                     }
-                    let again = self.message(&mut cursor, &envelope, &chosen)?;
+                    let first_round = wanted.is_none();
+                    let (again, then) = match self.message(
+                        &mut cursor,
+                        &envelope,
+                        &chosen,
+                        sent,
+                        first_round,
+                        &mut earlier,
+                    ) {
+                        Ok(ended) => ended,
+                        Err(stop) => {
+                            self.log_kept(earlier.take());
+                            return Err(stop);
+                        }
+                    };
                     if !again.is_empty() {
                         left.insert(
                             envelope.id.clone(),
                             again.iter().map(|&i| envelope.recipients[i].clone()).collect(),
                         );
                     }
+                    sent = false;
+                    next = match then {
+                        Then::Fetch => self.next_message(&mut cursor),
+                        Then::Next(envelope) => Some(envelope),
+                        Then::Pipelined(ahead) => {
+                            let (decided, envelope) = *ahead;
+                            (sent, earlier) = (true, Some(decided));
+                            Some(envelope)
+                        }
+                    };
                 }
-                next = match cursor.next_message() {
-                    Ok(next) => next,
-                    Err(status) => {
-                        self.log(&format!("event=queue-error status={status}"));
-                        None
-                    }
-                };
             }
             let count = |l: &Leftovers| l.values().map(Vec::len).sum::<usize>();
             let stuck = wanted.as_ref().is_some_and(|w| count(w) == count(&left));
@@ -225,36 +274,128 @@ impl<W: Wire> Relay<'_, '_, W> {
                 for (id, addresses) in &left {
                     for address in addresses {
                         self.summary.deferred += 1;
-                        self.log(&format!(
-                            "queue_id={id} to=<{address}> status=deferred reason=customer-limit"
-                        ));
+                        log::Event::new("recipient")
+                            .field("queue_id", id)
+                            .field("to", format!("<{address}>"))
+                            .field("status", "deferred")
+                            .field("reason", "customer-limit")
+                            .info();
                     }
                 }
                 break;
             }
-            self.log(&format!("event=more-transactions recipients={}", count(&left)));
+            log::Event::new("more-transactions").field("recipients", count(&left)).info();
             // The old cursor (and its locks) go first.
             drop(cursor);
             cursor = match self.ctx.queue.open(self.ctx.domains) {
                 Ok(cursor) => cursor,
                 Err(status) => {
-                    self.log(&format!("event=queue-error status={status}"));
+                    log::Event::new("queue-error").field("status", status).error();
                     self.summary.deferred += count(&left);
                     self.quit();
                     return Ok(());
                 }
             };
             wanted = Some(left);
-            next = match cursor.next_message() {
-                Ok(next) => next,
-                Err(status) => {
-                    self.log(&format!("event=queue-error status={status}"));
-                    None
-                }
-            };
+            next = self.next_message(&mut cursor);
         }
         drop(cursor);
         self.quit();
+        Ok(())
+    }
+
+    fn next_message(&mut self, cursor: &mut QueueCursor) -> Option<Envelope> {
+        cursor.next_message().unwrap_or_else(|status| {
+            log::Event::new("queue-error").field("status", status).error();
+            None
+        })
+    }
+
+    /// A message decided by the customer's 2xx but left queued: the replies behind that one
+    /// were not in step, or did not come.
+    fn log_kept(&self, kept: Option<Decided>) {
+        if let Some(kept) = kept {
+            log::Event::new("kept")
+                .field("queue_id", &kept.envelope.id)
+                .field("reason", "later-replies-not-in-step")
+                .field(
+                    "note",
+                    "the customer's reply accepted it, but the replies behind that one were not in step: \
+                     the message stays queued and may be delivered again",
+                )
+                .info();
+        }
+    }
+
+    /// RFC 2920 across messages: after the final dot, fetch the next message and send its
+    /// MAIL/RCPT/DATA before the dot's reply, when the customer pipelines and the queue lets the
+    /// next message be taken before the current one is committed. Only in the first round, and
+    /// only for a message that goes out whole now (no SMTPUTF8 deferral, no MAILMAX reached).
+    /// Returns the fetched message and whether its commands were sent.
+    fn send_ahead(
+        &mut self,
+        cursor: &mut QueueCursor,
+        first_round: bool,
+    ) -> Result<Option<(Envelope, bool)>, Stop> {
+        if !(first_round && self.caps.pipelining && cursor.next_before_commit()) {
+            return Ok(None);
+        }
+        // The dot leaves first: fetching the next message may wait (a queue retrying a message
+        // another process holds), and the customer must not wait for the dot meanwhile. The
+        // batch follows in a second write at once (TCP_NODELAY, see conn).
+        self.conn.flush().map_err(|_| Stop("write to customer failed"))?;
+        let Some(next) = self.next_message(cursor) else { return Ok(None) };
+        let deferred = next.smtputf8 && !self.caps.smtputf8;
+        if deferred || self.caps.mailmax.is_some_and(|max| self.transactions >= max) {
+            return Ok(Some((next, false)));
+        }
+        let all: Vec<usize> = (0..next.recipients.len()).collect();
+        let (sent, _) = self.split(&all);
+        let (mail, rcpts) = self.commands(&next, &sent);
+        self.transactions += 1;
+        self.command(&batch(&mail, &rcpts), self.ctx.timeouts.mail, &next.id)?;
+        Ok(Some((next, true)))
+    }
+
+    /// The recipients of one transaction, and those beyond the customer's RCPTMAX.
+    fn split(&self, chosen: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        match self.caps.rcptmax {
+            Some(max) if chosen.len() > max => (chosen[..max].to_vec(), chosen[max..].to_vec()),
+            _ => (chosen.to_vec(), Vec::new()),
+        }
+    }
+
+    /// The MAIL command of `envelope` and the RCPT commands of recipients `sent`.
+    fn commands(&self, envelope: &Envelope, sent: &[usize]) -> (String, Vec<String>) {
+        let mail = proto::mail_from(&envelope.sender, &self.mail_params(envelope));
+        let rcpts = sent
+            .iter()
+            .map(|&i| proto::rcpt_to(&envelope.recipients[i], &self.rcpt_params(envelope, i)))
+            .collect();
+        (mail, rcpts)
+    }
+
+    /// Commit the message decided before this one, now that the replies which came behind its
+    /// final reply (this message's, up to DATA) are in step and nothing unasked followed them.
+    fn settle_earlier(
+        &mut self,
+        cursor: &mut QueueCursor,
+        earlier: &mut Option<Decided>,
+        codes: (u16, &[Option<u16>], Option<u16>),
+        id: &str,
+    ) -> Result<(), Stop> {
+        let Some(decided) = earlier.take() else { return Ok(()) };
+        let (mail, rcpts, data) = codes;
+        if !verdict::in_step_before_body(mail, rcpts, data) || self.conn.has_buffered_input() {
+            log::Event::new("out-of-step")
+                .field("queue_id", id)
+                .field("step", "before-body")
+                .field("note", "the message stays queued")
+                .info();
+            *earlier = Some(decided);
+            return Err(Stop("customer's replies are out of step with our commands"));
+        }
+        self.settle(cursor, &decided.envelope, &decided.settled, decided.body);
         Ok(())
     }
 
@@ -273,7 +414,7 @@ impl<W: Wire> Relay<'_, '_, W> {
                 return Ok(());
             }
         }
-        self.log(&format!("event=hello-refused reply=\"{}\"", reply.text()));
+        log::Event::new("hello-refused").field("reply", reply.text()).info();
         self.quit();
         Err(Stop("customer refused EHLO and HELO"))
     }
@@ -303,9 +444,11 @@ impl<W: Wire> Relay<'_, '_, W> {
         if !self.conn.has_buffered_input() {
             return Ok(());
         }
-        self.log(&format!(
-            "queue_id={queue_id} event=out-of-step reason=unsolicited-reply note=\"the message stays queued\""
-        ));
+        log::Event::new("out-of-step")
+            .field("reason", "unsolicited-reply")
+            .field("note", "the message stays queued")
+            .field("queue_id", queue_id)
+            .warn();
         Err(Stop("customer's replies are out of step with our commands"))
     }
 
@@ -363,13 +506,18 @@ impl<W: Wire> Relay<'_, '_, W> {
     /// recipients) of `envelope`; returns those left for another transaction
     /// (beyond RCPTMAX, or answered "too many recipients"). Outcomes are
     /// committed only when every reply was one the dialogue allows at its
-    /// step ([`verdict::decide`]); a Stop leaves the message as it was.
+    /// step ([`verdict::decide`]); a Stop leaves the message as it was. `sent`: its
+    /// commands went out with the previous message's dot, which is `earlier`, decided and
+    /// committed here once this message's replies before the body are in step.
     fn message(
         &mut self,
         cursor: &mut QueueCursor,
         envelope: &Envelope,
         chosen: &[usize],
-    ) -> Result<Vec<usize>, Stop> {
+        sent_ahead: bool,
+        first_round: bool,
+        earlier: &mut Option<Decided>,
+    ) -> Result<(Vec<usize>, Then), Stop> {
         let t = self.ctx.timeouts;
         let id = envelope.id.as_str();
         if envelope.smtputf8 && !self.caps.smtputf8 {
@@ -377,39 +525,35 @@ impl<W: Wire> Relay<'_, '_, W> {
             // session with a customer that takes SMTPUTF8.
             for &i in chosen {
                 self.summary.deferred += 1;
-                self.log(&format!(
-                    "queue_id={id} from=<{}> to=<{}> status=deferred reason=smtputf8-not-offered",
-                    envelope.sender, envelope.recipients[i]
-                ));
+                recipient_event(envelope, i)
+                    .field("status", "deferred")
+                    .field("reason", "smtputf8-not-offered")
+                    .info();
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Then::Fetch));
         }
-        let (sent, mut again): (Vec<usize>, Vec<usize>) = match self.caps.rcptmax {
-            Some(max) if chosen.len() > max => (chosen[..max].to_vec(), chosen[max..].to_vec()),
-            _ => (chosen.to_vec(), Vec::new()),
-        };
-        let mail = proto::mail_from(&envelope.sender, &self.mail_params(envelope));
-        let rcpts: Vec<String> = sent
-            .iter()
-            .map(|&i| proto::rcpt_to(&envelope.recipients[i], &self.rcpt_params(envelope, i)))
-            .collect();
+        let (sent, mut again) = self.split(chosen);
+        let (mail, rcpts) = self.commands(envelope, &sent);
         let n = sent.len();
         let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
-        self.transactions += 1;
+        if !sent_ahead {
+            self.transactions += 1;
+        }
 
         let (mail_reply, data_reply) = if self.caps.pipelining {
             // RFC 2920: replies come back in the order of the commands, one each.
-            let mut batch = mail.into_bytes();
-            for rcpt in &rcpts {
-                batch.extend_from_slice(rcpt.as_bytes());
+            if !sent_ahead {
+                self.command(&batch(&mail, &rcpts), t.mail, id)?;
             }
-            batch.extend_from_slice(b"DATA\r\n");
-            self.command(&batch, t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
             for slot in rcpt_replies.iter_mut() {
                 *slot = Some(self.read_reply(t.rcpt, "RCPT")?);
             }
-            (mail_reply, Some(self.read_reply(t.data, "DATA")?))
+            let data_reply = self.read_reply(t.data, "DATA")?;
+            let rcpt_codes: Vec<Option<u16>> =
+                rcpt_replies.iter().map(|r| r.as_ref().map(|r| r.code)).collect();
+            self.settle_earlier(cursor, earlier, (mail_reply.code, &rcpt_codes, Some(data_reply.code)), id)?;
+            (mail_reply, Some(data_reply))
         } else {
             self.command(mail.as_bytes(), t.mail, id)?;
             let mail_reply = self.read_reply(t.mail, "MAIL")?;
@@ -432,15 +576,20 @@ impl<W: Wire> Relay<'_, '_, W> {
         let accepted = mail_reply.class() == 2 && rcpt_replies.iter().flatten().any(|r| r.class() == 2);
         let mut body = BodyCopy::for_dsn(envelope, &sent);
         let mut end_reply = None;
+        let mut ahead = None;
         let body_sent = data_reply.as_ref().is_some_and(|data| data.code == 354);
         if body_sent {
             self.refuse_unsolicited(id)?;
             if accepted {
                 self.stream_body(cursor, envelope, &mut body)?;
+                ahead = self.send_ahead(cursor, first_round)?;
                 end_reply = Some(self.read_reply(t.data_end, "end of data")?);
                 // A reply already waiting behind the final one means the final one may not be
-                // the answer to our dot.
-                self.refuse_unsolicited(id)?;
+                // the answer to our dot, unless the next message's commands went with the dot
+                // (their replies are then checked before this message is committed).
+                if !matches!(ahead, Some((_, true))) {
+                    self.refuse_unsolicited(id)?;
+                }
             } else {
                 // PIPELINING sent DATA although nothing was accepted: end the empty data at
                 // once (RFC 2920 §3.1) and discard it.
@@ -468,10 +617,12 @@ impl<W: Wire> Relay<'_, '_, W> {
                 (Decision::Again(_), Some(_)) => again.push(sent[slot]),
                 _ => {
                     let reply = reply.map(Reply::text).unwrap_or_else(|| "none".into());
-                    self.log(&format!(
-                        "queue_id={id} event=out-of-step step={step:?} reply=\"{}\" note=\"the message stays queued\"",
-                        reply.replace('"', "'")
-                    ));
+                    log::Event::new("out-of-step")
+                        .field("step", format!("{step:?}"))
+                        .field("reply", reply)
+                        .field("note", "the message stays queued")
+                        .field("queue_id", id)
+                        .warn();
                     return Err(Stop("customer's replies are out of step with our commands"));
                 }
             }
@@ -480,12 +631,17 @@ impl<W: Wire> Relay<'_, '_, W> {
             self.rset(id)?;
         }
 
+        again.sort_unstable();
+        let closing = settled.iter().any(|(_, _, r)| r.code == 421);
+        if let (Some((next, true)), false) = (&ahead, closing) {
+            let decided = Decided { envelope: envelope.clone(), settled, body };
+            return Ok((again, Then::Pipelined(Box::new((decided, next.clone())))));
+        }
         self.settle(cursor, envelope, &settled, body);
-        if settled.iter().any(|(_, _, r)| r.code == 421) {
+        if closing {
             return Err(Stop("customer is closing the connection (421)"));
         }
-        again.sort_unstable();
-        Ok(again)
+        Ok((again, ahead.map_or(Then::Fetch, |(next, _)| Then::Next(next))))
     }
 
     /// Stream the current message, keeping what a DSN may need in `body`,
@@ -497,42 +653,60 @@ impl<W: Wire> Relay<'_, '_, W> {
         envelope: &Envelope,
         body: &mut BodyCopy,
     ) -> Result<(), Stop> {
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let mut encoded = std::mem::take(&mut self.encoded);
+        let result = self.stream_body_with(cursor, envelope, body, &mut chunk, &mut encoded);
+        (self.chunk, self.encoded) = (chunk, encoded);
+        result
+    }
+
+    fn stream_body_with(
+        &mut self,
+        cursor: &mut QueueCursor,
+        envelope: &Envelope,
+        body: &mut BodyCopy,
+        chunk: &mut [u8],
+        encoded: &mut Vec<u8>,
+    ) -> Result<(), Stop> {
         let t = self.ctx.timeouts.data_block;
         let mut stuffer = DotStuffer::new();
-        let mut chunk = vec![0u8; BODY_CHUNK];
-        let mut encoded = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
         let mut watch = LineWatch::default();
         loop {
-            let n = match cursor.read_body(&mut chunk) {
+            let n = match cursor.read_body(chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(status) => {
                     // Never send the final dot of a truncated message: closing
                     // the connection makes the customer discard it.
-                    self.log(&format!("event=queue-error while=reading-body status={status}"));
+                    log::Event::new("queue-error")
+                        .field("while", "reading-body")
+                        .field("status", status)
+                        .error();
                     return Err(Stop("queue failed while reading a body"));
                 }
             };
             watch.add(&chunk[..n]);
             body.keep(&chunk[..n]);
             encoded.clear();
-            stuffer.encode(&chunk[..n], &mut encoded);
-            self.send(&encoded, t)?;
+            stuffer.encode(&chunk[..n], encoded);
+            self.send(encoded, t)?;
         }
         encoded.clear();
-        stuffer.finish(&mut encoded);
-        self.send(&encoded, t)?;
+        stuffer.finish(encoded);
+        self.send(encoded, t)?;
         let id = &envelope.id;
         if watch.eight_bit && !self.caps.eightbitmime {
-            self.log(&format!(
-                "queue_id={id} event=8bit-to-7bit-customer note=\"sent as is: the customer does not offer 8BITMIME\""
-            ));
+            log::Event::new("8bit-to-7bit-customer")
+                .field("note", "sent as is: the customer does not offer 8BITMIME")
+                .field("queue_id", id)
+                .info();
         }
         if watch.longest > MAX_LINE {
-            self.log(&format!(
-                "queue_id={id} event=long-lines longest={} note=\"sent as is: RFC 5321 allows 998 octets per line\"",
-                watch.longest
-            ));
+            log::Event::new("long-lines")
+                .field("longest", watch.longest)
+                .field("note", "sent as is: RFC 5321 allows 998 octets per line")
+                .field("queue_id", id)
+                .info();
         }
         Ok(())
     }
@@ -548,7 +722,8 @@ impl<W: Wire> Relay<'_, '_, W> {
         mut body: BodyCopy,
     ) {
         let mut outcomes: Vec<Outcome> = settled.iter().map(|(_, o, _)| *o).collect();
-        let mut notes: Vec<&str> = vec![""; settled.len()];
+        // What became of each recipient's DSN, for its log line (`dsn=`).
+        let mut notes: Vec<Option<&str>> = vec![None; settled.len()];
         // Who gets a line in a DSN: failures unless NOTIFY says otherwise (NEVER, or a list
         // without FAILURE), and deliveries the customer cannot report on although
         // NOTIFY=SUCCESS asked (RFC 3461 §4.2: "relayed").
@@ -558,7 +733,7 @@ impl<W: Wire> Relay<'_, '_, W> {
             let action = match outcome {
                 Outcome::PermFail if details.notify.on_failure() => Action::Failed,
                 Outcome::PermFail => {
-                    notes[k] = " dsn=none-notify";
+                    notes[k] = Some("none-notify");
                     continue;
                 }
                 Outcome::Delivered if !self.caps.dsn && details.notify.on_success() => Action::Relayed,
@@ -569,7 +744,7 @@ impl<W: Wire> Relay<'_, '_, W> {
         }
         if !reported.is_empty() {
             let note = if envelope.sender.is_empty() {
-                " dsn=none-null-sender"
+                "none-null-sender"
             } else {
                 let failures: Vec<Failure> = reported.iter().map(|(_, f)| f.clone()).collect();
                 let report = Report {
@@ -583,20 +758,20 @@ impl<W: Wire> Relay<'_, '_, W> {
                 let full =
                     envelope.ret == Some(Ret::Full) && failures.iter().any(|f| f.action == Action::Failed);
                 match bounce::submit(self.ctx.sendmail, &report, body.original(cursor, full)) {
-                    Ok(()) => " dsn=sent",
+                    Ok(()) => "sent",
                     Err(e) => {
-                        log::error(&format!(
-                            "session={} queue_id={} event=dsn-failed error=\"{e}\"",
-                            self.ctx.session_id, envelope.id
-                        ));
-                        " dsn=failed"
+                        log::Event::new("dsn-failed")
+                            .field("queue_id", &envelope.id)
+                            .field("error", e)
+                            .error();
+                        "failed"
                     }
                 }
             };
             for (k, failure) in &reported {
-                notes[*k] = note;
+                notes[*k] = Some(note);
                 // Without its DSN the sender of a failed recipient would never learn: keep it.
-                if note == " dsn=failed" && failure.action == Action::Failed {
+                if note == "failed" && failure.action == Action::Failed {
                     outcomes[*k] = Outcome::TempFail;
                 }
             }
@@ -606,7 +781,9 @@ impl<W: Wire> Relay<'_, '_, W> {
             .iter()
             .zip(&outcomes)
             .all(|((i, _, reply), &o)| cursor.set_outcome_with_reply(*i, o, &reply.text()).is_ok());
-        let committed = recorded && cursor.commit().is_ok();
+        // Committed even when an outcome could not be recorded (what was recorded is true), so
+        // that a queue with two messages open retires this one and the next gets its own.
+        let committed = cursor.commit().is_ok() && recorded;
         for (k, ((i, _, reply), outcome)) in settled.iter().zip(&outcomes).enumerate() {
             let status = match (outcome, committed) {
                 (Outcome::Delivered, true) => "sent",
@@ -620,22 +797,38 @@ impl<W: Wire> Relay<'_, '_, W> {
                 Outcome::PermFail => self.summary.bounced += 1,
                 Outcome::TempFail => self.summary.deferred += 1,
             }
-            self.log(&format!(
-                "queue_id={} from=<{}> to=<{}> status={status}{} reply=\"{}\"",
-                envelope.id,
-                envelope.sender,
-                envelope.recipients[*i],
-                notes[k],
-                reply.text().replace('"', "'")
-            ));
+            recipient_event(envelope, *i)
+                .field("status", status)
+                .field_opt("dsn", notes[k])
+                .field("reply", reply.text())
+                .info();
         }
         if !committed {
-            log::error(&format!(
-                "session={} queue_id={} event=commit-failed note=\"the message stays queued and may be delivered again\"",
-                self.ctx.session_id, envelope.id
-            ));
+            log::Event::new("commit-failed")
+                .field("queue_id", &envelope.id)
+                .field("note", "the message stays queued and may be delivered again")
+                .error();
         }
     }
+}
+
+/// MAIL, the RCPTs and DATA as one pipelined batch.
+fn batch(mail: &str, rcpts: &[String]) -> Vec<u8> {
+    let mut batch = mail.as_bytes().to_vec();
+    for rcpt in rcpts {
+        batch.extend_from_slice(rcpt.as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    batch
+}
+
+/// `event=recipient queue_id=ID from=<SENDER> to=<RECIPIENT>`: the start of a recipient's
+/// one line; its status and the reply that decided it follow.
+fn recipient_event(envelope: &Envelope, i: usize) -> log::Event {
+    log::Event::new("recipient")
+        .field("queue_id", &envelope.id)
+        .field("from", format!("<{}>", envelope.sender))
+        .field("to", format!("<{}>", envelope.recipients[i]))
 }
 
 /// What of a message a DSN may return, kept while the message is streamed:
@@ -720,18 +913,20 @@ struct LineWatch {
 }
 
 impl LineWatch {
+    /// One pass per chunk at memory speed: is_ascii works a word at a time, memchr finds the
+    /// line ends (a 100 MB body goes through here).
     fn add(&mut self, chunk: &[u8]) {
-        self.eight_bit |= chunk.iter().any(|&b| b > 127);
-        for piece in chunk.split_inclusive(|&b| b == b'\n') {
-            let ends = piece.last() == Some(&b'\n');
-            let text = piece.strip_suffix(b"\n").unwrap_or(piece);
-            let text = if ends { text.strip_suffix(b"\r").unwrap_or(text) } else { text };
-            self.current += text.len();
-            self.longest = self.longest.max(self.current);
-            if ends {
-                self.current = 0;
-            }
+        self.eight_bit |= !chunk.is_ascii();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            let text = &chunk[start..end];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            self.longest = self.longest.max(self.current + text.len());
+            self.current = 0;
+            start = end + 1;
         }
+        self.current += chunk.len() - start;
+        self.longest = self.longest.max(self.current);
     }
 }
 
@@ -754,7 +949,22 @@ fn collect_headers(headers: &mut Vec<u8>, chunk: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::collect_headers;
+    use super::{collect_headers, LineWatch};
+
+    #[test]
+    fn the_longest_line_and_8_bit_are_found_across_chunks() {
+        let body = "short\r\na line of twenty-two\ncaf\u{e9}\r\nlast without end".as_bytes();
+        for split in 1..body.len() {
+            let mut watch = LineWatch::default();
+            for chunk in body.chunks(split) {
+                watch.add(chunk);
+            }
+            assert_eq!((watch.longest, watch.eight_bit), (20, true), "split {split}");
+        }
+        let mut watch = LineWatch::default();
+        watch.add(b"ascii only\n");
+        assert_eq!((watch.longest, watch.eight_bit), (10, false));
+    }
 
     #[test]
     fn header_block_is_found_across_chunks() {

@@ -7,11 +7,20 @@
 //! [`crate::throttle`] lives (in memory standalone, a state file under inetd)
 //! and its refusals at connect, running out of file descriptors
 //! (a reserve descriptor so that excess clients still get 421; accept backs
-//! off and the condition is logged once per interval), SIGTERM/SIGINT (stop
-//! accepting, let running sessions finish within `shutdown_grace`, then close
-//! the connections left, whose current messages stay queued), and dropping
+//! off and the condition is logged once per interval), signals, and dropping
 //! root privileges after binding. It does not speak the protocol:
 //! [`crate::session`] does.
+//!
+//! Signals in standalone mode: SIGTERM/SIGINT stop accepting, let running
+//! sessions finish within `shutdown_grace`, then close the connections left,
+//! whose current messages stay queued; SIGHUP re-reads the configuration and
+//! reloads the backends and the TLS identity for new sessions (running
+//! sessions finish on the old ones; an invalid new configuration is logged and
+//! the old one stays); SIGUSR1, SIGUSR2 and SIGALRM, which an operator may send
+//! by habit, are logged and otherwise ignored. Under inetd a session ignores
+//! SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM (a `killall -HUP odmrd` must not cut a
+//! delivery short). SIGPIPE is ignored by the Rust runtime: a vanished peer is
+//! an I/O error of that session.
 
 use crate::backend::Backends;
 use crate::config::Config;
@@ -28,6 +37,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +72,91 @@ pub fn run_inetd(
     }
     let gate = Gate::new(&throttle, peer, &std::thread::sleep);
     Ok(session::serve_gated(config, backends, tls, start, wire, peer, &gate))
+}
+
+/// The signals an operator may send by habit that must not kill odmrd silently.
+const HABITUAL: [i32; 4] = [
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+    signal_hook::consts::SIGALRM,
+];
+
+/// Under inetd: SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM do nothing (each session
+/// reads the configuration afresh anyway).
+pub fn ignore_habitual_signals() {
+    let ignored = Arc::new(AtomicBool::new(false));
+    for signal in HABITUAL {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&ignored)) {
+            log::Event::new("signal-setup").field("signal", signal).field("error", e).warn();
+        }
+    }
+}
+
+/// What new sessions are served with: the configuration, its backends and the TLS identity.
+pub type Serving = (Arc<Config>, Backends, Option<Arc<Identity>>);
+
+/// A fresh [`Serving`] for SIGHUP, or why not (logged; the old one stays).
+pub type Reload<'a> = dyn Fn() -> Result<Serving, String> + 'a;
+
+/// Which signals arrived since the last look; set by the handlers, read by the loop.
+struct Arrived {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    /// SIGUSR1, SIGUSR2, SIGALRM: logged, otherwise ignored.
+    other: Vec<(&'static str, Arc<AtomicBool>)>,
+}
+
+impl Arrived {
+    /// Register the handlers: each sets its flag and wakes the loop through `wake`.
+    fn register(wake: &UnixStream) -> io::Result<Arrived> {
+        use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
+            let flag = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal, Arc::clone(&flag))?;
+            signal_hook::low_level::pipe::register(signal, wake.try_clone()?)?;
+            Ok(flag)
+        };
+        let stop = flag(SIGTERM)?;
+        signal_hook::flag::register(SIGINT, Arc::clone(&stop))?;
+        signal_hook::low_level::pipe::register(SIGINT, wake.try_clone()?)?;
+        Ok(Arrived {
+            stop,
+            reload: flag(SIGHUP)?,
+            other: vec![("USR1", flag(SIGUSR1)?), ("USR2", flag(SIGUSR2)?), ("ALRM", flag(SIGALRM)?)],
+        })
+    }
+
+    /// After a wake-up: true to stop; a reload or another signal is handled here.
+    fn handle(&self, serving: &mut Serving, reload: &Reload) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.reload.swap(false, Ordering::Relaxed) {
+            match reload() {
+                Ok(fresh) => {
+                    let (old, new) = (&serving.0.server, &fresh.0.server);
+                    if (old.max_sessions, old.max_sessions_per_ip)
+                        != (new.max_sessions, new.max_sessions_per_ip)
+                    {
+                        log::warn("event=reload note=\"max_sessions changes take effect at a restart\"");
+                    }
+                    *serving = fresh;
+                    log::info(&format!("event=reloaded {}", serving.1.describe()));
+                }
+                Err(why) => log::Event::new("reload-failed")
+                    .field("note", "the previous configuration stays in force")
+                    .field("error", why)
+                    .error(),
+            }
+        }
+        for (name, flag) in &self.other {
+            if flag.swap(false, Ordering::Relaxed) {
+                log::info(&format!("event=signal signal={name} note=\"ignored; HUP reloads, TERM stops\""));
+            }
+        }
+        false
+    }
 }
 
 /// Log a refusal at connect by the throttle and answer 421.
@@ -162,14 +257,15 @@ impl Limits {
         self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, crate::refusal::Refusal> {
+        use crate::refusal::Refusal;
         let mut counts = self.counts();
         if counts.total - counts.waiting >= self.max_total {
-            return Err("too many sessions");
+            return Err(Refusal::TooManySessions);
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
         if *mine >= self.max_per_ip {
-            return Err("too many sessions from your address");
+            return Err(Refusal::TooManyFromAddress);
         }
         *mine += 1;
         counts.total += 1;
@@ -231,38 +327,39 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// close the connections of those left.
 ///
 /// `implicit_tls` is the `[server] listen_tls` port, whose sessions begin with a TLS handshake;
-/// `tls` is the identity they and STARTTLS present.
+/// `tls` is the identity they and STARTTLS present. SIGHUP calls `reload`.
 pub fn run_standalone(
     config: Arc<Config>,
     backends: Backends,
     tls: Option<Arc<Identity>>,
     listener: TcpListener,
     implicit_tls: Option<TcpListener>,
+    reload: &Reload,
 ) -> io::Result<()> {
+    let mut serving: Serving = (config, backends, tls);
     let (mut signals, signal_writer) = UnixStream::pair()?;
     signals.set_nonblocking(true)?;
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::low_level::pipe::register(signal, signal_writer.try_clone()?)?;
-    }
+    let arrived = Arrived::register(&signal_writer)?;
     raise_descriptor_limit();
     listener.set_nonblocking(true)?;
     if let Some(tls_listener) = &implicit_tls {
         tls_listener.set_nonblocking(true)?;
         log::info(&format!("event=listening address={} tls=implicit", tls_listener.local_addr()?));
     }
+    let server = &serving.0.server;
     let limits = Arc::new(Limits {
-        max_total: config.server.max_sessions,
-        max_per_ip: config.server.max_sessions_per_ip,
+        max_total: server.max_sessions,
+        max_per_ip: server.max_sessions_per_ip,
         counts: Mutex::new(Counts::default()),
         idle: Condvar::new(),
     });
-    let throttle = Arc::new(Throttle::in_memory(&config.auth));
+    let throttle = Arc::new(Throttle::in_memory(&serving.0.auth));
     let open = Arc::new(OpenConnections::default());
-    let mut acceptor = Acceptor::new(&config.server.hostname);
+    let mut acceptor = Acceptor::new(&server.hostname);
     log::info(&format!(
         "event=listening address={} backlog={}",
         listener.local_addr()?,
-        listen_backlog(config.server.listen_backlog)
+        listen_backlog(server.listen_backlog)
     ));
     'serving: loop {
         // While backing off, only a signal ends the wait.
@@ -280,13 +377,17 @@ pub fn run_standalone(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            let _ = signals.read(&mut [0u8; 16]);
-            break 'serving;
-        }
+        let signalled = fds[0].revents().is_some_and(|r| !r.is_empty());
         let ready: Vec<bool> =
             fds[1..].iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
+        if signalled {
+            while signals.read(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
+            if arrived.handle(&mut serving, reload) {
+                break 'serving;
+            }
+        }
+        let (config, backends, tls) = &serving;
         let ports = [(Some(&listener), Start::Clear), (implicit_tls.as_ref(), Start::ImplicitTls)];
         for ((port, start), ready) in ports.into_iter().zip(ready) {
             let Some(port) = port.filter(|_| ready) else { continue };
@@ -295,7 +396,7 @@ pub fn run_standalone(
                     Ok((stream, peer)) => {
                         acceptor.recovered();
                         let new = NewSession { stream, ip: peer.ip(), start, tls: tls.clone() };
-                        start_session(&config, &backends, &limits, &throttle, &open, new);
+                        start_session(config, backends, &limits, &throttle, &open, new);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -312,7 +413,7 @@ pub fn run_standalone(
     }
     drop(listener);
     drop(implicit_tls);
-    let grace = config.server.shutdown_grace;
+    let grace = serving.0.server.shutdown_grace;
     log::info(&format!(
         "event=shutdown grace={}s note=\"stopped accepting; waiting for running sessions\"",
         grace.as_secs_f64()
@@ -378,12 +479,12 @@ impl Acceptor {
         }
         if self.logged_at.map_or(true, |at| at.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL) {
             let event = if out_of_descriptors { "out-of-descriptors" } else { "accept-failed" };
-            log::error(&format!(
-                "event={event} error=\"{error}\" failures={} refused={} note=\"logged at most every {}s\"",
-                self.failures_unlogged,
-                self.refused_unlogged,
-                ACCEPT_FAILURE_LOG_INTERVAL.as_secs()
-            ));
+            log::Event::new(event)
+                .field("error", error)
+                .field("failures", self.failures_unlogged)
+                .field("refused", self.refused_unlogged)
+                .field("note", format!("logged at most every {}s", ACCEPT_FAILURE_LOG_INTERVAL.as_secs()))
+                .error();
             self.logged_at = Some(Instant::now());
             self.failures_unlogged = 0;
             self.refused_unlogged = 0;
@@ -491,6 +592,9 @@ impl crate::conn::Wire for Tracked {
     fn write_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
+    fn ack_promptly(&self) {
+        self.stream.ack_promptly();
+    }
 }
 
 /// A connection just accepted, and how its session starts.
@@ -519,12 +623,16 @@ fn start_session(
     }
     let slot = match limits.admit(ip) {
         Ok(slot) => slot,
-        Err(why) => {
-            log::warn(&format!("event=refused client={ip} reason=\"{why}\""));
+        Err(refusal) => {
+            log::Event::new("refused")
+                .field("client", ip)
+                .field("result", refusal.code())
+                .field("reason", refusal.reason())
+                .warn();
             let mut stream = stream;
             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let text = format!("{} {why}, try again later", config.server.hostname);
-            let _ = stream.write_all(proto::reply(421, &text).as_bytes());
+            let text = refusal.text(&config.server.hostname);
+            let _ = stream.write_all(proto::reply(refusal.code(), &text).as_bytes());
             return;
         }
     };
@@ -539,6 +647,6 @@ fn start_session(
         session::serve_gated(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
-        log::error(&format!("event=spawn-failed client={ip} error=\"{e}\""));
+        log::Event::new("spawn-failed").field("client", ip).field("error", e).error();
     }
 }

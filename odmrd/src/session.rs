@@ -11,11 +11,12 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::conn::{Conn, Received, Wire};
 use crate::locks::{HeldLocks, LockError, Locker};
-use crate::log;
+use crate::log::{self, Level};
 use crate::proto::{self, Command, CommandError, Line, LineSplitter, MAX_AUTH_LINE, MAX_COMMAND_LINE};
+use crate::refusal::Refusal;
 use crate::relay;
 use crate::sasl;
-use crate::throttle::{Decision, Gate, Refusal};
+use crate::throttle::{self, Decision, Gate};
 use crate::tls::{Identity, Link};
 use odmr_api::host::QueueCursor;
 use odmr_api::{Envelope, Secret, Status};
@@ -35,12 +36,26 @@ pub fn is_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
         return true;
     }
     let Some(ip) = peer else { return false };
-    // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
-    let ip = match ip {
+    let ip = unmapped(ip);
+    allow.iter().any(|net| net.contains(&ip))
+}
+
+/// An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d: as a.b.c.d.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
-    };
-    allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Is `peer` in one of a user's `allowed_networks` (`address` or `address/prefix`, as the
+/// backend wrote them; one that does not parse matches nothing)?
+fn in_networks(networks: &[String], peer: Option<IpAddr>) -> bool {
+    let Some(ip) = peer.map(unmapped) else { return false };
+    networks.iter().any(|net| match net.parse::<ipnet::IpNet>() {
+        Ok(net) => net.contains(&ip),
+        Err(_) => net.parse::<IpAddr>().is_ok_and(|one| unmapped(one) == ip),
+    })
 }
 
 /// How a session ended, for the server's log and tests.
@@ -54,6 +69,18 @@ pub enum End {
     TimedOut,
     /// Refused at connect (554) or after too many AUTH failures (421).
     Refused,
+}
+
+impl std::fmt::Display for End {
+    /// The log's word: `normal`, `disconnected`, `timed-out`, `refused`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            End::Normal => "normal",
+            End::Disconnected => "disconnected",
+            End::TimedOut => "timed-out",
+            End::Refused => "refused",
+        })
+    }
 }
 
 struct Session<'a, W: Wire> {
@@ -72,6 +99,8 @@ struct Session<'a, W: Wire> {
     client: String,
     /// Authentication throttling across connections.
     gate: &'a Gate<'a>,
+    /// The client's address, when known.
+    peer: Option<IpAddr>,
 }
 
 /// How the connection starts.
@@ -108,6 +137,8 @@ pub fn serve_gated<W: Wire>(
     gate: &Gate<'_>,
 ) -> End {
     let id = new_session_id();
+    // Every line of this thread until the session ends, plugins' included, carries its id.
+    let _scope = log::SessionScope::enter(&id);
     let client = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
     let mut session = Session {
         config,
@@ -121,18 +152,21 @@ pub fn serve_gated<W: Wire>(
         needs_ehlo: false,
         client: client.clone(),
         gate,
+        peer,
     };
     session.conn.set_limit(Some(std::time::Instant::now() + config.server.session_timeout));
     let hostname = &config.server.hostname;
     if !is_allowed(config, peer) {
-        log::warn(&format!("session={} event=refused client={client} reason=not-in-allow-list", session.id));
+        let refusal = Refusal::NotAllowed;
+        let event = log::Event::new("refused").field("client", &client);
+        event.field("result", refusal.code()).field("reason", refusal.reason()).warn();
         if start == Start::Clear {
-            let _ = session.reply(554, &format!("{hostname} access denied"));
+            let _ = session.answer(&refusal);
             let _ = session.conn.flush();
         }
         return End::Refused;
     }
-    log::info(&format!("session={} event=connect client={client}", session.id));
+    log::Event::new("connect").field("client", &client).info();
     if start == Start::ImplicitTls && !session.start_tls(&client) {
         return End::Disconnected;
     }
@@ -141,7 +175,7 @@ pub fn serve_gated<W: Wire>(
         Err(_) => End::Disconnected,
     };
     let _ = session.conn.flush();
-    log::info(&format!("session={} event=close end={end:?}", session.id));
+    log::Event::new("close").field("end", end).info();
     end
 }
 
@@ -152,6 +186,18 @@ impl<W: Wire> Session<'_, W> {
 
     fn log(&self, fields: &str) {
         log::info(&format!("session={} {fields}", self.id));
+    }
+
+    /// Answer `refusal` and log it at `level` as `event` with `result=CODE reason=WORD`: the code
+    /// and the reason come from the one list of refusals.
+    fn refuse(&mut self, refusal: Refusal, event: log::Event, level: Level) -> std::io::Result<()> {
+        event.field("result", refusal.code()).field("reason", refusal.reason()).at(level);
+        self.answer(&refusal)
+    }
+
+    /// Answer `refusal` without a log line (the session's ordinary back and forth).
+    fn answer(&mut self, refusal: &Refusal) -> std::io::Result<()> {
+        self.reply(refusal.code(), &refusal.text(&self.config.server.hostname))
     }
 
     /// Read the next command line, answering overlong lines and timeouts.
@@ -171,20 +217,15 @@ impl<W: Wire> Session<'_, W> {
         match self.conn.read_line(&mut self.splitter) {
             Ok(Received::Item(Line::Complete(line))) => Ok(Some(line)),
             Ok(Received::Item(Line::TooLong)) => {
-                self.reply(500, "Line too long").map_err(|_| End::Disconnected)?;
+                self.answer(&Refusal::LineTooLong).map_err(|_| End::Disconnected)?;
                 Ok(None)
             }
             Ok(Received::TimedOut) => {
-                let (what, reason) = if self.conn.limit_reached() {
-                    ("session time limit reached", "session-timeout")
-                } else {
-                    ("idle timeout", "idle-timeout")
-                };
+                let refusal =
+                    if self.conn.limit_reached() { Refusal::SessionTimeout } else { Refusal::IdleTimeout };
                 // The limit is spent; the 421 still gets the usual time to go out.
                 self.conn.set_limit(None);
-                let _ =
-                    self.reply(421, &format!("{} {what}, closing connection", self.config.server.hostname));
-                self.log(&format!("event=timeout reason={reason}"));
+                let _ = self.refuse(refusal, log::Event::new("timeout"), Level::Info);
                 Err(End::TimedOut)
             }
             Ok(Received::Closed) | Err(_) => Err(End::Disconnected),
@@ -214,8 +255,8 @@ impl<W: Wire> Session<'_, W> {
                     }
                     self.command(command)
                 }
-                Err(CommandError::Unknown) => self.reply(500, "Command unrecognized").map(|()| None),
-                Err(CommandError::Syntax(why)) => self.reply(501, why).map(|()| None),
+                Err(CommandError::Unknown) => self.answer(&Refusal::Unrecognized).map(|()| None),
+                Err(CommandError::Syntax(why)) => self.answer(&Refusal::Syntax(why)).map(|()| None),
             };
             match step {
                 Ok(None) => {}
@@ -268,9 +309,7 @@ impl<W: Wire> Session<'_, W> {
                 self.user = None;
                 self.needs_ehlo = true;
             }
-            Command::NotImplemented(verb) => {
-                self.reply(502, &format!("{verb} not implemented on the ODMR port"))?
-            }
+            Command::NotImplemented(verb) => self.answer(&Refusal::NotImplemented(verb))?,
         }
         Ok(None)
     }
@@ -323,7 +362,7 @@ impl<W: Wire> Session<'_, W> {
 
     fn auth(&mut self, mechanism: &str, initial_response: Option<String>) -> std::io::Result<Option<End>> {
         if self.user.is_some() {
-            self.reply(503, "Already authenticated")?;
+            self.answer(&Refusal::AlreadyAuthenticated)?;
             return Ok(None);
         }
         let under_tls = self.conn.wire_mut().is_tls();
@@ -336,7 +375,7 @@ impl<W: Wire> Session<'_, W> {
             if !under_tls && self.config.auth.mechanisms.iter().any(|m| m == mechanism) {
                 self.reply(538, "5.7.11 Encryption required for requested authentication mechanism")?;
             } else {
-                self.reply(504, "Unrecognized authentication type")?;
+                self.answer(&Refusal::UnknownMechanism)?;
             }
             return Ok(None);
         }
@@ -361,42 +400,70 @@ impl<W: Wire> Session<'_, W> {
             Exchange::Refused => return Ok(None),
             Exchange::Checked { user, verdict } => (user, verdict),
         };
+        // Dovecot's allow_nets: a login from elsewhere is refused like a wrong password.
+        let verdict = verdict.and_then(|()| self.check_allowed_networks(&user));
         match verdict {
             Ok(()) => {
-                self.log(&format!("event=auth user={user} result=ok mechanism={mechanism}"));
+                let event = log::Event::new("auth").field("user", &user).field("result", "ok");
+                event.field("mechanism", mechanism).field("client", &self.client).info();
                 self.gate.succeeded();
                 self.reply(235, "Authentication successful")?;
                 self.user = Some(user);
                 Ok(None)
             }
             Err(Verdict::Unavailable(status)) => {
-                self.log(&format!("event=auth user={user} result=tempfail status={status}"));
-                self.reply(451, "Credential store unavailable, try again later")?;
+                let event = log::Event::new("auth").field("user", &user).field("result", "tempfail");
+                event.field("status", status).field("client", &self.client).error();
+                self.answer(&Refusal::CredentialsUnavailable)?;
                 Ok(None)
             }
             Err(Verdict::Wrong(reason)) => {
                 self.failures += 1;
-                self.log(&format!(
-                    "event=auth user={user} result=failed reason={reason} failures={}",
-                    self.failures
-                ));
+                // At warning level, the client last (after the quoted user): what fail2ban's
+                // filter (etc/fail2ban/filter.d/odmrd.conf) matches.
+                log::Event::new("auth")
+                    .field("user", &user)
+                    .field("result", "failed")
+                    .field("reason", reason)
+                    .field("failures", self.failures)
+                    .field("client", &self.client)
+                    .warn();
                 let capped = self.gate.failed();
                 self.gate.wait(self.config.auth.failure_delay);
                 if let Some(refusal) = capped {
                     return self.refuse_throttled(refusal);
                 }
                 if self.failures >= self.config.auth.max_failures {
-                    self.reply(421, "Too many authentication failures, closing connection")?;
+                    self.answer(&Refusal::TooManyFailures)?;
                     return Ok(Some(End::Refused));
                 }
-                self.reply(535, "Authentication credentials invalid")?;
+                self.answer(&Refusal::AuthFailed)?;
                 Ok(None)
             }
         }
     }
 
+    /// After the right password: the user's `allowed_networks`, if the store sets any, must
+    /// hold the client's address.
+    fn check_allowed_networks(&self, user: &str) -> Result<(), Verdict> {
+        match self.backends.credentials.allowed_networks(user) {
+            Ok(None) => Ok(()),
+            Ok(Some(networks)) if in_networks(&networks, self.peer) => Ok(()),
+            Ok(Some(networks)) => {
+                log::Event::new("auth-refused")
+                    .field("user", user)
+                    .field_opt("client", self.peer)
+                    .field("allow_nets", networks.join(","))
+                    .field("note", "the client is outside the user's allowed networks")
+                    .info();
+                Err(Verdict::Wrong("client-not-in-allow-nets"))
+            }
+            Err(status) => Err(Verdict::Unavailable(status)),
+        }
+    }
+
     /// The throttle refuses this client's AUTH: log, 421, end.
-    fn refuse_throttled(&mut self, refusal: Refusal) -> std::io::Result<Option<End>> {
+    fn refuse_throttled(&mut self, refusal: throttle::Refusal) -> std::io::Result<Option<End>> {
         self.log(&format!("event=throttle client={} {refusal}", self.client));
         self.reply(421, refusal.reply_text())?;
         Ok(Some(End::Refused))
@@ -416,7 +483,7 @@ impl<W: Wire> Session<'_, W> {
         };
         if line == b"*" {
             self.log("event=auth result=cancelled");
-            self.reply(501, "Authentication cancelled")?;
+            self.answer(&Refusal::AuthCancelled)?;
             return Ok(Err(Exchange::Refused));
         }
         match String::from_utf8(line) {
@@ -426,15 +493,15 @@ impl<W: Wire> Session<'_, W> {
     }
 
     /// Answer a response that cannot be decoded.
-    fn malformed(&mut self, what: &str) -> std::io::Result<Exchange> {
+    fn malformed(&mut self, what: &'static str) -> std::io::Result<Exchange> {
         self.log("event=auth result=malformed");
-        self.reply(501, &format!("Malformed {what}"))?;
+        self.answer(&Refusal::AuthMalformed(what))?;
         Ok(Exchange::Refused)
     }
 
     fn cram_md5_exchange(&mut self, initial_response: Option<String>) -> std::io::Result<Exchange> {
         if initial_response.is_some() {
-            self.reply(501, "CRAM-MD5 takes no initial response")?;
+            self.answer(&Refusal::AuthInitialResponse)?;
             return Ok(Exchange::Refused);
         }
         let challenge = sasl::new_challenge(&self.config.server.hostname);
@@ -491,9 +558,17 @@ impl<W: Wire> Session<'_, W> {
 
     /// Check a clear-text password (PLAIN, LOGIN) against the store.
     fn verify_password(&self, user: &str, password: &[u8]) -> Result<(), Verdict> {
-        let matches = match self.backends.credentials.lookup_secret(user) {
+        let credentials = &self.backends.credentials;
+        let matches = match credentials.lookup_secret(user) {
             Ok(secret) => sasl::verify_password(&secret, password),
-            Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+            // A store that keeps only a hash checks the password itself (ABI 1.1).
+            Err(Status::Unsupported) => match credentials.verify_password(user, password) {
+                Ok(matches) => matches,
+                Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+                Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
+                Err(Status::NotFound) => return Err(Verdict::Wrong("unknown-user")),
+                Err(status) => return Err(Verdict::Unavailable(status)),
+            },
             Err(Status::NotFound) => {
                 sasl::verify_password(&Secret::Plain(b"\0unknown user\0".to_vec()), password);
                 return Err(Verdict::Wrong("unknown-user"));
@@ -537,7 +612,7 @@ impl<W: Wire> Session<'_, W> {
     /// message, answer, and on 250 run the reversed session and end.
     fn atrn(&mut self, requested: Vec<String>) -> std::io::Result<Option<End>> {
         let Some(user) = self.user.clone() else {
-            self.reply(530, "Authentication required")?;
+            self.answer(&Refusal::AuthRequired)?;
             return Ok(None);
         };
         let Some(domains) = self.authorise(&user, requested)? else { return Ok(None) };
@@ -545,12 +620,11 @@ impl<W: Wire> Session<'_, W> {
         let Some(locks) = self.lock(&user, &domains, &list)? else { return Ok(None) };
         let Some((cursor, first)) = self.first_message(&user, &domains, &list)? else { return Ok(None) };
 
-        self.log(&format!("event=atrn user={user} domains={list} result=250"));
+        self.atrn_event(&user, &list).field("result", 250).info();
         // From here RFC 5321's limits per reply apply instead of session_timeout.
         self.conn.set_limit(None);
         self.reply(250, "OK now reversing the connection")?;
         let context = relay::Context {
-            session_id: &self.id,
             hostname: &self.config.server.hostname,
             sendmail: &self.config.bounce.sendmail,
             timeouts: relay::Timeouts::default(),
@@ -559,10 +633,13 @@ impl<W: Wire> Session<'_, W> {
         };
         // The cursor (and the queue's own locks) are closed inside, before the domain locks go.
         let summary = relay::deliver(&mut self.conn, cursor, first, &context);
-        self.log(&format!(
-            "event=reversed-done messages={} sent={} deferred={} bounced={} end={}",
-            summary.messages, summary.sent, summary.deferred, summary.bounced, summary.end
-        ));
+        log::Event::new("reversed-done")
+            .field("messages", summary.messages)
+            .field("sent", summary.sent)
+            .field("deferred", summary.deferred)
+            .field("bounced", summary.bounced)
+            .field("end", summary.end)
+            .info();
         drop(locks);
         Ok(Some(End::Normal))
     }
@@ -572,24 +649,26 @@ impl<W: Wire> Session<'_, W> {
     fn authorise(&mut self, user: &str, requested: Vec<String>) -> std::io::Result<Option<Vec<String>>> {
         let allowed = match self.backends.credentials.domains(user) {
             Ok(domains) => domains,
+            // Disabled or removed since its AUTH: a refusal, not an unavailable store.
+            Err(status @ (Status::Denied | Status::NotFound)) => {
+                let event = self.atrn_event(user, "").field("status", status);
+                self.refuse(Refusal::AccountDisabled, event, Level::Info)?;
+                return Ok(None);
+            }
             Err(status) => {
-                self.log(&format!("event=atrn user={user} result=451 reason=credentials status={status}"));
-                self.reply(451, "Credential store unavailable, try again later")?;
+                let event = self.atrn_event(user, "").field("status", status);
+                self.refuse(Refusal::CredentialsUnavailable, event, Level::Error)?;
                 return Ok(None);
             }
         };
         let domains = if requested.is_empty() { dedup(allowed.clone()) } else { requested };
         if domains.is_empty() {
-            self.log(&format!("event=atrn user={user} result=450 reason=no-domains"));
-            self.reply(450, "You may not collect mail for any domain")?;
+            self.refuse(Refusal::NoDomains, self.atrn_event(user, ""), Level::Info)?;
             return Ok(None);
         }
-        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)) {
-            let list = domains.join(",");
-            self.log(&format!(
-                "event=atrn user={user} domains={list} result=450 reason=not-permitted domain={forbidden}"
-            ));
-            self.reply(450, &format!("You are not permitted to collect mail for {forbidden}"))?;
+        if let Some(forbidden) = domains.iter().find(|d| !allowed.contains(d)).cloned() {
+            let event = self.atrn_event(user, &domains.join(",")).field("domain", &forbidden);
+            self.refuse(Refusal::NotPermitted(forbidden), event, Level::Info)?;
             return Ok(None);
         }
         Ok(Some(domains))
@@ -600,18 +679,13 @@ impl<W: Wire> Session<'_, W> {
         match Locker::new(self.config).map_err(LockError::Database).and_then(|l| l.acquire(domains)) {
             Ok(locks) => Ok(Some(locks)),
             Err(LockError::Busy(domain)) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=450 reason=busy domain={domain}"
-                ));
-                self.reply(450, &format!("{domain} is being collected by another session"))?;
+                let event = self.atrn_event(user, list).field("domain", &domain);
+                self.refuse(Refusal::Busy(domain), event, Level::Info)?;
                 Ok(None)
             }
             Err(e) => {
-                log::error(&format!(
-                    "session={} event=atrn user={user} result=451 reason=lock error=\"{e}\"",
-                    self.id
-                ));
-                self.reply(451, "Local error, try again later")?;
+                let event = self.atrn_event(user, list).field("error", &e);
+                self.refuse(Refusal::LocalError, event, Level::Error)?;
                 Ok(None)
             }
         }
@@ -637,17 +711,26 @@ impl<W: Wire> Session<'_, W> {
         match found {
             Ok(Some(found)) => Ok(Some(found)),
             Ok(None) => {
-                self.log(&format!("event=atrn user={user} domains={list} result=453"));
-                self.reply(453, "You have no mail")?;
+                self.refuse(Refusal::NoMail, self.atrn_event(user, list), Level::Info)?;
                 Ok(None)
             }
             Err(status) => {
-                self.log(&format!(
-                    "event=atrn user={user} domains={list} result=451 reason=queue status={status}"
-                ));
-                self.reply(451, "Queue unavailable, try again later")?;
+                let event = self.atrn_event(user, list).field("status", status);
+                self.refuse(Refusal::QueueUnavailable, event, Level::Error)?;
                 Ok(None)
             }
+        }
+    }
+}
+
+impl<W: Wire> Session<'_, W> {
+    /// `event=atrn user=USER [domains=LIST]`.
+    fn atrn_event(&self, user: &str, domains: &str) -> log::Event {
+        let event = log::Event::new("atrn").field("user", user);
+        if domains.is_empty() {
+            event
+        } else {
+            event.field("domains", domains)
         }
     }
 }

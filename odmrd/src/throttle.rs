@@ -318,7 +318,9 @@ impl FileStore {
 const FILE_HEADER: &str =
     "# odmrd auth throttle: KEY WINDOW_START FAILURES STREAK LAST_ATTEMPT NEXT_TURN (ms)\n";
 
-fn parse_table(text: &str) -> Table {
+/// Public only for the fuzz targets and property tests (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_table(text: &str) -> Table {
     let parse_line = |line: &str| -> Option<(String, Record)> {
         let mut words = line.split(' ');
         let key = words.next().filter(|&key| is_address_key(key))?.to_string();
@@ -335,7 +337,8 @@ fn parse_table(text: &str) -> Table {
     text.lines().filter_map(parse_line).take(MAX_ENTRIES).collect()
 }
 
-fn format_table(table: &Table) -> String {
+#[doc(hidden)]
+pub fn format_table(table: &Table) -> String {
     let mut text = String::from(FILE_HEADER);
     for (key, r) in table {
         text.push_str(&format!(
@@ -425,7 +428,11 @@ impl Throttle {
             }
         });
         if let Err(e) = outcome {
-            crate::log::error(&format!("event=throttle client={ip} result=unavailable error=\"{e}\""));
+            crate::log::Event::new("throttle")
+                .field("client", ip)
+                .field("result", "unavailable")
+                .field("error", e)
+                .error();
         }
         result.unwrap_or(fallback)
     }

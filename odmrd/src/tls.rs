@@ -325,6 +325,9 @@ impl<W: Wire> Wire for TlsWire<W> {
     fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
     }
+    fn ack_promptly(&self) {
+        self.inner.ack_promptly();
+    }
 }
 
 /// The stream a session runs on: clear text until STARTTLS, TLS after it (or from the start on
@@ -439,6 +442,13 @@ impl<W: Wire> Wire for Link<W> {
             Link::Plain(w) => w.set_deadline(deadline),
             Link::Tls(w) => w.set_deadline(deadline),
             Link::Broken(_) | Link::Taken => {}
+        }
+    }
+    fn ack_promptly(&self) {
+        match self {
+            Link::Plain(w) | Link::Broken(w) => w.ack_promptly(),
+            Link::Tls(w) => w.ack_promptly(),
+            Link::Taken => {}
         }
     }
 }

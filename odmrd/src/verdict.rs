@@ -75,13 +75,25 @@ pub fn decide(mail: u16, rcpt: Option<u16>, data: Option<u16>, end: Option<u16>)
     }
 }
 
+/// Are the replies before the body (MAIL, each recipient's RCPT, DATA) ones the dialogue allows
+/// at their steps? Pipelining across messages asks this of the next message's replies, which
+/// came behind the previous message's final reply, before that message is committed: an extra
+/// or missing reply would shift them, so the previous final reply could not be trusted either.
+pub fn in_step_before_body(mail: u16, rcpts: &[Option<u16>], data: Option<u16>) -> bool {
+    rcpts.iter().all(|&rcpt| match decide(mail, rcpt, data, None) {
+        Decision::Settled(..) | Decision::Again(..) => true,
+        // Everything up to the body is in step; the end is simply not there yet.
+        Decision::OutOfStep(step) => step == Step::End,
+    })
+}
+
 fn class(code: u16) -> u16 {
     code / 100
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decide, Decision, Decision::*, Step};
+    use super::{decide, in_step_before_body, Decision, Decision::*, Step};
     use odmr_api::Outcome::{Delivered, PermFail, TempFail};
 
     /// The codes of one transaction: MAIL, RCPT, DATA, end of data.
@@ -130,6 +142,21 @@ mod tests {
         for &((mail, rcpt, data, end), expected) in CASES {
             assert_eq!(decide(mail, rcpt, data, end), expected, "{mail} {rcpt:?} {data:?} {end:?}");
         }
+    }
+
+    #[test]
+    fn the_replies_before_a_body_are_in_step_or_not() {
+        assert!(in_step_before_body(250, &[Some(250), Some(250)], Some(354)));
+        assert!(in_step_before_body(250, &[Some(550), Some(250)], Some(354)));
+        assert!(in_step_before_body(250, &[Some(550)], Some(554)));
+        assert!(in_step_before_body(451, &[Some(503)], Some(503)));
+        assert!(in_step_before_body(250, &[Some(250)], Some(421)));
+        // A 2xx to DATA, a 354 where none belongs, a missing reply: shifted.
+        assert!(!in_step_before_body(250, &[Some(250)], Some(250)));
+        assert!(!in_step_before_body(250, &[Some(354)], Some(354)));
+        assert!(!in_step_before_body(354, &[Some(250)], Some(354)));
+        assert!(!in_step_before_body(250, &[Some(250), None], Some(354)));
+        assert!(!in_step_before_body(250, &[Some(250)], None));
     }
 
     /// Exhaustively over one code of each class (and none) at each step: a recipient is

@@ -81,9 +81,15 @@ impl Provider {
             ),
         )
         .unwrap();
+        // As an operator keeps them: secrets readable by their owner only, the spool there.
+        std::fs::set_permissions(
+            dir.path().join("passwd"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         // The spool root exists, as the package's tmpfiles.d creates /var/spool/odmr: a
         // domain's maildir then appears with its first message (a missing root is a 451).
-        std::fs::create_dir(dir.path().join("spool")).unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
         let d = dir.path().display().to_string();
         Provider {
             sendmail,
@@ -376,6 +382,11 @@ pub struct Client {
 impl Client {
     fn new(writer: Box<dyn Write + Send>, reader: Box<dyn Read + Send>, child: Option<Child>) -> Client {
         Client { writer, reader: BufReader::new(reader), child }
+    }
+
+    /// The process id of odmrd under inetd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("an inetd odmrd").id()
     }
 
     /// Send one line (CRLF added).

@@ -47,6 +47,31 @@ impl Instance for Exim {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Ok(Exim { host, config: Config::from_pairs(config)? })
     }
+
+    /// `--check-config`: the queue's `input/` exists and this user may list
+    /// it and change it (delivered messages are removed, the rest rewritten).
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        use nix::unistd::{access, AccessFlags};
+        let input = self.config.queue_root().join("input");
+        let key = if self.config.queue.is_some() { "queue" } else { "spool_directory" };
+        match access(&input, AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK) {
+            Ok(()) => {
+                report(LogLevel::Info, &format!("Exim's queue {} can be read and changed", input.display()))
+            }
+            Err(e) => {
+                let why = if input.is_dir() { e.to_string() } else { "no such directory".into() };
+                report(
+                    LogLevel::Error,
+                    &format!(
+                        "key '{key}': {}: {why} (this user must be able to read and change Exim's queue: \
+                         run odmrd as Exim's user, e.g. Debian-exim)",
+                        input.display()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn log(host: &Host, level: LogLevel, msg: &str) {
@@ -197,6 +222,8 @@ impl Exim {
 impl Queue for Exim {
     type Cursor = EximCursor;
 
+    const NEXT_BEFORE_COMMIT: bool = true;
+
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
         let listing = self.list()?;
@@ -231,7 +258,7 @@ impl Queue for Exim {
             pause: RETRY_PAUSE.0,
             yielded: false,
             denied: 0,
-            current: None,
+            open: VecDeque::new(),
         })
     }
 
@@ -309,8 +336,10 @@ impl Queue for Exim {
     }
 }
 
-/// A collection in progress. Holds the `-D` lock of the current message
-/// only, from `next_message` until its commit or the next `next_message`.
+/// A collection in progress. Holds the `-D` lock of each message handed out,
+/// from `next_message` until its commit or until it is left without one: at
+/// most two, as the host may take the next message before committing the
+/// current (`NEXT_BEFORE_COMMIT`).
 pub struct EximCursor {
     host: Host,
     config: Config,
@@ -326,7 +355,9 @@ pub struct EximCursor {
     yielded: bool,
     /// Messages passed over for lack of access.
     denied: usize,
-    current: Option<Box<Current>>,
+    /// The claimed messages not yet retired, the older first: bodies are read
+    /// from the newer, outcomes and commits go to the older.
+    open: VecDeque<Box<Current>>,
 }
 
 /// The claimed message being delivered.
@@ -528,8 +559,11 @@ impl EximCursor {
 
 impl Cursor for EximCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
-        // Leaving a message without commit releases its lock and changes nothing.
-        self.current = None;
+        // One message may await its commit while the next is handed out; any
+        // other left without commit releases its lock and changes nothing.
+        while self.open.len() > 1 {
+            self.open.pop_front();
+        }
         loop {
             let Some(listed) = self.queue.pop_front() else {
                 if self.busy.is_empty() {
@@ -571,7 +605,7 @@ impl Cursor for EximCursor {
                             .collect(),
                     };
                     self.yielded = true;
-                    self.current = Some(current);
+                    self.open.push_back(current);
                     return Ok(Some(envelope));
                 }
                 Claim::Busy => self.busy.push(listed),
@@ -600,7 +634,7 @@ impl Cursor for EximCursor {
     }
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         current.body.read(buf).map_err(|e| {
             let msg = format!("id={} read failed: {e}", current.location.id);
             log(&self.host, LogLevel::Error, &msg);
@@ -609,18 +643,19 @@ impl Cursor for EximCursor {
     }
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         current.outcomes.set(index, outcome)
     }
 
+    /// Commits the older open message and retires it, whatever the result.
     fn commit(&mut self) -> Result<(), Status> {
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         let id = current.location.id.clone();
         let finished: Vec<&str> =
             current.outcomes.finished().map(|i| current.header.recipients[i].as_str()).collect();
         if finished.is_empty() {
-            self.log(LogLevel::Info, &format!("id={id} nothing delivered; left as it was"));
-            self.current = None;
+            self.log(LogLevel::Debug, &format!("id={id} nothing delivered; left as it was"));
+            self.open.pop_front();
             return Ok(());
         }
         let journal = current.location.file("-J");
@@ -630,7 +665,7 @@ impl Cursor for EximCursor {
             if e.kind() == io::ErrorKind::PermissionDenied {
                 log(&self.host, LogLevel::Error, ACCESS_HINT);
             }
-            self.current = None;
+            self.open.pop_front();
             return Err(Status::TempFail);
         }
         current.torn_journal = false;
@@ -645,18 +680,18 @@ impl Cursor for EximCursor {
             // Everything is journaled, so a failed removal loses nothing and
             // sends nothing twice: Exim completes the message at its next run.
             match spool::remove(&location) {
-                Ok(()) => self.log(LogLevel::Info, &format!("id={id} journaled={journaled} removed")),
+                Ok(()) => self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} removed")),
                 Err(e) => self.log(
                     LogLevel::Warn,
                     &format!("id={id} journaled={journaled} complete, but removal failed ({e}); Exim will finish it"),
                 ),
             }
-            self.current = None;
+            self.open.pop_front();
             return Ok(());
         }
-        self.log(LogLevel::Info, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
+        self.log(LogLevel::Debug, &format!("id={id} journaled={journaled} remaining_recipients={remaining}"));
         // Release the lock before asking Exim to merge the journal.
-        self.current = None;
+        self.open.pop_front();
         if let Some(command) = &self.config.exim {
             merge_now(self.host, command, self.config.queue.as_deref(), &id);
         }
@@ -852,6 +887,26 @@ mod tests {
     }
 
     #[test]
+    fn check_config_finds_the_queue_or_names_the_key() {
+        let spool = Spool::new();
+        let findings = |exim: &Exim| {
+            let mut found = Vec::new();
+            exim.check(&mut |level, text| found.push((level, text.to_string()))).unwrap();
+            found
+        };
+        let ok = findings(&spool.exim(&[]));
+        assert!(
+            matches!(ok.as_slice(), [(LogLevel::Info, text)] if text.contains("can be read and changed")),
+            "{ok:?}"
+        );
+        let named = findings(&spool.exim(&[("queue", "nosuch")]));
+        assert!(
+            matches!(named.as_slice(), [(LogLevel::Error, text)] if text.starts_with("key 'queue': ") && text.contains("no such directory")),
+            "{named:?}"
+        );
+    }
+
+    #[test]
     fn offers_only_pending_recipients_of_the_requested_domains() {
         let s = Spool::new();
         let l = s.add(Msg {
@@ -979,6 +1034,29 @@ mod tests {
         assert!(exim.open(&wanted).unwrap().next_message().unwrap().is_none());
     }
 
+    /// NEXT_BEFORE_COMMIT: the next message is claimed while the first awaits its commit;
+    /// outcomes and the commit go to the first, the body read is the second's.
+    #[test]
+    fn the_next_message_is_handed_out_before_the_current_is_committed() {
+        let s = Spool::new();
+        let first = s.add(Msg { recipients: &["a@example.org"], ..Msg::default() });
+        let second = s.add(Msg { id: "1xV7gx-0004Qd-11", recipients: &["b@example.org"], ..Msg::default() });
+        let exim = s.exim(&[]);
+        let mut c = exim.open(&domains(&["example.org"])).unwrap();
+        let one = c.next_message().unwrap().unwrap().id;
+        let two = c.next_message().unwrap().unwrap().id;
+        assert_ne!(one, two);
+        let mut buf = [0u8; 4096];
+        while c.read_body(&mut buf).unwrap() > 0 {}
+        c.set_outcome(0, Outcome::Delivered).unwrap();
+        c.commit().unwrap();
+        let (done, kept) = if one == first.id { (&first, &second) } else { (&second, &first) };
+        assert!(!done.file("-D").exists(), "the older was committed");
+        assert!(kept.file("-D").exists(), "the newer awaits its own commit");
+        drop(c);
+        assert!(kept.file("-D").exists());
+    }
+
     #[test]
     fn a_locked_message_is_retried_later_in_the_same_session() {
         let s = Spool::new();
@@ -991,6 +1069,8 @@ mod tests {
         let mut c = exim.open(&domains(&["example.org"])).unwrap();
         // The free message comes first, the locked one once it is released.
         assert_eq!(c.next_message().unwrap().unwrap().id, "1xV7gx-0004Qd-11");
+        // Retired without an outcome (else it would stay open as the older of two).
+        c.commit().unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             drop(held);

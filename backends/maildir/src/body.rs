@@ -26,8 +26,10 @@ enum State {
     Done,
 }
 
-/// Byte-wise BSMTP un-stuffer; keeps its state between calls so that any
-/// split of the input (buffer boundaries) gives the same output.
+/// BSMTP un-stuffer; keeps its state between calls so that any split of the
+/// input (buffer boundaries) gives the same output. Inside a line it copies up
+/// to the next line end in one go (memchr); only line starts are looked at
+/// byte by byte.
 #[derive(Debug, Default)]
 pub struct Unstuffer {
     state: State,
@@ -44,9 +46,17 @@ impl Unstuffer {
                 State::Done => break,
                 State::LineStart if b == b'.' => self.state = State::Dot,
                 State::LineStart | State::Inside => {
-                    out[o] = b;
-                    o += 1;
-                    self.state = if b == b'\n' { State::LineStart } else { State::Inside };
+                    // The rest of the line, or as much as fits.
+                    let room = (input.len() - i).min(out.len() - o);
+                    let run = &input[i..i + room];
+                    let (len, ended) = match memchr::memchr(b'\n', run) {
+                        Some(end) => (end + 1, true),
+                        None => (room, false),
+                    };
+                    out[o..o + len].copy_from_slice(&run[..len]);
+                    (i, o) = (i + len, o + len);
+                    self.state = if ended { State::LineStart } else { State::Inside };
+                    continue;
                 }
                 State::Dot => match b {
                     b'\n' => self.state = State::Done,
@@ -119,6 +129,18 @@ impl<R: Read + Seek> Body<R> {
         }
         match self {
             Body::Bsmtp { reader, unstuffer } => {
+                if unstuffer.is_done() {
+                    // Checked here, while streaming (the data is read once): the caller stops
+                    // before its final dot, so a file with more after its terminating line
+                    // (two messages run together) is never committed.
+                    if !reader.fill_buf()?.is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "bytes after the terminating '.' line",
+                        ));
+                    }
+                    return Ok(0);
+                }
                 let mut produced = 0;
                 // Loop because a chunk may be consumed without output (a
                 // dropped dot); return as soon as something was produced.
@@ -130,7 +152,7 @@ impl<R: Read + Seek> Body<R> {
                         }
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            "BSMTP data lost its terminator",
+                            "data not terminated by a line '.'",
                         ));
                     }
                     let (used, n) = unstuffer.decode(input, buf);
@@ -236,6 +258,30 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nend\r\n");
+    }
+
+    fn read_all(data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut body = Body::Bsmtp {
+            reader: BufReader::with_capacity(7, Cursor::new(data)),
+            unstuffer: Unstuffer::default(),
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 5];
+        loop {
+            match body.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bsmtp_body_without_its_terminator_or_with_more_after_it_fails_at_its_end() {
+        assert_eq!(read_all(b"a\n..b\n.\n").unwrap(), b"a\n.b\n");
+        let missing = read_all(b"a\nb\n").unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::UnexpectedEof);
+        let after = read_all(b"a\n.\nMAIL FROM:<x@y>\n").unwrap_err();
+        assert_eq!(after.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -86,14 +86,17 @@ impl Config {
         Ok(PathBuf::from(self.directory.replace(PLACEHOLDER, &domain)))
     }
 
-    /// The spool root: the directory that holds the path component with
-    /// `{domain}` (`/var/spool/odmr` for `/var/spool/odmr/{domain}/Maildir`).
-    /// When it is missing, the spool is misconfigured or not mounted, which
-    /// is not the same as "nothing delivered yet".
+    /// The directory above every domain's maildir: the template up to the
+    /// `/` before `{domain}` (`/var/spool/odmr/{domain}` → `/var/spool/odmr`).
     pub fn spool_root(&self) -> PathBuf {
-        let (before, _) = self.directory.split_once(PLACEHOLDER).expect("checked in from_pairs");
-        let cut = before.rfind('/').unwrap_or(0);
-        PathBuf::from(if cut == 0 { "/" } else { &before[..cut] })
+        let before = &self.directory[..self.directory.find(PLACEHOLDER).unwrap_or(0)];
+        let root = &before[..before.rfind('/').unwrap_or(0)];
+        PathBuf::from(if root.is_empty() { "/" } else { root })
+    }
+
+    /// The directory template, as configured.
+    pub fn template(&self) -> &str {
+        &self.directory
     }
 
     /// The domain whose maildir lies under the spool root's entry `name`
@@ -135,6 +138,20 @@ mod tests {
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_spool_root_is_the_template_above_the_domain() {
+        let cases = [
+            ("/var/spool/odmr/{domain}", "/var/spool/odmr"),
+            ("/home/vpopmail/domains/{domain}/odmr/Maildir", "/home/vpopmail/domains"),
+            ("/spool/x-{domain}/Maildir", "/spool"),
+            ("/{domain}", "/"),
+        ];
+        for (template, root) in cases {
+            let c = Config::from_pairs(&pairs(&[("directory", template)])).unwrap();
+            assert_eq!(c.spool_root(), PathBuf::from(root), "{template}");
+        }
     }
 
     #[test]

@@ -12,10 +12,9 @@
 //! Does not: open files, take locks, stream bodies (see `body`) or decide
 //! what happens to a file.
 
-use crate::body::Unstuffer;
-use odmr_api::params::{esmtp_params, orcpt_decode, xtext_decode, ContentScan, Notify, Ret};
+use odmr_api::params::{esmtp_params, orcpt_decode, xtext_decode, Notify, Ret};
 use odmr_api::RecipientDetails;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::ops::Range;
 
 /// The longest envelope line (command or header field) kept for parsing.
@@ -126,11 +125,12 @@ pub struct Parsed {
     pub layout: Layout,
 }
 
-/// Parse a whole file. For BSMTP the data is read through to check that it
-/// ends with the terminating `.` line at the end of the file, so that a
-/// truncated or concatenated file is refused before anything is offered.
+/// Parse a file's envelope. For BSMTP the data is not read: only the file's
+/// end is checked to be the terminating `.` line, so that a truncated file is
+/// refused before anything is offered; the body reader checks the rest while
+/// streaming (a terminator before the end aborts the message before its dot).
 /// `strip_prefix` applies to headers mode only.
-pub fn parse(r: &mut impl BufRead, strip_prefix: Option<&str>) -> Result<Parsed, Rejected> {
+pub fn parse<R: BufRead + Seek>(r: &mut R, strip_prefix: Option<&str>) -> Result<Parsed, Rejected> {
     let mut first = Line::default();
     let n = first.read(r)?;
     if n == 0 {
@@ -200,7 +200,7 @@ fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
+fn parse_bsmtp<R: BufRead + Seek>(r: &mut R, mail: Line) -> Result<Parsed, Rejected> {
     if mail.truncated() {
         return malformed("MAIL FROM line too long");
     }
@@ -253,41 +253,33 @@ fn parse_bsmtp(r: &mut impl BufRead, mail: Line) -> Result<Parsed, Rejected> {
         return malformed("no RCPT TO before DATA");
     }
     let data_start = offset;
-    let scan = check_data(r)?;
-    params.eight_bit = Some(params.eight_bit.unwrap_or(false) || scan.eight_bit);
-    params.lines = Some(scan.lines);
+    // The data is not read here: the body reader un-stuffs and checks it in the same pass that
+    // sends it, so a large message is read once, and not at all before the 250 to ATRN. Only
+    // the end of the file is looked at, so a truncated file is passed over at once.
+    if !ends_with_terminator(r, data_start)? {
+        return malformed("data not terminated by a line '.'");
+    }
     params.smtputf8 |= !sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
     let layout = Layout::Bsmtp { mail_line: mail.kept, data_line, data_start };
     Ok(Parsed { sender, recipients, params, layout })
 }
 
-/// Run the data through the same un-stuffer the body reader uses and require
-/// the terminating `.` line to be the end of the file. Whether the data
-/// holds an 8-bit octet, and its line count, come for free on the way.
-fn check_data(r: &mut impl BufRead) -> Result<ContentScan, Rejected> {
-    let mut unstuffer = Unstuffer::default();
-    let mut scratch = [0u8; 1024];
-    let mut scan = ContentScan::default();
-    loop {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            if unstuffer.finish_at_eof() {
-                return Ok(scan);
-            }
-            return malformed("data not terminated by a line '.'");
-        }
-        let (used, _) = unstuffer.decode(buf, &mut scratch);
-        scan.add(&buf[..used]);
-        let done = unstuffer.is_done();
-        let rest = buf.len() - used;
-        r.consume(used);
-        if done {
-            if rest > 0 || !r.fill_buf()?.is_empty() {
-                return malformed("bytes after the terminating '.' line");
-            }
-            return Ok(scan);
-        }
-    }
+/// Does the data that starts at `data_start` end with its terminating `.`
+/// line at the end of the file (`.`, `.\n` or `.\r\n` alone on the last line)?
+/// Reads the last 4 bytes only, and leaves the read position where it was.
+fn ends_with_terminator<R: BufRead + Seek>(r: &mut R, data_start: u64) -> io::Result<bool> {
+    let here = r.stream_position()?;
+    let file_len = r.seek(SeekFrom::End(0))?;
+    let from = file_len.saturating_sub(4).max(data_start);
+    r.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::with_capacity(4);
+    r.take(4).read_to_end(&mut tail)?;
+    r.seek(SeekFrom::Start(here))?;
+    let text = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let Some(before) = text.strip_suffix(b".") else { return Ok(false) };
+    // The dot starts a line: a line end precedes it, or the data is the terminator alone.
+    Ok(before.ends_with(b"\n") || (from == data_start && before.is_empty()))
 }
 
 /// `<address>` and the ESMTP parameters after it (as text). A quoted
@@ -528,7 +520,7 @@ mod tests {
     use super::*;
 
     fn parse_bytes(input: &[u8], prefix: Option<&str>) -> Result<Parsed, String> {
-        parse(&mut io::BufReader::with_capacity(7, input), prefix).map_err(|e| e.to_string())
+        parse(&mut io::BufReader::with_capacity(7, io::Cursor::new(input)), prefix).map_err(|e| e.to_string())
     }
 
     /// The bytes a headers-mode body transmits: everything outside `skip`.
@@ -574,7 +566,10 @@ mod tests {
     fn bsmtp_refuses_what_it_cannot_deliver_whole() {
         let cases = [
             ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n", "not terminated"),
-            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n.\nMAIL FROM:<x@y>\n", "after the terminating"),
+            // Two messages run together, the second truncated. Run together whole, they are
+            // refused while streaming (body.rs), before the final dot.
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n.\nMAIL FROM:<x@y>\n", "not terminated"),
+            ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nbody\n..\n", "not terminated"),
             ("MAIL FROM:<a@b>\nRCPT TO:<c@d>\nbody\n.\n", "unexpected envelope line"),
             ("MAIL FROM:<a@b>\nDATA\n.\n", "no RCPT TO"),
             ("MAIL FROM:a@b\nRCPT TO:<c@d>\nDATA\n.\n", "does not start with '<'"),
@@ -669,8 +664,8 @@ mod tests {
     #[test]
     fn envelope_to_parses_the_same_fed_byte_by_byte() {
         let text = b"Return-path: <a@b.example>\nEnvelope-to: x@virt.dom,\n y@virt.dom\n\nbody\n";
-        let whole = parse(&mut io::BufReader::new(&text[..]), None).unwrap();
-        let bytewise = parse(&mut io::BufReader::with_capacity(1, &text[..]), None).unwrap();
+        let whole = parse(&mut io::BufReader::new(io::Cursor::new(&text[..])), None).unwrap();
+        let bytewise = parse(&mut io::BufReader::with_capacity(1, io::Cursor::new(&text[..])), None).unwrap();
         assert_eq!(whole, bytewise);
         assert_eq!(addresses(&whole), ["x@virt.dom", "y@virt.dom"]);
     }

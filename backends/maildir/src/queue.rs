@@ -29,6 +29,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// whatever the message size.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Removals made durable together (group commit): the directory fsync that
+/// makes an unlink durable is the largest cost of a commit, so it is done once
+/// per this many removals, and always when the cursor closes. A crash in
+/// between can bring back removed files: delivered again, never lost.
+const GROUP_COMMIT: usize = 256;
+
 /// A `builtin:maildir` instance.
 pub struct Maildir {
     host: Host,
@@ -40,34 +46,57 @@ impl Instance for Maildir {
         Ok(Maildir { host, config: Config::from_pairs(config)? })
     }
 
-    /// `--check-config`: the spool root must exist and be listable (else
-    /// every ATRN answers 451); a domain directory under it without `new/`
-    /// and `cur/` is worth a warning. A domain without a maildir is not
-    /// reported here: the MTA creates it with the first message.
+    /// `--check-config`: the directory above the domains' maildirs exists and
+    /// can be listed, and every domain's `new/` and `cur/` found there can be
+    /// changed (messages leave by rename and unlink). No maildir at all is a
+    /// warning: the MTA creates a domain's at its first message.
     fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        use nix::unistd::{access, AccessFlags};
         let root = self.config.spool_root();
-        let items = match std::fs::read_dir(&root) {
-            Ok(items) => items,
-            Err(e) => {
-                let msg = format!(
-                    "key 'directory': spool root {} cannot be listed: {e}{}",
-                    root.display(),
-                    running_as()
-                );
-                report(LogLevel::Error, &msg);
-                return Ok(());
-            }
-        };
-        for item in items.flatten() {
-            let Some(domain) = item.file_name().to_str().and_then(|n| self.config.domain_of_entry(n)) else {
+        let template = self.config.template();
+        if let Err(e) = access(&root, AccessFlags::R_OK | AccessFlags::X_OK) {
+            let why = if root.is_dir() { e.to_string() } else { "no such directory".into() };
+            report(
+                LogLevel::Error,
+                &format!("key 'directory': {template}: {} cannot be listed: {why}", root.display()),
+            );
+            return Ok(());
+        }
+        let mut found = 0;
+        let entries = std::fs::read_dir(&root).map_err(|_| Status::TempFail)?;
+        for name in entries.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+            let Ok(maildir) = self.config.maildir(&name) else { continue };
+            if !maildir.join("new").is_dir() {
                 continue;
-            };
-            let Ok(maildir) = self.config.maildir(&domain) else { continue };
-            if maildir.exists() && !(maildir.join("new").is_dir() && maildir.join("cur").is_dir()) {
-                let msg =
-                    format!("domain={domain}: {} has no new/ and cur/ (not a maildir?)", maildir.display());
-                report(LogLevel::Warn, &msg);
             }
+            found += 1;
+            for sub in ["new", "cur"] {
+                let dir = maildir.join(sub);
+                if let Err(e) = access(&dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+                    report(
+                        LogLevel::Error,
+                        &format!(
+                            "key 'directory': {} cannot be changed: {e} (messages could not leave it)",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if found == 0 {
+            report(
+                LogLevel::Warn,
+                &format!(
+                    "key 'directory': no domain's maildir under {} yet ({template}); the MTA creates one at a \
+                     domain's first message",
+                    root.display()
+                ),
+            );
+        } else {
+            report(
+                LogLevel::Info,
+                &format!("{found} domain maildir(s) under {} can be changed", root.display()),
+            );
         }
         Ok(())
     }
@@ -297,6 +326,8 @@ fn select(host: &Host, config: &Config, spool: &Spool, entry: &Entry, domains: &
 impl Queue for Maildir {
     type Cursor = MaildirCursor;
 
+    const NEXT_BEFORE_COMMIT: bool = true;
+
     fn has_pending(&self, domains: &[String]) -> Result<bool, Status> {
         let domains = self.domains(domains)?;
         let (spools, mut errors) = self.spools(&domains)?;
@@ -396,7 +427,8 @@ impl Queue for Maildir {
             domains,
             spools,
             queue: queue.into(),
-            current: None,
+            open: VecDeque::new(),
+            unsynced: Unsynced::default(),
             withheld,
             unusable: 0,
             offered_any: false,
@@ -473,7 +505,12 @@ pub struct MaildirCursor {
     domains: Vec<String>,
     spools: Vec<Spool>,
     queue: VecDeque<(usize, Entry)>,
-    current: Option<Current>,
+    /// The messages handed out and not yet retired: at most two, the older
+    /// first. The host may take the next before committing the current
+    /// (`NEXT_BEFORE_COMMIT`): bodies are read from the newer, outcomes and
+    /// commits go to the older.
+    open: VecDeque<Current>,
+    unsynced: Unsynced,
     /// Requested maildirs this cursor could not lock or list (logged).
     withheld: usize,
     /// Files passed over as unparseable or unreadable (logged).
@@ -484,6 +521,20 @@ pub struct MaildirCursor {
     // Dropped last (fields drop in declaration order): the locks outlive
     // everything else the cursor holds.
     _locks: Vec<Flock<File>>,
+}
+
+/// Directories with removals not yet made durable, and how many removals.
+#[derive(Default)]
+struct Unsynced {
+    dirs: Vec<PathBuf>,
+    removals: usize,
+}
+
+impl Drop for MaildirCursor {
+    /// The group commit's last sync, before the locks go (fields drop after this).
+    fn drop(&mut self) {
+        self.sync_removals();
+    }
 }
 
 /// The message being delivered.
@@ -513,7 +564,7 @@ impl MaildirCursor {
     /// now replace older ones, recipients now done leave it. Information
     /// only: a failure is logged and changes nothing else.
     fn record_deferrals(&mut self) {
-        let Some(current) = self.current.as_mut().filter(|c| !c.committed) else { return };
+        let Some(current) = self.open.front_mut().filter(|c| !c.committed) else { return };
         let done: Vec<&str> =
             current.outcomes.finished().map(|i| current.parsed.recipients[i].address.as_str()).collect();
         let maildir = &self.spools[current.spool].path;
@@ -530,8 +581,35 @@ impl MaildirCursor {
         }
     }
 
-    fn current(&mut self) -> Result<&mut Current, Status> {
-        self.current.as_mut().ok_or(Status::InvalidArgument)
+    /// The message outcomes and commits apply to.
+    fn older(&mut self) -> Result<&mut Current, Status> {
+        self.open.front_mut().ok_or(Status::InvalidArgument)
+    }
+
+    /// Count a removal in `dir`; sync when the group is full.
+    fn removed_in(&mut self, dir: PathBuf) {
+        if !self.unsynced.dirs.contains(&dir) {
+            self.unsynced.dirs.push(dir);
+        }
+        self.unsynced.removals += 1;
+        if self.unsynced.removals >= GROUP_COMMIT {
+            self.sync_removals();
+        }
+    }
+
+    /// Make every removal so far durable. A failure is logged: the files may
+    /// come back after a crash and be delivered again.
+    fn sync_removals(&mut self) {
+        for dir in std::mem::take(&mut self.unsynced.dirs) {
+            if let Err(e) = spool::sync_dir(&dir) {
+                let msg = format!(
+                    "cannot fsync {}: {e}; messages removed from it may be delivered again after a crash",
+                    dir.display()
+                );
+                self.log(LogLevel::Error, &msg);
+            }
+        }
+        self.unsynced.removals = 0;
     }
 }
 
@@ -553,12 +631,19 @@ fn envelope_of(entry: &Entry, selected: &Selected) -> Envelope {
     let meta = selected.file.metadata().ok();
     let size = meta.as_ref().map_or(0, |m| m.len());
     let params = &selected.parsed.params;
-    // BSMTP data was scanned while parsing; the headers form is read
-    // here (its envelope headers, not sent, only make the bound safer).
-    let (eight_bit, lines) = match (params.eight_bit, params.lines) {
-        (Some(eight_bit), Some(lines)) => (Some(eight_bit), Some(lines)),
-        _ => scan_files(&[(&selected.file, 0)]).map_or((None, None), |s| (Some(s.eight_bit), Some(s.lines))),
+    // A bounded look at the content (BSMTP data is not read before it
+    // streams; the headers form's envelope headers, not sent, only
+    // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
+    let content_start = match selected.parsed.layout {
+        Layout::Bsmtp { data_start, .. } => data_start,
+        Layout::Headers { .. } => 0,
     };
+    let scanned = match (params.eight_bit, params.lines) {
+        (Some(_), Some(_)) => None,
+        _ => scan_files(&[(&selected.file, content_start)]),
+    };
+    let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
+    let lines = params.lines.or(scanned.map(|s| s.lines));
     let offered = |i: &usize| &selected.parsed.recipients[*i];
     Envelope {
         id: entry.id.clone(),
@@ -614,8 +699,13 @@ fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
 
 impl Cursor for MaildirCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
-        // Leaving a message without commit leaves its file exactly as it was.
-        self.current = None;
+        // A committed message is done with; one awaiting its commit stays
+        // open, the older of two at most. Leaving a message without commit
+        // leaves its file exactly as it was.
+        self.open.retain(|m| !m.committed);
+        while self.open.len() > 1 {
+            self.open.pop_front();
+        }
         while let Some((spool_index, mut entry)) = self.queue.pop_front() {
             let spool = &self.spools[spool_index];
             let claim = match &self.config.claims {
@@ -653,7 +743,7 @@ impl Cursor for MaildirCursor {
                 }
             };
             let envelope = envelope_of(&entry, &selected);
-            self.current = Some(Current {
+            self.open.push_back(Current {
                 spool: spool_index,
                 entry,
                 outcomes: Outcomes::new(selected.offered),
@@ -681,7 +771,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let current = self.current()?;
+        let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         let id = current.entry.id.clone();
         current.body.read(buf).map_err(|e| {
             self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
@@ -690,7 +780,7 @@ impl Cursor for MaildirCursor {
     }
 
     fn set_outcome(&mut self, index: usize, outcome: Outcome) -> Result<(), Status> {
-        let current = self.current()?;
+        let current = self.older()?;
         if current.committed {
             return Err(Status::InvalidArgument);
         }
@@ -699,7 +789,7 @@ impl Cursor for MaildirCursor {
 
     fn set_outcome_reply(&mut self, index: usize, outcome: Outcome, reply: &str) -> Result<(), Status> {
         self.set_outcome(index, outcome)?;
-        let current = self.current()?;
+        let current = self.older()?;
         if outcome == Outcome::TempFail && !reply.is_empty() {
             let offered = current.outcomes.offered().get(index).copied().ok_or(Status::InvalidArgument)?;
             let address = current.parsed.recipients[offered].address.clone();
@@ -710,7 +800,19 @@ impl Cursor for MaildirCursor {
 
     fn commit(&mut self) -> Result<(), Status> {
         self.record_deferrals();
-        let current = self.current.as_mut().ok_or(Status::InvalidArgument)?;
+        let result = self.commit_older();
+        // With a newer message open, the older is retired whether its commit
+        // succeeded or not: what follows goes to the newer.
+        if self.open.len() > 1 {
+            self.open.pop_front();
+        }
+        result
+    }
+}
+
+impl MaildirCursor {
+    fn commit_older(&mut self) -> Result<(), Status> {
+        let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         if current.committed {
             return Ok(());
         }
@@ -723,8 +825,12 @@ impl Cursor for MaildirCursor {
         }
         let spool = &self.spools[current.spool];
         let path = &current.entry.path;
+        let mut removed_from = None;
         let result = if !done.contains(&false) {
-            spool::remove(path).map(|()| "removed")
+            spool::remove(path).map(|dir| {
+                removed_from = Some(dir);
+                "removed"
+            })
         } else {
             match &current.parsed.layout {
                 Layout::Bsmtp { mail_line, data_line, data_start } => {
@@ -754,9 +860,12 @@ impl Cursor for MaildirCursor {
                 }
                 let left = done.iter().filter(|d| !**d).count();
                 self.log(
-                    LogLevel::Info,
+                    LogLevel::Debug,
                     &format!("domain={domain} file={id} {what} remaining_recipients={left}"),
                 );
+                if let Some(dir) = removed_from {
+                    self.removed_in(dir);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !done.contains(&false) => {

@@ -125,7 +125,8 @@ pub fn lock(maildir: &Path) -> io::Result<Lock> {
 }
 
 /// Make a directory's entries durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// fsync a directory, making the links created or removed in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -133,11 +134,13 @@ fn parent(path: &Path) -> io::Result<&Path> {
     path.parent().ok_or_else(|| io::Error::other("message path has no directory"))
 }
 
-/// Remove a message whose recipients are all done: unlink, then fsync the
-/// directory so that the removal is durable.
-pub fn remove(path: &Path) -> io::Result<()> {
+/// Remove a message whose recipients are all done: unlink it and return its
+/// directory, which the caller must [`sync_dir`] to make the removal durable
+/// (batched with others: until then a crash can bring the file back, i.e.
+/// deliver it again, never lose it).
+pub fn remove(path: &Path) -> io::Result<PathBuf> {
     fs::remove_file(path)?;
-    sync_dir(parent(path)?)
+    Ok(parent(path)?.to_path_buf())
 }
 
 /// The "host" part of the names [`rewrite`] gives its files in `tmp/`. A

@@ -222,25 +222,3 @@ fn the_reply_that_deferred_a_recipient_is_listed_until_it_is_delivered() {
     let records = spool.root.path().join("example.org/odmrd-deferred");
     assert_eq!(fs::read_dir(records).unwrap().count(), 0, "the record outlived its message");
 }
-
-#[test]
-fn check_config_names_a_missing_spool_root_and_a_directory_that_is_no_maildir() {
-    let spool = Spool::new();
-    spool.maildir("example.org");
-    fs::create_dir(spool.root.path().join("example.net")).unwrap();
-    let mut findings = Vec::new();
-    instance(&spool).check(&mut |level, msg| findings.push((level, msg.to_string()))).unwrap();
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(findings[0].0, odmr_api::LogLevel::Warn);
-    assert!(findings[0].1.starts_with("domain=example.net:"), "{findings:?}");
-
-    let config = [("directory".to_string(), format!("{}/typo/{{domain}}", spool.root.path().display()))];
-    let mut findings = Vec::new();
-    Maildir::new(Host::detached(), &config)
-        .unwrap()
-        .check(&mut |level, msg| findings.push((level, msg.to_string())))
-        .unwrap();
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(findings[0].0, odmr_api::LogLevel::Error);
-    assert!(findings[0].1.contains("spool root") && findings[0].1.contains("typo"), "{findings:?}");
-}

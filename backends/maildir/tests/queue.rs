@@ -507,6 +507,45 @@ RCPT TO:<u2@example.org> NOTIFY=NEVER\nRCPT TO:<u3@example.org> NOTIFY=bogus\nDA
     assert_eq!(e.arrival, Some(UNIX_EPOCH + Duration::from_secs(300)), "no time in the name: the file's");
 }
 
+/// NEXT_BEFORE_COMMIT: the next message is handed out (and its body read) while the first
+/// awaits its commit; outcomes and the commit go to the first, which alone leaves the spool,
+/// and only at its own commit.
+#[test]
+fn the_next_message_is_handed_out_before_the_current_is_committed() {
+    const { assert!(<Maildir as Queue>::NEXT_BEFORE_COMMIT) };
+    let spool = Spool::new();
+    let first = spool.put(
+        "example.org",
+        "new/1",
+        b"Return-Path: <a@s.example>\nDelivered-To: one@example.org\n\nfirst\n",
+        10,
+    );
+    let second = spool.put(
+        "example.org",
+        "new/2",
+        b"Return-Path: <a@s.example>\nDelivered-To: two@example.org\n\nsecond\n",
+        20,
+    );
+    let q = instance(&spool, &[]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    assert_eq!(cursor.next_message().unwrap().unwrap().id, "new/1");
+    assert_eq!(body(&mut cursor, 4096), b"\nfirst\n");
+    assert_eq!(cursor.next_message().unwrap().unwrap().id, "new/2");
+    assert_eq!(body(&mut cursor, 4096), b"\nsecond\n");
+    // Both still queued: neither got its commit.
+    assert!(first.exists() && second.exists());
+    cursor.set_outcome(0, Outcome::Delivered).unwrap();
+    cursor.commit().unwrap();
+    assert!(!first.exists(), "the older was committed");
+    assert!(second.exists(), "the newer awaits its own commit");
+    // Now outcomes go to the newer; left without commit, it stays.
+    cursor.set_outcome(0, Outcome::TempFail).unwrap();
+    cursor.commit().unwrap();
+    assert!(cursor.next_message().unwrap().is_none());
+    drop(cursor);
+    assert!(second.exists());
+}
+
 /// `claim = yes`: a message being sent is hidden under a claim name (another
 /// front end neither sees nor gets it), comes back under its own name when
 /// left without a verdict, and is removed after one; a stale claim of a dead

@@ -3,10 +3,22 @@
 //! This crate owns reading and interpreting the file: the line syntax
 //! (`user:{SCHEME}secret:uid:gid:gecos:home:shell:extra fields`), the password
 //! schemes that can serve CRAM-MD5 (`{PLAIN}`/`{CLEARTEXT}` and `{CRAM-MD5}`,
-//! with Dovecot's `.hex`/`.b64` encodings), the `odmr_domains=` extra field
-//! listing the domains a user may collect with ATRN, and reloading the file
-//! whenever it changes (checked with one `stat` per lookup), so password
-//! changes need no restart.
+//! with Dovecot's `.hex`/`.b64` encodings), the extra fields, and reloading
+//! the file whenever it changes (checked with one `stat` per lookup), so
+//! password changes need no restart.
+//!
+//! Extra fields (after the 7th `:`, separated by spaces, as in Dovecot):
+//! - `odmr_domains=a.example,b.example`: the domains the user may collect with
+//!   ATRN. A space after a comma ends the field (Dovecot splits at spaces): it
+//!   is reported with the line, and the domain after the space is not added.
+//! - `nologin`: the account is disabled (Dovecot's; `reason=` may go with it).
+//! - `allow_nets=10.0.0.0/8,192.0.2.1`: Dovecot's per-user client restriction,
+//!   handed to the host (`allowed_networks`), which refuses a login from
+//!   elsewhere like a wrong password and logs why. An entry that is not an
+//!   address or `address/prefix` is ignored with a warning; none valid means
+//!   nobody may log in as that user.
+//! - `userdb_*` (Dovecot's userdb fields in a shared file) are ignored; any
+//!   other field is ignored with a warning naming it and its line.
 //!
 //! It does not verify CRAM-MD5 responses (odmrd's `sasl` does, from the secret
 //! returned here), does not decide SMTP replies (the host maps statuses), and
@@ -22,7 +34,7 @@
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use odmr_api::names::is_valid_domain;
+use odmr_api::names::{is_valid_domain, split_networks};
 use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
 use std::collections::hash_map::{Entry, HashMap};
@@ -48,6 +60,26 @@ impl Instance for Passwd {
     fn new(host: Host, config: &[(String, String)]) -> Result<Self, String> {
         Self::open(host, config)
     }
+
+    /// `--check-config`: the file is readable now (its lines' warnings were
+    /// logged when it was read), and not readable by every user.
+    fn check(&self, report: &mut dyn FnMut(LogLevel, &str)) -> Result<(), Status> {
+        let name = self.path.display();
+        match self.read() {
+            Err(e) => report(LogLevel::Error, &format!("key 'file': cannot read '{name}': {e}")),
+            Ok((_, content)) => {
+                let (table, _) = parse(&content);
+                report(LogLevel::Info, &format!("{name}: {} users", table.users.len()));
+            }
+        }
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.mode() & 0o004 != 0) {
+            report(
+                LogLevel::Warn,
+                &format!("key 'file': '{name}' is readable by every user; it holds secrets (chmod o-r)"),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Credentials for Passwd {
@@ -58,11 +90,24 @@ impl Credentials for Passwd {
             self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
             return Err(Status::Denied);
         }
+
         match &account.password {
             Password::Usable(secret) => Ok(secret.clone()),
             Password::Empty => {
                 self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has an empty password"));
                 Err(Status::Denied)
+            }
+            Password::Hashed { scheme, .. } => {
+                self.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "passwd: user '{user}' in {}: {scheme} is a one-way hash and cannot serve CRAM-MD5; \
+                         the customer can log in with PLAIN or LOGIN under TLS (or store {{CRAM-MD5}}, \
+                         as `odmrd --cram-md5` prints it)",
+                        self.path.display()
+                    ),
+                );
+                Err(Status::Unsupported)
             }
             Password::Unusable(scheme) => {
                 self.log.log(
@@ -78,9 +123,29 @@ impl Credentials for Passwd {
         }
     }
 
+    /// A clear password (PLAIN or LOGIN under TLS) against a crypt hash: `{SHA512-CRYPT}`,
+    /// `{SHA256-CRYPT}`, `{MD5-CRYPT}`, `{BLF-CRYPT}`, `{CRYPT}` or a bare `$id$` hash, as
+    /// Dovecot writes them. Clear secrets and CRAM-MD5 contexts are the host's to check.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        if account.nologin {
+            self.log.log(LogLevel::Info, &format!("passwd: user '{user}' has the nologin extra field"));
+            return Err(Status::Denied);
+        }
+        verify_clear(&account.password, password)
+    }
+
     fn domains(&self, user: &str) -> Result<Vec<String>, Status> {
         let table = self.table()?;
         table.users.get(user).map(|account| account.domains.clone()).ok_or(Status::NotFound)
+    }
+
+    /// `allow_nets`, for the host to check the client against.
+    fn allowed_networks(&self, user: &str) -> Result<Option<Vec<String>>, Status> {
+        let table = self.table()?;
+        let account = table.users.get(user).ok_or(Status::NotFound)?;
+        Ok(account.allow_nets.clone())
     }
 
     fn accounts(&self) -> Result<Vec<odmr_api::Account>, Status> {
@@ -114,7 +179,9 @@ impl Passwd {
         let path = PathBuf::from(file);
         let passwd = Passwd { log, path, cache: Mutex::new(Cache::default()) };
         // Read it now, so that a wrong path is a configuration error at start.
-        passwd.refresh().map_err(|err| format!("cannot read file '{}': {err}", passwd.path.display()))?;
+        passwd
+            .refresh()
+            .map_err(|err| format!("key 'file': cannot read '{}': {err}", passwd.path.display()))?;
         Ok(passwd)
     }
 
@@ -143,7 +210,10 @@ impl Passwd {
         for warning in warnings {
             self.log.log(LogLevel::Warn, &format!("passwd: {name} {warning}"));
         }
-        self.log.log(LogLevel::Info, &format!("passwd: loaded {} users from {name}", table.users.len()));
+        // The first reading is part of loading the plugin (under inetd, at every connection):
+        // debug. A change of the file while running is news: info.
+        let level = if cache.current.is_some() { LogLevel::Info } else { LogLevel::Debug };
+        self.log.log(level, &format!("passwd: loaded {} users from {name}", table.users.len()));
         let table = Arc::new(table);
         cache.current = Some((stamp, Arc::clone(&table)));
         Ok(table)
@@ -200,6 +270,9 @@ struct Account {
     password: Password,
     nologin: bool,
     domains: Vec<String>,
+    /// Dovecot's `allow_nets`: the networks as written; empty when none is
+    /// valid (nobody may then log in as this user).
+    allow_nets: Option<Vec<String>>,
     /// `odmr_quota=`: held bytes the operator allows (reported by `odmrd --queue`).
     quota: Option<u64>,
     /// `odmr_notify=`: where "mail is waiting" notices go.
@@ -211,6 +284,8 @@ pub enum Password {
     Usable(Secret),
     /// An empty password: nobody can log in (as in Dovecot).
     Empty,
+    /// A crypt(3) hash: only a clear password (PLAIN under TLS) can be checked against it.
+    Hashed { scheme: String, hash: String },
     /// A scheme that cannot serve CRAM-MD5; holds a printable scheme name.
     Unusable(String),
 }
@@ -242,6 +317,14 @@ fn parse(content: &[u8]) -> (Table, Vec<String>) {
     (table, warnings)
 }
 
+/// The file parser, for the fuzz targets and property tests only (`fuzz/`): how many accounts
+/// a load of `content` gives, and its warnings. Not part of the API.
+#[doc(hidden)]
+pub fn parse_for_fuzzing(content: &[u8]) -> (usize, Vec<String>) {
+    let (table, warnings) = parse(content);
+    (table.users.len(), warnings)
+}
+
 /// One non-comment line: `user:password[:uid:gid:gecos:home:shell[:extra fields]]`.
 fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Account), String> {
     let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
@@ -253,14 +336,32 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         return Err(format!("user '{user}' has no password field"));
     }
     let password = parse_password(fields[1]).map_err(|reason| format!("user '{user}': {reason}"))?;
-    let mut account = Account { password, nologin: false, domains: Vec::new(), quota: None, contact: None };
+    let mut account = Account {
+        password,
+        nologin: false,
+        domains: Vec::new(),
+        allow_nets: None,
+        quota: None,
+        contact: None,
+    };
     // As Dovecot: everything after the 7th field, re-joined, is space-separated
     // `key=value` extra fields.
     let extra = if fields.len() > 7 { fields[7..].join(&b':') } else { Vec::new() };
-    for field in String::from_utf8_lossy(&extra).split(' ').filter(|f| !f.is_empty()) {
+    let extra = String::from_utf8_lossy(&extra);
+    let mut after_comma = false;
+    for field in extra.split(' ').filter(|f| !f.is_empty()) {
         let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        // `odmr_domains=a.example, b.example`: the field ended at the space.
+        if std::mem::take(&mut after_comma) && !field.contains('=') {
+            warn(format!(
+                "user '{user}': a space after a comma in odmr_domains ends the field (extra fields are \
+                 separated by spaces), so '{field}' is not collected; write the list without spaces"
+            ));
+            continue;
+        }
         match key {
             "odmr_domains" => {
+                after_comma = value.ends_with(',');
                 for domain in value.split(',').filter(|d| !d.is_empty()) {
                     let domain = domain.to_ascii_lowercase();
                     if !is_valid_domain(&domain) {
@@ -271,6 +372,20 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 }
             }
             "nologin" => account.nologin = true,
+            "allow_nets" => {
+                let (nets, invalid) = split_networks(value);
+                for net in invalid {
+                    warn(format!(
+                        "user '{user}': ignoring '{net}' in allow_nets: not an address or address/prefix"
+                    ));
+                }
+                if nets.is_empty() {
+                    warn(format!(
+                        "user '{user}': allow_nets names no valid network; this user cannot log in"
+                    ));
+                }
+                account.allow_nets = Some(nets);
+            }
             "odmr_quota" => match parse_quota(value) {
                 Some(bytes) => account.quota = Some(bytes),
                 None => warn(format!(
@@ -281,7 +396,12 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 account.contact = Some(value.to_owned())
             }
             "odmr_notify" => warn(format!("user '{user}': ignoring odmr_notify '{value}' (not an address)")),
-            _ => {}
+            "reason" => {}
+            _ if key.starts_with("userdb_") => {}
+            _ => warn(format!(
+                "user '{user}': extra field '{key}' is not used by odmrd and is ignored \
+                 (known: odmr_domains, odmr_quota, odmr_notify, allow_nets, nologin, reason, userdb_*)"
+            )),
         }
     }
     Ok((user.to_owned(), account))
@@ -316,7 +436,7 @@ pub fn parse_password(field: &[u8]) -> Result<Password, String> {
         Some((&rest[..end], &rest[end + 1..]))
     }) else {
         // No {SCHEME}: Dovecot's default scheme, CRYPT, or a $id$ crypt hash.
-        return Ok(Password::Unusable(crypt_name(field)));
+        return Ok(hashed(crypt_name(field), field));
     };
     let scheme = String::from_utf8_lossy(scheme).to_ascii_uppercase();
     if !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || scheme.len() > 40 {
@@ -354,7 +474,32 @@ pub fn parse_password(field: &[u8]) -> Result<Password, String> {
                 None => Err(format!("{{{scheme}}} value is not 32 bytes in hex or base64")),
             }
         }
+        "SHA512-CRYPT" | "SHA256-CRYPT" | "MD5-CRYPT" | "BLF-CRYPT" | "CRYPT" | "DES-CRYPT" => {
+            Ok(hashed(format!("{{{scheme}}}"), data))
+        }
         _ => Ok(Password::Unusable(format!("{{{scheme}}}"))),
+    }
+}
+
+/// Checks a clear password (PLAIN or LOGIN under TLS) against a parsed password field, in
+/// constant time: a crypt hash, or a clear secret. CRAM-MD5 contexts and unknown schemes are
+/// `Unsupported` (the host checks contexts itself); an empty password admits nobody.
+pub fn verify_clear(stored: &Password, clear: &[u8]) -> Result<bool, Status> {
+    match stored {
+        Password::Hashed { hash, .. } => Ok(pwhash::unix::verify(clear, hash)),
+        Password::Usable(Secret::Plain(secret)) => {
+            Ok(subtle::ConstantTimeEq::ct_eq(secret.as_slice(), clear).into())
+        }
+        Password::Empty => Err(Status::Denied),
+        Password::Usable(Secret::CramMd5Context(_)) | Password::Unusable(_) => Err(Status::Unsupported),
+    }
+}
+
+/// A crypt hash (text) under the printable `scheme` name.
+fn hashed(scheme: String, hash: &[u8]) -> Password {
+    match std::str::from_utf8(hash) {
+        Ok(hash) if !hash.is_empty() => Password::Hashed { scheme, hash: hash.to_owned() },
+        _ => Password::Unusable(scheme),
     }
 }
 

@@ -50,7 +50,9 @@ fn the_exported_plugin_serves_credentials_through_the_c_tables() {
     );
 
     assert_eq!(store.domains("customer").unwrap(), ["example.org", "example.com"]);
-    // The kit's default: this store reveals secrets, it does not verify.
+    // The kit's default: this store reveals secrets, it does not verify CRAM-MD5 itself.
     assert_eq!(store.verify_cram_md5("cram", "<1.2@h>", CTX_HEX), Err(Status::Unsupported));
-    assert_eq!(store.verify_password("customer", b"secret"), Err(Status::Unsupported));
+    // ABI 1.1: clear passwords (PLAIN under TLS) through the C table.
+    assert_eq!(store.verify_password("customer", b"secret"), Ok(true));
+    assert_eq!(store.verify_password("customer", b"Secret"), Ok(false));
 }

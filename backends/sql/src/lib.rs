@@ -12,9 +12,9 @@
 //! (`{PLAIN}`, `{CRAM-MD5}` …), and optionally `allow_nets` and `nologin`;
 //! `domains_query` returns one domain per row.
 //!
-//! Statuses: no row → `NotFound`; an empty password, a true `nologin`, a
-//! non-empty `allow_nets` (this ABI gives the backend no client address to
-//! check it against, so it fails closed) or several rows → `Denied`; a
+//! Statuses: no row → `NotFound`; an empty password, a true `nologin` or
+//! several rows → `Denied`; a non-empty `allow_nets` is handed to the host
+//! (`allowed_networks`), which refuses a login from elsewhere; a
 //! scheme that cannot serve CRAM-MD5 (a crypt hash) → `Unsupported`; the
 //! database unreachable, slow past `query_timeout` or failing the query →
 //! `TempFail` (the host answers 451). No log line holds a password.
@@ -29,10 +29,10 @@ pub mod pool;
 pub mod query;
 
 use driver::{Column, Driver, Target};
-use odmr_api::names::is_valid_domain;
+use odmr_api::names::{is_valid_domain, split_networks};
 use odmr_api::settings::Settings;
 use odmr_api::{Credentials, Host, Instance, LogLevel, Secret, Status};
-use odmr_backend_passwd::{parse_password, Password};
+use odmr_backend_passwd::{parse_password, verify_clear, Password};
 use pool::Pool;
 use query::Query;
 use std::time::Duration;
@@ -142,6 +142,27 @@ impl Sql {
         check_domains_columns(&columns)
     }
 
+    /// `password_query`'s one row for `user` and where its columns are:
+    /// `NotFound` for no row, `Denied` (logged) for several.
+    fn password_row(&self, user: &str) -> Result<(Layout, driver::Row), Status> {
+        let (columns, rows) = self.query(&self.password_query, user)?;
+        let layout = password_layout(&columns).map_err(|e| {
+            self.log.log(LogLevel::Error, &format!("sql: {e}"));
+            Status::TempFail
+        })?;
+        let mut rows = rows.into_iter();
+        match (rows.next(), rows.len()) {
+            (None, _) => Err(Status::NotFound),
+            (Some(row), 0) => Ok((layout, row)),
+            (Some(_), more) => {
+                let n = more + 1;
+                let msg = format!("sql: password_query returned {n} rows for user '{user}'; refused");
+                self.log.log(LogLevel::Warn, &msg);
+                Err(Status::Denied)
+            }
+        }
+    }
+
     fn query(&self, query: &Query, user: &str) -> Result<(Vec<Column>, Vec<driver::Row>), Status> {
         let params = query.bind(user);
         self.pool.with(query.key, |conn| conn.rows(query, &params)).map_err(|_| Status::TempFail)
@@ -183,46 +204,43 @@ fn truthy(value: &str) -> bool {
     !matches!(value.trim().to_ascii_lowercase().as_str(), "" | "0" | "n" | "no" | "false" | "f")
 }
 
-impl Credentials for Sql {
-    fn lookup_secret(&self, user: &str) -> Result<Secret, Status> {
-        let (columns, rows) = self.query(&self.password_query, user)?;
-        let layout = password_layout(&columns).map_err(|e| {
-            self.log.log(LogLevel::Error, &format!("sql: {e}"));
-            Status::TempFail
-        })?;
-        let row = match rows.as_slice() {
-            [] => return Err(Status::NotFound),
-            [row] => row,
-            _ => {
-                self.log.log(
-                    LogLevel::Warn,
-                    &format!("sql: password_query returned {} rows for user '{user}'; refused", rows.len()),
-                );
-                return Err(Status::Denied);
-            }
-        };
+impl Sql {
+    /// The user's row of `password_query`: its password field, once `nologin` has not refused
+    /// it (`allow_nets` is the host's to check, through `allowed_networks`).
+    fn password(&self, user: &str) -> Result<Password, Status> {
+        let (layout, row) = self.password_row(user)?;
         let value = |index: Option<usize>| index.and_then(|i| row[i].as_deref()).unwrap_or("");
         if truthy(value(layout.nologin)) {
             self.log.log(LogLevel::Info, &format!("sql: user '{user}' has nologin set"));
             return Err(Status::Denied);
         }
-        if !value(layout.allow_nets).trim().is_empty() {
-            self.log.log(
-                LogLevel::Warn,
-                &format!(
-                    "sql: user '{user}' has allow_nets, which this odmrd cannot check (the backend is not \
-                     given the client's address); refused"
-                ),
-            );
-            return Err(Status::Denied);
-        }
-        match parse_password(value(Some(layout.password)).as_bytes()) {
-            Ok(Password::Usable(secret)) => Ok(secret),
-            Ok(Password::Empty) => {
+        parse_password(value(Some(layout.password)).as_bytes()).map_err(|reason| {
+            self.log.log(LogLevel::Warn, &format!("sql: user '{user}': {reason}; refused"));
+            Status::Denied
+        })
+    }
+}
+
+impl Credentials for Sql {
+    fn lookup_secret(&self, user: &str) -> Result<Secret, Status> {
+        match self.password(user)? {
+            Password::Usable(secret) => Ok(secret),
+            Password::Empty => {
                 self.log.log(LogLevel::Info, &format!("sql: user '{user}' has an empty password"));
                 Err(Status::Denied)
             }
-            Ok(Password::Unusable(scheme)) => {
+            Password::Hashed { scheme, .. } => {
+                self.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "sql: user '{user}': {scheme} is a one-way hash and cannot serve CRAM-MD5; the \
+                         customer can log in with PLAIN or LOGIN under TLS (or return {{PLAIN}} or \
+                         {{CRAM-MD5}})"
+                    ),
+                );
+                Err(Status::Unsupported)
+            }
+            Password::Unusable(scheme) => {
                 self.log.log(
                     LogLevel::Warn,
                     &format!(
@@ -232,11 +250,30 @@ impl Credentials for Sql {
                 );
                 Err(Status::Unsupported)
             }
-            Err(reason) => {
-                self.log.log(LogLevel::Warn, &format!("sql: user '{user}': {reason}; refused"));
-                Err(Status::Denied)
-            }
         }
+    }
+
+    /// A clear password (PLAIN or LOGIN under TLS) against the row's password, crypt hashes
+    /// (vpopmail's `pw_passwd`, Postfix Admin's `password`) included.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        verify_clear(&self.password(user)?, password)
+    }
+
+    /// The `allow_nets` column, for the host to check the client against; an
+    /// entry that is not an address or `address/prefix` is ignored with a
+    /// warning (none valid: nobody may log in as this user).
+    fn allowed_networks(&self, user: &str) -> Result<Option<Vec<String>>, Status> {
+        let (layout, row) = self.password_row(user)?;
+        let Some(value) = layout.allow_nets.and_then(|i| row[i].as_deref()).filter(|v| !v.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let (nets, invalid) = split_networks(value);
+        for net in invalid {
+            let net = net.escape_debug();
+            self.log.log(LogLevel::Warn, &format!("sql: user '{user}': ignoring '{net}' in allow_nets"));
+        }
+        Ok(Some(nets))
     }
 
     fn domains(&self, user: &str) -> Result<Vec<String>, Status> {

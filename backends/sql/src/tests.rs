@@ -112,14 +112,17 @@ mod sqlite {
         let f = users();
         assert!(matches!(f.sql.lookup_secret("a@x.example"), Ok(Secret::Plain(p)) if p == b"pw"));
         assert_eq!(f.sql.lookup_secret("nobody").err(), Some(Status::NotFound));
-        // allow_nets cannot be checked through this ABI: refused, not ignored.
-        assert_eq!(f.sql.lookup_secret("b@x.example").err(), Some(Status::Denied));
+        // allow_nets is the host's to check: the secret, and the networks.
+        assert!(matches!(f.sql.lookup_secret("b@x.example"), Ok(Secret::Plain(p)) if p == b"pw"));
+        assert_eq!(f.sql.allowed_networks("b@x.example"), Ok(Some(vec!["192.0.2.0/24".to_string()])));
+        assert_eq!(f.sql.allowed_networks("a@x.example"), Ok(None));
+        assert_eq!(f.sql.allowed_networks("nobody"), Err(Status::NotFound));
         assert_eq!(f.sql.lookup_secret("c@x.example").err(), Some(Status::Denied));
         assert_eq!(f.sql.lookup_secret("d@x.example").err(), Some(Status::Unsupported));
         assert_eq!(f.sql.lookup_secret("e@x.example").err(), Some(Status::Denied));
         assert_eq!(f.sql.lookup_secret("twice").err(), Some(Status::Denied));
         let warnings = f.host.logs_at(LogLevel::Warn).join("\n");
-        assert!(warnings.contains("allow_nets") && warnings.contains("cannot serve CRAM-MD5"), "{warnings}");
+        assert!(warnings.contains("cannot serve CRAM-MD5"), "{warnings}");
         assert!(!warnings.contains("$6$salt"), "a log line holds the hash: {warnings}");
     }
 

@@ -33,9 +33,11 @@ pub const NO_SMTP: u32 = 0x800;
 pub const NO_RELAY: u32 = 0x20;
 pub const V_OVERRIDE: u32 = 0x2000;
 
-/// What `refuse_flags` defaults to: the bits that disable an account for
-/// SMTP (vchkpw refuses SMTP AUTH) and for relaying.
-pub const DEFAULT_REFUSE: u32 = NO_SMTP | NO_RELAY;
+/// What `refuse_flags` defaults to: what vpopmail's own SMTP AUTH (`vchkpw`)
+/// refuses, `NO_SMTP`. `NO_RELAY` only turns off POP-before-SMTP relaying in
+/// vpopmail (`vmoddomlimits -d -g r` sets it for every account of a domain), so
+/// refusing it would lock out accounts vpopmail lets authenticate.
+pub const DEFAULT_REFUSE: u32 = NO_SMTP;
 
 /// `NO_SMTP|NO_RELAY (0x820)`: the names of the bits in `mask`, and the value.
 pub fn describe(mask: u32) -> String {
@@ -70,12 +72,13 @@ pub fn parse_mask(value: &str) -> Result<u32, String> {
 }
 
 /// The flag bits a vpopmail limits file sets, as `vlimits_get_flag_mask()`
-/// computes them: one keyword per line (the first token, separated by
-/// space, `:`, tab or line end).
+/// computes them: one keyword per line, at its start, ended by space, `:`,
+/// tab or the line end. An indented line or an unknown keyword is ignored,
+/// as vpopmail ignores it.
 pub fn limits_mask(content: &[u8]) -> u32 {
     let mut mask = 0;
     for line in content.split(|&b| b == b'\n' || b == b'\r') {
-        let token = line.split(|b| b" :\t".contains(b)).find(|t| !t.is_empty()).unwrap_or_default();
+        let token = line.split(|b| b" :\t".contains(b)).next().unwrap_or_default();
         mask |= match token {
             b"disable_pop" => 0x02,
             b"disable_smtp" => NO_SMTP,
@@ -134,6 +137,8 @@ mod tests {
         assert_eq!(limits_mask(file), NO_SMTP | NO_RELAY | 0x40);
         assert_eq!(limits_mask(b"disable_pop\ndisable_imap\n"), 0x0a);
         assert_eq!(limits_mask(b"# disable_smtp\nxdisable_smtp\n"), 0);
+        // Indented or unknown: ignored, as vpopmail does.
+        assert_eq!(limits_mask(b"  disable_smtp\n\tdisable_smtp\nfrobnicate\ndisable_imap\n"), 0x08);
         assert_eq!(limits_mask(b""), 0);
     }
 }

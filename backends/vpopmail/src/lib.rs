@@ -15,7 +15,7 @@
 //!   else `vpasswd`), with a small cdb reader of its own ([`cdb`]);
 //! - the account's flag bits ([`flags`]: the `gid` field OR-ed with the
 //!   domain's limits file, as `vlimits_setflags()` does) refuse it when they
-//!   include one of `refuse_flags` (default `NO_SMTP` and `NO_RELAY`);
+//!   include one of `refuse_flags` (default `NO_SMTP`, what vpopmail's own SMTP AUTH refuses);
 //! - CRAM-MD5 is served from the clear-text 8th field; an account without it
 //!   is refused with a log line that says so;
 //! - the domains it may collect are its real domain, that domain's alias
@@ -131,6 +131,18 @@ impl Credentials for Vpopmail {
                 );
                 Err(Status::Unsupported)
             }
+        }
+    }
+
+    /// A clear password (PLAIN or LOGIN under TLS) against `pw_passwd`, the crypt hash vchkpw
+    /// checks; the clear-text field only when there is no hash.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, Status> {
+        let account = self.account(user)?;
+        self.check_flags(&account)?;
+        match (&account.entry.crypted, &account.entry.clear) {
+            (Some(hash), _) => Ok(pwhash::unix::verify(password, hash)),
+            (None, Some(clear)) => Ok(subtle::ConstantTimeEq::ct_eq(clear.as_slice(), password).into()),
+            (None, None) => Err(Status::Unsupported),
         }
     }
 

@@ -286,7 +286,10 @@ fn disabled_accounts_are_refused_by_their_flags() {
     let vp = tree.start();
     assert_eq!(vp.lookup_secret("nosmtp@example.com"), Err(Status::Denied));
     assert!(tree.logged("account nosmtp@example.com is disabled: its vpasswd gid field sets NO_SMTP (0x800)"));
-    assert_eq!(vp.lookup_secret("norelay@example.com"), Err(Status::Denied));
+    // NO_RELAY only turns off POP-before-SMTP in vpopmail: not refused by default.
+    assert_eq!(vp.lookup_secret("norelay@example.com"), plain("pw-norelay"));
+    let relay_too = tree.backend(&[("refuse_flags", "NO_SMTP, NO_RELAY")]).unwrap();
+    assert_eq!(relay_too.lookup_secret("norelay@example.com"), Err(Status::Denied));
     assert!(
         tree.logged("account norelay@example.com is disabled: its vpasswd gid field sets NO_RELAY (0x20)")
     );
@@ -311,11 +314,14 @@ fn domain_limits_refuse_every_account_but_v_override() {
     let tree = Tree::standard();
     let vp = tree.start();
     // vpopmail's global default applies when the domain has no file of its own.
+    // `vmoddomlimits -d -g r`: NO_RELAY for every account, which vpopmail's SMTP AUTH ignores.
     std::fs::write(tree.home().join("etc/vlimits.default"), "maxpopaccounts: 100\ndisable_external_relay\n")
         .unwrap();
+    assert_eq!(vp.lookup_secret("customer1@example.com"), plain("S3cret-odmr"));
+    std::fs::write(tree.home().join("etc/vlimits.default"), "maxpopaccounts: 100\ndisable_smtp\n").unwrap();
     assert_eq!(vp.lookup_secret("customer1@example.com"), Err(Status::Denied));
     assert!(
-        tree.logged("account customer1@example.com is disabled: the domain's limits sets NO_RELAY (0x20)")
+        tree.logged("account customer1@example.com is disabled: the domain's limits sets NO_SMTP (0x800)")
     );
     assert_eq!(vp.lookup_secret("override@example.com"), plain("pw-override"));
     // The domain's own .qmailadmin-limits replaces the default.
@@ -558,7 +564,7 @@ fn configuration_is_checked() {
     // The start-up line says what is refused.
     let tree = Tree::standard();
     tree.start();
-    assert!(tree.logged("refused when their flags include NO_RELAY|NO_SMTP (0x820)"), "{:?}", tree.logs());
+    assert!(tree.logged("refused when their flags include NO_SMTP (0x800)"), "{:?}", tree.logs());
 }
 
 // ---------------------------------------------------------------------------
@@ -657,4 +663,26 @@ fn the_hash_is_djbs() {
         }
         h
     });
+}
+
+/// `openssl passwd -6 -salt odmrsalt tanstaaf`, as vpopmail's pw_passwd holds it.
+const REAL_HASH6: &str =
+    "$6$odmrsalt$NfwqrogrOHng5UOzqG7QWFFa58rAz7PbRmjZIradWjs4ZhmubZhuMWFBH0dPxlAoqc2FlD5dqQdDhRgyq3vAX/";
+
+#[test]
+fn clear_passwords_verify_against_pw_passwd_for_plain_under_tls() {
+    let tree = Tree::standard();
+    tree.vpasswd(
+        "solo.example",
+        &[
+            &format!("hashed:{REAL_HASH6}:1:0:Hashed only:/x/hashed:NOQUOTA"),
+            &format!("blocked:{REAL_HASH6}:1:2048:No SMTP:/x/blocked:NOQUOTA"),
+        ],
+    );
+    let vp = tree.start();
+    assert_eq!(vp.verify_password("hashed@solo.example", b"tanstaaf"), Ok(true));
+    assert_eq!(vp.verify_password("hashed@solo.example", b"tanstaaF"), Ok(false));
+    assert_eq!(vp.verify_password("blocked@solo.example", b"tanstaaf"), Err(Status::Denied), "NO_SMTP");
+    assert_eq!(vp.verify_password("nobody@solo.example", b"tanstaaf"), Err(Status::NotFound));
+    tree.assert_no_secrets_logged();
 }

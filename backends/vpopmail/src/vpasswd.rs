@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 /// The fields of one account that odmrd uses.
 pub struct Entry {
+    /// Field 2, `pw_passwd`: the crypt(3) hash vchkpw checks clear passwords against, when
+    /// present and text.
+    pub crypted: Option<String>,
     /// Field 4, `pw_gid`: vpopmail's per-user flag bits (`NO_SMTP`, …).
     pub gid: Result<u32, ()>,
     /// Field 8, the clear-text password, when present and non-empty.
@@ -81,15 +84,22 @@ fn malformed(user: &str) -> io::Error {
 
 /// Parses the fields after the name (`crypted:uid:gid:gecos:dir:quota[:clear]`);
 /// `min` is the number of fields required (6, as vpopmail's `vgetent()`
-/// requires at least 6 colons in the whole line).
-fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
+/// requires at least 6 colons in the whole line). Public only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_fields(rest: &[u8], min: usize) -> Option<Entry> {
     let fields: Vec<&[u8]> = rest.splitn(7, |&b| b == b':').collect();
     if fields.len() < min {
         return None;
     }
-    let gid = std::str::from_utf8(fields[2]).ok().and_then(|g| g.trim().parse::<u32>().ok()).ok_or(());
+    // An empty gid is 0, as vpopmail's atoi() reads it.
+    let gid = match std::str::from_utf8(fields[2]).map(str::trim) {
+        Ok("") => Ok(0),
+        Ok(g) => g.parse::<u32>().map_err(drop),
+        Err(_) => Err(()),
+    };
     let clear = fields.get(6).filter(|clear| !clear.is_empty()).map(|clear| clear.to_vec());
-    Some(Entry { gid, clear })
+    let crypted = std::str::from_utf8(fields[0]).ok().filter(|hash| !hash.is_empty()).map(str::to_owned);
+    Some(Entry { crypted, gid, clear })
 }
 
 #[cfg(test)]
@@ -100,7 +110,7 @@ mod tests {
 
     #[test]
     fn seven_and_eight_field_lines() {
-        let cases: [(&[u8], Expected); 8] = [
+        let cases: [(&[u8], Expected); 9] = [
             (
                 b"$6$x$y:1:0:Customer One:/d/customer1:NOQUOTA:S3cret-odmr",
                 Some((Ok(0), Some(b"S3cret-odmr"))),
@@ -110,6 +120,7 @@ mod tests {
             (b"$1$x$y:1:0:Colons:/d/c:NOQUOTA:a:b::c:", Some((Ok(0), Some(b"a:b::c:")))),
             (b"$1$x$y:1:0:No dir::NOQUOTA", Some((Ok(0), None))),
             (b"$1$x$y:1:x20:Bad gid:/d/b:NOQUOTA:pw", Some((Err(()), Some(b"pw")))),
+            (b"$1$x$y:1::Empty gid:/d/b:NOQUOTA:pw", Some((Ok(0), Some(b"pw")))),
             (b"$1$x$y:1:0:Short:/d/s", None),
             (b"", None),
         ];
@@ -117,6 +128,34 @@ mod tests {
             let got = parse_fields(rest, 6).map(|e| (e.gid, e.clear));
             let expected = expected.map(|(g, c)| (g, c.map(<[u8]>::to_vec)));
             assert_eq!(got, expected, "{}", String::from_utf8_lossy(rest));
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// The fields after the name, in the 7-field and the 8-field form (the clear
+            /// password being the rest of the line, colons included).
+            #[test]
+            fn written_fields_parse_back(
+                gid in any::<u32>(),
+                other in proptest::collection::vec("[^:\\n]{0,12}", 5),
+                clear in proptest::option::of("[^\\n]{0,30}"),
+            ) {
+                let mut rest = format!("{}:{}:{gid}:{}:{}:{}", other[0], other[1], other[2], other[3], other[4]);
+                if let Some(clear) = &clear {
+                    rest.push(':');
+                    rest.push_str(clear);
+                }
+                let entry = parse_fields(rest.as_bytes(), 6).expect("six fields or more");
+                prop_assert_eq!(entry.gid, Ok(gid));
+                let expected = clear.filter(|c| !c.is_empty()).map(String::into_bytes);
+                prop_assert_eq!(entry.clear, expected);
+            }
         }
     }
 }

@@ -264,7 +264,7 @@ impl DotStuffer {
                 out.push(b'.');
             }
             let rest = &input[i..];
-            match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            match memchr::memchr2(b'\r', b'\n', rest) {
                 None => {
                     out.extend_from_slice(rest);
                     self.at_line_start = false;
