@@ -11,7 +11,7 @@
 //! section (`## [server]`) or, for a backend's key, of the backend (`## [queue] builtin:exim`).
 
 use odmrd::backend::{instantiate, Kind};
-use odmrd::config::Config;
+use odmrd::config::{Config, HOLD_KEYS};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -59,6 +59,10 @@ fn core_keys() -> Vec<(String, String)> {
     for section in sections {
         if section == "credentials" || section == "queue" {
             keys.push((format!("[{section}]"), "plugin".to_string()));
+            if section == "queue" {
+                // odmrd's own keys of [queue], taken out before the backend sees the section.
+                keys.extend(HOLD_KEYS.iter().map(|key| ("[queue]".to_string(), key.to_string())));
+            }
             continue;
         }
         let text = format!("{}[{section}]\n{PROBE} = 1\n", with_plugin("queue", "builtin:maildir", ""));

@@ -40,7 +40,8 @@ impl Provider {
             credentials_plugin: "builtin:vpopmail".into(),
             sendmail: RecordingSendmail::new(),
         };
-        for sub in ["qmail/users", "vpopmail/etc", "locks"] {
+        // "spool": the maildir spool root, which qmail-local does not create (a missing root is 451).
+        for sub in ["qmail/users", "vpopmail/etc", "locks", "spool"] {
             std::fs::create_dir_all(p.path().join(sub)).unwrap();
         }
         p.assign();

@@ -260,7 +260,7 @@ pub fn maildir_envelope(data: &[u8]) {
             cursor.seek(SeekFrom::Start(data_start)).expect("seek in memory");
             Body::Bsmtp { reader: BufReader::with_capacity(5, cursor), unstuffer: Unstuffer::default() }
         }
-        Layout::Headers { skip } => {
+        Layout::Headers { skip, .. } => {
             for (i, range) in skip.iter().enumerate() {
                 assert!(range.start < range.end && range.end <= len, "skip {range:?} of {len}");
                 assert!(i == 0 || skip[i - 1].end <= range.start, "skip ranges overlap");

@@ -237,6 +237,19 @@ typedef struct odmr_kv {
 typedef void (*odmr_domain_cb)(void *cb_ctx, struct odmr_str domain);
 
 /**
+ * ABI 1.1. Receives one account from `list_accounts`, on the calling
+ * thread during the call: its user name, the domains it may collect
+ * (comma-separated), its quota of held bytes (0: none; reported by `odmrd
+ * --queue`, never enforced) and a contact address for notices (empty:
+ * none). Every string is borrowed for the callback.
+ */
+typedef void (*odmr_account_cb)(void *cb_ctx,
+                                struct odmr_str user,
+                                struct odmr_str domains,
+                                uint64_t quota,
+                                struct odmr_str contact);
+
+/**
  * Credential operations: a static table owned by the plugin, valid until the
  * process exits. Called from any session thread (all at once only with
  * ODMR_F_THREADSAFE). Inputs are borrowed for the call.
@@ -304,6 +317,13 @@ typedef struct odmr_credentials_ops {
                                     struct odmr_str user,
                                     void *cb_ctx,
                                     odmr_domain_cb cb);
+    /**
+     * ABI 1.1, nullable. For `odmrd --queue --by-account`: call `cb` once
+     * per account that may collect at least one domain, synchronously,
+     * then return ODMR_OK; ODMR_UNSUPPORTED for stores that cannot
+     * enumerate their accounts. Called from any thread, like `list_domains`.
+     */
+    odmr_status (*list_accounts)(struct odmr_instance *inst, void *cb_ctx, odmr_account_cb cb);
 } odmr_credentials_ops;
 
 /**

@@ -22,7 +22,7 @@
 //! ABI 1.1 appended, all nullable or flag-gated (a 1.0 plugin is unchanged):
 //! per-message and per-recipient details in the envelope sink (arrival time,
 //! ENVID, RET, SMTPUTF8/8-bit, NOTIFY, ORCPT), `odmr_plugin.check`,
-//! `odmr_credentials_ops.verify_password` and `allowed_networks`, and in `odmr_queue_ops` the
+//! `odmr_credentials_ops.verify_password`, `allowed_networks` and `list_accounts`, and in `odmr_queue_ops` the
 //! `flags` (ODMR_QF_*), the read-only `list` and `set_outcome_reply`.
 //!
 //! Threads: `odmr_plugin_init`, `instance_new` and `instance_free` are called on
@@ -208,6 +208,14 @@ pub struct odmr_cursor {
 /// `list_domains` call. `domain` is borrowed for the callback.
 pub type odmr_domain_cb = unsafe extern "C" fn(cb_ctx: *mut c_void, domain: OdmrStr);
 
+/// ABI 1.1. Receives one account from `list_accounts`, on the calling
+/// thread during the call: its user name, the domains it may collect
+/// (comma-separated), its quota of held bytes (0: none; reported by `odmrd
+/// --queue`, never enforced) and a contact address for notices (empty:
+/// none). Every string is borrowed for the callback.
+pub type odmr_account_cb =
+    unsafe extern "C" fn(cb_ctx: *mut c_void, user: OdmrStr, domains: OdmrStr, quota: u64, contact: OdmrStr);
+
 /// Credential operations: a static table owned by the plugin, valid until the
 /// process exits. Called from any session thread (all at once only with
 /// ODMR_F_THREADSAFE). Inputs are borrowed for the call.
@@ -277,6 +285,17 @@ pub struct odmr_credentials_ops {
             user: OdmrStr,
             cb_ctx: *mut c_void,
             cb: odmr_domain_cb,
+        ) -> odmr_status,
+    >,
+    /// ABI 1.1, nullable. For `odmrd --queue --by-account`: call `cb` once
+    /// per account that may collect at least one domain, synchronously,
+    /// then return ODMR_OK; ODMR_UNSUPPORTED for stores that cannot
+    /// enumerate their accounts. Called from any thread, like `list_domains`.
+    pub list_accounts: Option<
+        unsafe extern "C" fn(
+            inst: *mut odmr_instance,
+            cb_ctx: *mut c_void,
+            cb: odmr_account_cb,
         ) -> odmr_status,
     >,
 }

@@ -118,6 +118,7 @@ type VerifyCramFn = unsafe extern "C" fn(*mut odmr_instance, OdmrStr, OdmrStr, O
 type ListDomainsFn =
     unsafe extern "C" fn(*mut odmr_instance, OdmrStr, *mut c_void, odmr_domain_cb) -> odmr_status;
 type VerifyPasswordFn = unsafe extern "C" fn(*mut odmr_instance, OdmrStr, OdmrStr) -> odmr_status;
+type ListAccountsFn = unsafe extern "C" fn(*mut odmr_instance, *mut c_void, odmr_account_cb) -> odmr_status;
 type DomainsFn = unsafe extern "C" fn(*mut odmr_instance, *const OdmrStr, usize, *mut u32) -> odmr_status;
 type OpenFn =
     unsafe extern "C" fn(*mut odmr_instance, *const OdmrStr, usize, *mut *mut odmr_cursor) -> odmr_status;
@@ -149,6 +150,7 @@ struct CredentialFns {
     list_domains: ListDomainsFn,
     verify_password: Option<VerifyPasswordFn>,
     allowed_networks: Option<ListDomainsFn>,
+    list_accounts: Option<ListAccountsFn>,
 }
 
 /// A queue table as checked at load: every v1.0 function is present.
@@ -434,6 +436,7 @@ unsafe fn check_credentials(table: *const odmr_credentials_ops) -> Result<Creden
                 list_domains,
                 verify_password: ops.verify_password,
                 allowed_networks: ops.allowed_networks,
+                list_accounts: ops.list_accounts,
             })
         }
         _ => Err(Refusal::host("credentials operations are incomplete")),
@@ -625,6 +628,54 @@ impl CredentialStore {
             ODMR_OK => Ok(true),
             ODMR_DENIED => Ok(false),
             other => Err(self.instance.failure("verify_password", other)),
+        }
+    }
+
+    /// ABI 1.1: every account with its domains, quota and contact;
+    /// `Unsupported` when the plugin cannot enumerate them.
+    pub fn accounts(&self) -> Result<Vec<crate::kit::Account>, Status> {
+        unsafe extern "C" fn collect(
+            ctx: *mut c_void,
+            user: OdmrStr,
+            domains: OdmrStr,
+            quota: u64,
+            contact: OdmrStr,
+        ) {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: `ctx` is the Vec passed below, alive for the call;
+                // the strings are borrowed for this callback.
+                let (out, user, domains, contact) = unsafe {
+                    (
+                        &mut *ctx.cast::<Vec<crate::kit::Account>>(),
+                        user.as_bytes(),
+                        domains.as_bytes(),
+                        contact.as_bytes(),
+                    )
+                };
+                let domains = String::from_utf8_lossy(domains);
+                out.push(crate::kit::Account {
+                    user: String::from_utf8_lossy(user).into_owned(),
+                    domains: domains
+                        .split(',')
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_ascii_lowercase)
+                        .collect(),
+                    quota: (quota > 0).then_some(quota),
+                    contact: (!contact.is_empty()).then(|| String::from_utf8_lossy(contact).into_owned()),
+                });
+            }));
+        }
+        let Some(list) = self.fns.list_accounts else { return Err(Status::Unsupported) };
+        let mut accounts = Vec::new();
+        let status = {
+            let _serial = self.instance.enter();
+            let ctx = (&mut accounts as *mut Vec<crate::kit::Account>).cast();
+            // SAFETY: instance alive; the callback context outlives the call.
+            unsafe { list(self.instance.inner.raw, ctx, collect) }
+        };
+        match status {
+            ODMR_OK => Ok(accounts),
+            other => Err(self.instance.failure("list_accounts", other)),
         }
     }
 

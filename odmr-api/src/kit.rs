@@ -376,6 +376,25 @@ pub trait Credentials: Instance {
     fn allowed_networks(&self, _user: &str) -> Result<Option<Vec<String>>, Status> {
         Ok(None)
     }
+
+    /// ABI 1.1: every account that may collect a domain, for `odmrd --queue
+    /// --by-account`. The default is `Unsupported`.
+    fn accounts(&self) -> Result<Vec<Account>, Status> {
+        Err(Status::Unsupported)
+    }
+}
+
+/// ABI 1.1: one account of a credential store ([`Credentials::accounts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// The user name it logs in with.
+    pub user: String,
+    /// The domains it may collect (lower case).
+    pub domains: Vec<String>,
+    /// Its quota of held bytes (`odmr_quota=`), reported and never enforced.
+    pub quota: Option<u64>,
+    /// A contact address for notices (`odmr_notify=`).
+    pub contact: Option<String>,
 }
 
 /// A queue reader.
@@ -713,6 +732,32 @@ unsafe extern "C" fn verify_password<T: Credentials>(
     })
 }
 
+unsafe extern "C" fn list_accounts<T: Credentials>(
+    inst: *mut odmr_instance,
+    cb_ctx: *mut c_void,
+    cb: odmr_account_cb,
+) -> odmr_status {
+    guard(|| {
+        // SAFETY: `inst` is ours.
+        let accounts = match unsafe { instance_ref::<T>(inst).and_then(|i| i.accounts()) } {
+            Ok(accounts) => accounts,
+            Err(status) => return status.to_raw(),
+        };
+        for account in &accounts {
+            let domains = account.domains.join(",");
+            let contact = account.contact.as_deref().unwrap_or("");
+            let (user, domains, contact) = (
+                OdmrStr::from_bytes(account.user.as_bytes()),
+                OdmrStr::from_bytes(domains.as_bytes()),
+                OdmrStr::from_bytes(contact.as_bytes()),
+            );
+            // SAFETY: the host's callback, with strings borrowed for the call.
+            unsafe { cb(cb_ctx, user, domains, account.quota.unwrap_or(0), contact) };
+        }
+        ODMR_OK
+    })
+}
+
 unsafe extern "C" fn list_domains<T: Credentials>(
     inst: *mut odmr_instance,
     user: OdmrStr,
@@ -1003,6 +1048,7 @@ pub const fn credentials_ops<T: Credentials>() -> odmr_credentials_ops {
         list_domains: Some(list_domains::<T>),
         verify_password: Some(verify_password::<T>),
         allowed_networks: Some(allowed_networks::<T>),
+        list_accounts: Some(list_accounts::<T>),
     }
 }
 

@@ -37,7 +37,7 @@ pub mod settings;
 pub mod testing;
 
 pub use kit::{
-    Credentials, Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, RecipientDetails,
-    Secret, Status,
+    Account, Credentials, Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue,
+    RecipientDetails, Secret, Status,
 };
 pub use params::{Notify, Ret};

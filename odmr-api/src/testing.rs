@@ -172,3 +172,29 @@ pub fn describe(d: &odmr_plugin) -> (String, bool, bool, bool) {
     let name = unsafe { std::ffi::CStr::from_ptr(d.name) }.to_string_lossy().into_owned();
     (name, !d.credentials.is_null(), !d.queue.is_null(), d.flags & ODMR_F_THREADSAFE != 0)
 }
+
+/// What [`tree_snapshot`] records of one entry: its bytes (files only), mode
+/// and modification time (seconds, nanoseconds).
+pub type EntryState = (Vec<u8>, u32, i64, i64);
+
+/// Every entry under `root` (its relative path → [`EntryState`]), without
+/// following symlinks: compare two snapshots to prove that a read-only
+/// operation, such as a queue's `list`, changed no byte, mode or time.
+pub fn tree_snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, EntryState> {
+    use std::os::unix::fs::MetadataExt;
+    let mut all = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = item.expect("read_dir entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let key = path.strip_prefix(root).expect("under root").display().to_string();
+            let bytes = if meta.is_file() { std::fs::read(&path).expect("read") } else { Vec::new() };
+            all.insert(key, (bytes, meta.mode(), meta.mtime(), meta.mtime_nsec()));
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    all
+}

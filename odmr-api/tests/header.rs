@@ -121,7 +121,15 @@ fn rust_values() -> BTreeMap<String, i128> {
     layout!(
         "odmr_credentials_ops",
         odmr_credentials_ops,
-        [struct_size, lookup_secret, verify_cram_md5, list_domains, verify_password, allowed_networks]
+        [
+            struct_size,
+            lookup_secret,
+            verify_cram_md5,
+            list_domains,
+            verify_password,
+            allowed_networks,
+            list_accounts
+        ]
     );
     layout!(
         "odmr_envelope_sink",

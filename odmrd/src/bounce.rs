@@ -1,7 +1,9 @@
 //! Delivery status notifications (RFC 3464): "failed" for recipients the
 //! customer refused permanently, "relayed" for those delivered to a customer
 //! without DSN support whose sender asked NOTIFY=SUCCESS (RFC 3461 §4.2),
-//! and their submission through the sendmail command.
+//! "failed" (4.4.7) for mail held past `[queue] max_hold` and "delayed" for
+//! mail held past `delay_warning` (`odmrd --expire`), and their submission
+//! through the sendmail command.
 //!
 //! This module owns composing the `multipart/report` message (streamed, so
 //! a RET=FULL message of any size is returned in constant memory) and
@@ -21,6 +23,12 @@ pub enum Action {
     Failed,
     /// Delivered to a customer that does not offer DSN (RFC 3461 §4.2).
     Relayed,
+    /// Never collected within `[queue] max_hold`: `Action: failed`,
+    /// `Status: 4.4.7`; the reply is the last that deferred it, if any.
+    Expired,
+    /// Still waiting after `[queue] delay_warning`: `Action: delayed`,
+    /// `Status: 4.4.7`.
+    Delayed,
 }
 
 /// One recipient the DSN reports.
@@ -113,6 +121,7 @@ fn header_safe(text: &str) -> String {
 fn recipient_status(failure: &Failure) -> String {
     match failure.action {
         Action::Failed => status_code(&failure.reply),
+        Action::Expired | Action::Delayed => "4.4.7".to_string(),
         Action::Relayed => {
             let candidate = failure.reply.get(4..).unwrap_or("").split_whitespace().next().unwrap_or("");
             let parts: Vec<&str> = candidate.split('.').collect();
@@ -142,9 +151,14 @@ pub fn write(
     let id = header_safe(report.queue_id).replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let boundary = format!("odmrd-{stamp:x}-{id}");
     let host = header_safe(report.reporting_host);
-    let failed = report.failures.iter().any(|f| f.action == Action::Failed);
-    let subject =
-        if failed { "Undelivered Mail Returned to Sender" } else { "Relayed mail: delivery status" };
+    let has = |action: Action| report.failures.iter().any(|f| f.action == action);
+    let subject = if has(Action::Failed) || has(Action::Expired) {
+        "Undelivered Mail Returned to Sender"
+    } else if has(Action::Delayed) {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Relayed mail: delivery status"
+    };
     let mut lines: Vec<String> = vec![
         format!("From: Mail Delivery System <MAILER-DAEMON@{host}>"),
         format!("To: <{}>", header_safe(report.sender)),
@@ -166,6 +180,8 @@ pub fn write(
     let texts = [
         (Action::Failed, "Your message could not be delivered to the following recipients when"),
         (Action::Relayed, "Your message was relayed to the following recipients, whose mail server"),
+        (Action::Expired, "Your message could not be delivered to the following recipients: their"),
+        (Action::Delayed, "Your message is still waiting for the following recipients' mail server"),
     ];
     for (action, text) in texts {
         if !report.failures.iter().any(|f| f.action == action) {
@@ -175,10 +191,13 @@ pub fn write(
         lines.push(match action {
             Action::Failed => "their mail server collected it by On-Demand Mail Relay:".into(),
             Action::Relayed => "collected it by On-Demand Mail Relay and sends no delivery notices:".into(),
+            Action::Expired => "mail server did not collect it by On-Demand Mail Relay in time:".into(),
+            Action::Delayed => "to collect it by On-Demand Mail Relay; nothing to do for you yet:".into(),
         });
         lines.push(String::new());
         for failure in report.failures.iter().filter(|f| f.action == action) {
-            lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(&failure.reply)));
+            let reply = if failure.reply.is_empty() { "not collected yet" } else { &failure.reply };
+            lines.push(format!("  <{}>: {}", header_safe(&failure.recipient), header_safe(reply)));
         }
         lines.push(String::new());
     }
@@ -203,13 +222,17 @@ pub fn write(
             format!(
                 "Action: {}",
                 match failure.action {
-                    Action::Failed => "failed",
+                    Action::Failed | Action::Expired => "failed",
                     Action::Relayed => "relayed",
+                    Action::Delayed => "delayed",
                 }
             ),
             format!("Status: {}", recipient_status(failure)),
-            format!("Diagnostic-Code: smtp; {}", header_safe(&failure.reply)),
         ]);
+        // An expired or delayed recipient may never have been offered.
+        if !failure.reply.is_empty() {
+            lines.push(format!("Diagnostic-Code: smtp; {}", header_safe(&failure.reply)));
+        }
     }
     lines.push(String::new());
     let mut head = lines.join("\r\n").into_bytes();

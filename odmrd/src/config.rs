@@ -39,6 +39,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub credentials: PluginConfig,
     pub queue: PluginConfig,
+    /// The `[queue]` keys odmrd reads itself (see [`HoldConfig`]).
+    pub hold: HoldConfig,
     pub bounce: BounceConfig,
     pub log: LogTarget,
     pub tls: TlsConfig,
@@ -197,6 +199,48 @@ pub struct PluginConfig {
     pub settings: Vec<Setting>,
 }
 
+/// What odmrd itself does with held mail: the `[queue]` keys in [`HOLD_KEYS`].
+/// They are taken out of the section before the backend sees it (a backend
+/// rejects keys it does not know), so every queue backend gets them alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldConfig {
+    /// Key `max_hold`, default 14 days; `0` (None) = never expire. Recipients
+    /// held longer are bounced and removed by `odmrd --expire`.
+    pub max_hold: Option<Duration>,
+    /// Key `delay_warning`, default `0` (None) = off: after this long, one
+    /// delay DSN per message.
+    pub delay_warning: Option<Duration>,
+    /// Key `state_directory`, default `/var/lib/odmrd`, absolute: what
+    /// `--expire` remembers (the delay warnings sent, the notices run).
+    pub state_directory: PathBuf,
+    /// Key `notify_after`, default `0` (None) = off: once a domain's oldest
+    /// held message is this old, run `notify_command` ("mail is waiting").
+    pub notify_after: Option<Duration>,
+    /// Key `notify_interval`, default 1 day: at most one notice per domain
+    /// per this long.
+    pub notify_interval: Duration,
+    /// Key `notify_command`: the command split on white space, the program
+    /// an absolute path; required when `notify_after` is set.
+    pub notify_command: Vec<String>,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig {
+            max_hold: Some(Duration::from_secs(14 * 86_400)),
+            delay_warning: None,
+            state_directory: PathBuf::from("/var/lib/odmrd"),
+            notify_after: None,
+            notify_interval: Duration::from_secs(86_400),
+            notify_command: Vec::new(),
+        }
+    }
+}
+
+/// `[queue]` keys for odmrd, not for the backend.
+pub const HOLD_KEYS: &[&str] =
+    &["max_hold", "delay_warning", "state_directory", "notify_after", "notify_interval", "notify_command"];
+
 /// `[bounce]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BounceConfig {
@@ -329,6 +373,7 @@ impl Config {
             auth: parse_auth(&ctx, section("auth"))?,
             credentials: parse_plugin(&ctx, "credentials", section("credentials"))?,
             queue: parse_plugin(&ctx, "queue", section("queue"))?,
+            hold: parse_hold(&ctx, section("queue"))?,
             bounce: parse_bounce(&ctx, section("bounce"))?,
             log: parse_log(&ctx, section("log"))?,
             tls: parse_tls(&ctx, section("tls"))?,
@@ -610,6 +655,8 @@ fn parse_plugin(
     for (key, value) in properties.iter() {
         if key == "plugin" {
             source = Some(parse_plugin_source(value).map_err(|m| ctx.error(section, Some(key), m))?);
+        } else if section == "queue" && HOLD_KEYS.contains(&key) {
+            // odmrd's own: parse_hold reads them.
         } else {
             settings.push(Setting {
                 key: key.to_string(),
@@ -628,23 +675,67 @@ fn parse_plugin(
     Ok(PluginConfig { section, source, settings })
 }
 
+fn parse_hold(ctx: &Ctx, properties: Option<&Properties>) -> Result<HoldConfig, ConfigError> {
+    let mut hold = HoldConfig::default();
+    for (key, value) in properties.into_iter().flat_map(Properties::iter) {
+        let fail = |message: String| ctx.error("queue", Some(key), message);
+        match key {
+            "max_hold" => hold.max_hold = parse_age(value).map_err(fail)?,
+            "delay_warning" => hold.delay_warning = parse_age(value).map_err(fail)?,
+            "state_directory" => {
+                if !value.starts_with('/') {
+                    return Err(fail("expected an absolute path".into()));
+                }
+                hold.state_directory = PathBuf::from(value);
+            }
+            "notify_after" => hold.notify_after = parse_age(value).map_err(fail)?,
+            "notify_interval" => {
+                hold.notify_interval =
+                    parse_age(value).map_err(&fail)?.ok_or_else(|| fail("must be more than 0".into()))?
+            }
+            "notify_command" => hold.notify_command = parse_command(value).map_err(fail)?,
+            _ => {}
+        }
+    }
+    if hold.notify_after.is_some() && hold.notify_command.is_empty() {
+        return Err(ctx.error("queue", Some("notify_after"), "needs notify_command (the program to run)"));
+    }
+    Ok(hold)
+}
+
+/// A command line split on white space; the program must be an absolute path.
+fn parse_command(value: &str) -> Result<Vec<String>, String> {
+    let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+    match words.first() {
+        Some(program) if program.starts_with('/') => Ok(words),
+        _ => Err("expected a command starting with an absolute path".into()),
+    }
+}
+
+/// An age such as `14d`, `36h`, `90m`, `45s`, `2w` or plain seconds; `0` is None (off).
+pub fn parse_age(value: &str) -> Result<Option<Duration>, String> {
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{value:?}: expected a number with s, m, h, d or w (e.g. 14d)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?}: expected a number with s, m, h, d or w (e.g. 14d)"))?;
+    let seconds = n.checked_mul(scale).ok_or_else(|| format!("{value:?} is too large"))?;
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+}
+
 fn parse_bounce(ctx: &Ctx, properties: Option<&Properties>) -> Result<BounceConfig, ConfigError> {
     let mut bounce = BounceConfig::default();
     for (key, value) in properties.into_iter().flat_map(Properties::iter) {
         match key {
             "sendmail" => {
-                let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-                match words.first() {
-                    Some(program) if program.starts_with('/') => {}
-                    _ => {
-                        return Err(ctx.error(
-                            "bounce",
-                            Some(key),
-                            "expected a command starting with an absolute path",
-                        ))
-                    }
-                }
-                bounce.sendmail = words;
+                bounce.sendmail = parse_command(value).map_err(|m| ctx.error("bounce", Some(key), m))?;
             }
             _ => return Err(ctx.unknown_key("bounce", key, BOUNCE_KEYS)),
         }
@@ -935,6 +1026,47 @@ plugin = builtin:maildir
     }
 
     #[test]
+    fn hold_keys_are_odmrds_and_never_reach_the_backend() {
+        let text = SAMPLE.replace(
+            "[queue]\n",
+            "[queue]\nmax_hold = 3d\ndelay_warning = 24h\nstate_directory = /var/lib/x\n",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.hold,
+            HoldConfig {
+                max_hold: Some(Duration::from_secs(3 * 86_400)),
+                delay_warning: Some(Duration::from_secs(86_400)),
+                state_directory: "/var/lib/x".into(),
+                ..HoldConfig::default()
+            }
+        );
+        let keys: Vec<&str> = config.queue.settings.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["directory"]);
+        let notices = "[queue]\nnotify_after = 24h\nnotify_command = /usr/local/bin/tell --quietly\n";
+        let hold = parse(&SAMPLE.replace("[queue]\n", notices)).unwrap().hold;
+        assert_eq!(hold.notify_after, Some(Duration::from_secs(86_400)));
+        assert_eq!(hold.notify_interval, Duration::from_secs(86_400));
+        assert_eq!(hold.notify_command, ["/usr/local/bin/tell", "--quietly"]);
+        let err = parse(&SAMPLE.replace("[queue]\n", "[queue]\nnotify_after = 1h\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("notify_after"), "{err}");
+        let never = parse(&SAMPLE.replace("[queue]\n", "[queue]\nmax_hold = 0\n")).unwrap();
+        assert_eq!(never.hold.max_hold, None);
+        for (bad, key) in [
+            ("max_hold = 14 days", "max_hold"),
+            ("delay_warning = -1", "delay_warning"),
+            ("state_directory = rel", "state_directory"),
+        ] {
+            let err = parse(&SAMPLE.replace("[queue]\n", &format!("[queue]\n{bad}\n"))).unwrap_err();
+            assert_eq!((err.section.as_deref(), err.key.as_deref()), (Some("queue"), Some(key)), "{err}");
+        }
+        assert_eq!(parse_age("2w"), Ok(Some(Duration::from_secs(14 * 86_400))));
+        assert_eq!(parse_age("90m"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_age("45"), Ok(Some(Duration::from_secs(45))));
+        assert!(parse_age("d").is_err() && parse_age("1.5d").is_err() && parse_age("").is_err());
+    }
+
+    #[test]
     fn design_sample_parses() {
         let config = parse(SAMPLE).unwrap();
         assert_eq!(config.path, PathBuf::from(FILE));
@@ -977,6 +1109,7 @@ plugin = builtin:maildir
                 }],
             }
         );
+        assert_eq!(config.hold, HoldConfig::default());
         assert_eq!(config.bounce.sendmail, vec!["/usr/sbin/sendmail"]);
         assert_eq!(facility(&config.log), Some(syslog::Facility::LOG_MAIL as i32));
         assert!(!config.log.stderr);

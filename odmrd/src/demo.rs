@@ -90,7 +90,8 @@ pub fn prepare(listen: Option<SocketAddr>) -> io::Result<PathBuf> {
         "; odmrd demo configuration, written by `odmrd --demo`\n\
          [server]\nhostname = odmr.demo.example\nlisten = {listen}\nlock_directory = {d}/locks\nidle_timeout = 300\n\n\
          [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\n\
-         [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\n\
+         [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
+         ; the samples' names date them 2023: keep them however old they look\nmax_hold = 0\n\n\
          [bounce]\nsendmail = {}\n\n\
          [log]\nsyslog = off\nstderr = yes\nlevel = info\n",
         bounce.display()

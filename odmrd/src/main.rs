@@ -17,6 +17,8 @@ const EX_CONFIG: u8 = 78;
 const USAGE: &str = "usage: odmrd [-c FILE] [--inetd] [--listen ADDR:PORT] [--check-config]
        odmrd --demo [--listen ADDR:PORT]   start a demo provider with sample mail
        odmrd --cram-md5                    read a password, print its {CRAM-MD5} entry
+       odmrd [-c FILE] --queue [--json] [--by-account] [DOMAIN...]   list the held mail (reads only)
+       odmrd [-c FILE] --expire [--dry-run]           bounce mail held past [queue] max_hold
 
   -c FILE             configuration file (default /etc/odmrd.ini)
   --inetd             serve one session on stdin/stdout, whatever [server] listen says
@@ -40,6 +42,11 @@ enum Command {
     Check {
         config: PathBuf,
     },
+    /// `--queue` or `--expire` (odmrd::hold_cli).
+    Hold {
+        config: PathBuf,
+        command: odmrd::hold_cli::Command,
+    },
     /// Serve sessions: inetd, standalone, or as `[server] listen` says.
     Serve {
         config: PathBuf,
@@ -50,6 +57,7 @@ enum Command {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let (mut config, mut inetd, mut listen) = (None, false, None);
     let (mut check_config, mut demo, mut cram_md5, mut tls) = (false, false, false, false);
+    let mut hold = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-c" | "--config" => config = Some(PathBuf::from(args.next().ok_or("-c needs a file")?)),
@@ -62,6 +70,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--tls" => tls = true,
             "--demo" => demo = true,
             "--cram-md5" => cram_md5 = true,
+            "--queue" | "--expire" | "--json" | "--dry-run" | "--by-account" => {
+                odmrd::hold_cli::Command::parse_flag(&mut hold, &arg)?
+            }
+            domain if hold.is_some() && !domain.starts_with('-') => {
+                odmrd::hold_cli::Command::parse_domain(&mut hold, domain)?
+            }
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             other => return Err(format!("unknown argument: {other}")),
@@ -76,6 +90,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     if demo && (config.is_some() || inetd || check_config) {
         return Err("--demo makes its own configuration; it takes only --listen".into());
     }
+    if let Some(command) = &hold {
+        command.check()?;
+        if inetd || listen.is_some() || check_config || demo || cram_md5 || tls {
+            return Err("--queue and --expire take only -c and their own options".into());
+        }
+    }
     if cram_md5 {
         return Ok(Command::CramMd5);
     }
@@ -85,6 +105,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let config = config.unwrap_or_else(|| PathBuf::from(odmrd::config::DEFAULT_PATH));
     if check_config {
         return Ok(Command::Check { config });
+    }
+    if let Some(command) = hold {
+        return Ok(Command::Hold { config, command });
     }
     let listen = match (inetd, listen) {
         (true, _) => Listen::Inetd { tls },
@@ -130,6 +153,16 @@ fn try_main() -> Result<(), u8> {
                 EX_OSERR
             })?;
             start::serve(config, Listen::AsConfigured).map_err(exit_status)?;
+        }
+        Command::Hold { config, command } => {
+            log::echo_to_person(log::stderr_is_terminal());
+            let config = start::load_config(&config).map_err(exit_status)?;
+            log::init(&config.log);
+            let backends = start::load_backends(&config).map_err(exit_status)?;
+            match command.run(&config, &backends) {
+                0 => {}
+                code => return Err(code),
+            }
         }
         Command::Serve { config, listen } => start::serve(config, listen).map_err(exit_status)?,
     }

@@ -834,7 +834,7 @@ fn recipient_event(envelope: &Envelope, i: usize) -> log::Event {
 /// What of a message a DSN may return, kept while the message is streamed:
 /// its header block, and for RET=FULL with a failure DSN possible the whole
 /// message in an unnamed temporary file (constant memory whatever its size).
-struct BodyCopy {
+pub(crate) struct BodyCopy {
     headers: Vec<u8>,
     headers_done: bool,
     full: Option<std::fs::File>,
@@ -842,6 +842,12 @@ struct BodyCopy {
 }
 
 impl BodyCopy {
+    /// For a message whose content was not streamed (`odmrd --expire`):
+    /// [`BodyCopy::original`] reads it from the cursor.
+    pub(crate) fn unstreamed() -> BodyCopy {
+        BodyCopy { headers: Vec::new(), headers_done: false, full: None, streamed: false }
+    }
+
     fn for_dsn(envelope: &Envelope, sent: &[usize]) -> BodyCopy {
         let may_fail = !envelope.sender.is_empty()
             && envelope.ret == Some(Ret::Full)
@@ -865,7 +871,7 @@ impl BodyCopy {
 
     /// What the DSN returns: the whole message when `full` (from the copy, or
     /// from the cursor when it was not streamed), else the header block.
-    fn original<'a>(&'a mut self, cursor: &'a mut QueueCursor, full: bool) -> Original<'a> {
+    pub(crate) fn original<'a>(&'a mut self, cursor: &'a mut QueueCursor, full: bool) -> Original<'a> {
         if !self.streamed {
             if full {
                 return Original::Full(Box::new(CursorRead(cursor)));

@@ -190,6 +190,8 @@ fn serve_from(path: &Path, listen: Listen, hostname: &mut Option<String>) -> Res
         log::init(&fresh.log);
         Ok((Arc::new(fresh), backends, identity))
     };
-    server::run_standalone(Arc::new(config), backends, identity, listener, tls_listener, &reload)
+    let config = Arc::new(config);
+    crate::expire::spawn_periodic(Arc::clone(&config), backends.clone());
+    server::run_standalone(config, backends, identity, listener, tls_listener, &reload)
         .map_err(|e| Failure::Os(format!("fatal: {e}")))
 }

@@ -226,6 +226,8 @@ pub struct MtaOptions {
     pub chunking: bool,
     /// Extra lines for the main section of the configuration (e.g. `smtp_receive_timeout = 5s`).
     pub main_extra: String,
+    /// Extra lines for the `to_maildir` appendfile transport (e.g. `use_bsmtp`).
+    pub transport_extra: String,
 }
 
 impl Default for MtaOptions {
@@ -235,6 +237,7 @@ impl Default for MtaOptions {
             pipelining: true,
             chunking: true,
             main_extra: String::new(),
+            transport_extra: String::new(),
         }
     }
 }
@@ -550,6 +553,7 @@ to_maildir:
   return_path_add
   envelope_to_add
   delivery_date_add
+{transport_extra}
 
 begin retry
 
@@ -559,6 +563,7 @@ begin retry
         pipelining = yes_no(o.pipelining),
         chunking = yes_no(o.chunking),
         extra = o.main_extra,
+        transport_extra = o.transport_extra,
     )
 }
 

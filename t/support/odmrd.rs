@@ -87,6 +87,8 @@ impl Provider {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
+        // The spool root exists, as the package's tmpfiles.d creates /var/spool/odmr: a
+        // domain's maildir then appears with its first message (a missing root is a 451).
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
         let d = dir.path().display().to_string();
         Provider {

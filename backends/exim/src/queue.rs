@@ -16,10 +16,10 @@
 use crate::config::Config;
 use crate::header::{self, Bad, Body, Header};
 use crate::spool::{self, Location, Lock};
-use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
 use odmr_api::params::{scan_files, wire_size_bound};
-use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
+use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
@@ -260,6 +260,79 @@ impl Queue for Exim {
             denied: 0,
             open: VecDeque::new(),
         })
+    }
+
+    /// Read-only: `-H` and `-J` are read without the `-D` lock (a message
+    /// Exim or a session is delivering is listed as it was a moment ago),
+    /// nothing is reclaimed or written. Without domains, the domain of every
+    /// pending recipient is listed (Exim's whole queue, not only ODMR's).
+    /// A frozen message is listed as unreadable with that reason, since no
+    /// collection will offer it.
+    fn list(&self, domains: &[String], report: &mut dyn FnMut(Listed<'_>)) -> Result<(), Status> {
+        let wanted = self.domains(domains)?;
+        let listing = self.list()?;
+        for (dir, e) in &listing.errors {
+            let reason = format!("cannot list {}: {e}", dir.display());
+            report(Listed::Unreadable { domain: "", id: "", reason: &reason });
+        }
+        for location in &listing.messages {
+            let h_path = location.file("-H");
+            let read = spool::open_read(&h_path)
+                .map_err(Bad::Io)
+                .and_then(|f| header::parse(BufReader::with_capacity(READ_BUFFER, f), &location.id))
+                .and_then(|h| Ok((spool::read_optional(&location.file("-J")).map_err(Bad::Io)?, h)));
+            let (journal, header) = match read {
+                Ok(found) => found,
+                Err(Bad::Io(e)) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(bad) => {
+                    let reason = format!("{}: {bad}", h_path.display());
+                    report(Listed::Unreadable { domain: "", id: &location.id, reason: &reason });
+                    continue;
+                }
+            };
+            let done = done_set(&header, &journal);
+            let pending: Vec<usize> = (0..header.recipients.len())
+                .filter(|&i| header::is_pending(&header.recipients[i], &done))
+                .collect();
+            let mut listed_domains: Vec<String> = pending
+                .iter()
+                .filter_map(|&i| domain_of(&header.recipients[i]).map(str::to_ascii_lowercase))
+                .filter(|d| wanted.is_empty() || wanted.contains(d))
+                .collect();
+            listed_domains.sort();
+            listed_domains.dedup();
+            let size = [location.clone(), location.other_layout()]
+                .iter()
+                .find_map(|place| fs::metadata(place.file("-D")).ok())
+                .map_or(0, |m| m.len());
+            for domain in &listed_domains {
+                if header.frozen {
+                    let reason = "frozen by Exim: no collection offers it (`exim -Mt ID` thaws it)";
+                    report(Listed::Unreadable { domain, id: &location.id, reason });
+                    continue;
+                }
+                let mine: Vec<usize> = pending
+                    .iter()
+                    .copied()
+                    .filter(|&i| in_domains(&header.recipients[i], std::slice::from_ref(domain)))
+                    .collect();
+                let envelope = Envelope {
+                    id: location.id.clone(),
+                    sender: header.sender.clone(),
+                    size,
+                    recipients: mine.iter().map(|&i| header.recipients[i].clone()).collect(),
+                    arrival: Some(UNIX_EPOCH + Duration::from_secs(header.received)),
+                    envid: header.envid.clone(),
+                    ret: header.ret,
+                    smtputf8: header.smtputf8,
+                    eight_bit: None,
+                    wire_size: None,
+                    details: mine.iter().map(|&i| header.details[i].clone()).collect(),
+                };
+                report(Listed::Message { domain, envelope: &envelope, last_replies: &[] });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -99,6 +99,17 @@ impl Config {
         &self.directory
     }
 
+    /// The domain whose maildir lies under the spool root's entry `name`
+    /// (the component with `{domain}`, e.g. `example.org` or
+    /// `example.org.d` for a component `{domain}.d`), if it is a valid one.
+    pub fn domain_of_entry(&self, name: &str) -> Option<String> {
+        let (before, after) = self.directory.split_once(PLACEHOLDER).expect("checked in from_pairs");
+        let prefix = &before[before.rfind('/').map_or(0, |i| i + 1)..];
+        let suffix = after.split('/').next().unwrap_or("");
+        let domain = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        checked_domain(domain).ok().filter(|d| d == domain)
+    }
+
     /// The prefix to strip from `Delivered-To` addresses found in `domain`'s
     /// maildir, with `{domain}` expanded; None when stripping is off.
     pub fn prefix_for(&self, domain: &str) -> Option<String> {
@@ -149,6 +160,23 @@ mod tests {
         assert_eq!(c.maildir("example.org").unwrap(), PathBuf::from("/var/spool/odmr/example.org/Maildir"));
         assert_eq!(c.maildir("Example.ORG").unwrap(), PathBuf::from("/var/spool/odmr/example.org/Maildir"));
         assert_eq!(c.prefix_for("example.org"), None);
+    }
+
+    #[test]
+    fn the_spool_root_and_its_entries_lead_back_to_domains() {
+        for (template, root, entry, domain) in [
+            ("/var/spool/odmr/{domain}", "/var/spool/odmr", "example.org", Some("example.org")),
+            ("/var/spool/odmr/{domain}/Maildir", "/var/spool/odmr", "example.org", Some("example.org")),
+            ("/home/vpop/d-{domain}.dir/M", "/home/vpop", "d-example.org.dir", Some("example.org")),
+            ("/{domain}", "/", "example.org", Some("example.org")),
+            ("/s/{domain}", "/s", "..", None),
+            ("/s/{domain}", "/s", "Example.Org", None),
+            ("/s/d-{domain}", "/s", "example.org", None),
+        ] {
+            let c = Config::from_pairs(&pairs(&[("directory", template)])).unwrap();
+            assert_eq!(c.spool_root(), PathBuf::from(root), "{template}");
+            assert_eq!(c.domain_of_entry(entry).as_deref(), domain, "{template} {entry}");
+        }
     }
 
     #[test]

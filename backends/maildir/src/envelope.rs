@@ -1,6 +1,8 @@
 //! Recovering the envelope of one queued file: a BSMTP transaction (as Exim's
-//! `use_bsmtp` writes) or the `Return-Path:`/`Delivered-To:` headers that
-//! qmail-local, Postfix and Exim prepend.
+//! `use_bsmtp` writes) or the header fields MTAs prepend: the sender from
+//! `Return-Path:`, the recipient from `Delivered-To:` (qmail-local, Postfix),
+//! else `X-Original-To:` (Postfix), else `Envelope-to:` (Exim's
+//! `envelope_to_add`, a comma-separated list).
 //!
 //! Owns: the two parsers, the byte layout they report (which lines to keep
 //! when rewriting a BSMTP file, which byte ranges a headers-mode body skips).
@@ -90,11 +92,24 @@ pub enum Layout {
         data_start: u64,
     },
     /// Headers mode: the whole file except these (sorted, disjoint) ranges,
-    /// which hold the consumed `Return-Path` and `Delivered-To` fields.
+    /// which hold the consumed `Return-Path` and recipient fields.
     Headers {
         /// Byte ranges not transmitted.
         skip: Vec<Range<u64>>,
+        /// Where the recipients came from: the field a partial commit rewrites.
+        source: RecipientField,
     },
+}
+
+/// Which header field gave a headers-mode file its recipients, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientField {
+    /// `Delivered-To`, `X-Original-To` or `Envelope-to`.
+    pub name: &'static str,
+    /// The field's bytes, continuation lines included.
+    pub range: Range<u64>,
+    /// The field's line end (`\n` or `\r\n`), for a rewritten field.
+    pub eol: &'static str,
 }
 
 /// The envelope of one file.
@@ -322,29 +337,49 @@ struct Field {
     range: Range<u64>,
     value: Vec<u8>,
     too_long: bool,
+    crlf: bool,
 }
 
+/// The envelope fields a header block may carry, in order of preference for
+/// the recipient (after `ReturnPath`, which gives the sender).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Which {
     ReturnPath,
     DeliveredTo,
+    XOriginalTo,
+    EnvelopeTo,
 }
 
 impl Which {
+    const ALL: [Which; 4] = [Which::ReturnPath, Which::DeliveredTo, Which::XOriginalTo, Which::EnvelopeTo];
+
     fn name(self) -> &'static str {
         match self {
             Which::ReturnPath => "Return-Path",
             Which::DeliveredTo => "Delivered-To",
+            Which::XOriginalTo => "X-Original-To",
+            Which::EnvelopeTo => "Envelope-to",
         }
+    }
+
+    /// The field `line` starts, if it is one of ours (names are case-insensitive).
+    fn of(line: &[u8]) -> Option<Which> {
+        Which::ALL.into_iter().find(|w| {
+            let name = w.name().as_bytes();
+            starts_with_ci(line, name) && line.get(name.len()) == Some(&b':')
+        })
     }
 }
 
 /// Scan the header block (up to the first blank line, or the first line that
-/// is not a header field) for the first `Return-Path:` and the first
-/// `Delivered-To:`. Postfix puts `X-Original-To:` between them and Exim
-/// writes `Return-path:`, so neither position nor case is fixed.
+/// is not a header field) for the first of each envelope field ([`Which`]).
+/// Postfix puts `X-Original-To:` between `Return-Path:` and `Delivered-To:`
+/// and Exim writes `Return-path:`, so neither position nor case is fixed.
+/// The recipients come from the first of `Delivered-To` (a prefix stripped),
+/// `X-Original-To` or `Envelope-to` (every address of its list) present; that
+/// field and `Return-Path` are not transmitted.
 fn parse_headers(r: &mut impl BufRead, first: Line, strip_prefix: Option<&str>) -> Result<Parsed, Rejected> {
-    let mut found: [Option<Field>; 2] = [None, None];
+    let mut found: [Option<Field>; 4] = [None, None, None, None];
     let mut open: Option<Field> = None;
     let mut line = first;
     let mut offset = 0u64;
@@ -369,66 +404,101 @@ fn parse_headers(r: &mut impl BufRead, first: Line, strip_prefix: Option<&str>) 
                 break;
             }
             let text = line.text();
-            let which = if starts_with_ci(text, b"Return-Path:") {
-                Some(Which::ReturnPath)
-            } else if starts_with_ci(text, b"Delivered-To:") {
-                Some(Which::DeliveredTo)
-            } else {
-                None
-            };
-            if let Some(which) = which.filter(|w| found[*w as usize].is_none()) {
-                let colon = text.iter().position(|&b| b == b':').expect("prefix has a colon");
+            if let Some(which) = Which::of(text).filter(|w| found[*w as usize].is_none()) {
+                let colon = which.name().len();
                 open = Some(Field {
                     which,
                     range: start..offset,
                     value: text[colon + 1..].to_vec(),
                     too_long: line.truncated(),
+                    crlf: line.kept.ends_with(b"\r\n"),
                 });
             }
         }
         line.read(r)?;
     }
-    let [Some(rp), Some(dt)] = found else {
-        let missing = if found[0].is_none() { "Return-Path" } else { "Delivered-To" };
-        return malformed(format!("neither BSMTP nor a header block with {missing}"));
+    let [return_path, delivered_to, original_to, envelope_to] = found;
+    let Some(rp) = return_path else {
+        return malformed("neither BSMTP nor a header block with Return-Path");
     };
-    for f in [&rp, &dt] {
+    let Some(source) = delivered_to.or(original_to).or(envelope_to) else {
+        return malformed("neither BSMTP nor a header block with Delivered-To, X-Original-To or Envelope-to");
+    };
+    for f in [&rp, &source] {
         if f.too_long {
             return malformed(format!("{} field too long", f.which.name()));
         }
     }
     let (sender, _) = path_argument(&rp.value, "Return-Path")?;
-    let value = trim(&dt.value);
+    let addresses = match source.which {
+        Which::EnvelopeTo => address_list(&source.value)?,
+        _ => vec![field_address(&source.value, source.which.name())?],
+    };
+    let mut recipients = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let address = match (source.which, strip_prefix) {
+            (Which::DeliveredTo, Some(prefix)) => match address.strip_prefix(prefix) {
+                Some(rest) if !rest.is_empty() => rest.to_owned(),
+                _ => return malformed(format!("Delivered-To {address} does not start with prefix {prefix}")),
+            },
+            _ => address,
+        };
+        if address.is_empty() {
+            return malformed(format!("empty {}", source.which.name()));
+        }
+        recipients.push(Recipient { address, line: Vec::new(), details: RecipientDetails::default() });
+    }
+    let mut skip = vec![rp.range, source.range.clone()];
+    skip.sort_by_key(|r| r.start);
+    // What the sender asked is lost in this form; only UTF-8 addresses show.
+    let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    let params = MailParams { smtputf8, ..MailParams::default() };
+    let source = RecipientField {
+        name: source.which.name(),
+        range: source.range,
+        eol: if source.crlf { "\r\n" } else { "\n" },
+    };
+    Ok(Parsed { sender, recipients, params, layout: Layout::Headers { skip, source } })
+}
+
+/// One address as `Delivered-To:` or `X-Original-To:` hold it, with or
+/// without angle brackets.
+fn field_address(value: &[u8], what: &str) -> Result<String, Rejected> {
+    let value = trim(value);
     let value = match (value.first(), value.last()) {
         (Some(b'<'), Some(b'>')) if value.len() >= 2 => &value[1..value.len() - 1],
         _ => value,
     };
-    let delivered_to = address(value, "Delivered-To")?;
-    let rcpt = match strip_prefix {
-        None => delivered_to,
-        Some(prefix) => match delivered_to.strip_prefix(prefix) {
-            Some(rest) if !rest.is_empty() => rest.to_owned(),
-            _ => {
-                return malformed(format!("Delivered-To {delivered_to} does not start with prefix {prefix}"))
-            }
-        },
-    };
-    if rcpt.is_empty() {
-        return malformed("empty Delivered-To");
-    }
-    let mut skip = vec![rp.range, dt.range];
-    skip.sort_by_key(|r| r.start);
-    // What the sender asked is lost in this form; only UTF-8 addresses show.
-    let params = MailParams { smtputf8: !sender.is_ascii() || !rcpt.is_ascii(), ..MailParams::default() };
-    Ok(Parsed {
-        sender,
-        recipients: vec![Recipient { address: rcpt, line: Vec::new(), details: RecipientDetails::default() }],
-        params,
-        layout: Layout::Headers { skip },
-    })
+    address(value, what)
 }
 
-fn close_field(open: &mut Option<Field>, found: &mut [Option<Field>; 2]) {
+/// `Envelope-to:`'s comma-separated addresses (Exim writes `a@x, b@y`), each
+/// with or without angle brackets. Empty items are skipped; none at all is
+/// an error.
+fn address_list(value: &[u8]) -> Result<Vec<String>, Rejected> {
+    let mut addresses = Vec::new();
+    for item in value.split(|&b| b == b',') {
+        if trim(item).is_empty() {
+            continue;
+        }
+        let address = field_address(item, "Envelope-to")?;
+        if !address.is_empty() {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return malformed("empty Envelope-to");
+    }
+    Ok(addresses)
+}
+
+/// The `Envelope-to:` field that replaces `field` in a rewrite that keeps
+/// only `addresses`.
+pub fn envelope_to_field(field: &RecipientField, addresses: &[&str]) -> Vec<u8> {
+    format!("{}: {}{}", field.name, addresses.join(",\n\t").replace('\n', field.eol), field.eol).into_bytes()
+}
+
+fn close_field(open: &mut Option<Field>, found: &mut [Option<Field>; 4]) {
     if let Some(field) = open.take() {
         let slot = &mut found[field.which as usize];
         if slot.is_none() {
@@ -455,7 +525,7 @@ mod tests {
 
     /// The bytes a headers-mode body transmits: everything outside `skip`.
     fn transmitted(text: &[u8], p: &Parsed) -> Vec<u8> {
-        let Layout::Headers { skip } = &p.layout else { panic!("not headers mode") };
+        let Layout::Headers { skip, .. } = &p.layout else { panic!("not headers mode") };
         (0..text.len()).filter(|&i| !skip.iter().any(|r| r.contains(&(i as u64)))).map(|i| text[i]).collect()
     }
 
@@ -534,6 +604,70 @@ mod tests {
         let p = parse_bytes(text, None).unwrap();
         assert_eq!((p.sender.as_str(), addresses(&p)), ("", vec!["bob@virt.dom"]));
         assert_eq!(transmitted(text, &p), b"X-Top: 1\r\nX-Original-To: bob@virt.dom\r\n\r\n");
+    }
+
+    #[test]
+    fn postfix_x_original_to_alone_gives_the_recipient_and_is_consumed() {
+        let text = b"Return-Path: <alice@sender.example>\nX-Original-To: bob@virt.dom\nSubject: s\n\nbody\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!((p.sender.as_str(), addresses(&p)), ("alice@sender.example", vec!["bob@virt.dom"]));
+        assert_eq!(transmitted(text, &p), b"Subject: s\n\nbody\n");
+    }
+
+    #[test]
+    fn exim_envelope_to_lists_every_address_and_is_consumed() {
+        // What Exim 4.96's appendfile writes with return_path_add and envelope_to_add.
+        let text = b"Return-path: <alice@sender.example>\r\nEnvelope-to: bob@virt.dom, <Carol@Virt.Dom>,\r\n\tdan@other.example\r\nDelivery-date: Thu, 26 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!(addresses(&p), ["bob@virt.dom", "Carol@Virt.Dom", "dan@other.example"]);
+        assert_eq!(transmitted(text, &p), b"Delivery-date: Thu, 26 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n");
+        let Layout::Headers { source, .. } = &p.layout else { panic!("not headers mode") };
+        assert_eq!(source.name, "Envelope-to");
+        assert_eq!(
+            envelope_to_field(source, &["a@x.example", "b@x.example"]),
+            b"Envelope-to: a@x.example,\r\n\tb@x.example\r\n"
+        );
+        let again = [
+            b"Return-path: <>\r\n".as_slice(),
+            &envelope_to_field(source, &["a@x.example", "b@x.example"]),
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(addresses(&parse_bytes(&again, None).unwrap()), ["a@x.example", "b@x.example"]);
+    }
+
+    #[test]
+    fn delivered_to_wins_over_x_original_to_and_envelope_to() {
+        let text = b"Return-Path: <>\nEnvelope-to: a@virt.dom, b@virt.dom\nX-Original-To: alias@virt.dom\nDelivered-To: real@virt.dom\n\n";
+        let p = parse_bytes(text, None).unwrap();
+        assert_eq!(addresses(&p), ["real@virt.dom"]);
+        assert_eq!(
+            transmitted(text, &p),
+            b"Envelope-to: a@virt.dom, b@virt.dom\nX-Original-To: alias@virt.dom\n\n"
+        );
+        let text = b"Return-Path: <>\nEnvelope-to: a@virt.dom\nX-Original-To: alias@virt.dom\n\n";
+        assert_eq!(addresses(&parse_bytes(text, None).unwrap()), ["alias@virt.dom"]);
+    }
+
+    #[test]
+    fn envelope_to_without_addresses_or_with_bad_ones_is_refused() {
+        for (text, why) in [
+            (&b"Return-path: <>\nEnvelope-to: , ,\n\n"[..], "empty Envelope-to"),
+            (b"Return-path: <>\nEnvelope-to: a b@c\n\n", "white space"),
+            (b"Return-path: <>\nSubject: x\n\n", "Envelope-to"),
+        ] {
+            let err = parse_bytes(text, None).unwrap_err();
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn envelope_to_parses_the_same_fed_byte_by_byte() {
+        let text = b"Return-path: <a@b.example>\nEnvelope-to: x@virt.dom,\n y@virt.dom\n\nbody\n";
+        let whole = parse(&mut io::BufReader::new(io::Cursor::new(&text[..])), None).unwrap();
+        let bytewise = parse(&mut io::BufReader::with_capacity(1, io::Cursor::new(&text[..])), None).unwrap();
+        assert_eq!(whole, bytewise);
+        assert_eq!(addresses(&whole), ["x@virt.dom", "y@virt.dom"]);
     }
 
     #[test]

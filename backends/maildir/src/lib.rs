@@ -9,6 +9,7 @@
 //! - [`envelope`]: BSMTP and header-mode envelope parsing;
 //! - [`body`]: streaming (un-stuffed) content with constant memory;
 //! - [`spool`]: listing, locking, unlinking and atomically rewriting files;
+//! - [`deferred`]: the last reply that deferred each recipient, for the listing;
 //! - [`queue`]: the `Queue`/`Cursor` implementation and the selection rule;
 //! - [`claim`]: rename-based claims for a spool shared by several hosts (NFS).
 //!
@@ -21,6 +22,7 @@
 pub mod body;
 pub mod claim;
 pub mod config;
+pub mod deferred;
 pub mod envelope;
 pub mod queue;
 pub mod spool;

@@ -11,13 +11,14 @@
 use crate::body::{Body, Unstuffer};
 use crate::claim::{self, Claim};
 use crate::config::Config;
+use crate::deferred;
 use crate::envelope::{self, Layout, Parsed, Rejected};
 use crate::spool::{self, Entry, Lock};
 use nix::fcntl::Flock;
-use odmr_api::names::{in_domains, requested_domains};
+use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
 use odmr_api::params::{scan_files, wire_size_bound};
-use odmr_api::{Cursor, Envelope, Host, Instance, LogLevel, Outcome, Queue, Status};
+use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
@@ -122,8 +123,10 @@ impl Maildir {
     }
 
     /// The maildirs of `domains` that exist, each directory once. A missing
-    /// maildir means nothing queued; any other problem is logged and counted
-    /// in the second value.
+    /// maildir under an existing spool root means nothing delivered yet;
+    /// a missing root or any other problem is logged at error level (with
+    /// the path and the user we run as) and counted in the second value,
+    /// so that the caller never answers "no mail" for a spool it could not see.
     fn spools(&self, domains: &[String]) -> Result<(Vec<Spool>, usize), Status> {
         let mut seen = Vec::new();
         let mut spools = Vec::new();
@@ -137,13 +140,32 @@ impl Maildir {
                 Ok(id) if seen.contains(&id) => continue,
                 Ok(id) => seen.push(id),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.log(LogLevel::Debug, &format!("domain={domain} maildir={} absent", path.display()));
+                    let root = self.config.spool_root();
+                    if root.is_dir() {
+                        self.log(
+                            LogLevel::Debug,
+                            &format!(
+                                "domain={domain} maildir={} absent: nothing delivered yet",
+                                path.display()
+                            ),
+                        );
+                    } else {
+                        self.log(
+                            LogLevel::Error,
+                            &format!(
+                                "domain={domain} spool root {} is missing (check 'directory' and mounts){}",
+                                root.display(),
+                                running_as()
+                            ),
+                        );
+                        errors += 1;
+                    }
                     continue;
                 }
                 Err(e) => {
                     self.log(
                         LogLevel::Error,
-                        &format!("domain={domain} maildir={} unusable: {e}", path.display()),
+                        &format!("domain={domain} maildir={} unusable: {e}{}", path.display(), running_as()),
                     );
                     errors += 1;
                     continue;
@@ -152,6 +174,24 @@ impl Maildir {
             spools.push(Spool { domain: domain.clone(), path });
         }
         Ok((spools, errors))
+    }
+
+    /// Every domain with a maildir under the spool root, sorted.
+    fn enumerate(&self) -> Result<Vec<String>, Status> {
+        let root = self.config.spool_root();
+        let items = std::fs::read_dir(&root).map_err(|e| {
+            self.log(
+                LogLevel::Error,
+                &format!("cannot list the spool root {}: {e}{}", root.display(), running_as()),
+            );
+            Status::TempFail
+        })?;
+        let mut domains: Vec<String> = items
+            .filter_map(|item| item.ok()?.file_name().to_str().and_then(|n| self.config.domain_of_entry(n)))
+            .filter(|d| self.config.maildir(d).is_ok_and(|p| p.is_dir()))
+            .collect();
+        domains.sort();
+        Ok(domains)
     }
 
     /// With `claim = yes`: return the claims of dead front ends in `spool`.
@@ -176,7 +216,12 @@ impl Maildir {
         let (entries, ignored) = spool::scan(&spool.path).inspect_err(|e| {
             self.log(
                 LogLevel::Error,
-                &format!("domain={} maildir={} cannot list: {e}", spool.domain, spool.path.display()),
+                &format!(
+                    "domain={} maildir={} cannot list: {e}{}",
+                    spool.domain,
+                    spool.path.display(),
+                    running_as()
+                ),
             );
         })?;
         for i in ignored {
@@ -210,6 +255,13 @@ impl Maildir {
     }
 }
 
+/// ` user=NAME uid=N`: who we run as, for errors about permissions.
+fn running_as() -> String {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(|| "?".to_string(), |u| u.name);
+    format!(" user={name} uid={uid}")
+}
+
 /// A parsed message file and the indices of its recipients in `domains`.
 struct Selected {
     file: File,
@@ -217,38 +269,56 @@ struct Selected {
     offered: Vec<usize>,
 }
 
-/// The selection rule shared by `has_pending` and the cursor: open without
-/// following links, parse, keep the recipients of the requested domains.
-/// None: nothing for these domains, vanished, or unusable (logged, kept).
-fn select(
-    host: &Host,
-    config: &Config,
-    spool: &Spool,
-    entry: &Entry,
-    domains: &[String],
-) -> Option<Selected> {
-    let load = || -> Result<(File, Parsed), Rejected> {
-        let file = spool::open_message(&entry.path)?;
-        let prefix = config.prefix_for(&spool.domain);
-        let parsed = envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?;
-        Ok((file, parsed))
-    };
-    match load() {
+/// What [`select`] made of one file.
+enum Selection {
+    /// Recipients to offer.
+    Offer(Selected),
+    /// Nothing for these domains, or the file vanished.
+    Nothing,
+    /// A file that cannot be read or parsed (logged by `select`, kept).
+    Unusable,
+}
+
+/// Open a message without following links and parse its envelope. An
+/// `Envelope-to:` list keeps only the addresses whose maildir is this one
+/// (Exim lists every recipient of the delivery; the others are held, or
+/// delivered, elsewhere).
+fn load(config: &Config, spool: &Spool, entry: &Entry) -> Result<(File, Parsed), Rejected> {
+    let file = spool::open_message(&entry.path)?;
+    let prefix = config.prefix_for(&spool.domain);
+    let mut parsed = envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?;
+    if matches!(&parsed.layout, Layout::Headers { source, .. } if source.name == "Envelope-to") {
+        let ours = |address: &str| {
+            let domain = domain_of(address).unwrap_or("");
+            config.maildir(domain).is_ok_and(|path| path == spool.path)
+        };
+        parsed.recipients.retain(|r| ours(&r.address));
+        if parsed.recipients.is_empty() {
+            return Err(Rejected::Malformed(format!("Envelope-to names no address of {}", spool.domain)));
+        }
+    }
+    Ok((file, parsed))
+}
+
+/// The selection rule shared by `has_pending` and the cursor: [`load`], then
+/// keep the recipients of the requested domains.
+fn select(host: &Host, config: &Config, spool: &Spool, entry: &Entry, domains: &[String]) -> Selection {
+    match load(config, spool, entry) {
         Ok((file, parsed)) => {
             let offered: Vec<usize> = (0..parsed.recipients.len())
                 .filter(|&i| in_domains(&parsed.recipients[i].address, domains))
                 .collect();
             if offered.is_empty() {
-                None
+                Selection::Nothing
             } else {
-                Some(Selected { file, parsed, offered })
+                Selection::Offer(Selected { file, parsed, offered })
             }
         }
-        Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => Selection::Nothing,
         Err(e) => {
             let msg = format!("maildir: domain={} skipped file={} reason={e}", spool.domain, entry.id);
             host.log(LogLevel::Warn, &msg);
-            None
+            Selection::Unusable
         }
     }
 }
@@ -267,8 +337,24 @@ impl Queue for Maildir {
                 errors += 1;
                 continue;
             };
-            if entries.iter().any(|e| select(&self.host, &self.config, spool, e, &domains).is_some()) {
-                return Ok(true);
+            let mut unusable = 0;
+            for entry in &entries {
+                match select(&self.host, &self.config, spool, entry, &domains) {
+                    Selection::Offer(_) => return Ok(true),
+                    Selection::Nothing => {}
+                    Selection::Unusable => unusable += 1,
+                }
+            }
+            if unusable > 0 {
+                self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "domain={} maildir={} holds only files odmrd cannot parse ({unusable}); see `odmrd --queue`",
+                        spool.domain,
+                        spool.path.display()
+                    ),
+                );
+                errors += 1;
             }
         }
         // "Nothing queued" would be a lie when a spool could not be read.
@@ -281,7 +367,7 @@ impl Queue for Maildir {
 
     fn open(&self, domains: &[String]) -> Result<MaildirCursor, Status> {
         let domains = self.domains(domains)?;
-        let (candidates, _) = self.spools(&domains)?;
+        let (candidates, mut withheld) = self.spools(&domains)?;
         let mut spools = Vec::new();
         let mut locks = Vec::new();
         let mut queue = Vec::new();
@@ -305,16 +391,19 @@ impl Queue for Maildir {
                         spool.path.display()
                     );
                     self.log(LogLevel::Warn, &msg);
+                    withheld += 1;
                     continue;
                 }
                 Err(e) => {
                     let msg = format!(
-                        "domain={} cannot lock {}/{}: {e}",
+                        "domain={} cannot lock {}/{}: {e}{}",
                         spool.domain,
                         spool.path.display(),
-                        spool::LOCK_FILE
+                        spool::LOCK_FILE,
+                        running_as()
                     );
                     self.log(LogLevel::Error, &msg);
+                    withheld += 1;
                     continue;
                 }
             }
@@ -322,8 +411,9 @@ impl Queue for Maildir {
             // in tmp/ by a killed one can go now.
             self.clean_tmp(&spool);
             // Listed under the lock, so that the list is what this cursor owns.
-            if let Ok(entries) = self.scan(&spool) {
-                queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
+            match self.scan(&spool) {
+                Ok(entries) => queue.extend(entries.into_iter().map(|e| (spools.len(), e))),
+                Err(_) => withheld += 1,
             }
             spools.push(spool);
         }
@@ -339,8 +429,71 @@ impl Queue for Maildir {
             queue: queue.into(),
             open: VecDeque::new(),
             unsynced: Unsynced::default(),
+            withheld,
+            unusable: 0,
+            offered_any: false,
             _locks: locks,
         })
+    }
+
+    /// Read-only: no seriallock (a collection in progress is not delayed),
+    /// no `tmp/` cleaning, no file opened for writing. Without domains, every
+    /// valid domain name under the spool root is listed.
+    fn list(&self, domains: &[String], report: &mut dyn FnMut(Listed<'_>)) -> Result<(), Status> {
+        let domains = if domains.is_empty() { self.enumerate()? } else { self.domains(domains)? };
+        for domain in &domains {
+            let path = self.config.maildir(domain).map_err(|_| Status::InvalidArgument)?;
+            let spool = Spool { domain: domain.clone(), path };
+            let unreadable = |report: &mut dyn FnMut(Listed<'_>), id: &str, reason: String| {
+                report(Listed::Unreadable { domain, id, reason: &reason })
+            };
+            if !spool.path.exists() {
+                let root = self.config.spool_root();
+                if !root.is_dir() {
+                    unreadable(report, "", format!("spool root {} is missing", root.display()));
+                }
+                continue;
+            }
+            let (entries, ignored) = match spool::scan(&spool.path) {
+                Ok(found) => found,
+                Err(e) => {
+                    unreadable(
+                        report,
+                        "",
+                        format!("cannot list {}: {e}{}", spool.path.display(), running_as()),
+                    );
+                    continue;
+                }
+            };
+            for ignored in ignored {
+                unreadable(report, &ignored.id, ignored.why);
+            }
+            for entry in &entries {
+                match load(&self.config, &spool, entry) {
+                    Ok((file, parsed)) => {
+                        let offered: Vec<usize> = (0..parsed.recipients.len())
+                            .filter(|&i| {
+                                in_domains(&parsed.recipients[i].address, std::slice::from_ref(domain))
+                            })
+                            .collect();
+                        if offered.is_empty() {
+                            continue;
+                        }
+                        let envelope = envelope_of(entry, &Selected { file, parsed, offered });
+                        let recorded = deferred::read(&spool.path, &entry.id);
+                        let last_replies: Vec<String> = envelope
+                            .recipients
+                            .iter()
+                            .map(|r| recorded.get(r).cloned().unwrap_or_default())
+                            .collect();
+                        report(Listed::Message { domain, envelope: &envelope, last_replies: &last_replies });
+                    }
+                    Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => unreadable(report, &entry.id, e.to_string()),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +511,13 @@ pub struct MaildirCursor {
     /// commits go to the older.
     open: VecDeque<Current>,
     unsynced: Unsynced,
+    /// Requested maildirs this cursor could not lock or list (logged).
+    withheld: usize,
+    /// Files passed over as unparseable or unreadable (logged).
+    unusable: usize,
+    /// Whether a message was offered: an empty cursor with mail withheld
+    /// or unusable must not read as "no mail" (453).
+    offered_any: bool,
     // Dropped last (fields drop in declaration order): the locks outlive
     // everything else the cursor holds.
     _locks: Vec<Flock<File>>,
@@ -388,6 +548,8 @@ struct Current {
     /// A second handle on the same open file, for positional copies in a rewrite.
     file: File,
     committed: bool,
+    /// The customer's replies to deferred recipients, by address.
+    deferred: std::collections::BTreeMap<String, String>,
     /// With `claim = yes`: the claim, returned when this message is left
     /// without being removed.
     claim: Option<Claim>,
@@ -396,6 +558,27 @@ struct Current {
 impl MaildirCursor {
     fn log(&self, level: LogLevel, msg: &str) {
         self.host.log(level, &format!("maildir: {msg}"));
+    }
+
+    /// Update the current message's [`deferred`] record: the replies given
+    /// now replace older ones, recipients now done leave it. Information
+    /// only: a failure is logged and changes nothing else.
+    fn record_deferrals(&mut self) {
+        let Some(current) = self.open.front_mut().filter(|c| !c.committed) else { return };
+        let done: Vec<&str> =
+            current.outcomes.finished().map(|i| current.parsed.recipients[i].address.as_str()).collect();
+        let maildir = &self.spools[current.spool].path;
+        let old = deferred::read(maildir, &current.entry.id);
+        if current.deferred.is_empty() && done.iter().all(|a| !old.contains_key(*a)) {
+            return;
+        }
+        let mut replies = old;
+        replies.extend(std::mem::take(&mut current.deferred));
+        replies.retain(|address, _| !done.contains(&address.as_str()));
+        if let Err(e) = deferred::write(maildir, &current.entry.id, &replies) {
+            let msg = format!("file={} cannot record the deferral replies: {e}", current.entry.id);
+            self.host.log(LogLevel::Warn, &format!("maildir: {msg}"));
+        }
     }
 
     /// The message outcomes and commits apply to.
@@ -443,6 +626,56 @@ fn arrival(entry: &Entry, meta: Option<&std::fs::Metadata>) -> Option<SystemTime
     }
 }
 
+/// The envelope the host sees of a selected file: its offered recipients.
+fn envelope_of(entry: &Entry, selected: &Selected) -> Envelope {
+    let meta = selected.file.metadata().ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let params = &selected.parsed.params;
+    // A bounded look at the content (BSMTP data is not read before it
+    // streams; the headers form's envelope headers, not sent, only
+    // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
+    let content_start = match selected.parsed.layout {
+        Layout::Bsmtp { data_start, .. } => data_start,
+        Layout::Headers { .. } => 0,
+    };
+    let scanned = match (params.eight_bit, params.lines) {
+        (Some(_), Some(_)) => None,
+        _ => scan_files(&[(&selected.file, content_start)]),
+    };
+    let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
+    let lines = params.lines.or(scanned.map(|s| s.lines));
+    let offered = |i: &usize| &selected.parsed.recipients[*i];
+    Envelope {
+        id: entry.id.clone(),
+        sender: selected.parsed.sender.clone(),
+        size,
+        recipients: selected.offered.iter().map(|i| offered(i).address.clone()).collect(),
+        arrival: arrival(entry, meta.as_ref()),
+        envid: params.envid.clone(),
+        ret: params.ret,
+        smtputf8: params.smtputf8,
+        eight_bit,
+        wire_size: lines.map(|lines| wire_size_bound(size, lines)),
+        details: selected.offered.iter().map(|i| offered(i).details.clone()).collect(),
+    }
+}
+
+/// A partial commit of an `Envelope-to:` file: the same file with that field
+/// listing only `kept` (the rest byte for byte), through [`spool::rewrite`].
+fn rewrite_recipient_field(
+    maildir: &std::path::Path,
+    path: &std::path::Path,
+    file: &File,
+    field: &envelope::RecipientField,
+    kept: &[&str],
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut before = vec![0u8; usize::try_from(field.range.start).map_err(io::Error::other)?];
+    file.read_exact_at(&mut before, 0)?;
+    let replaced = envelope::envelope_to_field(field, kept);
+    spool::rewrite(maildir, path, file, &[&before, &replaced], field.range.end)
+}
+
 fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
     let mut handle = file.try_clone()?;
     Ok(match layout {
@@ -453,7 +686,7 @@ fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
                 unstuffer: Unstuffer::default(),
             }
         }
-        Layout::Headers { skip } => {
+        Layout::Headers { skip, .. } => {
             handle.seek(SeekFrom::Start(0))?;
             Body::Headers {
                 reader: BufReader::with_capacity(READ_BUFFER, handle),
@@ -491,8 +724,13 @@ impl Cursor for MaildirCursor {
                     }
                 },
             };
-            let Some(selected) = select(&self.host, &self.config, spool, &entry, &self.domains) else {
-                continue;
+            let selected = match select(&self.host, &self.config, spool, &entry, &self.domains) {
+                Selection::Offer(selected) => selected,
+                Selection::Nothing => continue,
+                Selection::Unusable => {
+                    self.unusable += 1;
+                    continue;
+                }
             };
             let body = match body_of(&selected.file, &selected.parsed.layout) {
                 Ok(body) => body,
@@ -504,43 +742,7 @@ impl Cursor for MaildirCursor {
                     continue;
                 }
             };
-            let meta = selected.file.metadata().ok();
-            let size = meta.as_ref().map_or(0, |m| m.len());
-            let params = &selected.parsed.params;
-            // A bounded look at the content (BSMTP data is not read before it
-            // streams; the headers form's envelope headers, not sent, only
-            // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
-            let content_start = match selected.parsed.layout {
-                Layout::Bsmtp { data_start, .. } => data_start,
-                Layout::Headers { .. } => 0,
-            };
-            let scanned = match (params.eight_bit, params.lines) {
-                (Some(_), Some(_)) => None,
-                _ => scan_files(&[(&selected.file, content_start)]),
-            };
-            let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
-            let lines = params.lines.or(scanned.map(|s| s.lines));
-            let envelope = Envelope {
-                id: entry.id.clone(),
-                sender: selected.parsed.sender.clone(),
-                size,
-                recipients: selected
-                    .offered
-                    .iter()
-                    .map(|&i| selected.parsed.recipients[i].address.clone())
-                    .collect(),
-                arrival: arrival(&entry, meta.as_ref()),
-                envid: params.envid.clone(),
-                ret: params.ret,
-                smtputf8: params.smtputf8,
-                eight_bit,
-                wire_size: lines.map(|lines| wire_size_bound(size, lines)),
-                details: selected
-                    .offered
-                    .iter()
-                    .map(|&i| selected.parsed.recipients[i].details.clone())
-                    .collect(),
-            };
+            let envelope = envelope_of(&entry, &selected);
             self.open.push_back(Current {
                 spool: spool_index,
                 entry,
@@ -549,9 +751,21 @@ impl Cursor for MaildirCursor {
                 body,
                 file: selected.file,
                 committed: false,
+                deferred: Default::default(),
                 claim,
             });
+            self.offered_any = true;
             return Ok(Some(envelope));
+        }
+        if !self.offered_any && self.withheld + self.unusable > 0 {
+            let msg = format!(
+                "domains={} nothing offered: {} maildir(s) locked or unreadable, {} file(s) unparseable",
+                self.domains.join(","),
+                self.withheld,
+                self.unusable
+            );
+            self.log(LogLevel::Warn, &msg);
+            return Err(Status::TempFail);
         }
         Ok(None)
     }
@@ -573,7 +787,19 @@ impl Cursor for MaildirCursor {
         current.outcomes.set(index, outcome)
     }
 
+    fn set_outcome_reply(&mut self, index: usize, outcome: Outcome, reply: &str) -> Result<(), Status> {
+        self.set_outcome(index, outcome)?;
+        let current = self.older()?;
+        if outcome == Outcome::TempFail && !reply.is_empty() {
+            let offered = current.outcomes.offered().get(index).copied().ok_or(Status::InvalidArgument)?;
+            let address = current.parsed.recipients[offered].address.clone();
+            current.deferred.insert(address, reply.to_string());
+        }
+        Ok(())
+    }
+
     fn commit(&mut self) -> Result<(), Status> {
+        self.record_deferrals();
         let result = self.commit_older();
         // With a newer message open, the older is retired whether its commit
         // succeeded or not: what follows goes to the newer.
@@ -614,8 +840,14 @@ impl MaildirCursor {
                     head.push(data_line);
                     spool::rewrite(&spool.path, path, &current.file, &head, *data_start).map(|()| "rewritten")
                 }
-                // One recipient per file: it is either done or not.
-                Layout::Headers { .. } => Err(io::Error::other("partial commit of a single-recipient file")),
+                Layout::Headers { source, .. } => {
+                    let kept: Vec<&str> = (current.parsed.recipients.iter().zip(&done))
+                        .filter(|(_, &d)| !d)
+                        .map(|(r, _)| r.address.as_str())
+                        .collect();
+                    rewrite_recipient_field(&spool.path, path, &current.file, source, &kept)
+                        .map(|()| "rewritten")
+                }
             }
         };
         let id = current.entry.id.clone();

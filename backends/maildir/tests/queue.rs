@@ -240,7 +240,10 @@ fn malformed_unreadable_and_symlinked_files_are_skipped_and_kept() {
         assert!(kept.exists(), "{} was removed", kept.display());
     }
     assert!(fs::symlink_metadata(spool.root.path().join("example.org/new/link")).is_ok());
-    assert!(!q.has_pending(&domains(&["example.org"])).unwrap());
+    // Only unparseable files are left: that is not "no mail" (453) but 451.
+    assert_eq!(q.has_pending(&domains(&["example.org"])).unwrap_err(), Status::TempFail);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    assert_eq!(cursor.next_message().unwrap_err(), Status::TempFail);
 }
 
 #[test]
@@ -307,10 +310,14 @@ fn has_pending_agrees_with_the_cursor() {
         setup(&spool);
         let prefixed = name.contains("prefix") || name.contains("good after");
         let q = instance(&spool, if prefixed { &[("strip_prefix", "p-")] } else { &[] });
-        let pending = q.has_pending(&domains(&["example.org"])).unwrap();
-        let offered = drain(&mut q.open(&domains(&["example.org"])).unwrap()).len();
-        assert_eq!(pending, offered > 0, "{name}: has_pending={pending} but cursor offered {offered}");
-        assert_eq!(pending, name.contains("good"), "{name}");
+        let pending = q.has_pending(&domains(&["example.org"]));
+        let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+        let first = cursor.next_message().map(|m| m.is_some());
+        assert_eq!(pending, first, "{name}: has_pending and the cursor's first message disagree");
+        // Unparseable files alone are a temporary failure (451), never "no mail" (453).
+        let unparseable = name.contains("malformed") || name.contains("prefix");
+        let expected = if unparseable { Err(Status::TempFail) } else { Ok(name.contains("good")) };
+        assert_eq!(pending, expected, "{name}");
     }
 }
 

@@ -147,6 +147,23 @@ impl Credentials for Passwd {
         let account = table.users.get(user).ok_or(Status::NotFound)?;
         Ok(account.allow_nets.clone())
     }
+
+    fn accounts(&self) -> Result<Vec<odmr_api::Account>, Status> {
+        let table = self.table()?;
+        let mut accounts: Vec<odmr_api::Account> = table
+            .users
+            .iter()
+            .filter(|(_, a)| !a.domains.is_empty())
+            .map(|(user, a)| odmr_api::Account {
+                user: user.clone(),
+                domains: a.domains.clone(),
+                quota: a.quota,
+                contact: a.contact.clone(),
+            })
+            .collect();
+        accounts.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(accounts)
+    }
 }
 
 impl Passwd {
@@ -256,6 +273,10 @@ struct Account {
     /// Dovecot's `allow_nets`: the networks as written; empty when none is
     /// valid (nobody may then log in as this user).
     allow_nets: Option<Vec<String>>,
+    /// `odmr_quota=`: held bytes the operator allows (reported by `odmrd --queue`).
+    quota: Option<u64>,
+    /// `odmr_notify=`: where "mail is waiting" notices go.
+    contact: Option<String>,
 }
 
 pub enum Password {
@@ -315,7 +336,14 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
         return Err(format!("user '{user}' has no password field"));
     }
     let password = parse_password(fields[1]).map_err(|reason| format!("user '{user}': {reason}"))?;
-    let mut account = Account { password, nologin: false, domains: Vec::new(), allow_nets: None };
+    let mut account = Account {
+        password,
+        nologin: false,
+        domains: Vec::new(),
+        allow_nets: None,
+        quota: None,
+        contact: None,
+    };
     // As Dovecot: everything after the 7th field, re-joined, is space-separated
     // `key=value` extra fields.
     let extra = if fields.len() > 7 { fields[7..].join(&b':') } else { Vec::new() };
@@ -358,15 +386,36 @@ fn parse_line(line: &[u8], warn: &mut dyn FnMut(String)) -> Result<(String, Acco
                 }
                 account.allow_nets = Some(nets);
             }
+            "odmr_quota" => match parse_quota(value) {
+                Some(bytes) => account.quota = Some(bytes),
+                None => warn(format!(
+                    "user '{user}': ignoring odmr_quota '{value}' (bytes, or a number with K, M or G)"
+                )),
+            },
+            "odmr_notify" if value.contains('@') && !value.contains(char::is_control) => {
+                account.contact = Some(value.to_owned())
+            }
+            "odmr_notify" => warn(format!("user '{user}': ignoring odmr_notify '{value}' (not an address)")),
             "reason" => {}
             _ if key.starts_with("userdb_") => {}
             _ => warn(format!(
                 "user '{user}': extra field '{key}' is not used by odmrd and is ignored \
-                 (known: odmr_domains, allow_nets, nologin, reason, userdb_*)"
+                 (known: odmr_domains, odmr_quota, odmr_notify, allow_nets, nologin, reason, userdb_*)"
             )),
         }
     }
     Ok((user.to_owned(), account))
+}
+
+/// `odmr_quota=`: bytes, or a number with `K`, `M` or `G` (powers of 1024).
+fn parse_quota(value: &str) -> Option<u64> {
+    let (digits, scale) = match value.char_indices().last()? {
+        (i, 'k' | 'K') => (&value[..i], 1 << 10),
+        (i, 'm' | 'M') => (&value[..i], 1 << 20),
+        (i, 'g' | 'G') => (&value[..i], 1 << 30),
+        _ => (value, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale).filter(|&bytes| bytes > 0)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -417,3 +417,31 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn accounts_carry_their_domains_quota_and_contact() {
+    let fx = Fixture::new(
+        "b:{PLAIN}x::::::odmr_domains=b.example odmr_quota=10M odmr_notify=ops@b.example\n\
+         a:{PLAIN}x::::::odmr_domains=A.example,a2.example odmr_quota=2048\n\
+         nodomains:{PLAIN}x::::::odmr_quota=5\n\
+         bad:{PLAIN}x::::::odmr_domains=c.example odmr_quota=lots odmr_notify=nobody\n",
+    );
+    let account =
+        |user: &str, domains: &[&str], quota: Option<u64>, contact: Option<&str>| odmr_api::Account {
+            user: user.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            quota,
+            contact: contact.map(str::to_string),
+        };
+    assert_eq!(
+        fx.passwd.accounts().unwrap(),
+        [
+            account("a", &["a.example", "a2.example"], Some(2048), None),
+            account("b", &["b.example"], Some(10 << 20), Some("ops@b.example")),
+            account("bad", &["c.example"], None, None),
+        ]
+    );
+    let warns = fx.logged(LogLevel::Warn);
+    assert!(warns.iter().any(|w| w.contains("line 4") && w.contains("odmr_quota 'lots'")), "{warns:?}");
+    assert!(warns.iter().any(|w| w.contains("line 4") && w.contains("odmr_notify 'nobody'")), "{warns:?}");
+}
