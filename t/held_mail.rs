@@ -501,3 +501,16 @@ fn by_account_shows_each_customers_held_bytes_against_its_quota() {
     );
     assert!(!json.contains(r#""account":"other""#), "only the accounts of the domains asked for: {json}");
 }
+
+#[test]
+fn check_config_warns_about_granted_domains_without_a_maildir_yet() {
+    let p = Provider::new();
+    p.queue("example.org", "1.m", "Return-Path: <a@s.example>\nDelivered-To: x@example.org\n\nbody\n");
+    let out = support::odmrd::check_config(&p.config());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a warning is no error: {stderr}");
+    for domain in ["example.net", "example.com"] {
+        assert!(stderr.contains(&format!("[queue] directory: {domain}, granted to")), "{domain}: {stderr}");
+    }
+    assert!(!stderr.contains("directory: example.org,"), "example.org has its maildir: {stderr}");
+}

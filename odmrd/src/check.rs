@@ -12,7 +12,7 @@
 //! reported as "will be created at start", not created).
 
 use crate::backend::Backends;
-use crate::config::Config;
+use crate::config::{Config, PluginSource};
 use crate::log;
 use crate::start::{self, ServiceUser};
 use nix::unistd::{access, AccessFlags};
@@ -135,6 +135,7 @@ fn check_all(config: &Config, v: &mut Verdicts) {
         Ok(backends) => {
             v.checked(&format!("backends load and read their files: {}", backends.describe()));
             check_backends(config, v, &backends);
+            check_granted_maildirs(config, v, &backends);
         }
         Err(e) => v.error(&e.to_string()),
     }
@@ -168,6 +169,42 @@ fn check_backends(config: &Config, v: &mut Verdicts, backends: &Backends) {
                 v.error_at(config, section, None, format!("{plugin}: its checks failed: {status}"))
             }
         }
+    }
+}
+
+/// Granted domains whose maildir does not exist yet (`builtin:maildir`): their customers get
+/// 453 until the MTA first delivers there, which is also what a typo in a grant or in
+/// `directory` looks like, so say which ones.
+fn check_granted_maildirs(config: &Config, v: &mut Verdicts, backends: &Backends) {
+    if config.queue.source != PluginSource::Builtin("maildir".into()) {
+        return;
+    }
+    let Some(directory) = config.queue.settings.iter().find(|s| s.key == "directory") else { return };
+    // A store that cannot list its accounts (ABI 1.0, vpopmail) is simply not checked here.
+    let Ok(accounts) = backends.credentials.accounts() else { return };
+    let mut missing = std::collections::BTreeMap::new();
+    let mut present = 0;
+    for account in accounts {
+        for domain in account.domains {
+            let maildir = directory.value.replace("{domain}", &domain);
+            if Path::new(&maildir).is_dir() {
+                present += 1;
+            } else {
+                missing.entry(domain).or_insert((maildir, account.user.clone()));
+            }
+        }
+    }
+    // With no maildir at all, the backend's own check has already said so once.
+    if present == 0 {
+        return;
+    }
+    for (domain, (maildir, user)) in missing {
+        v.warning(&format!(
+            "{}:{}: [queue] directory: {domain}, granted to {user}, has no maildir yet ({maildir}): \
+             its customer gets 453 until the MTA first delivers there",
+            config.path.display(),
+            directory.line
+        ));
     }
 }
 
