@@ -35,12 +35,14 @@ use support::odmrd::{PASSWORD, USER};
 use support::{body_of, envelope_of, qmail_message, wait_until, CustomerMta, Fetchmail, Maildir};
 
 const SPOOL: &str = "/var/spool/odmr";
-const UNITS: [&str; 5] = [
+const UNITS: [&str; 7] = [
     "/lib/systemd/system/odmrd.socket",
     "/lib/systemd/system/odmrd@.service",
     "/lib/systemd/system/odmrd.service",
     "/lib/systemd/system/odmrs.socket",
     "/lib/systemd/system/odmrs@.service",
+    "/lib/systemd/system/odmrd-expire.service",
+    "/lib/systemd/system/odmrd-expire.timer",
 ];
 
 fn workspace() -> PathBuf {
@@ -215,6 +217,7 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
     for wants in [
         "sockets.target.wants/odmrd.socket",
         "sockets.target.wants/odmrs.socket",
+        "timers.target.wants/odmrd-expire.timer",
         "multi-user.target.wants/odmrd.service",
     ] {
         let link = Path::new("/etc/systemd/system").join(wants);
