@@ -558,44 +558,46 @@ impl<W: Wire> Session<'_, W> {
 
     /// Check a clear-text password (PLAIN, LOGIN) against the store.
     fn verify_password(&self, user: &str, password: &[u8]) -> Result<(), Verdict> {
-        let credentials = &self.backends.credentials;
-        let matches = match credentials.lookup_secret(user) {
-            Ok(secret) => sasl::verify_password(&secret, password),
-            // A store that keeps only a hash checks the password itself (ABI 1.1).
-            Err(Status::Unsupported) => match credentials.verify_password(user, password) {
+        self.check_credentials(
+            user,
+            |secret| sasl::verify_password(secret, password),
+            || self.backends.credentials.verify_password(user, password),
+            "no-secret-usable-for-plain",
+        )
+    }
+
+    /// Check a CRAM-MD5 response against the store.
+    fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {
+        self.check_credentials(
+            user,
+            |secret| sasl::verify(secret, challenge, digest),
+            || self.backends.credentials.verify_cram_md5(user, challenge, digest),
+            "no-secret-usable-for-cram-md5",
+        )
+    }
+
+    /// The one shape of every credential check: a secret the store reveals is checked here
+    /// (`with_secret`); a store that reveals none checks itself (`in_store`: hash-only stores,
+    /// ABI 1.1); an unknown user costs the same work as a known one, so timing does not reveal
+    /// which users exist.
+    fn check_credentials(
+        &self,
+        user: &str,
+        with_secret: impl Fn(&Secret) -> bool,
+        in_store: impl FnOnce() -> Result<bool, Status>,
+        no_usable_secret: &'static str,
+    ) -> Result<(), Verdict> {
+        let matches = match self.backends.credentials.lookup_secret(user) {
+            Ok(secret) => with_secret(&secret),
+            Err(Status::Unsupported) => match in_store() {
                 Ok(matches) => matches,
-                Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-plain")),
+                Err(Status::Unsupported) => return Err(Verdict::Wrong(no_usable_secret)),
                 Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
                 Err(Status::NotFound) => return Err(Verdict::Wrong("unknown-user")),
                 Err(status) => return Err(Verdict::Unavailable(status)),
             },
             Err(Status::NotFound) => {
-                sasl::verify_password(&Secret::Plain(b"\0unknown user\0".to_vec()), password);
-                return Err(Verdict::Wrong("unknown-user"));
-            }
-            Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
-            Err(status) => return Err(Verdict::Unavailable(status)),
-        };
-        if matches {
-            Ok(())
-        } else {
-            Err(Verdict::Wrong("wrong-password"))
-        }
-    }
-
-    fn verify(&self, user: &str, challenge: &str, digest: &str) -> Result<(), Verdict> {
-        let credentials = &self.backends.credentials;
-        let matches = match credentials.lookup_secret(user) {
-            Ok(secret) => sasl::verify(&secret, challenge, digest),
-            Err(Status::Unsupported) => match credentials.verify_cram_md5(user, challenge, digest) {
-                Ok(matches) => matches,
-                Err(Status::Unsupported) => return Err(Verdict::Wrong("no-secret-usable-for-cram-md5")),
-                Err(status) => return Err(Verdict::Unavailable(status)),
-            },
-            Err(Status::NotFound) => {
-                // Spend the same work as for a real user, so timing does not
-                // reveal which users exist.
-                sasl::verify(&Secret::Plain(b"\0unknown user\0".to_vec()), challenge, digest);
+                with_secret(&Secret::Plain(b"\0unknown user\0".to_vec()));
                 return Err(Verdict::Wrong("unknown-user"));
             }
             Err(Status::Denied) => return Err(Verdict::Wrong("account-disabled")),
