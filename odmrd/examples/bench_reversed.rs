@@ -163,7 +163,8 @@ fn run(name: &str, count: usize, body_size: usize, transport: Transport) {
             customer(rustls::StreamOwned::new(conn, ours))
         }
     });
-    odmrd::session::serve(&config, &backends, identity, start_mode, theirs, None);
+    let gate = odmrd::throttle::Gate::open();
+    odmrd::session::serve(&config, &backends, identity, start_mode, theirs, None, &gate);
     let (messages, bytes) = customer.join().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let left = std::fs::read_dir(dir.path().join("spool/example.org/new")).unwrap().count();

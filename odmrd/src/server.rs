@@ -71,7 +71,7 @@ pub fn run_inetd(
         return Ok(session::End::Refused);
     }
     let gate = Gate::new(&throttle, peer, &std::thread::sleep);
-    Ok(session::serve_gated(config, backends, tls, start, wire, peer, &gate))
+    Ok(session::serve(config, backends, tls, start, wire, peer, &gate))
 }
 
 /// The signals an operator may send by habit that must not kill odmrd silently.
@@ -644,7 +644,7 @@ fn start_session(
     let spawned = std::thread::Builder::new().name(format!("session-{ip}")).spawn(move || {
         let wait = |duration| slot.wait(duration);
         let gate = Gate::new(&throttle, Some(ip), &wait);
-        session::serve_gated(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
+        session::serve(&config, &backends, tls.as_deref(), start, stream, Some(ip), &gate);
     });
     if let Err(e) = spawned {
         log::Event::new("spawn-failed").field("client", ip).field("error", e).error();

@@ -112,22 +112,10 @@ pub enum Start {
     ImplicitTls,
 }
 
-/// Serve one session on `wire` from the peer `peer` (None when unknown), without throttling
-/// across connections. `tls` is the identity to present on STARTTLS or, with
-/// [`Start::ImplicitTls`], at once.
+/// Serve one session on `wire` from the peer `peer` (None when unknown), its AUTH attempts
+/// throttled through `gate` ([`Gate::open`]: not at all). `tls` is the identity to present on
+/// STARTTLS or, with [`Start::ImplicitTls`], at once.
 pub fn serve<W: Wire>(
-    config: &Config,
-    backends: &Backends,
-    tls: Option<&Identity>,
-    start: Start,
-    wire: W,
-    peer: Option<IpAddr>,
-) -> End {
-    serve_gated(config, backends, tls, start, wire, peer, &Gate::open())
-}
-
-/// Serve one session, its AUTH attempts throttled through `gate`.
-pub fn serve_gated<W: Wire>(
     config: &Config,
     backends: &Backends,
     tls: Option<&Identity>,
