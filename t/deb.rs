@@ -238,6 +238,29 @@ fn the_package_installs_serves_fetchmail_and_is_removed_then_purged() {
         "{said}"
     );
 
+    // builtin:sql is the packaged shared object: the binary links no SQL driver (nor
+    // libsqlite3, which the package still depends on, for the object).
+    let ldd = run_ok(Command::new("ldd").arg("/usr/sbin/odmrd"));
+    assert!(!String::from_utf8_lossy(&ldd.stdout).contains("libsqlite3"), "{ldd:?}");
+    let depends = run_ok(Command::new("dpkg-query").args(["-W", "-f", "${Depends}", "odmrd"]));
+    assert!(String::from_utf8_lossy(&depends.stdout).contains("libsqlite3-0"), "{depends:?}");
+    let sql = tempfile::tempdir().unwrap();
+    let ini = sql.path().join("sql.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[credentials]\nplugin = builtin:sql\ndriver = sqlite\nconnect = {db}\n\
+             password_query = SELECT password FROM u WHERE login = '%u'\n\
+             domains_query = SELECT domain FROM d WHERE login = '%u'\n\
+             [queue]\nplugin = builtin:maildir\ndirectory = {SPOOL}/{{domain}}\n",
+            db = sql.path().join("absent.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let checked = Command::new("/usr/sbin/odmrd").arg("-c").arg(&ini).arg("--check-config").output().unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(said.contains("from builtin:sql (/usr/lib/odmrd/libodmr_backend_sql.so)"), "{checked:?}");
+
     // One edit of /etc/odmrd/passwd, mail in the spool, and a session with the real fetchmail.
     let mut entry = Command::new("/usr/sbin/odmrd")
         .arg("--cram-md5")

@@ -8,6 +8,11 @@
 //! front ends with separate lock directories sharing one maildir spool and
 //! the database's locks.
 //!
+//! `builtin:sql` is the shared object shipped with odmrd, found beside the
+//! binary in a cargo build: [`provider`] builds it first (a lone `cargo test
+//! -p odmrd --test sql` does not build cdylibs). Without it, the configuration
+//! error names the paths tried.
+//!
 //! A database whose server is not installed is skipped with a loud message;
 //! `t/setup-deps` installs both for CI.
 
@@ -15,6 +20,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::databases::{Mariadb, Postgres};
@@ -83,9 +89,24 @@ fn vpopmail_rows() -> &'static str {
      INSERT INTO vpopmail VALUES ('nosmtp', 'example.org', 'x', 89, 2048, '', '', '', 'S3cret-odmr');"
 }
 
+/// The file odmrd resolves `builtin:sql` to.
+const SQL_OBJECT: &str = "libodmr_backend_sql.so";
+
+/// Build `libodmr_backend_sql.so` (package `odmr-backend-sql-so`) unless it is
+/// already there, and check that it lands beside odmrd, where odmrd looks.
+fn build_sql_object() {
+    let built = shared_object(SQL_OBJECT);
+    let beside = Path::new(env!("CARGO_BIN_EXE_odmrd")).with_file_name(SQL_OBJECT);
+    assert_eq!(
+        built, beside,
+        "cargo build -p odmr-backend-sql-so put {SQL_OBJECT} elsewhere than beside odmrd"
+    );
+}
+
 /// A provider whose `[credentials]` are `credentials`, with one message
-/// queued for each of `domains`.
+/// queued for each of `domains` (and the SQL object built).
 fn provider(credentials: String, domains: &[&str]) -> Provider {
+    build_sql_object();
     let mut p = Provider::new();
     p.credentials = credentials;
     for domain in domains {
@@ -199,7 +220,7 @@ fn sqlite_plain_schema() {
     let credentials = example("plain", "sqlite", &db.display().to_string());
     plain_schema_cases(credentials.clone());
     // The same code as a shared object loaded by path.
-    let so = shared_object("libodmr_backend_sql.so").display().to_string();
+    let so = shared_object(SQL_OBJECT).display().to_string();
     plain_schema_cases(credentials.replace("builtin:sql", &so));
     check_config_refuses_broken_query(credentials.clone());
     // SQLite has no locks shared between hosts.
@@ -293,6 +314,41 @@ fn mariadb_schemas_outage_and_check_config() {
 
     let db = Mutex::new(db);
     outage(credentials, &mut || db.lock().unwrap().halt(), &mut || db.lock().unwrap().resume());
+}
+
+/// A copy of odmrd alone in a directory, with no SQL object in its plugin
+/// directory nor beside it: `builtin:sql` (and `lock = database`, which needs
+/// the object too) is a configuration error at the key's line that names
+/// every path tried.
+#[test]
+fn a_missing_sql_object_is_a_located_error_naming_the_paths_tried() {
+    let plugin_dir = Path::new(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd"));
+    let installed = plugin_dir.join(SQL_OBJECT);
+    if installed.exists() {
+        eprintln!("SKIPPED: {} is installed here, so odmrd finds it", installed.display());
+        return;
+    }
+    let alone = tempfile::tempdir().unwrap();
+    let odmrd = alone.path().join("odmrd");
+    std::fs::copy(env!("CARGO_BIN_EXE_odmrd"), &odmrd).unwrap();
+    let tried = format!("(tried {}, {})", installed.display(), alone.path().join(SQL_OBJECT).display());
+    let check = |p: &Provider, key: &str| {
+        let config = p.config();
+        let out =
+            std::process::Command::new(&odmrd).arg("-c").arg(&config).arg("--check-config").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        let ini = std::fs::read_to_string(&config).unwrap();
+        let line = 1 + ini.lines().position(|l| l.starts_with(&format!("{key} = "))).unwrap();
+        assert!(err.contains(&format!("{}:{line}:", config.display())), "{err}");
+        assert!(err.contains(&format!("{SQL_OBJECT}, shipped with odmrd, was not found {tried}")), "{err}");
+    };
+    let mut p = Provider::new();
+    p.credentials = example("plain", "sqlite", "/nonexistent/odmr.sqlite");
+    check(&p, "plugin");
+    p.credentials = example("plain", "postgresql", "host=/nonexistent dbname=mail");
+    p.extra_server = "lock = database\n".into();
+    check(&p, "lock");
 }
 
 /// Two front ends (standalone odmrd processes with their own lock

@@ -1,6 +1,12 @@
 //! Choosing and loading the configured backends: the built-in registry,
 //! dlopen for `.so` paths, the section check, and the log line per plugin.
 //!
+//! Most built-in backends are linked in. `builtin:sql` is not: its drivers
+//! (PostgreSQL, MariaDB, libsqlite3) would make every start of odmrd, and so
+//! every inetd session, pay for their relocations. It is the shared object
+//! shipped with odmrd, `libodmr_backend_sql.so`, found by [`bundled_object`]
+//! and loaded through the same ABI as any `.so` plugin.
+//!
 //! Every backend, built in (`builtin:NAME`) or loaded from a `.so`, is reached
 //! through the same `odmr_plugin` descriptor, so the ABI is on every code path.
 //! The host's side of that ABI (checking the descriptor, the thread contract,
@@ -15,7 +21,7 @@ use odmr_api::ffi::*;
 use odmr_api::host::{CredentialStore, Instance, LogFn, MailQueue, Plugin, PluginHost};
 use odmr_api::LogLevel;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The backends linked into the binary, by `builtin:` name.
@@ -24,8 +30,36 @@ const BUILTINS: &[(&str, odmr_plugin_init_fn)] = &[
     ("maildir", odmr_backend_maildir::maildir_plugin_init),
     ("vpopmail", odmr_backend_vpopmail::vpopmail_plugin_init),
     ("exim", odmr_backend_exim::exim_plugin_init),
-    ("sql", odmr_backend_sql::sql_plugin_init),
 ];
+
+/// The built-in backends shipped beside the binary as shared objects, by `builtin:` name.
+const BUNDLED: &[(&str, &str)] = &[("sql", SQL_OBJECT)];
+
+/// The shared object of `builtin:sql` (and of the database locks, `crate::sql_locks`).
+pub const SQL_OBJECT: &str = "libodmr_backend_sql.so";
+
+/// Where the bundled shared objects are looked for, in order: the plugin directory compiled in
+/// (`ODMRD_PLUGIN_DIR` at build time, `/usr/lib/odmrd` by default: where the package installs
+/// them), then the directory of the running executable (a cargo build's `target/<profile>/`).
+pub fn plugin_directories() -> Vec<PathBuf> {
+    let mut directories = vec![PathBuf::from(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd"))];
+    if let Some(own) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        if !directories.contains(&own) {
+            directories.push(own);
+        }
+    }
+    directories
+}
+
+/// The path of the bundled shared object `file`, or why not: every path tried.
+pub fn bundled_object(file: &str) -> Result<PathBuf, String> {
+    let tried: Vec<PathBuf> = plugin_directories().into_iter().map(|d| d.join(file)).collect();
+    if let Some(found) = tried.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    Err(format!("{file}, shipped with odmrd, was not found (tried {})", tried.join(", ")))
+}
 
 /// Which section a plugin serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,14 +172,24 @@ pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<(Instance, Strin
     let (label, init) = match &config.source {
         PluginSource::Builtin(name) => {
             let label = format!("builtin:{name}");
-            let Some((_, init)) = BUILTINS.iter().find(|(n, _)| n == name) else {
-                let known: Vec<_> = BUILTINS.iter().map(|(n, _)| format!("builtin:{n}")).collect();
-                let reason = format!("no such built-in backend (known: {})", known.join(", "));
-                return Err(LoadError::new(&label, kind, reason));
-            };
-            (label, *init)
+            let fail = |reason: String| LoadError::new(&label, kind, reason);
+            if let Some((_, init)) = BUILTINS.iter().find(|(n, _)| n == name) {
+                (label, *init)
+            } else if let Some((_, file)) = BUNDLED.iter().find(|(n, _)| n == name) {
+                let path = bundled_object(file).map_err(fail)?;
+                let init = open_shared_object(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                (format!("{label} ({})", path.display()), init)
+            } else {
+                let names = BUILTINS.iter().map(|(n, _)| *n).chain(BUNDLED.iter().map(|(n, _)| *n));
+                let known: Vec<_> = names.map(|n| format!("builtin:{n}")).collect();
+                return Err(fail(format!("no such built-in backend (known: {})", known.join(", "))));
+            }
         }
-        PluginSource::Path(path) => (path.display().to_string(), open_shared_object(path, kind)?),
+        PluginSource::Path(path) => {
+            let label = path.display().to_string();
+            let init = open_shared_object(path).map_err(|e| LoadError::new(&label, kind, e))?;
+            (label, init)
+        }
     };
     let fail = |reason: String| LoadError::new(&label, kind, reason);
     let plugin = Plugin::load(PluginHost::new(&label, plugin_log()), init).map_err(|r| fail(r.reason))?;
@@ -180,25 +224,30 @@ pub fn instantiate(config: &PluginConfig, kind: Kind) -> Result<(Instance, Strin
 }
 
 /// dlopen a plugin (`RTLD_NOW | RTLD_LOCAL`) and find `odmr_plugin_init`.
-fn open_shared_object(path: &Path, kind: Kind) -> Result<odmr_plugin_init_fn, LoadError> {
+fn open_shared_object(path: &Path) -> Result<odmr_plugin_init_fn, String> {
+    let library = open_library(path)?;
+    // SAFETY: the symbol is declared by the ABI with exactly this type.
+    unsafe { library.get::<odmr_plugin_init_fn>(b"odmr_plugin_init\0") }
+        .map(|symbol| *symbol)
+        .map_err(|e| format!("does not export odmr_plugin_init: {}", dl_reason(&e, path)))
+}
+
+/// dlopen `path` (`RTLD_NOW | RTLD_LOCAL`) for good: the one loader of plugins, also for the
+/// private symbols of a bundled object. The reason names no path (the caller's message does).
+pub(crate) fn open_library(path: &Path) -> Result<&'static libloading::os::unix::Library, String> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    let fail = |reason: String| LoadError::new(&path.display().to_string(), kind, reason);
     match std::fs::metadata(path) {
-        Err(e) => return Err(fail(format!("cannot open: {e}"))),
-        Ok(meta) if !meta.is_file() => return Err(fail("not a shared object: not a regular file".into())),
+        Err(e) => return Err(format!("cannot open: {e}")),
+        Ok(meta) if !meta.is_file() => return Err("not a shared object: not a regular file".into()),
         Ok(_) => {}
     }
     // SAFETY: loading runs the object's initialisers; that is what the operator
-    // configured. The library is never unloaded (forgotten below), so the
-    // function pointer stays valid for the life of the process.
+    // configured (or the object shipped with odmrd). The library is never
+    // unloaded (leaked below), so symbols taken from it stay valid for the
+    // life of the process.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map_err(|e| fail(format!("cannot be loaded (dlopen): {}", dl_reason(&e, path))))?;
-    // SAFETY: the symbol is declared by the ABI with exactly this type.
-    let init = unsafe { library.get::<odmr_plugin_init_fn>(b"odmr_plugin_init\0") }
-        .map(|symbol| *symbol)
-        .map_err(|e| fail(format!("does not export odmr_plugin_init: {}", dl_reason(&e, path))))?;
-    std::mem::forget(library);
-    Ok(init)
+        .map_err(|e| format!("cannot be loaded (dlopen): {}", dl_reason(&e, path)))?;
+    Ok(Box::leak(Box::new(library)))
 }
 
 /// dlerror's text without the path it repeats (the message names it already).

@@ -11,7 +11,7 @@
 //! - serving: [`server`] (inetd, the standalone listener, limits, signals), [`session`] (the
 //!   ODMR state machine), `relay` (the reversed-state SMTP client) with `verdict` (what the
 //!   customer's replies decide for a recipient), `bounce` (DSNs), [`locks`]
-//!   (per-domain collection locks), [`throttle`] (AUTH throttling per client address),
+//!   (per-domain collection locks, with `sql_locks` for those in a database), [`throttle`] (AUTH throttling per client address),
 //!   [`conn`] (a buffered byte pipe with deadlines);
 //! - protocol without I/O: [`proto`] (commands, replies, ATRN domains), [`sasl`] (CRAM-MD5),
 //!   `refusal` (the refusals of the reply table: code, text, log reason);
@@ -38,6 +38,7 @@ mod relay;
 pub mod sasl;
 pub mod server;
 pub mod session;
+mod sql_locks;
 pub mod start;
 pub mod throttle;
 pub mod tls;

@@ -5,7 +5,8 @@
 //! (several front ends on several hosts sharing the `[credentials]` database
 //! of `builtin:sql`: PostgreSQL advisory locks or MariaDB `GET_LOCK`, held on
 //! a connection of the session's own, so they also vanish with a front end
-//! that dies; see `odmr_backend_sql::lock`).
+//! that dies; the locks live in `libodmr_backend_sql.so` with the drivers,
+//! reached through `sql_locks`).
 //!
 //! A flock lock is an exclusive `flock(2)` on `<lock_directory>/<domain>.lock`.
 //! `flock` locks belong to the open file description, so they exclude other
@@ -16,8 +17,8 @@
 
 use crate::config::{Config, LockKind, PluginSource};
 use crate::proto::is_valid_domain;
+use crate::sql_locks::{DatabaseLocks, Held, LockFailure};
 use nix::fcntl::{Flock, FlockArg};
-use odmr_backend_sql::lock::{DatabaseLocks, LockFailure};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -57,7 +58,7 @@ pub enum Locker {
 #[derive(Debug)]
 pub enum HeldLocks {
     Flock(DomainLocks),
-    Database(odmr_backend_sql::lock::Held),
+    Database(Held),
 }
 
 impl Locker {

@@ -36,7 +36,7 @@ impl Driver {
         };
         if !driver.built_in() {
             return Err(format!(
-                "key 'driver': this build has no {name} driver (build odmrd with the cargo feature '{}')",
+                "key 'driver': this build has no {name} driver (build odmr-backend-sql-so, libodmr_backend_sql.so, with the cargo feature '{}')",
                 driver.feature()
             ));
         }

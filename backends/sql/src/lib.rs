@@ -21,6 +21,13 @@
 //!
 //! It does not verify CRAM-MD5 responses (odmrd's `sasl` does) and never
 //! writes to fds 0-2.
+//!
+//! odmrd does not link this crate (the drivers would cost every start of the
+//! daemon): `builtin:sql` is the shared object `libodmr_backend_sql.so`
+//! (`backends/sql/so`), which exports [`sql_plugin_init`] as
+//! `odmr_plugin_init` and, for `[server] lock = database`, a small entry over
+//! [`lock`] that is private between odmrd and the object of the same build
+//! (not part of the plugin ABI; documented in that crate).
 #![deny(unsafe_code)]
 
 pub mod driver;

@@ -12,6 +12,8 @@
 //! The connection keys are those of the `[credentials]` section
 //! (`driver`, `connect`, `connect_timeout`, `query_timeout`); the other keys
 //! of that section are the credential backend's and are not read here.
+//! odmrd reaches this module through the private entry of
+//! `libodmr_backend_sql.so` (`odmr_sql_locks_*`, in `backends/sql/so`).
 //! This module owns taking and holding the locks; what a busy domain means
 //! (450) or an unreachable database (451) is the host's decision.
 

@@ -1,8 +1,200 @@
 //! The SQL credential backend as a shared object, `libodmr_backend_sql.so`:
-//! the same code as `builtin:sql`, loadable with
-//! `plugin = /path/to/libodmr_backend_sql.so` in `[credentials]`.
+//! the code of `builtin:sql`. odmrd does not link the SQL drivers (they
+//! would make every start, and so every inetd session, pay for their
+//! relocations and libsqlite3); it resolves `plugin = builtin:sql` to this
+//! object, shipped next to it (`/usr/lib/odmrd/`), and loads it through the
+//! public ABI like any `plugin = /path/to/libodmr_backend_sql.so`.
 //!
-//! Owns only the exported `odmr_plugin_init` symbol (and the panic hook the
-//! kit installs for a shared object); the backend is `odmr-backend-sql`.
+//! Owns the exported symbols: `odmr_plugin_init` (with the panic hook the
+//! kit installs for a shared object) and odmrd's *private* entry to the
+//! database locks of `[server] lock = database` (below). The backend itself
+//! is `odmr-backend-sql`.
+//!
+//! # The private lock entry
+//!
+//! `lock = database` needs the drivers too, outside any credential call, so
+//! this object exports five C functions for odmrd alone. They are **not**
+//! part of the plugin ABI (`odmr_api.h`): no other plugin has them, and they
+//! may change with any release. odmrd calls them only on the object of its
+//! own build: it first compares [`odmr_sql_private_version`] with its own
+//! version and refuses any other.
+//!
+//! - `odmr_sql_locks_open(pairs, n, err, err_cap, err_len) -> handle` from the
+//!   `[credentials]` pairs (null on error, the reason in `err`);
+//! - `odmr_sql_locks_acquire(handle, domains, n, &held, err, err_cap, err_len) -> status`:
+//!   `ODMR_OK` (all held, `held` set), `ODMR_DENIED` (busy: `err` is the domain),
+//!   `ODMR_TEMPFAIL` (database unavailable: `err` says why), `ODMR_PANIC`,
+//!   `ODMR_INVALID_ARGUMENT`;
+//! - `odmr_sql_locks_release(held)`, `odmr_sql_locks_free(handle)`.
+//!
+//! Inputs are borrowed for the call; error texts go to the caller's buffer,
+//! cut to its capacity (at a character boundary); handles are freed only by
+//! their own function. A handle may be used from several threads at once; a
+//! held set is released on any thread. Panics are caught and never cross.
+
+use odmr_api::ffi::{
+    odmr_status, OdmrKv, OdmrStr, ODMR_DENIED, ODMR_INVALID_ARGUMENT, ODMR_OK, ODMR_PANIC, ODMR_TEMPFAIL,
+};
+use odmr_api::kit::{guard, write_out};
+use odmr_backend_sql::lock::{DatabaseLocks, Held, LockFailure};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 odmr_api::export_shared_object!(odmr_backend_sql::sql_plugin_init);
+
+/// This object's version (the workspace's, so odmrd's of the same build):
+/// odmrd refuses the private entry of any other.
+#[no_mangle]
+pub extern "C" fn odmr_sql_private_version() -> OdmrStr {
+    OdmrStr::from_bytes(env!("CARGO_PKG_VERSION").as_bytes())
+}
+
+/// `text` into the caller's error buffer, cut to `cap` at a character boundary.
+///
+/// # Safety
+/// `buf` valid for `cap` bytes of writes (or null with `cap` 0), `len` for one write (or null).
+unsafe fn report(text: &str, buf: *mut u8, cap: usize, len: *mut usize) {
+    let mut end = text.len().min(cap);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // SAFETY: forwarded from our caller; `end <= cap`, so it fits.
+    unsafe { write_out(&text.as_bytes()[..end], buf, cap, len) };
+}
+
+/// Borrow `n` items at `items` (none when `n` is 0).
+///
+/// # Safety
+/// `items` valid for `n` reads for the call, or `n` is 0.
+unsafe fn borrowed<'a, T>(items: *const T, n: usize) -> Option<&'a [T]> {
+    match (items.is_null(), n) {
+        (_, 0) => Some(&[]),
+        (true, _) => None,
+        // SAFETY: non-null and valid for `n` items per the caller's contract.
+        (false, _) => Some(unsafe { std::slice::from_raw_parts(items, n) }),
+    }
+}
+
+/// Open the locks of a `[credentials]` section; null with the reason in `err` on error.
+///
+/// # Safety
+/// `pairs` valid for `n` `OdmrKv` (each string valid for the call); `err`
+/// valid for `err_cap` bytes; `err_len` valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn odmr_sql_locks_open(
+    pairs: *const OdmrKv,
+    n: usize,
+    err: *mut u8,
+    err_cap: usize,
+    err_len: *mut usize,
+) -> *mut DatabaseLocks {
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: per this function's contract.
+        let pairs = unsafe { borrowed(pairs, n) }.ok_or("no settings (null pairs)")?;
+        let mut owned = Vec::with_capacity(pairs.len());
+        for kv in pairs {
+            // SAFETY: each string is valid for the call.
+            let (key, value) = unsafe { (kv.key.as_str(), kv.value.as_str()) };
+            match (key, value) {
+                (Ok(k), Ok(v)) => owned.push((k.to_owned(), v.to_owned())),
+                _ => return Err("a setting is not UTF-8".to_string()),
+            }
+        }
+        DatabaseLocks::from_credentials(&owned)
+    }));
+    match opened {
+        Ok(Ok(locks)) => Box::into_raw(Box::new(locks)),
+        Ok(Err(reason)) => {
+            // SAFETY: per this function's contract.
+            unsafe { report(&reason, err, err_cap, err_len) };
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            // SAFETY: per this function's contract.
+            unsafe { report("panic in odmr_sql_locks_open (caught)", err, err_cap, err_len) };
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Lock every domain of `domains` without waiting, or none; see the module doc for the statuses.
+///
+/// # Safety
+/// `locks` from `odmr_sql_locks_open`, not freed; `domains` valid for `n`
+/// `OdmrStr` (each valid for the call); `held` valid for one write; `err`
+/// valid for `err_cap` bytes; `err_len` for one write.
+#[no_mangle]
+pub unsafe extern "C" fn odmr_sql_locks_acquire(
+    locks: *const DatabaseLocks,
+    domains: *const OdmrStr,
+    n: usize,
+    held: *mut *mut Held,
+    err: *mut u8,
+    err_cap: usize,
+    err_len: *mut usize,
+) -> odmr_status {
+    if locks.is_null() || held.is_null() {
+        return ODMR_INVALID_ARGUMENT;
+    }
+    let mut reason = String::new();
+    let status = guard(|| {
+        // SAFETY: per this function's contract.
+        let Some(domains) = (unsafe { borrowed(domains, n) }) else { return ODMR_INVALID_ARGUMENT };
+        let mut names = Vec::with_capacity(domains.len());
+        for domain in domains {
+            // SAFETY: each string is valid for the call.
+            match unsafe { domain.as_str() } {
+                Ok(name) => names.push(name.to_owned()),
+                Err(_) => return ODMR_INVALID_ARGUMENT,
+            }
+        }
+        // SAFETY: a live handle of `odmr_sql_locks_open`, shared read-only.
+        let locks = unsafe { &*locks };
+        match locks.acquire(&names) {
+            Ok(set) => {
+                // SAFETY: `held` checked non-null, valid for one write.
+                unsafe { *held = Box::into_raw(Box::new(set)) };
+                ODMR_OK
+            }
+            Err(LockFailure::Busy(domain)) => {
+                reason = domain;
+                ODMR_DENIED
+            }
+            Err(LockFailure::Unavailable(why)) => {
+                reason = why;
+                ODMR_TEMPFAIL
+            }
+        }
+    });
+    if status == ODMR_PANIC {
+        reason = "panic in odmr_sql_locks_acquire (caught)".into();
+    }
+    // SAFETY: per this function's contract.
+    unsafe { report(&reason, err, err_cap, err_len) };
+    status
+}
+
+/// Release a held set (closing its connection releases every lock in it).
+///
+/// # Safety
+/// `held` from `odmr_sql_locks_acquire`, released once, or null.
+#[no_mangle]
+pub unsafe extern "C" fn odmr_sql_locks_release(held: *mut Held) {
+    if !held.is_null() {
+        // SAFETY: made by Box::into_raw in `odmr_sql_locks_acquire`, released once.
+        let held = unsafe { Box::from_raw(held) };
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(held)));
+    }
+}
+
+/// Free a handle of `odmr_sql_locks_open` (sets it holds stay valid).
+///
+/// # Safety
+/// `locks` from `odmr_sql_locks_open`, freed once, or null.
+#[no_mangle]
+pub unsafe extern "C" fn odmr_sql_locks_free(locks: *mut DatabaseLocks) {
+    if !locks.is_null() {
+        // SAFETY: made by Box::into_raw in `odmr_sql_locks_open`, freed once.
+        let locks = unsafe { Box::from_raw(locks) };
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(locks)));
+    }
+}
