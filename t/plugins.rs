@@ -8,7 +8,8 @@
 //! reason, exit 78, and 421 to an inetd client); a full ODMR session through
 //! the C example, with a recipient deferred and one bounced; the maildir and
 //! passwd backends loaded by path; a plugin of the next minor; a panicking
-//! Rust plugin under the standalone daemon; and the thread contract.
+//! Rust plugin under the standalone daemon; the thread contract; and the
+//! version check of the SQL object's private entry.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -529,4 +530,43 @@ fn a_threadsafe_plugin_is_called_concurrently() {
     let (max, calls) = entries(&log);
     assert_eq!(calls, 20, "{log}");
     assert!(max > 1, "ten sessions sleeping 300 ms each inside the plugin never overlapped:\n{log}");
+}
+
+/// The private lock entry of `libodmr_backend_sql.so` is for the object of
+/// odmrd's own build: a stand-in object of another version beside a copy of
+/// odmrd is refused for `lock = database`, with both versions named at the
+/// key's line.
+#[test]
+fn an_sql_object_of_another_version_is_refused_for_database_locks() {
+    let installed =
+        Path::new(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd")).join("libodmr_backend_sql.so");
+    if installed.exists() {
+        eprintln!("SKIPPED: {} is installed here, so odmrd loads it first", installed.display());
+        return;
+    }
+    let alone = tempfile::tempdir().unwrap();
+    let odmrd = alone.path().join("odmrd");
+    std::fs::copy(env!("CARGO_BIN_EXE_odmrd"), &odmrd).unwrap();
+    let src = alone.path().join("other.c");
+    std::fs::write(
+        &src,
+        "#include \"odmr_api.h\"\n\
+         odmr_str odmr_sql_private_version(void) {\n\
+         \x20   odmr_str version = { (const uint8_t *)\"0.0.0-other\", 11 };\n\
+         \x20   return version;\n\
+         }\n",
+    )
+    .unwrap();
+    cc_shared(&src, &alone.path().join("libodmr_backend_sql.so"), &[]);
+    let mut p = provider();
+    p.credentials = "plugin = builtin:sql\ndriver = postgresql\nconnect = host=/nonexistent\n".into();
+    p.extra_server = "lock = database\n".into();
+    let out = Command::new(&odmrd).arg("-c").arg(p.config()).arg("--check-config").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("[server] lock: "), "{err}");
+    assert!(
+        err.contains(&format!("is version 0.0.0-other but odmrd is {}", env!("CARGO_PKG_VERSION"))),
+        "{err}"
+    );
 }
