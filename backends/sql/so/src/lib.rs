@@ -6,7 +6,7 @@
 //! public ABI like any `plugin = /path/to/libodmr_backend_sql.so`.
 //!
 //! Owns the exported symbols: `odmr_plugin_init` (with the panic hook the
-//! kit installs for a shared object) and odmrd's *private* entry to the
+//! kit installs for a shared object, and a quiet one until then) and odmrd's *private* entry to the
 //! database locks of `[server] lock = database` (below). The backend itself
 //! is `odmr-backend-sql`.
 //!
@@ -39,7 +39,33 @@ use odmr_api::kit::{guard, write_out};
 use odmr_backend_sql::lock::{DatabaseLocks, Held, LockFailure};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-odmr_api::export_shared_object!(odmr_backend_sql::sql_plugin_init);
+/// `odmr_plugin_init`, as `export_shared_object!` writes it, but first
+/// consuming [`keep_panics_off_fd2`]: the kit's hook that routes panics to
+/// odmrd's log is then never replaced by the quiet one, whichever of the
+/// plugin and the lock entry odmrd calls first.
+///
+/// # Safety
+/// As documented in `odmr_api.h`: `host` valid until exit or null, `out`
+/// valid for one write or null.
+#[no_mangle]
+pub unsafe extern "C" fn odmr_plugin_init(
+    host: *const odmr_api::ffi::odmr_host,
+    out: *mut *const odmr_api::ffi::odmr_plugin,
+) -> odmr_status {
+    keep_panics_off_fd2();
+    // SAFETY: forwarded from our own caller's contract.
+    unsafe { odmr_api::kit::shared_object_init(host, out, odmr_backend_sql::sql_plugin_init) }
+}
+
+/// odmrd calls the lock entry while it reads its configuration, before any
+/// `odmr_plugin_init` has routed this object's panics to its log; std's
+/// default hook would print a panic on fd 2, under inetd the customer's
+/// socket. So, once, before either: a hook that prints nothing (the call
+/// still fails with its "caught" error; `odmr_plugin_init` replaces the hook).
+fn keep_panics_off_fd2() {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
 
 /// This object's version (the workspace's, so odmrd's of the same build):
 /// odmrd refuses the private entry of any other.
@@ -87,6 +113,7 @@ pub unsafe extern "C" fn odmr_sql_locks_open(
     err_cap: usize,
     err_len: *mut usize,
 ) -> *mut DatabaseLocks {
+    keep_panics_off_fd2();
     let opened = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: per this function's contract.
         let pairs = unsafe { borrowed(pairs, n) }.ok_or("no settings (null pairs)")?;
@@ -135,6 +162,7 @@ pub unsafe extern "C" fn odmr_sql_locks_acquire(
     if locks.is_null() || held.is_null() {
         return ODMR_INVALID_ARGUMENT;
     }
+    keep_panics_off_fd2();
     let mut reason = String::new();
     let status = guard(|| {
         // SAFETY: per this function's contract.
