@@ -17,7 +17,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
-use support::odmrd::{check_config, shared_object, workspace, Daemon, Provider, EHLO_NAME, PASSWORD, USER};
+use support::odmrd::{
+    check_config, odmrd_alone, shared_object, workspace, Daemon, Provider, EHLO_NAME, PASSWORD, USER,
+};
 
 /// Compile C `src` into the shared object `out` against the committed header.
 fn cc_shared(src: &Path, out: &Path, defines: &[&str]) {
@@ -538,15 +540,8 @@ fn a_threadsafe_plugin_is_called_concurrently() {
 /// key's line.
 #[test]
 fn an_sql_object_of_another_version_is_refused_for_database_locks() {
-    let installed =
-        Path::new(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd")).join("libodmr_backend_sql.so");
-    if installed.exists() {
-        eprintln!("SKIPPED: {} is installed here, so odmrd loads it first", installed.display());
-        return;
-    }
-    let alone = tempfile::tempdir().unwrap();
+    let Some((alone, _)) = odmrd_alone("libodmr_backend_sql.so") else { return };
     let odmrd = alone.path().join("odmrd");
-    std::fs::copy(env!("CARGO_BIN_EXE_odmrd"), &odmrd).unwrap();
     let src = alone.path().join("other.c");
     std::fs::write(
         &src,

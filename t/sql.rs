@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::databases::{Mariadb, Postgres};
-use support::odmrd::{check_config, shared_object, Client, Daemon, Provider, EHLO_NAME};
+use support::odmrd::{check_config, odmrd_alone, shared_object, Client, Daemon, Provider, EHLO_NAME};
 use support::{bsmtp, doveadm_cram_md5};
 
 const PASSWORD: &str = "S3cret-odmr";
@@ -322,15 +322,8 @@ fn mariadb_schemas_outage_and_check_config() {
 /// every path tried.
 #[test]
 fn a_missing_sql_object_is_a_located_error_naming_the_paths_tried() {
-    let plugin_dir = Path::new(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd"));
-    let installed = plugin_dir.join(SQL_OBJECT);
-    if installed.exists() {
-        eprintln!("SKIPPED: {} is installed here, so odmrd finds it", installed.display());
-        return;
-    }
-    let alone = tempfile::tempdir().unwrap();
+    let Some((alone, installed)) = odmrd_alone(SQL_OBJECT) else { return };
     let odmrd = alone.path().join("odmrd");
-    std::fs::copy(env!("CARGO_BIN_EXE_odmrd"), &odmrd).unwrap();
     let tried = format!("(tried {}, {})", installed.display(), alone.path().join(SQL_OBJECT).display());
     let check = |p: &Provider, key: &str| {
         let config = p.config();

@@ -174,6 +174,21 @@ pub fn odmrd_command(config: &Path) -> Command {
     command
 }
 
+/// A copy of the odmrd binary alone in a temporary directory, so that it finds no bundled
+/// shared object beside itself: the directory, and what the copy's lookup of `file` tries
+/// first, in the plugin directory compiled in. None (the test is skipped, loudly) when `file`
+/// is installed there, as odmrd would find it.
+pub fn odmrd_alone(file: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    let installed = Path::new(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd")).join(file);
+    if installed.exists() {
+        eprintln!("SKIPPED: {} is installed here, so odmrd finds it", installed.display());
+        return None;
+    }
+    let alone = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_odmrd"), alone.path().join("odmrd")).unwrap();
+    Some((alone, installed))
+}
+
 /// `odmrd -c config --check-config`, run to its end.
 pub fn check_config(config: &Path) -> Output {
     odmrd_command(config).arg("--check-config").stdin(Stdio::null()).output().unwrap()
