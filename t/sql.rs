@@ -324,7 +324,7 @@ fn mariadb_schemas_outage_and_check_config() {
 fn a_missing_sql_object_is_a_located_error_naming_the_paths_tried() {
     let Some((alone, installed)) = odmrd_alone(SQL_OBJECT) else { return };
     let odmrd = alone.path().join("odmrd");
-    let tried = format!("(tried {}, {})", installed.display(), alone.path().join(SQL_OBJECT).display());
+    let tried = format!("(tried {}, {})", alone.path().join(SQL_OBJECT).display(), installed.display());
     let check = |p: &Provider, key: &str| {
         let config = p.config();
         let out =

@@ -38,15 +38,16 @@ const BUNDLED: &[(&str, &str)] = &[("sql", SQL_OBJECT)];
 /// The shared object of `builtin:sql` (and of the database locks, `crate::sql_locks`).
 pub const SQL_OBJECT: &str = "libodmr_backend_sql.so";
 
-/// Where the bundled shared objects are looked for, in order: the plugin directory compiled in
-/// (`ODMRD_PLUGIN_DIR` at build time, `/usr/lib/odmrd` by default: where the package installs
-/// them), then the directory of the running executable (a cargo build's `target/<profile>/`).
+/// Where the bundled shared objects are looked for, in order: the directory of the running
+/// executable (a cargo build's `target/<profile>/`, whose objects are of the same build), then
+/// the plugin directory compiled in (`ODMRD_PLUGIN_DIR` at build time, `/usr/lib/odmrd` by
+/// default: where the package installs them; `/usr/sbin` has none).
 pub fn plugin_directories() -> Vec<PathBuf> {
-    let mut directories = vec![PathBuf::from(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd"))];
-    if let Some(own) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
-        if !directories.contains(&own) {
-            directories.push(own);
-        }
+    let installed = PathBuf::from(option_env!("ODMRD_PLUGIN_DIR").unwrap_or("/usr/lib/odmrd"));
+    let own = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut directories: Vec<PathBuf> = own.into_iter().collect();
+    if !directories.contains(&installed) {
+        directories.push(installed);
     }
     directories
 }
