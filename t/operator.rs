@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::odmrd::{
-    check_config, odmrd_command, start_inetd_command, Daemon, Provider, EHLO_NAME, PASSWORD, USER,
+    check_config, odmrd_command, spawn_inetd_on, start_inetd_command, Daemon, Provider, EHLO_NAME, PASSWORD,
+    USER,
 };
 
 /// Replace `[log]` of the provider's configuration with `log` (the lines of the section).
@@ -382,6 +383,48 @@ fn habitual_signals_do_not_kill_the_daemon() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("event=signal signal=USR1"), "{log}");
+}
+
+/// A customer gone before odmrd writes: the write fails (EPIPE) and the session ends, logged;
+/// SIGPIPE never kills odmrd (it enters through C's `main`, which ignores it itself).
+#[test]
+fn a_customer_gone_before_the_greeting_ends_the_session_without_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = Provider::new();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(ours);
+    let output = spawn_inetd_on(odmrd_command(&p.config()), theirs).wait_with_output().unwrap();
+    let log = text(&output.stderr);
+    assert_eq!(output.status.signal(), None, "killed by a signal: {log}");
+    assert!(log.contains("event=connect"), "{log}");
+    assert!(log.contains("event=close end=disconnected"), "{log}");
+}
+
+/// Started with standard error closed, odmrd must not let a file it opens take descriptor 2:
+/// its log lines would be written into that file (the domain's lock file here).
+#[test]
+fn a_start_with_standard_error_closed_writes_no_log_line_into_a_file() {
+    let p = Provider::new();
+    p.queue(
+        "example.org",
+        "1.m",
+        "MAIL FROM:<a@s.example>\nRCPT TO:<x@example.org>\nDATA\nSubject: s\n\nb\n.\n",
+    );
+    let mut command = Command::new("sh");
+    command.args(["-c", "exec \"$0\" \"$@\" 2>&-", env!("CARGO_BIN_EXE_odmrd"), "-c"]).arg(p.config());
+    let mut c = start_inetd_command(command);
+    c.login(USER, PASSWORD);
+    c.command("ATRN example.org", 250);
+    c.turn_around(EHLO_NAME, &[]);
+    c.receive_one();
+    c.expect_quit();
+    let (status, _) = c.finish();
+    assert!(status.success());
+    for entry in std::fs::read_dir(p.path().join("locks")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "{} got log lines", path.display());
+    }
+    assert!(p.queued("example.org").is_empty(), "delivered");
 }
 
 #[test]

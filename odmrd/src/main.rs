@@ -1,12 +1,26 @@
 //! odmrd's command line: arguments → one [`Command`] → run it. This file alone
-//! decides exit statuses (sysexits.h: 64 usage, 69 unavailable, 71 OS error,
-//! 77 no permission, 78 configuration).
+//! decides exit statuses (sysexits.h: 64 usage, 69 unavailable, 70 a bug,
+//! 71 OS error, 77 no permission, 78 configuration).
+//!
+//! odmrd enters through C's `main`, not Rust's usual start (`#![no_main]`): under inetd
+//! every session is a new process, and Rust's start places the main thread's stack guard
+//! by reading `/proc/self/maps`, which cost about 0.15 ms of each start here, a tenth of a
+//! whole session (`bench_customers`, sessions ending in 453). The rest of that start odmrd
+//! does itself, in [`main`]: the standard descriptors are made valid, SIGPIPE never kills
+//! (a write to a closed connection fails with EPIPE instead), a panic out of the command is
+//! an exit status, and standard output is flushed at the end. A stack overflow is then a
+//! plain SIGSEGV without Rust's message.
+// The unit tests below keep the test harness's own entry.
+#![cfg_attr(not(test), no_main)]
 
 use odmrd::start::{Failure, Listen};
 use odmrd::{check, demo, log, start};
+use std::ffi::{c_char, c_int};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
@@ -117,10 +131,40 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     Ok(Command::Serve { config, listen })
 }
 
-fn main() -> ExitCode {
-    match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(code) => ExitCode::from(code),
+const EX_SOFTWARE: u8 = 70;
+
+/// The process's entry point, C's `main`, called by the C runtime (see the module's comment
+/// for why). Under `cargo test` the harness has the symbol; this stays unused there.
+#[cfg_attr(not(test), export_name = "main")]
+#[cfg_attr(test, allow(dead_code))]
+pub extern "C" fn c_main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    standard_descriptors_open();
+    // The handler only sets a flag nobody reads: the signal no longer kills, so the write
+    // that caused it returns EPIPE, as under Rust's usual start (which ignores SIGPIPE).
+    // exec resets a handled signal, so children still get the default.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGPIPE, Arc::new(AtomicBool::new(false)));
+    // The panic hook (set in try_main) has logged a panic; unwinding must not leave this
+    // extern "C" function.
+    let status = std::panic::catch_unwind(try_main).unwrap_or(Err(EX_SOFTWARE));
+    let _ = std::io::stdout().flush();
+    match status {
+        Ok(()) => 0,
+        Err(code) => c_int::from(code),
+    }
+}
+
+/// Descriptors 0, 1 and 2 refer to something (/dev/null when they were closed), so that no
+/// file odmrd opens becomes its standard output or error and receives log lines.
+fn standard_descriptors_open() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    for fd in 0..=2 {
+        if fcntl(fd, FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF) {
+            // Opened while `fd` is the lowest free descriptor, so it takes that number; kept
+            // open for the life of the process.
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                std::mem::forget(null);
+            }
+        }
     }
 }
 
