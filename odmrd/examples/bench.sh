@@ -17,7 +17,7 @@ base=/tmp/odmrd-base
 command -v tcpdump >/dev/null || { apt-get update && apt-get install -y tcpdump; }
 [ -d "$base" ] || git -C "$top" worktree add --detach "$base" "$base_commit"
 (cd "$base" && cargo build --release -p odmrd --bin odmrd)
-(cd "$top" && cargo build --release -p odmrd --bin odmrd --example bench_customers --example bench_reversed)
+(cd "$top" && cargo build --release -p odmrd --bin odmrd --example bench_customers --example bench_reversed --example floor_453)
 
 bench=$top/target/release/examples/bench_customers
 "$top/target/release/examples/bench_reversed"

@@ -115,8 +115,15 @@ pub enum LockKind {
 
 impl Default for ServerConfig {
     fn default() -> Self {
+        ServerConfig::named(system_hostname())
+    }
+}
+
+impl ServerConfig {
+    /// The defaults with `hostname`.
+    fn named(hostname: String) -> Self {
         ServerConfig {
-            hostname: system_hostname(),
+            hostname,
             listen: None,
             user: None,
             max_sessions: 100,
@@ -567,7 +574,12 @@ fn list(items: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn parse_server(ctx: &Ctx, properties: Option<&Properties>) -> Result<ServerConfig, ConfigError> {
-    let mut server = ServerConfig::default();
+    // The system's name is looked up (files read) only when the key does not give one: an
+    // inetd session pays for every start-up step.
+    let mut server = match properties.and_then(|p| p.get("hostname")) {
+        Some(_) => ServerConfig::named(String::new()),
+        None => ServerConfig::default(),
+    };
     for (key, value) in properties.into_iter().flat_map(Properties::iter) {
         let fail = |message: String| ctx.error("server", Some(key), message);
         match key {

@@ -38,6 +38,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The state file under `[queue] state_directory`: one line per message that
@@ -422,26 +423,40 @@ pub(crate) fn write_pairs(path: &Path, pairs: &BTreeSet<(String, String)>) -> io
     File::open(dir)?.sync_all()
 }
 
-/// A standalone odmrd's periodic pass: after [`FIRST_PASS`], then every [`PERIOD`], in its own thread,
-/// logging instead of printing. Nothing to do (both ages off, or Exim) ends
-/// the thread at once.
-pub fn spawn_periodic(config: std::sync::Arc<Config>, backends: Backends) {
+/// Is there anything for a periodic pass to do under `config`? Not with Exim (its own
+/// retry rules bounce) nor with every age off.
+fn has_periodic_work(config: &Config) -> bool {
     let hold = &config.hold;
-    if config.queue.source == PluginSource::Builtin("exim".into())
-        || (hold.max_hold.is_none() && hold.delay_warning.is_none() && hold.notify_after.is_none())
-    {
-        return;
+    config.queue.source != PluginSource::Builtin("exim".into())
+        && (hold.max_hold.is_some() || hold.delay_warning.is_some() || hold.notify_after.is_some())
+}
+
+/// One periodic pass with the configuration and backends `current` serves now, logged;
+/// false when that configuration leaves it nothing to do.
+fn periodic_pass(current: &dyn Fn() -> (Arc<Config>, Backends), now: SystemTime) -> bool {
+    let (config, backends) = current();
+    if !has_periodic_work(&config) {
+        return false;
     }
+    match run(&config, &backends, now, false, &mut io::sink()) {
+        Ok(summary) if summary.expired + summary.delay_dsns + summary.notices > 0 => {
+            log::info(&format!("event=expire_pass {summary}"))
+        }
+        Ok(_) => {}
+        Err(refusal) => log::error(&format!("event=expire_pass {refusal}")),
+    }
+    true
+}
+
+/// A standalone odmrd's periodic pass: after [`FIRST_PASS`], then every [`PERIOD`], in its
+/// own thread, logging instead of printing. `current` gives the configuration and backends
+/// being served at each pass, so a SIGHUP that changes `[queue] max_hold` (or turns the ages
+/// on or off, or replaces a backend) applies from the next pass.
+pub fn spawn_periodic(current: impl Fn() -> (Arc<Config>, Backends) + Send + 'static) {
     let spawned = std::thread::Builder::new().name("expire".into()).spawn(move || {
         std::thread::sleep(FIRST_PASS);
         loop {
-            match run(&config, &backends, SystemTime::now(), false, &mut io::sink()) {
-                Ok(summary) if summary.expired + summary.delay_dsns + summary.notices > 0 => {
-                    log::info(&format!("event=expire_pass {summary}"))
-                }
-                Ok(_) => {}
-                Err(refusal) => log::error(&format!("event=expire_pass {refusal}")),
-            }
+            periodic_pass(&current, SystemTime::now());
             std::thread::sleep(PERIOD);
         }
     });
@@ -453,6 +468,37 @@ pub fn spawn_periodic(config: std::sync::Arc<Config>, backends: Backends) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configuration over an empty maildir spool in `dir`, with `hold` as its `[queue]` ages.
+    fn serving(dir: &Path, hold: &str) -> (Arc<Config>, Backends) {
+        fs::write(dir.join("passwd"), "alice:{PLAIN}secret::::::odmr_domains=a.example\n").unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir_all(dir.join("spool/a.example").join(sub)).unwrap();
+        }
+        let d = dir.display();
+        let text = format!(
+            "[server]\nhostname = mx.example\nlock_directory = {d}/locks\n\
+             [credentials]\nplugin = builtin:passwd\nfile = {d}/passwd\n\
+             [queue]\nplugin = builtin:maildir\ndirectory = {d}/spool/{{domain}}\n\
+             state_directory = {d}/state\n{hold}[log]\nsyslog = off\n"
+        );
+        let config = Config::parse(&text, &dir.join("odmrd.ini")).unwrap();
+        let backends = Backends::load(&config).unwrap();
+        (Arc::new(config), backends)
+    }
+
+    #[test]
+    fn each_periodic_pass_works_with_what_is_served_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = serving(dir.path(), "max_hold = 0\n");
+        let on = serving(dir.path(), "max_hold = 7d\n");
+        let served = std::sync::Mutex::new(off);
+        let current = || served.lock().unwrap().clone();
+        assert!(!periodic_pass(&current, SystemTime::now()), "every age off: nothing to do");
+        // A SIGHUP turned max_hold on: the next pass runs, with the new configuration.
+        *served.lock().unwrap() = on;
+        assert!(periodic_pass(&current, SystemTime::now()));
+    }
 
     #[test]
     fn the_state_file_is_replaced_whole_and_read_back() {

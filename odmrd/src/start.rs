@@ -19,7 +19,7 @@ use crate::tls::Identity;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Why odmrd could not start; `main` turns the kind into an exit status.
 #[derive(Debug)]
@@ -181,6 +181,13 @@ fn serve_from(path: &Path, listen: Listen, hostname: &mut Option<String>) -> Res
     }
     let backends = load_backends(&config)?;
     log::info(&format!("event=plugins {}", backends.describe()));
+    let config = Arc::new(config);
+    // What the periodic expiry pass works with: the serving pair, replaced by each reload.
+    let latest = Arc::new(Mutex::new((Arc::clone(&config), backends.clone())));
+    let latest_for_expiry = Arc::clone(&latest);
+    crate::expire::spawn_periodic(move || {
+        latest_for_expiry.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    });
     // SIGHUP: the configuration, the backends and the TLS identity (a renewed certificate).
     let reload = move || -> Result<server::Serving, String> {
         let mut fresh = load_config(path).map_err(|f| f.to_string())?;
@@ -188,10 +195,10 @@ fn serve_from(path: &Path, listen: Listen, hostname: &mut Option<String>) -> Res
         let backends = load_backends(&fresh).map_err(|f| f.to_string())?;
         let identity = load_identity(&fresh)?;
         log::init(&fresh.log);
-        Ok((Arc::new(fresh), backends, identity))
+        let fresh = Arc::new(fresh);
+        *latest.lock().unwrap_or_else(PoisonError::into_inner) = (Arc::clone(&fresh), backends.clone());
+        Ok((fresh, backends, identity))
     };
-    let config = Arc::new(config);
-    crate::expire::spawn_periodic(Arc::clone(&config), backends.clone());
     server::run_standalone(config, backends, identity, listener, tls_listener, &reload)
         .map_err(|e| Failure::Os(format!("fatal: {e}")))
 }
