@@ -359,44 +359,11 @@ mod tests {
     #[test]
     fn bsmtp_body_reads_in_small_pieces() {
         let data = b"Subject: x\r\n\r\n..dot\r\nend\r\n.\r\n";
-        let mut body = Body::Bsmtp {
+        let body = Body::Bsmtp {
             reader: BufReader::with_capacity(3, Cursor::new(&data[..])),
             unstuffer: Unstuffer::default(),
         };
-        let mut out = Vec::new();
-        let mut buf = [0u8; 5];
-        loop {
-            let n = body.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nend\r\n");
-    }
-
-    fn read_all(data: &[u8]) -> io::Result<Vec<u8>> {
-        let mut body = Body::Bsmtp {
-            reader: BufReader::with_capacity(7, Cursor::new(data)),
-            unstuffer: Unstuffer::default(),
-        };
-        let mut out = Vec::new();
-        let mut buf = [0u8; 5];
-        loop {
-            match body.read(&mut buf)? {
-                0 => return Ok(out),
-                n => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-
-    #[test]
-    fn a_bsmtp_body_without_its_terminator_or_with_more_after_it_fails_at_its_end() {
-        assert_eq!(read_all(b"a\n..b\n.\n").unwrap(), b"a\n.b\n");
-        let missing = read_all(b"a\nb\n").unwrap_err();
-        assert_eq!(missing.kind(), io::ErrorKind::UnexpectedEof);
-        let after = read_all(b"a\n.\nMAIL FROM:<x@y>\n").unwrap_err();
-        assert_eq!(after.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(read_to_end(body, 5).unwrap(), b"Subject: x\r\n\r\n.dot\r\nend\r\n");
     }
 
     /// Everything `body` yields, read `bufsize` bytes at a time.
@@ -409,6 +376,23 @@ mod tests {
                 n => out.extend_from_slice(&buf[..n]),
             }
         }
+    }
+
+    fn read_all(data: &[u8]) -> io::Result<Vec<u8>> {
+        let body = Body::Bsmtp {
+            reader: BufReader::with_capacity(7, Cursor::new(data)),
+            unstuffer: Unstuffer::default(),
+        };
+        read_to_end(body, 5)
+    }
+
+    #[test]
+    fn a_bsmtp_body_without_its_terminator_or_with_more_after_it_fails_at_its_end() {
+        assert_eq!(read_all(b"a\n..b\n.\n").unwrap(), b"a\n.b\n");
+        let missing = read_all(b"a\nb\n").unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::UnexpectedEof);
+        let after = read_all(b"a\n.\nMAIL FROM:<x@y>\n").unwrap_err();
+        assert_eq!(after.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
@@ -448,20 +432,12 @@ mod tests {
         let data = b"AAAA\nBBBB\nCCCC\nDDDD\n\nbody\n";
         for cap in [1, 2, 7, 64] {
             for bufsize in [1, 3, 100] {
-                let mut body = Body::Headers {
+                let body = Body::Headers {
                     reader: BufReader::with_capacity(cap, Cursor::new(&data[..])),
                     pos: 0,
                     skip: vec![0..5, 10..15],
                 };
-                let mut out = Vec::new();
-                let mut buf = vec![0u8; bufsize];
-                loop {
-                    let n = body.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    out.extend_from_slice(&buf[..n]);
-                }
+                let out = read_to_end(body, bufsize).unwrap();
                 assert_eq!(out, b"BBBB\nDDDD\n\nbody\n", "cap={cap} buf={bufsize}");
             }
         }
