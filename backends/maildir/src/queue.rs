@@ -478,10 +478,7 @@ impl Queue for Maildir {
             }
             spools.push(spool);
         }
-        queue.sort_by(|(_, a), (_, b)| {
-            let name = |e: &Entry| e.path.file_name().map(|n| n.to_owned());
-            a.mtime.cmp(&b.mtime).then_with(|| name(a).cmp(&name(b)))
-        });
+        queue.sort_by(|(_, a), (_, b)| spool::oldest_first(a, b));
         Ok(MaildirCursor {
             host: self.host,
             config: self.config.clone(),
