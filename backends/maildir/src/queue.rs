@@ -324,13 +324,7 @@ fn load(config: &Config, spool: &Spool, entry: &Entry, buf: &mut Vec<u8>) -> Res
     };
     let mut parsed = match whole {
         Some(len) => envelope::parse(&mut io::Cursor::new(&buf[..len]), prefix.as_deref())?,
-        None => {
-            if small.is_some() {
-                // It grew while being read: start again, streaming.
-                (&file).seek(SeekFrom::Start(0))?;
-            }
-            envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?
-        }
+        None => envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?,
     };
     if matches!(&parsed.layout, Layout::Headers { source, .. } if source.name == "Envelope-to") {
         let ours = |address: &str| {

@@ -132,10 +132,10 @@ pub fn open_message(path: &Path) -> io::Result<(File, fs::Metadata)> {
 /// and it is reused for message after message); the length read. A read
 /// asks for one byte more than `size`, so one call reads a whole file that
 /// did not change, and a file that grew meanwhile is noticed: `None`, the
-/// file was not read whole (the caller streams it from the start instead).
+/// file was not read whole and is back at its start, to be streamed instead.
 /// A read shorter than asked ends the file only once `size` bytes came.
 pub fn read_whole(file: &File, size: usize, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let want = size + 1;
     if buf.len() < want {
         buf.resize(want, 0);
@@ -149,6 +149,7 @@ pub fn read_whole(file: &File, size: usize, buf: &mut Vec<u8>) -> io::Result<Opt
         };
         got += n;
         if got == want {
+            (&*file).rewind()?;
             return Ok(None);
         }
         if n == 0 || got >= size {
@@ -514,9 +515,12 @@ mod tests {
         assert_eq!(read_whole(&file, meta.len() as usize, &mut buf).unwrap(), Some(10));
         assert_eq!(&buf[..10], b"0123456789");
         assert_eq!(buf.len(), 24, "a large enough buffer is not reallocated");
-        // Longer than its fstat said (it grew): not read whole.
+        // Longer than its fstat said (it grew): not read whole, and back at its start.
         let (file, _) = open_message(&path).unwrap();
         assert_eq!(read_whole(&file, 4, &mut buf).unwrap(), None);
+        let mut again = String::new();
+        std::io::Read::read_to_string(&mut &file, &mut again).unwrap();
+        assert_eq!(again, "0123456789");
         // Empty.
         fs::write(&path, b"").unwrap();
         let (file, _) = open_message(&path).unwrap();
