@@ -214,8 +214,13 @@ pub struct ContentScan {
 impl ContentScan {
     /// Account for `bytes`, the next part of the content.
     pub fn add(&mut self, bytes: &[u8]) {
-        self.eight_bit |= bytes.iter().any(|&b| b > 127);
-        self.lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.eight_bit |= !bytes.is_ascii();
+        // Counted with a byte-wide counter per block of 255, which the
+        // compiler turns into wide vector compares (a `usize` count is 8x slower).
+        for block in bytes.chunks(255) {
+            let n = block.iter().fold(0u8, |n, &b| n + u8::from(b == b'\n'));
+            self.lines += u64::from(n);
+        }
     }
 }
 
@@ -315,6 +320,9 @@ mod tests {
         assert_eq!(scan("h\u{e9}".as_bytes(), 10), Some(ContentScan { eight_bit: true, lines: 0 }));
         assert_eq!(scan(&[b'a'; 20], 10), None);
         assert_eq!(scan(&[b'a'; 10], 10), Some(ContentScan::default()));
+        // Across the counter's 255-byte blocks.
+        let many = b"x\n".repeat(1000);
+        assert_eq!(scan(&many, 4000), Some(ContentScan { eight_bit: false, lines: 1000 }));
         // ".\n.\n" (4 octets, 2 lines) is "..\r\n..\r\n" (8) on the wire.
         assert!(wire_size_bound(4, 2) >= 8);
         assert!(wire_size_bound(6, 2) >= 8, "\".\r\n.\r\n\"");

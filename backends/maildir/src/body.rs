@@ -1,14 +1,122 @@
 //! Streaming the content of the current message to the host in caller-sized
-//! pieces, with constant memory.
+//! pieces, from the bytes already read ([`Memory`], small messages) or from
+//! the file through a fixed-size buffer (large ones: constant memory).
 //!
 //! Owns: BSMTP un-stuffing (one leading dot removed from each line that starts
-//! with `.`, stopping before the terminating `.` line) and the headers-mode
-//! reader that leaves out the consumed envelope fields. Line ends pass through
-//! unchanged; the host normalises them and dot-stuffs again.
+//! with `.`, stopping before the terminating `.` line), the headers-mode
+//! reader that leaves out the consumed envelope fields, and the [`Source`]s
+//! both read from. Line ends pass through unchanged; the host normalises them
+//! and dot-stuffs again.
 //! Does not: parse envelopes, open files or decide about commits.
 
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::ops::Range;
+
+/// Where a body's bytes come from: a buffered reader that can also skip
+/// forward (the headers mode leaves out the envelope fields).
+pub trait Source: BufRead {
+    /// Pass over the next `n` bytes.
+    fn skip(&mut self, n: u64) -> io::Result<()>;
+}
+
+impl<R: Read + Seek> Source for BufReader<R> {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.seek_relative(i64::try_from(n).map_err(io::Error::other)?)
+    }
+}
+
+/// A whole message already in memory: its bytes are handed out from the
+/// buffer they were read into, with no further system call. The buffer is
+/// given back with [`Memory::into_buffer`] and reused for the next message.
+#[derive(Debug, Default)]
+pub struct Memory {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl Memory {
+    /// The content `buf[start..end]` (`buf` may be longer: a reused buffer).
+    pub fn new(buf: Vec<u8>, start: usize, end: usize) -> Memory {
+        let end = end.min(buf.len());
+        Memory { buf, pos: start.min(end), end }
+    }
+
+    /// The buffer, for the next message.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl Read for Memory {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl BufRead for Memory {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+impl Source for Memory {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.consume(usize::try_from(n).unwrap_or(usize::MAX));
+        Ok(())
+    }
+}
+
+/// A message file's content: in memory when it was small enough to be read
+/// whole, else streamed from the file.
+pub enum Content {
+    /// Read whole already.
+    Memory(Memory),
+    /// Streamed through a fixed-size buffer.
+    File(BufReader<File>),
+}
+
+impl Read for Content {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Content::Memory(m) => m.read(out),
+            Content::File(f) => f.read(out),
+        }
+    }
+}
+
+impl BufRead for Content {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Content::Memory(m) => m.fill_buf(),
+            Content::File(f) => f.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            Content::Memory(m) => m.consume(n),
+            Content::File(f) => f.consume(n),
+        }
+    }
+}
+
+impl Source for Content {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        match self {
+            Content::Memory(m) => m.skip(n),
+            Content::File(f) => f.skip(n),
+        }
+    }
+}
 
 /// Where the un-stuffer is within the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,20 +208,20 @@ impl Unstuffer {
     }
 }
 
-/// The content of one message, read through a fixed-size buffer positioned
-/// where the content starts.
+/// The content of one message, read from a [`Source`] positioned where the
+/// content starts.
 pub enum Body<R> {
     /// BSMTP data, un-stuffed.
     Bsmtp {
         /// The file, positioned inside the data.
-        reader: BufReader<R>,
+        reader: R,
         /// Un-stuffing state.
         unstuffer: Unstuffer,
     },
     /// Headers mode: everything except the `skip` ranges.
     Headers {
         /// The file.
-        reader: BufReader<R>,
+        reader: R,
         /// Current offset in the file.
         pos: u64,
         /// Sorted, disjoint ranges to leave out.
@@ -121,7 +229,14 @@ pub enum Body<R> {
     },
 }
 
-impl<R: Read + Seek> Body<R> {
+impl<R: Source> Body<R> {
+    /// The source, e.g. to take back a [`Memory`]'s buffer.
+    pub fn into_source(self) -> R {
+        match self {
+            Body::Bsmtp { reader, .. } | Body::Headers { reader, .. } => reader,
+        }
+    }
+
     /// Fill `buf` with the next content bytes; 0 at the end of the message.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -165,7 +280,7 @@ impl<R: Read + Seek> Body<R> {
                 if let Some(first) = skip.first() {
                     if *pos >= first.start {
                         let skip_by = first.end.saturating_sub(*pos);
-                        reader.seek_relative(i64::try_from(skip_by).map_err(io::Error::other)?)?;
+                        reader.skip(skip_by)?;
                         *pos += skip_by;
                         skip.remove(0);
                         continue;
@@ -244,35 +359,31 @@ mod tests {
     #[test]
     fn bsmtp_body_reads_in_small_pieces() {
         let data = b"Subject: x\r\n\r\n..dot\r\nend\r\n.\r\n";
-        let mut body = Body::Bsmtp {
+        let body = Body::Bsmtp {
             reader: BufReader::with_capacity(3, Cursor::new(&data[..])),
             unstuffer: Unstuffer::default(),
         };
-        let mut out = Vec::new();
-        let mut buf = [0u8; 5];
-        loop {
-            let n = body.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nend\r\n");
+        assert_eq!(read_to_end(body, 5).unwrap(), b"Subject: x\r\n\r\n.dot\r\nend\r\n");
     }
 
-    fn read_all(data: &[u8]) -> io::Result<Vec<u8>> {
-        let mut body = Body::Bsmtp {
-            reader: BufReader::with_capacity(7, Cursor::new(data)),
-            unstuffer: Unstuffer::default(),
-        };
+    /// Everything `body` yields, read `bufsize` bytes at a time.
+    fn read_to_end<R: Source>(mut body: Body<R>, bufsize: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut buf = [0u8; 5];
+        let mut buf = vec![0u8; bufsize];
         loop {
             match body.read(&mut buf)? {
                 0 => return Ok(out),
                 n => out.extend_from_slice(&buf[..n]),
             }
         }
+    }
+
+    fn read_all(data: &[u8]) -> io::Result<Vec<u8>> {
+        let body = Body::Bsmtp {
+            reader: BufReader::with_capacity(7, Cursor::new(data)),
+            unstuffer: Unstuffer::default(),
+        };
+        read_to_end(body, 5)
     }
 
     #[test]
@@ -285,24 +396,48 @@ mod tests {
     }
 
     #[test]
+    fn a_body_in_memory_reads_as_the_same_body_streamed() {
+        // A reused buffer: longer than the message, with an older message's bytes after it.
+        let file = b"MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n..x\ny\n.\n";
+        let mut reused = file.to_vec();
+        reused.extend_from_slice(b"stale bytes of a longer earlier message\n.\n");
+        let data_start = 35;
+        for bufsize in [1, 3, 100] {
+            let streamed = Body::Bsmtp {
+                reader: BufReader::with_capacity(4, Cursor::new(&file[data_start..])),
+                unstuffer: Unstuffer::default(),
+            };
+            let memory = Body::Bsmtp {
+                reader: Memory::new(reused.clone(), data_start, file.len()),
+                unstuffer: Unstuffer::default(),
+            };
+            let want = read_to_end(streamed, bufsize).unwrap();
+            assert_eq!(want, b".x\ny\n");
+            assert_eq!(read_to_end(memory, bufsize).unwrap(), want, "bufsize={bufsize}");
+        }
+        let headers = b"AAAA\nBBBB\nCCCC\n\nbody\n";
+        let mut reused = headers.to_vec();
+        reused.extend_from_slice(b"tail of an earlier message");
+        let body =
+            Body::Headers { reader: Memory::new(reused, 0, headers.len()), pos: 0, skip: vec![0..5, 10..15] };
+        assert_eq!(read_to_end(body, 2).unwrap(), b"BBBB\n\nbody\n");
+        // The buffer comes back whole, for the next message.
+        let body = Body::Headers { reader: Memory::new(vec![7; 64], 0, 10), pos: 0, skip: vec![] };
+        let Body::Headers { reader, .. } = body else { unreachable!() };
+        assert_eq!(reader.into_buffer().len(), 64);
+    }
+
+    #[test]
     fn headers_body_leaves_out_the_skipped_ranges() {
         let data = b"AAAA\nBBBB\nCCCC\nDDDD\n\nbody\n";
         for cap in [1, 2, 7, 64] {
             for bufsize in [1, 3, 100] {
-                let mut body = Body::Headers {
+                let body = Body::Headers {
                     reader: BufReader::with_capacity(cap, Cursor::new(&data[..])),
                     pos: 0,
                     skip: vec![0..5, 10..15],
                 };
-                let mut out = Vec::new();
-                let mut buf = vec![0u8; bufsize];
-                loop {
-                    let n = body.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    out.extend_from_slice(&buf[..n]);
-                }
+                let out = read_to_end(body, bufsize).unwrap();
                 assert_eq!(out, b"BBBB\nDDDD\n\nbody\n", "cap={cap} buf={bufsize}");
             }
         }

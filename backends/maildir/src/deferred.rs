@@ -10,7 +10,7 @@
 //! what is delivered. Not a `.` directory, which Maildir++ readers would take
 //! for a folder. Does not: decide outcomes or parse messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -18,11 +18,31 @@ use std::path::{Path, PathBuf};
 /// The directory inside each maildir.
 pub const DIRECTORY: &str = "odmrd-deferred";
 
-/// The record of message `id` (`new/NAME` or `cur/NAME:2,FLAGS`).
-fn record_path(maildir: &Path, id: &str) -> PathBuf {
+/// The name of message `id`'s record (`new/NAME` or `cur/NAME:2,FLAGS`: `NAME`).
+pub fn record_name(id: &str) -> &str {
     let name = id.rsplit('/').next().unwrap_or(id);
-    let unique = name.split(':').next().unwrap_or(name);
-    maildir.join(DIRECTORY).join(unique)
+    name.split(':').next().unwrap_or(name)
+}
+
+/// The record of message `id`.
+fn record_path(maildir: &Path, id: &str) -> PathBuf {
+    maildir.join(DIRECTORY).join(record_name(id))
+}
+
+/// The names of the records kept in `maildir` (none when the directory is
+/// missing): listed once, so that messages without a record (nearly all)
+/// cost no failed open each.
+pub fn recorded(maildir: &Path) -> io::Result<HashSet<String>> {
+    let items = match fs::read_dir(maildir.join(DIRECTORY)) {
+        Ok(items) => items,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = HashSet::new();
+    for item in items {
+        names.insert(item?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
 }
 
 /// The replies recorded for message `id`, by address (empty when none).
@@ -66,7 +86,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let replies: BTreeMap<String, String> =
             [("a@example.org".to_string(), "450 4.2.0 busy\r\n\tnow".to_string())].into();
+        assert!(recorded(dir.path()).unwrap().is_empty());
         write(dir.path(), "new/1790.M1P2.h", &replies).unwrap();
+        assert_eq!(recorded(dir.path()).unwrap(), ["1790.M1P2.h".to_string()].into());
+        assert_eq!(record_name("cur/1790.M1P2.h:2,S"), "1790.M1P2.h");
         let back = read(dir.path(), "cur/1790.M1P2.h:2,S");
         assert_eq!(back["a@example.org"], "450 4.2.0 busy   now");
         write(dir.path(), "cur/1790.M1P2.h:2,S", &BTreeMap::new()).unwrap();

@@ -8,32 +8,44 @@
 //! Does not: parse file formats (`envelope`), stream bodies (`body`) or make
 //! system calls itself (`spool`).
 
-use crate::body::{Body, Unstuffer};
+use crate::body::{Body, Content, Memory, Unstuffer};
 use crate::claim::{self, Claim};
 use crate::config::Config;
 use crate::deferred;
 use crate::envelope::{self, Layout, Parsed, Rejected};
-use crate::spool::{self, Entry, Lock};
+use crate::spool::{self, Entry, Lock, Order};
 use nix::fcntl::Flock;
 use odmr_api::names::{domain_of, in_domains, requested_domains};
 use odmr_api::outcomes::Outcomes;
-use odmr_api::params::{scan_files, wire_size_bound};
+use odmr_api::params::{scan_files, wire_size_bound, ContentScan, SCAN_LIMIT};
 use odmr_api::{Cursor, Envelope, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Size of the read buffer for each message: memory per cursor stays at this
-/// whatever the message size.
+/// Size of the read buffer for a message streamed from its file: memory per
+/// cursor stays at this whatever the message size.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Messages smaller than this are read whole with one `read` into a buffer
+/// the cursor reuses, and their envelope, content scan and body all come
+/// from those bytes; larger ones (a big BSMTP file above all) are streamed
+/// through [`READ_BUFFER`].
+pub const WHOLE_MESSAGE: usize = 256 * 1024;
+
 /// Removals made durable together (group commit): the directory fsync that
-/// makes an unlink durable is the largest cost of a commit, so it is done once
-/// per this many removals, and always when the cursor closes. A crash in
-/// between can bring back removed files: delivered again, never lost.
-const GROUP_COMMIT: usize = 256;
+/// makes an unlink durable is the largest cost of a commit (it costs as much
+/// as reading and removing hundreds of small files), so it is done once the
+/// oldest removal not yet durable is [`GROUP_COMMIT_AGE`] old or this many
+/// removals wait, and always when the cursor closes. A crash in between can
+/// bring back removed files: delivered again, never lost.
+const GROUP_COMMIT: usize = 4096;
+
+/// The longest a removal waits for its directory fsync while the session
+/// goes on: bounds the re-delivery window of a long session in time.
+const GROUP_COMMIT_AGE: Duration = Duration::from_secs(1);
 
 /// A `builtin:maildir` instance.
 pub struct Maildir {
@@ -106,6 +118,9 @@ impl Instance for Maildir {
 struct Spool {
     domain: String,
     path: PathBuf,
+    /// The [`deferred`] records present, when known (listed under the lock,
+    /// where only this cursor writes them); `None`: look for each message's.
+    notes: Option<HashSet<String>>,
 }
 
 impl Maildir {
@@ -171,7 +186,7 @@ impl Maildir {
                     continue;
                 }
             }
-            spools.push(Spool { domain: domain.clone(), path });
+            spools.push(Spool { domain: domain.clone(), path, notes: None });
         }
         Ok((spools, errors))
     }
@@ -211,9 +226,9 @@ impl Maildir {
         }
     }
 
-    /// List one maildir's messages, logging what is passed over.
-    fn scan(&self, spool: &Spool) -> io::Result<Vec<Entry>> {
-        let (entries, ignored) = spool::scan(&spool.path).inspect_err(|e| {
+    /// List one maildir's messages in `order`, logging what is passed over.
+    fn scan(&self, spool: &Spool, order: Order) -> io::Result<Vec<Entry>> {
+        let (entries, ignored) = spool::scan(&spool.path, order).inspect_err(|e| {
             self.log(
                 LogLevel::Error,
                 &format!(
@@ -262,14 +277,29 @@ fn running_as() -> String {
     format!(" user={name} uid={uid}")
 }
 
-/// A parsed message file and the indices of its recipients in `domains`.
-struct Selected {
+/// A message file, opened and its envelope parsed.
+struct Loaded {
     file: File,
+    /// Size and modification time, from the file's one `fstat` at its opening.
+    size: u64,
+    modified: Option<SystemTime>,
+    /// `Some(len)`: the whole file is in the caller's buffer, `[..len]`;
+    /// `None`: it is too large for that, and is streamed.
+    whole: Option<usize>,
     parsed: Parsed,
+}
+
+/// A loaded message and the indices of its recipients in `domains`.
+struct Selected {
+    loaded: Loaded,
     offered: Vec<usize>,
 }
 
 /// What [`select`] made of one file.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned and matched at once, never stored: no box per message"
+)]
 enum Selection {
     /// Recipients to offer.
     Offer(Selected),
@@ -279,14 +309,23 @@ enum Selection {
     Unusable,
 }
 
-/// Open a message without following links and parse its envelope. An
-/// `Envelope-to:` list keeps only the addresses whose maildir is this one
-/// (Exim lists every recipient of the delivery; the others are held, or
-/// delivered, elsewhere).
-fn load(config: &Config, spool: &Spool, entry: &Entry) -> Result<(File, Parsed), Rejected> {
-    let file = spool::open_message(&entry.path)?;
+/// Open a message without following links, read it whole into `buf` when it
+/// is smaller than [`WHOLE_MESSAGE`] (else stream it), and parse its
+/// envelope. An `Envelope-to:` list keeps only the addresses whose maildir
+/// is this one (Exim lists every recipient of the delivery; the others are
+/// held, or delivered, elsewhere).
+fn load(config: &Config, spool: &Spool, entry: &Entry, buf: &mut Vec<u8>) -> Result<Loaded, Rejected> {
+    let (file, meta) = spool::open_message(&entry.path)?;
     let prefix = config.prefix_for(&spool.domain);
-    let mut parsed = envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?;
+    let small = usize::try_from(meta.len()).ok().filter(|&size| size < WHOLE_MESSAGE);
+    let whole = match small {
+        Some(size) => spool::read_whole(&file, size, buf)?,
+        None => None,
+    };
+    let mut parsed = match whole {
+        Some(len) => envelope::parse(&mut io::Cursor::new(&buf[..len]), prefix.as_deref())?,
+        None => envelope::parse(&mut BufReader::with_capacity(READ_BUFFER, &file), prefix.as_deref())?,
+    };
     if matches!(&parsed.layout, Layout::Headers { source, .. } if source.name == "Envelope-to") {
         let ours = |address: &str| {
             let domain = domain_of(address).unwrap_or("");
@@ -297,21 +336,31 @@ fn load(config: &Config, spool: &Spool, entry: &Entry) -> Result<(File, Parsed),
             return Err(Rejected::Malformed(format!("Envelope-to names no address of {}", spool.domain)));
         }
     }
-    Ok((file, parsed))
+    Ok(Loaded { file, size: meta.len(), modified: meta.modified().ok(), whole, parsed })
 }
 
-/// The selection rule shared by `has_pending` and the cursor: [`load`], then
-/// keep the recipients of the requested domains.
-fn select(host: &Host, config: &Config, spool: &Spool, entry: &Entry, domains: &[String]) -> Selection {
-    match load(config, spool, entry) {
-        Ok((file, parsed)) => {
-            let offered: Vec<usize> = (0..parsed.recipients.len())
-                .filter(|&i| in_domains(&parsed.recipients[i].address, domains))
-                .collect();
+/// The indices of `parsed`'s recipients in `domains`.
+fn offered_in(parsed: &Parsed, domains: &[String]) -> Vec<usize> {
+    (0..parsed.recipients.len()).filter(|&i| in_domains(&parsed.recipients[i].address, domains)).collect()
+}
+
+/// The selection rule shared by `has_pending` and the cursor: [`load`] (into
+/// `buf`), then keep the recipients of the requested domains.
+fn select(
+    host: &Host,
+    config: &Config,
+    spool: &Spool,
+    entry: &Entry,
+    domains: &[String],
+    buf: &mut Vec<u8>,
+) -> Selection {
+    match load(config, spool, entry, buf) {
+        Ok(loaded) => {
+            let offered = offered_in(&loaded.parsed, domains);
             if offered.is_empty() {
                 Selection::Nothing
             } else {
-                Selection::Offer(Selected { file, parsed, offered })
+                Selection::Offer(Selected { loaded, offered })
             }
         }
         Err(Rejected::Io(e)) if e.kind() == io::ErrorKind::NotFound => Selection::Nothing,
@@ -333,13 +382,15 @@ impl Queue for Maildir {
         let (spools, mut errors) = self.spools(&domains)?;
         for spool in &spools {
             self.return_stale_claims(spool);
-            let Ok(entries) = self.scan(spool) else {
+            // Any order will do to learn whether there is mail: no stat per file.
+            let Ok(entries) = self.scan(spool, Order::Unsorted) else {
                 errors += 1;
                 continue;
             };
             let mut unusable = 0;
+            let mut buf = Vec::new();
             for entry in &entries {
-                match select(&self.host, &self.config, spool, entry, &domains) {
+                match select(&self.host, &self.config, spool, entry, &domains, &mut buf) {
                     Selection::Offer(_) => return Ok(true),
                     Selection::Nothing => {}
                     Selection::Unusable => unusable += 1,
@@ -376,7 +427,7 @@ impl Queue for Maildir {
             // seriallock cannot be relied on between hosts (NFS).
             if self.config.claims.is_some() {
                 self.return_stale_claims(&spool);
-                if let Ok(entries) = self.scan(&spool) {
+                if let Ok(entries) = self.scan(&spool, Order::Oldest) {
                     queue.extend(entries.into_iter().map(|e| (spools.len(), e)));
                 }
                 spools.push(spool);
@@ -410,23 +461,25 @@ impl Queue for Maildir {
             // Under the lock no rewrite of ours is in progress: what is left
             // in tmp/ by a killed one can go now.
             self.clean_tmp(&spool);
+            // Only a holder of the lock writes deferral records: listed once
+            // now, they need not be looked for message by message.
+            let mut spool = spool;
+            spool.notes = deferred::recorded(&spool.path).ok();
             // Listed under the lock, so that the list is what this cursor owns.
-            match self.scan(&spool) {
+            match self.scan(&spool, Order::Oldest) {
                 Ok(entries) => queue.extend(entries.into_iter().map(|e| (spools.len(), e))),
                 Err(_) => withheld += 1,
             }
             spools.push(spool);
         }
-        queue.sort_by(|(_, a), (_, b)| {
-            let name = |e: &Entry| e.path.file_name().map(|n| n.to_owned());
-            a.mtime.cmp(&b.mtime).then_with(|| name(a).cmp(&name(b)))
-        });
+        queue.sort_by(|(_, a), (_, b)| spool::oldest_first(a, b));
         Ok(MaildirCursor {
             host: self.host,
             config: self.config.clone(),
             domains,
             spools,
             queue: queue.into(),
+            buffer: Vec::new(),
             open: VecDeque::new(),
             unsynced: Unsynced::default(),
             withheld,
@@ -443,7 +496,7 @@ impl Queue for Maildir {
         let domains = if domains.is_empty() { self.enumerate()? } else { self.domains(domains)? };
         for domain in &domains {
             let path = self.config.maildir(domain).map_err(|_| Status::InvalidArgument)?;
-            let spool = Spool { domain: domain.clone(), path };
+            let spool = Spool { domain: domain.clone(), path, notes: None };
             let unreadable = |report: &mut dyn FnMut(Listed<'_>), id: &str, reason: String| {
                 report(Listed::Unreadable { domain, id, reason: &reason })
             };
@@ -454,7 +507,7 @@ impl Queue for Maildir {
                 }
                 continue;
             }
-            let (entries, ignored) = match spool::scan(&spool.path) {
+            let (entries, ignored) = match spool::scan(&spool.path, Order::Oldest) {
                 Ok(found) => found,
                 Err(e) => {
                     unreadable(
@@ -468,19 +521,22 @@ impl Queue for Maildir {
             for ignored in ignored {
                 unreadable(report, &ignored.id, ignored.why);
             }
+            // Unknown (unreadable): look for each message's record.
+            let notes = deferred::recorded(&spool.path).ok();
+            let mut buf = Vec::new();
             for entry in &entries {
-                match load(&self.config, &spool, entry) {
-                    Ok((file, parsed)) => {
-                        let offered: Vec<usize> = (0..parsed.recipients.len())
-                            .filter(|&i| {
-                                in_domains(&parsed.recipients[i].address, std::slice::from_ref(domain))
-                            })
-                            .collect();
+                match load(&self.config, &spool, entry, &mut buf) {
+                    Ok(loaded) => {
+                        let offered = offered_in(&loaded.parsed, std::slice::from_ref(domain));
                         if offered.is_empty() {
                             continue;
                         }
-                        let envelope = envelope_of(entry, &Selected { file, parsed, offered });
-                        let recorded = deferred::read(&spool.path, &entry.id);
+                        let envelope = envelope_of(entry, &Selected { loaded, offered }, &buf);
+                        let known = notes.as_ref().map(|n| n.contains(deferred::record_name(&entry.id)));
+                        let recorded = match known {
+                            Some(false) => Default::default(),
+                            _ => deferred::read(&spool.path, &entry.id),
+                        };
                         let last_replies: Vec<String> = envelope
                             .recipients
                             .iter()
@@ -505,6 +561,9 @@ pub struct MaildirCursor {
     domains: Vec<String>,
     spools: Vec<Spool>,
     queue: VecDeque<(usize, Entry)>,
+    /// The buffer messages are read into whole, reused message after
+    /// message; lent to the newest open message's body while it is read.
+    buffer: Vec<u8>,
     /// The messages handed out and not yet retired: at most two, the older
     /// first. The host may take the next before committing the current
     /// (`NEXT_BEFORE_COMMIT`): bodies are read from the newer, outcomes and
@@ -523,11 +582,13 @@ pub struct MaildirCursor {
     _locks: Vec<Flock<File>>,
 }
 
-/// Directories with removals not yet made durable, and how many removals.
+/// Directories with removals not yet made durable, how many removals, and
+/// when the first of them was made.
 #[derive(Default)]
 struct Unsynced {
     dirs: Vec<PathBuf>,
     removals: usize,
+    since: Option<Instant>,
 }
 
 impl Drop for MaildirCursor {
@@ -544,8 +605,10 @@ struct Current {
     parsed: Parsed,
     /// The offered indices into `parsed.recipients` and their outcomes.
     outcomes: Outcomes,
-    body: Body<File>,
-    /// A second handle on the same open file, for positional copies in a rewrite.
+    /// `None` once the cursor took back the buffer the body was read from
+    /// (when the next message is handed out: this one's data has been sent).
+    body: Option<Body<Content>>,
+    /// The open file, for positional copies in a rewrite.
     file: File,
     committed: bool,
     /// The customer's replies to deferred recipients, by address.
@@ -567,17 +630,34 @@ impl MaildirCursor {
         let Some(current) = self.open.front_mut().filter(|c| !c.committed) else { return };
         let done: Vec<&str> =
             current.outcomes.finished().map(|i| current.parsed.recipients[i].address.as_str()).collect();
-        let maildir = &self.spools[current.spool].path;
-        let old = deferred::read(maildir, &current.entry.id);
+        let spool = &mut self.spools[current.spool];
+        let name = deferred::record_name(&current.entry.id);
+        let old = match spool.notes.as_ref().map(|n| n.contains(name)) {
+            Some(false) => Default::default(),
+            _ => deferred::read(&spool.path, &current.entry.id),
+        };
         if current.deferred.is_empty() && done.iter().all(|a| !old.contains_key(*a)) {
             return;
         }
         let mut replies = old;
         replies.extend(std::mem::take(&mut current.deferred));
         replies.retain(|address, _| !done.contains(&address.as_str()));
-        if let Err(e) = deferred::write(maildir, &current.entry.id, &replies) {
-            let msg = format!("file={} cannot record the deferral replies: {e}", current.entry.id);
-            self.host.log(LogLevel::Warn, &format!("maildir: {msg}"));
+        match deferred::write(&spool.path, &current.entry.id, &replies) {
+            Ok(()) => {
+                if let Some(notes) = spool.notes.as_mut() {
+                    if replies.is_empty() {
+                        notes.remove(name);
+                    } else {
+                        notes.insert(name.to_owned());
+                    }
+                }
+            }
+            Err(e) => {
+                // Whether a record is there now is unknown: look each time.
+                spool.notes = None;
+                let msg = format!("file={} cannot record the deferral replies: {e}", current.entry.id);
+                self.host.log(LogLevel::Warn, &format!("maildir: {msg}"));
+            }
         }
     }
 
@@ -592,7 +672,8 @@ impl MaildirCursor {
             self.unsynced.dirs.push(dir);
         }
         self.unsynced.removals += 1;
-        if self.unsynced.removals >= GROUP_COMMIT {
+        let since = *self.unsynced.since.get_or_insert_with(Instant::now);
+        if self.unsynced.removals >= GROUP_COMMIT || since.elapsed() >= GROUP_COMMIT_AGE {
             self.sync_removals();
         }
     }
@@ -610,53 +691,69 @@ impl MaildirCursor {
             }
         }
         self.unsynced.removals = 0;
+        self.unsynced.since = None;
     }
 }
 
 /// When a file reached the maildir: the Unix time that starts a maildir
 /// file name (`1795354394.M1P2.host`), which survives our rewrites; else
 /// the file's modification time.
-fn arrival(entry: &Entry, meta: Option<&std::fs::Metadata>) -> Option<SystemTime> {
+fn arrival(entry: &Entry, modified: Option<SystemTime>) -> Option<SystemTime> {
     let name = entry.id.rsplit('/').next().unwrap_or(&entry.id);
     let stamp =
         name.split('.').next().filter(|t| (9..=11).contains(&t.len())).and_then(|t| t.parse::<u64>().ok());
     match stamp {
         Some(secs) => Some(UNIX_EPOCH + Duration::from_secs(secs)),
-        None => meta.and_then(|m| m.modified().ok()),
+        None => modified,
+    }
+}
+
+/// Where the content starts in a file of `layout`.
+fn content_start(layout: &Layout) -> u64 {
+    match layout {
+        Layout::Bsmtp { data_start, .. } => *data_start,
+        Layout::Headers { .. } => 0,
     }
 }
 
 /// The envelope the host sees of a selected file: its offered recipients.
-fn envelope_of(entry: &Entry, selected: &Selected) -> Envelope {
-    let meta = selected.file.metadata().ok();
-    let size = meta.as_ref().map_or(0, |m| m.len());
-    let params = &selected.parsed.params;
-    // A bounded look at the content (BSMTP data is not read before it
-    // streams; the headers form's envelope headers, not sent, only
-    // make the bound safer). BODY=8BITMIME in BSMTP says 8-bit itself.
-    let content_start = match selected.parsed.layout {
-        Layout::Bsmtp { data_start, .. } => data_start,
-        Layout::Headers { .. } => 0,
-    };
-    let scanned = match (params.eight_bit, params.lines) {
-        (Some(_), Some(_)) => None,
-        _ => scan_files(&[(&selected.file, content_start)]),
+/// `buf` holds the file when it was read whole.
+fn envelope_of(entry: &Entry, selected: &Selected, buf: &[u8]) -> Envelope {
+    let Selected { loaded, offered } = selected;
+    let size = loaded.size;
+    let params = &loaded.parsed.params;
+    // A bounded look at the content (in memory when the file was read whole;
+    // a large BSMTP file's data is not read before it streams). The headers
+    // form's envelope headers, not sent, only make the bound safer.
+    // BODY=8BITMIME in BSMTP says 8-bit itself.
+    let start = content_start(&loaded.parsed.layout);
+    let scanned = match (params.eight_bit, params.lines, loaded.whole) {
+        (Some(_), Some(_), _) => None,
+        (_, _, Some(len)) => {
+            let content = usize::try_from(start).ok().and_then(|start| buf[..len].get(start..));
+            content.filter(|c| c.len() as u64 <= SCAN_LIMIT).map(|c| {
+                let mut scan = ContentScan::default();
+                scan.add(c);
+                scan
+            })
+        }
+        (_, _, None) => scan_files(&[(&loaded.file, start)]),
     };
     let eight_bit = params.eight_bit.or(scanned.map(|s| s.eight_bit));
     let lines = params.lines.or(scanned.map(|s| s.lines));
-    let offered = |i: &usize| &selected.parsed.recipients[*i];
+    let offered_at = |i: &usize| &loaded.parsed.recipients[*i];
     Envelope {
         id: entry.id.clone(),
-        sender: selected.parsed.sender.clone(),
+        sender: loaded.parsed.sender.clone(),
         size,
-        recipients: selected.offered.iter().map(|i| offered(i).address.clone()).collect(),
-        arrival: arrival(entry, meta.as_ref()),
+        recipients: offered.iter().map(|i| offered_at(i).address.clone()).collect(),
+        arrival: arrival(entry, loaded.modified),
         envid: params.envid.clone(),
         ret: params.ret,
         smtputf8: params.smtputf8,
         eight_bit,
         wire_size: lines.map(|lines| wire_size_bound(size, lines)),
-        details: selected.offered.iter().map(|i| offered(i).details.clone()).collect(),
+        details: offered.iter().map(|i| offered_at(i).details.clone()).collect(),
     }
 }
 
@@ -676,29 +773,37 @@ fn rewrite_recipient_field(
     spool::rewrite(maildir, path, file, &[&before, &replaced], field.range.end)
 }
 
-fn body_of(file: &File, layout: &Layout) -> io::Result<Body<File>> {
-    let mut handle = file.try_clone()?;
-    Ok(match layout {
-        Layout::Bsmtp { data_start, .. } => {
-            handle.seek(SeekFrom::Start(*data_start))?;
-            Body::Bsmtp {
-                reader: BufReader::with_capacity(READ_BUFFER, handle),
-                unstuffer: Unstuffer::default(),
-            }
+/// The body of a loaded message: from `buffer` (taken: it goes back to the
+/// cursor with the body) when the file was read whole, else streamed from a
+/// second handle on the file.
+fn body_of(loaded: &Loaded, buffer: &mut Vec<u8>) -> io::Result<Body<Content>> {
+    let start = content_start(&loaded.parsed.layout);
+    let reader = match loaded.whole {
+        Some(len) => {
+            let start = usize::try_from(start).map_err(io::Error::other)?;
+            Content::Memory(Memory::new(std::mem::take(buffer), start, len))
         }
-        Layout::Headers { skip, .. } => {
-            handle.seek(SeekFrom::Start(0))?;
-            Body::Headers {
-                reader: BufReader::with_capacity(READ_BUFFER, handle),
-                pos: 0,
-                skip: skip.clone(),
-            }
+        None => {
+            let mut handle = loaded.file.try_clone()?;
+            handle.seek(SeekFrom::Start(start))?;
+            Content::File(BufReader::with_capacity(READ_BUFFER, handle))
         }
+    };
+    Ok(match &loaded.parsed.layout {
+        Layout::Bsmtp { .. } => Body::Bsmtp { reader, unstuffer: Unstuffer::default() },
+        Layout::Headers { skip, .. } => Body::Headers { reader, pos: 0, skip: skip.clone() },
     })
 }
 
 impl Cursor for MaildirCursor {
     fn next_message(&mut self) -> Result<Option<Envelope>, Status> {
+        // The messages open so far have been sent: the buffer their bodies
+        // were read from is taken back for the next.
+        for older in &mut self.open {
+            if let Some(Content::Memory(memory)) = older.body.take().map(Body::into_source) {
+                self.buffer = memory.into_buffer();
+            }
+        }
         // A committed message is done with; one awaiting its commit stays
         // open, the older of two at most. Leaving a message without commit
         // leaves its file exactly as it was.
@@ -724,15 +829,17 @@ impl Cursor for MaildirCursor {
                     }
                 },
             };
-            let selected = match select(&self.host, &self.config, spool, &entry, &self.domains) {
-                Selection::Offer(selected) => selected,
-                Selection::Nothing => continue,
-                Selection::Unusable => {
-                    self.unusable += 1;
-                    continue;
-                }
-            };
-            let body = match body_of(&selected.file, &selected.parsed.layout) {
+            let selected =
+                match select(&self.host, &self.config, spool, &entry, &self.domains, &mut self.buffer) {
+                    Selection::Offer(selected) => selected,
+                    Selection::Nothing => continue,
+                    Selection::Unusable => {
+                        self.unusable += 1;
+                        continue;
+                    }
+                };
+            let envelope = envelope_of(&entry, &selected, &self.buffer);
+            let body = match body_of(&selected.loaded, &mut self.buffer) {
                 Ok(body) => body,
                 Err(e) => {
                     self.log(
@@ -742,14 +849,13 @@ impl Cursor for MaildirCursor {
                     continue;
                 }
             };
-            let envelope = envelope_of(&entry, &selected);
             self.open.push_back(Current {
                 spool: spool_index,
                 entry,
                 outcomes: Outcomes::new(selected.offered),
-                parsed: selected.parsed,
-                body,
-                file: selected.file,
+                parsed: selected.loaded.parsed,
+                body: Some(body),
+                file: selected.loaded.file,
                 committed: false,
                 deferred: Default::default(),
                 claim,
@@ -772,9 +878,10 @@ impl Cursor for MaildirCursor {
 
     fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
         let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
-        let id = current.entry.id.clone();
-        current.body.read(buf).map_err(|e| {
-            self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
+        let body = current.body.as_mut().ok_or(Status::InvalidArgument)?;
+        body.read(buf).map_err(|e| {
+            let id = self.open.back().map_or("?", |m| m.entry.id.as_str());
+            self.host.log(LogLevel::Error, &format!("maildir: file={id} read failed: {e}"));
             Status::TempFail
         })
     }

@@ -27,8 +27,9 @@ pub struct Entry {
     pub path: PathBuf,
     /// `new/NAME` or `cur/NAME`, for logs.
     pub id: String,
-    /// Modification time (seconds, nanoseconds), the primary sort key.
-    pub mtime: (i64, i64),
+    /// Modification time (seconds, nanoseconds), the primary sort key;
+    /// `None` when listed [`Order::Unsorted`].
+    pub mtime: Option<(i64, i64)>,
 }
 
 /// A file in `new/` or `cur/` that is not offered, and why (for the log).
@@ -49,10 +50,23 @@ pub fn identity(maildir: &Path) -> io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
+/// In which order [`scan`] lists a maildir's messages, and so what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first (mtime, then name): one `lstat` per file, for the mtime.
+    Oldest,
+    /// As the directory lists them, with no `stat` at all where the
+    /// directory says each entry's type (`d_type`): enough to learn whether
+    /// there is any mail. [`Entry::mtime`] is then `None`.
+    Unsorted,
+}
+
 /// List the messages of `maildir`: regular files in `new/` and `cur/` whose
-/// names do not start with `.`, oldest first (mtime, then name). Symlinks and
-/// other non-regular entries are reported in the second list, never followed.
-pub fn scan(maildir: &Path) -> io::Result<(Vec<Entry>, Vec<Ignored>)> {
+/// names do not start with `.`, in `order`. Symlinks and other non-regular
+/// entries are reported in the second list, never followed (the type comes
+/// from the directory entry, else from `lstat`; [`open_message`] checks it
+/// again on the open file).
+pub fn scan(maildir: &Path, order: Order) -> io::Result<(Vec<Entry>, Vec<Ignored>)> {
     let mut entries = Vec::new();
     let mut ignored = Vec::new();
     for sub in ["new", "cur"] {
@@ -60,43 +74,88 @@ pub fn scan(maildir: &Path) -> io::Result<(Vec<Entry>, Vec<Ignored>)> {
         for item in fs::read_dir(&dir)? {
             let item = item?;
             let name = item.file_name();
-            let id = format!("{sub}/{}", name.to_string_lossy());
             if name.as_encoded_bytes().starts_with(b".") {
                 continue;
             }
-            // symlink_metadata: never follows a link.
-            let meta = match fs::symlink_metadata(item.path()) {
-                Ok(meta) => meta,
+            let id = format!("{sub}/{}", name.to_string_lossy());
+            // Both never follow a link: `file_type` is the entry's d_type (or an
+            // lstat), `metadata` an fstatat without AT_SYMLINK_FOLLOW.
+            let kind = match order {
+                Order::Unsorted => item.file_type().map(|t| (t, None)),
+                Order::Oldest => item.metadata().map(|m| (m.file_type(), Some((m.mtime(), m.mtime_nsec())))),
+            };
+            let (kind, mtime) = match kind {
+                Ok(found) => found,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     ignored.push(Ignored { id, why: format!("cannot stat: {e}") });
                     continue;
                 }
             };
-            if meta.file_type().is_symlink() {
+            if kind.is_symlink() {
                 ignored.push(Ignored { id, why: "is a symlink (not followed)".into() });
-            } else if !meta.is_file() {
+            } else if !kind.is_file() {
                 ignored.push(Ignored { id, why: "is not a regular file".into() });
             } else {
-                entries.push(Entry { path: item.path(), id, mtime: (meta.mtime(), meta.mtime_nsec()) });
+                entries.push(Entry { path: item.path(), id, mtime });
             }
         }
     }
-    entries.sort_by(|a, b| {
-        let name = |e: &Entry| e.path.file_name().map(|n| n.to_owned());
-        a.mtime.cmp(&b.mtime).then_with(|| name(a).cmp(&name(b))).then_with(|| a.path.cmp(&b.path))
-    });
+    if order == Order::Oldest {
+        entries.sort_by(oldest_first);
+    }
     Ok((entries, ignored))
 }
 
+/// The queue order: modification time, then file name, then path (compared
+/// in place: a sort makes thousands of comparisons).
+pub fn oldest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    a.mtime
+        .cmp(&b.mtime)
+        .then_with(|| a.path.file_name().cmp(&b.path.file_name()))
+        .then_with(|| a.path.cmp(&b.path))
+}
+
 /// Open a message for reading without following a symlink, and check that it
-/// is a regular file.
-pub fn open_message(path: &Path) -> io::Result<File> {
+/// is a regular file; the metadata is that one `fstat`'s.
+pub fn open_message(path: &Path) -> io::Result<(File, fs::Metadata)> {
     let file = OpenOptions::new().read(true).custom_flags(OFlag::O_NOFOLLOW.bits()).open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    Ok(file)
+    Ok((file, meta))
+}
+
+/// Read the whole of `file`, `size` bytes long by its `fstat`, into the
+/// start of `buf` (grown as needed, never shrunk: its bytes stay initialised
+/// and it is reused for message after message); the length read. A read
+/// asks for one byte more than `size`, so one call reads a whole file that
+/// did not change, and a file that grew meanwhile is noticed: `None`, the
+/// file was not read whole and is back at its start, to be streamed instead.
+/// A read shorter than asked ends the file only once `size` bytes came.
+pub fn read_whole(file: &File, size: usize, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    use std::io::{Read, Seek};
+    let want = size + 1;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut got = 0;
+    loop {
+        let n = match (&*file).read(&mut buf[got..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        got += n;
+        if got == want {
+            (&*file).rewind()?;
+            return Ok(None);
+        }
+        if n == 0 || got >= size {
+            return Ok(Some(got));
+        }
+    }
 }
 
 /// Result of trying the maildir's lock.
@@ -427,13 +486,45 @@ mod tests {
         put("tmp/t", 10);
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("new/link")).unwrap();
         fs::create_dir(dir.path().join("new/subdir")).unwrap();
-        let (entries, ignored) = scan(dir.path()).unwrap();
+        let (entries, ignored) = scan(dir.path(), Order::Oldest).unwrap();
         let ids: Vec<_> = entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["cur/z", "new/a", "new/b", "cur/a:2,S"]);
         let mut skipped: Vec<_> =
             ignored.iter().map(|i| (i.id.as_str(), i.why.contains("symlink"))).collect();
         skipped.sort();
         assert_eq!(skipped, [("new/link", true), ("new/subdir", false)]);
+
+        // Unsorted: the same files and the same passed over, without their times.
+        let (entries, ignored) = scan(dir.path(), Order::Unsorted).unwrap();
+        let mut ids: Vec<_> = entries.iter().map(|e| (e.id.as_str(), e.mtime)).collect();
+        ids.sort();
+        assert_eq!(ids, [("cur/a:2,S", None), ("cur/z", None), ("new/a", None), ("new/b", None)]);
+        let mut skipped: Vec<_> =
+            ignored.iter().map(|i| (i.id.as_str(), i.why.contains("symlink"))).collect();
+        skipped.sort();
+        assert_eq!(skipped, [("new/link", true), ("new/subdir", false)]);
+    }
+
+    #[test]
+    fn read_whole_reads_a_file_at_once_into_a_reused_buffer_and_notices_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        fs::write(&path, b"0123456789").unwrap();
+        let mut buf = b"an older, longer message".to_vec();
+        let (file, meta) = open_message(&path).unwrap();
+        assert_eq!(read_whole(&file, meta.len() as usize, &mut buf).unwrap(), Some(10));
+        assert_eq!(&buf[..10], b"0123456789");
+        assert_eq!(buf.len(), 24, "a large enough buffer is not reallocated");
+        // Longer than its fstat said (it grew): not read whole, and back at its start.
+        let (file, _) = open_message(&path).unwrap();
+        assert_eq!(read_whole(&file, 4, &mut buf).unwrap(), None);
+        let mut again = String::new();
+        std::io::Read::read_to_string(&mut &file, &mut again).unwrap();
+        assert_eq!(again, "0123456789");
+        // Empty.
+        fs::write(&path, b"").unwrap();
+        let (file, _) = open_message(&path).unwrap();
+        assert_eq!(read_whole(&file, 0, &mut buf).unwrap(), Some(0));
     }
 
     #[test]
@@ -444,7 +535,7 @@ mod tests {
         }
         let path = dir.path().join("new/m");
         fs::write(&path, b"HEAD1\nHEAD2\nDATA\nbody\n.\n").unwrap();
-        let original = open_message(&path).unwrap();
+        let (original, _) = open_message(&path).unwrap();
         rewrite(dir.path(), &path, &original, &[b"NEW\n", b"DATA\n"], 17).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -457,7 +548,7 @@ mod tests {
 
         // No tmp/: nothing changes.
         fs::remove_dir(dir.path().join("tmp")).unwrap();
-        let current = open_message(&path).unwrap();
+        let (current, _) = open_message(&path).unwrap();
         assert!(rewrite(dir.path(), &path, &current, &[b"Y\n"], 4).is_err());
         assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
     }

@@ -355,6 +355,53 @@ fn a_20_mb_body_streams_through_small_buffers() {
     assert!(!path.exists());
 }
 
+/// Files just under the size read whole and just over it (streamed) give the
+/// same exact bodies, in both forms, and a partial commit of a message read
+/// whole still rewrites it byte for byte after the buffer went to the next.
+#[test]
+fn messages_either_side_of_the_whole_read_size_stream_exactly() {
+    use odmr_backend_maildir::queue::WHOLE_MESSAGE;
+    let spool = Spool::new();
+    let mut want = Vec::new();
+    for (i, size) in [WHOLE_MESSAGE - 200, WHOLE_MESSAGE + 200].into_iter().enumerate() {
+        let line = |n: usize| format!("line {n} {}\n", "y".repeat(n % 61));
+        let mut data = String::new();
+        let mut n = 0;
+        while data.len() < size {
+            data.push_str(&line(n));
+            n += 1;
+        }
+        let headers =
+            format!("Return-Path: <a@s.example>\nDelivered-To: h{i}@example.org\nSubject: {i}\n\n{data}");
+        spool.put("example.org", &format!("new/h{i}"), headers.as_bytes(), 10 + 2 * i as u64);
+        want.push(format!("Subject: {i}\n\n{data}").into_bytes());
+        let stuffed = data.replace("\nline 1", "\n.line 1");
+        let bsmtp = format!(
+            "MAIL FROM:<a@s.example>\nRCPT TO:<b{i}@example.org>\nRCPT TO:<b@other.example>\nDATA\n.{stuffed}.\n"
+        );
+        spool.put("example.org", &format!("new/b{i}"), bsmtp.as_bytes(), 11 + 2 * i as u64);
+        want.push(stuffed.replace("\n.line 1", "\nline 1").into_bytes());
+    }
+    let q = instance(&spool, &[]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    for (k, want) in want.iter().enumerate() {
+        let env = cursor.next_message().unwrap().unwrap();
+        let got = body(&mut cursor, 1000);
+        assert!(&got == want, "message {k} ({}) differs", env.id);
+        cursor.set_outcome(0, Outcome::Delivered).unwrap();
+        cursor.commit().unwrap();
+    }
+    assert!(cursor.next_message().unwrap().is_none());
+    drop(cursor);
+    // The BSMTP files were rewritten for their other domain's recipient, the rest kept.
+    for i in 0..2 {
+        let left = read(&spool.maildir("example.org").join(format!("new/b{i}")));
+        assert!(left.starts_with(b"MAIL FROM:<a@s.example>\nRCPT TO:<b@other.example>\nDATA\n.line 0"));
+        assert!(left.ends_with(b"\n.\n"));
+        assert!(!spool.maildir("example.org").join(format!("new/h{i}")).exists());
+    }
+}
+
 #[test]
 fn bad_domains_are_refused_before_touching_the_file_system() {
     let spool = Spool::new();
