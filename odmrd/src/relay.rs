@@ -930,21 +930,40 @@ impl LineWatch {
     }
 }
 
-/// Append to `headers` up to the end of the header block; true once complete.
+/// Append to `headers` up to the end of the header block (its last line end kept, the blank
+/// line not); true once complete or at [`DSN_HEADER_LIMIT`]. Only the header block is copied,
+/// not the body that follows it in `chunk`.
 fn collect_headers(headers: &mut Vec<u8>, chunk: &[u8]) -> bool {
-    let start = headers.len().saturating_sub(3);
     let room = DSN_HEADER_LIMIT.saturating_sub(headers.len());
-    headers.extend_from_slice(&chunk[..chunk.len().min(room)]);
-    let tail = &headers[start..];
-    let end = [&b"\r\n\r\n"[..], &b"\n\n"[..]]
-        .iter()
-        .filter_map(|sep| tail.windows(sep.len()).position(|w| w == *sep).map(|p| start + p + sep.len() / 2))
-        .min();
-    if let Some(end) = end {
-        headers.truncate(end);
+    let chunk = &chunk[..chunk.len().min(room)];
+    // A blank line across the seam: the last 3 bytes kept and the first 3 new. A blank line
+    // wholly in what was kept ended the block at an earlier call.
+    let kept = headers.len();
+    let seam = kept.saturating_sub(3);
+    headers.extend_from_slice(&chunk[..chunk.len().min(3)]);
+    if let Some(end) = header_block_end(&headers[seam..]) {
+        headers.truncate(seam + end);
         return true;
     }
-    headers.len() >= DSN_HEADER_LIMIT
+    headers.truncate(kept);
+    match header_block_end(chunk) {
+        Some(end) => {
+            headers.extend_from_slice(&chunk[..end]);
+            true
+        }
+        None => {
+            headers.extend_from_slice(chunk);
+            headers.len() >= DSN_HEADER_LIMIT
+        }
+    }
+}
+
+/// Where the first blank line in `bytes` begins (`\r\n\r\n` or `\n\n`): the end of the
+/// header block with its last line end.
+fn header_block_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|p| p + 2);
+    let lf = memchr::memmem::find(bytes, b"\n\n").map(|p| p + 1);
+    crlf.into_iter().chain(lf).min()
 }
 
 #[cfg(test)]
@@ -968,20 +987,25 @@ mod tests {
 
     #[test]
     fn header_block_is_found_across_chunks() {
-        let message = b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n";
-        for split in 1..message.len() {
-            let mut headers = Vec::new();
-            let mut done = false;
-            for chunk in message.chunks(split) {
-                if !done {
-                    done = collect_headers(&mut headers, chunk);
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n\r\nmore\r\n", b"Subject: a\r\nFrom: b\r\n"),
+            (b"A: 1\nB: 2\n\nbody\n\n", b"A: 1\nB: 2\n"),
+            // LF headers, CRLF blank line: the LF pair comes first.
+            (b"A: 1\n\r\n\nB\n\n", b"A: 1\n\r\n"),
+            (b"\r\n\r\nbody", b"\r\n"),
+        ];
+        for (message, want) in cases {
+            for split in 1..message.len() {
+                let mut headers = Vec::new();
+                let mut done = false;
+                for chunk in message.chunks(split) {
+                    if !done {
+                        done = collect_headers(&mut headers, chunk);
+                    }
                 }
+                assert!(done, "split {split}");
+                assert_eq!(headers, want, "split {split} of {:?}", String::from_utf8_lossy(message));
             }
-            assert!(done, "split {split}");
-            assert_eq!(headers, b"Subject: a\r\nFrom: b\r\n", "split {split}");
         }
-        let mut headers = Vec::new();
-        assert!(collect_headers(&mut headers, b"A: 1\nB: 2\n\nbody"));
-        assert_eq!(headers, b"A: 1\nB: 2\n");
     }
 }
