@@ -397,10 +397,80 @@ fn direct_run(binary: &Path, messages: usize) -> Figures {
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(got.messages, messages);
     let floor = durable_floor(messages);
+    let relay = relay_floor(messages);
     vec![
         ("ms/message", elapsed * 1000.0 / messages as f64, false),
         ("x durable floor", elapsed / floor, false),
+        ("x relay floor", elapsed / relay, false),
     ]
+}
+
+/// Seconds for the simplest relay that keeps odmrd's rule to move `messages` queued files to
+/// the same customer (`serve_smtp` on a socketpair, in a thread): the durable floor plus the
+/// exchange a direct session cannot avoid. Per file: read it, send MAIL/RCPT/DATA with the
+/// previous body and its dot (one round trip per message, as odmrd pipelines), unlink the
+/// previous file on its 250; one directory fsync at the end. No process start, checks, log,
+/// envelope parsing or dot-stuffing (no line of these files begins with a dot).
+fn relay_floor(messages: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    queue(dir.path(), messages, 4300);
+    let new = dir.path().join("spool").join(DOMAIN).join("new");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let customer = std::thread::spawn(move || {
+        let mut input = BufReader::with_capacity(256 * 1024, theirs.try_clone().unwrap());
+        serve_smtp(&mut input, theirs, || {})
+    });
+    let started = Instant::now();
+    let mut replies = BufReader::new(ours.try_clone().unwrap());
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, ours);
+    let mut reply = String::new();
+    let mut expect = |replies: &mut BufReader<_>, code: &str| loop {
+        reply.clear();
+        replies.read_line(&mut reply).unwrap();
+        if reply.starts_with(&format!("{code} ")) {
+            return;
+        }
+        assert!(reply.starts_with(&format!("{code}-")), "{reply}");
+    };
+    expect(&mut replies, "220");
+    out.write_all(b"EHLO floor.example\r\n").unwrap();
+    out.flush().unwrap();
+    expect(&mut replies, "250");
+    let (mut file, mut previous) = (Vec::new(), None::<PathBuf>);
+    for entry in std::fs::read_dir(&new).unwrap() {
+        let path = entry.unwrap().path();
+        file.clear();
+        std::fs::File::open(&path).unwrap().read_to_end(&mut file).unwrap();
+        write!(out, "MAIL FROM:<s@sender.example>\r\nRCPT TO:<r@{DOMAIN}>\r\nDATA\r\n").unwrap();
+        out.flush().unwrap();
+        if let Some(done) = previous.take() {
+            expect(&mut replies, "250");
+            std::fs::remove_file(done).unwrap();
+        }
+        for code in ["250", "250", "354"] {
+            expect(&mut replies, code);
+        }
+        for line in file.split_inclusive(|&b| b == b'\n') {
+            out.write_all(line.strip_suffix(b"\n").unwrap_or(line)).unwrap();
+            out.write_all(b"\r\n").unwrap();
+        }
+        out.write_all(b".\r\n").unwrap();
+        previous = Some(path);
+    }
+    out.write_all(b"QUIT\r\n").unwrap();
+    out.flush().unwrap();
+    if let Some(done) = previous.take() {
+        expect(&mut replies, "250");
+        std::fs::remove_file(done).unwrap();
+    }
+    expect(&mut replies, "221");
+    std::fs::File::open(&new).unwrap().sync_all().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(out);
+    drop(replies);
+    assert_eq!(customer.join().unwrap().messages, messages);
+    elapsed
 }
 
 /// Seconds to read, unlink and (once) fsync the directory of `messages` queued files.
