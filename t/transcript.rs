@@ -422,7 +422,7 @@ fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot_and
         log.contains("file=new/1.m moved to odmrd-quarantine/1.m: bytes after the terminating '.' line"),
         "{log}"
     );
-    assert_eq!(p.queued("example.org"), [good.clone()]);
+    assert_eq!(p.queued("example.org"), [good.as_str()]);
 
     // The next session delivers the message after it.
     let mut c = p.start();
