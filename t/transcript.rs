@@ -378,7 +378,7 @@ fn a_shifted_reply_behind_the_final_dot_keeps_both_messages_queued() {
 }
 
 #[test]
-fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot() {
+fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot_and_moved_aside() {
     let p = Provider::new();
     let content = format!(
         "{}{}",
@@ -386,6 +386,11 @@ fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot() {
         bsmtp("b@s.example", &["y@example.org"], "Subject: 2\n\ntwo\n")
     );
     let file = p.queue("example.org", "1.m", &content);
+    let good = bsmtp("c@s.example", &["z@example.org"], "Subject: 3\n\nthree\n");
+    let after = p.queue("example.org", "2.m", &good);
+    // The malformed file is the older: it comes first.
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
     let mut c = p.start();
     login(&mut c);
     c.command("ATRN example.org", 250);
@@ -409,8 +414,31 @@ fn a_bsmtp_file_of_two_messages_run_together_is_aborted_before_its_final_dot() {
     }
     let (_, log) = c.finish();
     assert_eq!(sent, "Subject: 1\r\n\r\none\r\n");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), content, "{log}");
-    assert!(log.contains("bytes after the terminating '.' line"), "{log}");
+    // Moved aside whole, so that it no longer holds back the message after it.
+    let quarantined = file.parent().unwrap().parent().unwrap().join("odmrd-quarantine/1.m");
+    assert!(!file.exists(), "{log}");
+    assert_eq!(std::fs::read_to_string(&quarantined).unwrap(), content, "{log}");
+    assert!(
+        log.contains("file=new/1.m moved to odmrd-quarantine/1.m: bytes after the terminating '.' line"),
+        "{log}"
+    );
+    assert_eq!(p.queued("example.org"), [good.as_str()]);
+
+    // The next session delivers the message after it.
+    let mut c = p.start();
+    login(&mut c);
+    c.command("ATRN example.org", 250);
+    turn_around(&mut c, &[]);
+    let (mail, rcpts, data) = c.receive_data(&[]);
+    assert!(mail.starts_with("MAIL FROM:<c@s.example>"), "{mail}");
+    assert_eq!(rcpts, ["RCPT TO:<z@example.org>"]);
+    assert_eq!(data, "Subject: 3\r\n\r\nthree\r\n");
+    c.send("250 queued");
+    c.expect_quit();
+    let (_, log) = c.finish();
+    assert!(!after.exists(), "{log}");
+    assert!(p.queued("example.org").is_empty(), "{log}");
+    assert_eq!(std::fs::read_to_string(&quarantined).unwrap(), content, "the quarantined file is left alone");
 }
 
 #[test]

@@ -208,6 +208,25 @@ impl Unstuffer {
     }
 }
 
+/// The error [`Body::read`] gives for BSMTP data with bytes after its
+/// terminating `.` line (two messages run together): a fault of the file's
+/// content, unlike any I/O error, so [`is_run_together`] tells it apart.
+#[derive(Debug)]
+pub struct RunTogether;
+
+impl std::fmt::Display for RunTogether {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bytes after the terminating '.' line")
+    }
+}
+
+impl std::error::Error for RunTogether {}
+
+/// Whether `e` is [`RunTogether`]'s error.
+pub fn is_run_together(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<RunTogether>())
+}
+
 /// The content of one message, read from a [`Source`] positioned where the
 /// content starts.
 pub enum Body<R> {
@@ -249,10 +268,7 @@ impl<R: Source> Body<R> {
                     // before its final dot, so a file with more after its terminating line
                     // (two messages run together) is never committed.
                     if !reader.fill_buf()?.is_empty() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "bytes after the terminating '.' line",
-                        ));
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, RunTogether));
                     }
                     return Ok(0);
                 }
@@ -391,8 +407,12 @@ mod tests {
         assert_eq!(read_all(b"a\n..b\n.\n").unwrap(), b"a\n.b\n");
         let missing = read_all(b"a\nb\n").unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(!is_run_together(&missing), "a missing terminator is not two messages run together");
         let after = read_all(b"a\n.\nMAIL FROM:<x@y>\n").unwrap_err();
         assert_eq!(after.kind(), io::ErrorKind::InvalidData);
+        assert!(is_run_together(&after), "{after}");
+        assert_eq!(after.to_string(), "bytes after the terminating '.' line");
+        assert!(!is_run_together(&io::Error::new(io::ErrorKind::InvalidData, "other")));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! Does not: parse file formats (`envelope`), stream bodies (`body`) or make
 //! system calls itself (`spool`).
 
-use crate::body::{Body, Content, Memory, Unstuffer};
+use crate::body::{self, Body, Content, Memory, Unstuffer};
 use crate::claim::{self, Claim};
 use crate::config::Config;
 use crate::deferred;
@@ -880,8 +880,7 @@ impl Cursor for MaildirCursor {
         let current = self.open.back_mut().ok_or(Status::InvalidArgument)?;
         let body = current.body.as_mut().ok_or(Status::InvalidArgument)?;
         body.read(buf).map_err(|e| {
-            let id = self.open.back().map_or("?", |m| m.entry.id.as_str());
-            self.host.log(LogLevel::Error, &format!("maildir: file={id} read failed: {e}"));
+            self.read_failed(&e);
             Status::TempFail
         })
     }
@@ -918,6 +917,51 @@ impl Cursor for MaildirCursor {
 }
 
 impl MaildirCursor {
+    /// Log a failed read of the newest message's body. A BSMTP file with
+    /// bytes after its terminating `.` line (two messages run together)
+    /// would end every later session of the domain at the same place and
+    /// hold back the messages behind it, so it is moved aside, whole, into
+    /// [`spool::QUARANTINE_DIR`] for the operator (under the lock or claim
+    /// this cursor holds). The host still ends the session before its final
+    /// dot: nothing is committed. Any other error (I/O above all) leaves
+    /// the file where it is, to be tried again.
+    fn read_failed(&mut self, e: &io::Error) {
+        let Some(current) = self.open.back_mut() else { return };
+        let id = current.entry.id.clone();
+        if !body::is_run_together(e) {
+            self.log(LogLevel::Error, &format!("file={id} read failed: {e}"));
+            return;
+        }
+        let spool = &self.spools[current.spool];
+        let domain = spool.domain.clone();
+        let name = id.rsplit('/').next().unwrap_or(&id);
+        let dir = spool::QUARANTINE_DIR;
+        match spool::quarantine(&spool.path, &current.entry.path, name) {
+            Ok(moved) => {
+                if let Some(claim) = current.claim.as_mut() {
+                    // Moved from the claimed name: nothing to return.
+                    claim.settle();
+                }
+                // Read no further from a file that is no longer queued.
+                if let Some(Content::Memory(memory)) = current.body.take().map(Body::into_source) {
+                    self.buffer = memory.into_buffer();
+                }
+                let msg = format!(
+                    "domain={domain} file={id} moved to {dir}/{moved}: {e} (two messages run together?); \
+                     the session ends before its final dot; split the file and move the parts back into new/"
+                );
+                self.log(LogLevel::Error, &msg);
+            }
+            Err(q) => {
+                let msg = format!(
+                    "domain={domain} file={id} read failed: {e}; cannot move it to {dir}/: {q}; it holds back \
+                     the messages after it until it is split or moved away"
+                );
+                self.log(LogLevel::Error, &msg);
+            }
+        }
+    }
+
     fn commit_older(&mut self) -> Result<(), Status> {
         let current = self.open.front_mut().ok_or(Status::InvalidArgument)?;
         if current.committed {

@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -333,6 +333,55 @@ pub fn rewrite(
     sync_dir(&tmp_dir)
 }
 
+/// The directory inside each maildir where a message file that cannot be
+/// sent as it is (two BSMTP messages run together) is moved aside for the
+/// operator. Outside `new/` and `cur/`, so never listed as queued; not a `.`
+/// directory, which Maildir++ readers would take for a folder.
+pub const QUARANTINE_DIR: &str = "odmrd-quarantine";
+
+/// Move the message at `path` into `<maildir>/odmrd-quarantine/` as `name`,
+/// or `name.1`, `name.2`, ... when that is taken (never over another file),
+/// its bytes unchanged; returns the name it got there. The directory is
+/// created when missing, with the mode of the maildir's `new/` (else 0700).
+///
+/// The move is a hard link and then an unlink, each made durable by an fsync
+/// of its directory (and the maildir's, for a new quarantine directory): a
+/// crash in between leaves the file in both places (moved again, under a
+/// suffix, the next time it is met), never in neither; and a link, unlike
+/// `rename(2)`, never replaces a file already there, also on NFS (which has
+/// no `RENAME_NOREPLACE`). The caller holds the maildir's [`lock`] or the
+/// message's claim.
+pub fn quarantine(maildir: &Path, path: &Path, name: &str) -> io::Result<String> {
+    let dir = maildir.join(QUARANTINE_DIR);
+    let mode = fs::metadata(maildir.join("new")).map_or(0o700, |m| m.permissions().mode() & 0o777);
+    match fs::DirBuilder::new().mode(mode).create(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    if !fs::symlink_metadata(&dir)?.is_dir() {
+        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+    }
+    sync_dir(maildir)?;
+    let mut target = name.to_owned();
+    for suffix in 1.. {
+        match fs::hard_link(path, dir.join(&target)) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && suffix < 1000 => {
+                target = format!("{name}.{suffix}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(&dir)?;
+    if let Err(e) = fs::remove_file(path) {
+        // Still in the queue: the copy would only confuse the operator.
+        let _ = fs::remove_file(dir.join(&target));
+        return Err(e);
+    }
+    sync_dir(parent(path)?)?;
+    Ok(target)
+}
+
 fn create_unique(dir: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
     let mut last = None;
     for _ in 0..16 {
@@ -551,6 +600,31 @@ mod tests {
         let (current, _) = open_message(&path).unwrap();
         assert!(rewrite(dir.path(), &path, &current, &[b"Y\n"], 4).is_err());
         assert_eq!(fs::read(&path).unwrap(), b"NEW\nDATA\nbody\n.\n");
+    }
+
+    #[test]
+    fn quarantine_moves_a_file_aside_unchanged_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        fs::set_permissions(dir.path().join("new"), fs::Permissions::from_mode(0o750)).unwrap();
+        let quarantined = dir.path().join(QUARANTINE_DIR);
+        for (n, want) in [(1, "1.M1P1.h"), (2, "1.M1P1.h.1"), (3, "1.M1P1.h.2")] {
+            let path = dir.path().join("new/1.M1P1.h");
+            fs::write(&path, format!("copy {n}")).unwrap();
+            assert_eq!(quarantine(dir.path(), &path, "1.M1P1.h").unwrap(), want);
+            assert!(!path.exists());
+            assert_eq!(fs::read_to_string(quarantined.join(want)).unwrap(), format!("copy {n}"));
+        }
+        assert_eq!(fs::read_to_string(quarantined.join("1.M1P1.h")).unwrap(), "copy 1", "not overwritten");
+        let mode = fs::metadata(&quarantined).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o750, 0, "no more open than new/: {mode:o}");
+
+        // A file that is gone: an error, nothing left behind.
+        let gone = dir.path().join("cur/gone");
+        assert!(quarantine(dir.path(), &gone, "gone").is_err());
+        assert!(!quarantined.join("gone").exists());
     }
 
     #[test]

@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use nix::fcntl::{Flock, FlockArg};
-use odmr_api::{Cursor, Host, Instance, Outcome, Queue, Status};
+use odmr_api::testing::TestHost;
+use odmr_api::{Cursor, Host, Instance, Listed, LogLevel, Outcome, Queue, Status};
 use odmr_backend_maildir::Maildir;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -625,4 +626,97 @@ fn claims_hide_return_and_remove_messages() {
     assert!(q.has_pending(&domains(&["example.org"])).unwrap());
     assert!(!stale.exists());
     assert_eq!(read(&spool.maildir("example.org").join("cur/2.M2P2.h:2,S")), BSMTP_CRLF);
+}
+
+/// A BSMTP file holding two messages run together, the first with a body of
+/// about `body_size` bytes.
+fn run_together(body_size: usize) -> Vec<u8> {
+    let mut file = b"MAIL FROM:<a@s.example>\nRCPT TO:<u1@example.org>\nDATA\nSubject: 1\n\n".to_vec();
+    for _ in 0..body_size / 100 {
+        file.extend_from_slice(&[b'x'; 99]);
+        file.push(b'\n');
+    }
+    file.extend_from_slice(b".\nMAIL FROM:<b@s.example>\nRCPT TO:<u2@example.org>\nDATA\nSubject: 2\n\n.\n");
+    file
+}
+
+/// Read the current message's body until it fails.
+fn read_until_error(cursor: &mut impl Cursor) -> Status {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match cursor.read_body(&mut buf) {
+            Ok(0) => panic!("the body ended without an error"),
+            Ok(_) => {}
+            Err(status) => return status,
+        }
+    }
+}
+
+#[test]
+fn a_bsmtp_file_of_two_messages_run_together_is_quarantined_and_the_next_is_delivered() {
+    // Read whole and streamed; under the seriallock and claimed.
+    for (body_size, claims) in [(0, false), (300 * 1024, false), (0, true), (300 * 1024, true)] {
+        let case = format!("body_size={body_size} claims={claims}");
+        let spool = Spool::new();
+        let content = run_together(body_size);
+        let bad = spool.put("example.org", "new/1.M1P1.h", &content, 100);
+        spool.put("example.org", "cur/2.M2P2.h:2,S", BSMTP_CRLF, 200);
+        // A file quarantined earlier under the same name stays as it was.
+        let quarantine = spool.maildir("example.org").join("odmrd-quarantine");
+        fs::create_dir(&quarantine).unwrap();
+        fs::write(quarantine.join("1.M1P1.h"), "earlier").unwrap();
+        let host = TestHost::new();
+        let extra: &[(&str, &str)] =
+            if claims { &[("claim", "yes"), ("claim_host", "front-a")] } else { &[] };
+        let q = Maildir::new(host.host(), &spool.config(extra)).unwrap();
+
+        let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+        assert_eq!(cursor.next_message().unwrap().unwrap().id, "new/1.M1P1.h", "{case}");
+        assert_eq!(read_until_error(&mut cursor), Status::TempFail, "{case}");
+        assert!(!bad.exists(), "{case}: still queued");
+        assert_eq!(read(&quarantine.join("1.M1P1.h.1")), content, "{case}: not moved unchanged");
+        assert_eq!(read(&quarantine.join("1.M1P1.h")), b"earlier", "{case}: overwritten");
+        let errors = host.logs_at(LogLevel::Error);
+        let said = errors.iter().any(|line| {
+            line.contains(
+                "file=new/1.M1P1.h moved to odmrd-quarantine/1.M1P1.h.1: bytes after the terminating '.' line",
+            ) && line.contains("move the parts back into new/")
+        });
+        assert!(said, "{case}: {errors:?}");
+        drop(cursor);
+        let new: Vec<_> = fs::read_dir(spool.maildir("example.org").join("new")).unwrap().collect();
+        assert!(new.is_empty(), "{case}: a claim brought it back: {new:?}");
+
+        // `--queue` lists the message after it, and nothing of the quarantine.
+        let mut listed = Vec::new();
+        q.list(&domains(&["example.org"]), &mut |entry| match entry {
+            Listed::Message { envelope, .. } => listed.push(envelope.id.clone()),
+            Listed::Unreadable { id, reason, .. } => listed.push(format!("unreadable {id}: {reason}")),
+        })
+        .unwrap();
+        assert_eq!(listed, ["cur/2.M2P2.h:2,S"], "{case}");
+        // The next session delivers it.
+        let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+        let got = drain(&mut cursor);
+        let ids: Vec<_> = got.iter().map(|(envelope, _)| envelope.id.as_str()).collect();
+        assert_eq!(ids, ["cur/2.M2P2.h:2,S"], "{case}");
+        assert_eq!(got[0].1, b"Subject: crlf\r\n\r\n.x\r\n");
+    }
+}
+
+#[test]
+fn a_read_failing_for_another_reason_leaves_the_file_in_place() {
+    let spool = Spool::new();
+    // Streamed (too large to be read whole), and cut short while it streams: the
+    // read fails with the terminating line missing, as with an I/O error.
+    let content = run_together(300 * 1024);
+    let file = spool.put("example.org", "new/1.M1P1.h", &content, 100);
+    let q = instance(&spool, &[]);
+    let mut cursor = q.open(&domains(&["example.org"])).unwrap();
+    cursor.next_message().unwrap().unwrap();
+    fs::File::options().write(true).open(&file).unwrap().set_len(200 * 1024).unwrap();
+    assert_eq!(read_until_error(&mut cursor), Status::TempFail);
+    drop(cursor);
+    assert_eq!(read(&file), content[..200 * 1024], "only two messages run together are moved aside");
+    assert!(!spool.maildir("example.org").join("odmrd-quarantine").exists());
 }
