@@ -514,3 +514,20 @@ fn check_config_warns_about_granted_domains_without_a_maildir_yet() {
     }
     assert!(!stderr.contains("directory: example.org,"), "example.org has its maildir: {stderr}");
 }
+
+#[test]
+fn check_config_warns_about_files_in_a_maildirs_quarantine() {
+    let p = Provider::new();
+    p.queue("example.org", "1.m", "Return-Path: <a@s.example>\nDelivered-To: x@example.org\n\nbody\n");
+    let config = p.config();
+    let clean = support::odmrd::check_config(&config);
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("odmrd-quarantine"));
+    let quarantine = p.path().join("spool/example.org/odmrd-quarantine");
+    std::fs::create_dir(&quarantine).unwrap();
+    std::fs::write(quarantine.join("2.m"), "MAIL FROM:<a@s.example>\n").unwrap();
+    let out = support::odmrd::check_config(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a warning is no error: {stderr}");
+    let want = format!("example.org: 1 file(s) in {} are not collected", quarantine.display());
+    assert!(stderr.contains(&want), "{stderr}");
+}

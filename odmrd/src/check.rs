@@ -174,7 +174,8 @@ fn check_backends(config: &Config, v: &mut Verdicts, backends: &Backends) {
 
 /// Granted domains whose maildir does not exist yet (`builtin:maildir`): their customers get
 /// 453 until the MTA first delivers there, which is also what a typo in a grant or in
-/// `directory` looks like, so say which ones.
+/// `directory` looks like, so say which ones. And files the backend moved aside (two BSMTP
+/// messages run together) that wait for the operator.
 fn check_granted_maildirs(config: &Config, v: &mut Verdicts, backends: &Backends) {
     if config.queue.source != PluginSource::Builtin("maildir".into()) {
         return;
@@ -189,6 +190,7 @@ fn check_granted_maildirs(config: &Config, v: &mut Verdicts, backends: &Backends
             let maildir = directory.value.replace("{domain}", &domain);
             if Path::new(&maildir).is_dir() {
                 present += 1;
+                warn_of_quarantined_files(v, &domain, Path::new(&maildir));
             } else {
                 missing.entry(domain).or_insert((maildir, account.user.clone()));
             }
@@ -204,6 +206,20 @@ fn check_granted_maildirs(config: &Config, v: &mut Verdicts, backends: &Backends
              its customer gets 453 until the MTA first delivers there",
             config.path.display(),
             directory.line
+        ));
+    }
+}
+
+/// Files in `maildir`'s quarantine (they are never collected): how many, and what to do.
+fn warn_of_quarantined_files(v: &mut Verdicts, domain: &str, maildir: &Path) {
+    let quarantine = maildir.join(odmr_backend_maildir::spool::QUARANTINE_DIR);
+    let Ok(entries) = std::fs::read_dir(&quarantine) else { return };
+    let count = entries.filter_map(Result::ok).filter(|e| e.path().is_file()).count();
+    if count > 0 {
+        v.warning(&format!(
+            "{domain}: {count} file(s) in {} are not collected (each holds BSMTP messages run \
+             together): split each into one message per file and move the parts into new/",
+            quarantine.display()
         ));
     }
 }
