@@ -372,13 +372,16 @@ pub fn quarantine(maildir: &Path, path: &Path, name: &str) -> io::Result<String>
             Err(e) => return Err(e),
         }
     }
-    sync_dir(&dir)?;
-    if let Err(e) = fs::remove_file(path) {
-        // Still in the queue: the copy would only confuse the operator.
+    // Until the unlink, the message is still queued: on any failure the copy goes, as it
+    // would only confuse the operator (and be split into duplicates).
+    if let Err(e) = sync_dir(&dir).and_then(|()| fs::remove_file(path)) {
         let _ = fs::remove_file(dir.join(&target));
         return Err(e);
     }
-    sync_dir(parent(path)?)?;
+    // Moved, whatever follows: a failed fsync now only means a crash could bring the file
+    // back into the queue (to be moved again, under a suffix), so the move is not reported
+    // as failed.
+    let _ = parent(path).and_then(sync_dir);
     Ok(target)
 }
 
