@@ -561,7 +561,7 @@ fn an_sql_object_of_another_version_is_refused_for_database_locks() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("[server] lock: "), "{err}");
     assert!(
-        err.contains(&format!("is version 0.0.0-other but odmrd is {}", env!("CARGO_PKG_VERSION"))),
+        err.contains(&format!("is version 0.0.0-other but odmrd is {}+locks.1", env!("CARGO_PKG_VERSION"))),
         "{err}"
     );
 }

@@ -17,6 +17,12 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
+/// The object's answer to `odmr_sql_private_version` that odmrd accepts: its own crate version
+/// and the revision of the signatures below (`+locks.N`, raised on both sides whenever one
+/// changes: the crate version stays the same between commits, and a cargo build without its
+/// own object falls back to the installed one).
+const PRIVATE_ENTRY_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+locks.1");
+
 // The signatures of the private entry, as `backends/sql/so/src/lib.rs` defines
 // them (its handles are opaque here).
 type VersionFn = extern "C" fn() -> OdmrStr;
@@ -63,7 +69,7 @@ fn load() -> Result<Entry, String> {
     let version = unsafe { std::mem::transmute::<*const c_void, VersionFn>(version) }();
     // SAFETY: a static string of the object, which is never unloaded.
     let version = String::from_utf8_lossy(unsafe { version.as_bytes() }).into_owned();
-    let ours = env!("CARGO_PKG_VERSION");
+    let ours = PRIVATE_ENTRY_VERSION;
     if version != ours {
         return Err(named(format!(
             "is version {version} but odmrd is {ours}: the database locks need the object shipped \

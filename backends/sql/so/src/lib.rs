@@ -67,11 +67,13 @@ fn keep_panics_off_fd2() {
     QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
 }
 
-/// This object's version (the workspace's, so odmrd's of the same build):
-/// odmrd refuses the private entry of any other.
+/// This object's version: the workspace's, so odmrd's of the same build, and the revision of
+/// the private entry's signatures (`+locks.N`; odmrd's `sql_locks.rs` names the same string:
+/// raise N on both sides whenever one of the five functions changes, since the crate version
+/// stays the same between commits). odmrd refuses the private entry of any other.
 #[no_mangle]
 pub extern "C" fn odmr_sql_private_version() -> OdmrStr {
-    OdmrStr::from_bytes(env!("CARGO_PKG_VERSION").as_bytes())
+    OdmrStr::from_bytes(concat!(env!("CARGO_PKG_VERSION"), "+locks.1").as_bytes())
 }
 
 /// `text` into the caller's error buffer, cut to `cap` at a character boundary.
