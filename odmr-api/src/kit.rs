@@ -506,9 +506,12 @@ fn status_of(result: Result<(), Status>) -> odmr_status {
     }
 }
 
+/// The `n` strings at `domains`, owned (a call's domain list); InvalidArgument for a null
+/// pointer with items or a string that is not UTF-8.
+///
 /// # Safety
 /// `domains` must point to `n` valid `OdmrStr`s, each valid for the call.
-unsafe fn domain_list(domains: *const OdmrStr, n: usize) -> Result<Vec<String>, Status> {
+pub unsafe fn domain_list(domains: *const OdmrStr, n: usize) -> Result<Vec<String>, Status> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -519,6 +522,45 @@ unsafe fn domain_list(domains: *const OdmrStr, n: usize) -> Result<Vec<String>, 
     let items = unsafe { std::slice::from_raw_parts(domains, n) };
     // SAFETY: each item is valid for the call.
     items.iter().map(|d| unsafe { d.as_str() }.map(str::to_owned)).collect()
+}
+
+/// The `n` key-value pairs at `kvs` (a section's settings), owned; InvalidArgument for a
+/// null pointer with items or a string that is not UTF-8.
+///
+/// # Safety
+/// `kvs` must point to `n` valid `OdmrKv`s, each string valid for the call.
+pub unsafe fn owned_pairs(kvs: *const OdmrKv, n: usize) -> Result<Vec<(String, String)>, Status> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if kvs.is_null() {
+        return Err(Status::InvalidArgument);
+    }
+    // SAFETY: non-null (checked) and valid for `n` items per the caller's contract.
+    let pairs = unsafe { std::slice::from_raw_parts(kvs, n) };
+    pairs
+        .iter()
+        // SAFETY: each kv is borrowed for the call.
+        .map(|kv| Ok((unsafe { kv.key.as_str() }?.to_owned(), unsafe { kv.value.as_str() }?.to_owned())))
+        .collect()
+}
+
+/// `reason` into a caller's error buffer: as much as fits in `cap` bytes, and its whole
+/// length in `len` (longer than `cap`: it was cut). Nothing when `len` is null.
+///
+/// # Safety
+/// `buf` must be valid for `cap` bytes of writes (or null with `cap` 0); `len` for one write
+/// (or null).
+pub unsafe fn write_error(reason: &str, buf: *mut u8, cap: usize, len: *mut usize) {
+    if len.is_null() {
+        return;
+    }
+    let n = reason.len().min(cap);
+    // SAFETY: `buf` is valid for `cap >= n` bytes, `len` for one write (checked non-null).
+    unsafe {
+        write_out(&reason.as_bytes()[..n], buf, cap, len);
+        *len = reason.len();
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -563,23 +605,14 @@ pub unsafe extern "C" fn instance_new<T: Instance>(
     err_len: *mut usize,
 ) -> odmr_status {
     guard(|| {
-        if out.is_null() || (n_kvs > 0 && kvs.is_null()) {
+        if out.is_null() {
             return ODMR_INVALID_ARGUMENT;
         }
-        let pairs: &[OdmrKv] = if n_kvs == 0 {
-            &[]
-        } else {
-            // SAFETY: non-null (checked) and valid for `n_kvs` items per the contract.
-            unsafe { std::slice::from_raw_parts(kvs, n_kvs) }
+        // SAFETY: `kvs` holds `n_kvs` pairs borrowed for the call, per the contract.
+        let config = match unsafe { owned_pairs(kvs, n_kvs) } {
+            Ok(config) => config,
+            Err(status) => return status.to_raw(),
         };
-        let mut config = Vec::with_capacity(pairs.len());
-        for kv in pairs {
-            // SAFETY: each kv is borrowed for the call.
-            let (Ok(key), Ok(value)) = (unsafe { kv.key.as_str() }, unsafe { kv.value.as_str() }) else {
-                return ODMR_INVALID_ARGUMENT;
-            };
-            config.push((key.to_owned(), value.to_owned()));
-        }
         let host = Host { raw: host };
         match T::new(host, &config) {
             Ok(inner) => {
@@ -588,13 +621,8 @@ pub unsafe extern "C" fn instance_new<T: Instance>(
                 ODMR_OK
             }
             Err(reason) => {
-                if !err_len.is_null() {
-                    let n = reason.len().min(err_cap);
-                    // SAFETY: `err` is valid for `err_cap` bytes, `err_len` for one write.
-                    unsafe { write_out(&reason.as_bytes()[..n], err, err_cap, err_len) };
-                    // SAFETY: as above; report the full length even when truncated.
-                    unsafe { *err_len = reason.len() };
-                }
+                // SAFETY: `err` is valid for `err_cap` bytes, `err_len` for one write (or null).
+                unsafe { write_error(&reason, err, err_cap, err_len) };
                 ODMR_INVALID_ARGUMENT
             }
         }

@@ -35,7 +35,7 @@
 use odmr_api::ffi::{
     odmr_status, OdmrKv, OdmrStr, ODMR_DENIED, ODMR_INVALID_ARGUMENT, ODMR_OK, ODMR_PANIC, ODMR_TEMPFAIL,
 };
-use odmr_api::kit::{guard, write_out};
+use odmr_api::kit::{domain_list, guard, owned_pairs, write_error};
 use odmr_backend_sql::lock::{DatabaseLocks, Held, LockFailure};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -76,32 +76,6 @@ pub extern "C" fn odmr_sql_private_version() -> OdmrStr {
     OdmrStr::from_bytes(concat!(env!("CARGO_PKG_VERSION"), "+locks.1").as_bytes())
 }
 
-/// `text` into the caller's error buffer, cut to `cap` at a character boundary.
-///
-/// # Safety
-/// `buf` valid for `cap` bytes of writes (or null with `cap` 0), `len` for one write (or null).
-unsafe fn report(text: &str, buf: *mut u8, cap: usize, len: *mut usize) {
-    let mut end = text.len().min(cap);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    // SAFETY: forwarded from our caller; `end <= cap`, so it fits.
-    unsafe { write_out(&text.as_bytes()[..end], buf, cap, len) };
-}
-
-/// Borrow `n` items at `items` (none when `n` is 0).
-///
-/// # Safety
-/// `items` valid for `n` reads for the call, or `n` is 0.
-unsafe fn borrowed<'a, T>(items: *const T, n: usize) -> Option<&'a [T]> {
-    match (items.is_null(), n) {
-        (_, 0) => Some(&[]),
-        (true, _) => None,
-        // SAFETY: non-null and valid for `n` items per the caller's contract.
-        (false, _) => Some(unsafe { std::slice::from_raw_parts(items, n) }),
-    }
-}
-
 /// Open the locks of a `[credentials]` section; null with the reason in `err` on error.
 ///
 /// # Safety
@@ -118,28 +92,20 @@ pub unsafe extern "C" fn odmr_sql_locks_open(
     keep_panics_off_fd2();
     let opened = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: per this function's contract.
-        let pairs = unsafe { borrowed(pairs, n) }.ok_or("no settings (null pairs)")?;
-        let mut owned = Vec::with_capacity(pairs.len());
-        for kv in pairs {
-            // SAFETY: each string is valid for the call.
-            let (key, value) = unsafe { (kv.key.as_str(), kv.value.as_str()) };
-            match (key, value) {
-                (Ok(k), Ok(v)) => owned.push((k.to_owned(), v.to_owned())),
-                _ => return Err("a setting is not UTF-8".to_string()),
-            }
-        }
+        let owned = unsafe { owned_pairs(pairs, n) }
+            .map_err(|_| "the settings are not readable (a null pointer, or not UTF-8)".to_string())?;
         DatabaseLocks::from_credentials(&owned)
     }));
     match opened {
         Ok(Ok(locks)) => Box::into_raw(Box::new(locks)),
         Ok(Err(reason)) => {
             // SAFETY: per this function's contract.
-            unsafe { report(&reason, err, err_cap, err_len) };
+            unsafe { write_error(&reason, err, err_cap, err_len) };
             std::ptr::null_mut()
         }
         Err(_) => {
             // SAFETY: per this function's contract.
-            unsafe { report("panic in odmr_sql_locks_open (caught)", err, err_cap, err_len) };
+            unsafe { write_error("panic in odmr_sql_locks_open (caught)", err, err_cap, err_len) };
             std::ptr::null_mut()
         }
     }
@@ -168,15 +134,10 @@ pub unsafe extern "C" fn odmr_sql_locks_acquire(
     let mut reason = String::new();
     let status = guard(|| {
         // SAFETY: per this function's contract.
-        let Some(domains) = (unsafe { borrowed(domains, n) }) else { return ODMR_INVALID_ARGUMENT };
-        let mut names = Vec::with_capacity(domains.len());
-        for domain in domains {
-            // SAFETY: each string is valid for the call.
-            match unsafe { domain.as_str() } {
-                Ok(name) => names.push(name.to_owned()),
-                Err(_) => return ODMR_INVALID_ARGUMENT,
-            }
-        }
+        let names = match unsafe { domain_list(domains, n) } {
+            Ok(names) => names,
+            Err(status) => return status.to_raw(),
+        };
         // SAFETY: a live handle of `odmr_sql_locks_open`, shared read-only.
         let locks = unsafe { &*locks };
         match locks.acquire(&names) {
@@ -199,7 +160,7 @@ pub unsafe extern "C" fn odmr_sql_locks_acquire(
         reason = "panic in odmr_sql_locks_acquire (caught)".into();
     }
     // SAFETY: per this function's contract.
-    unsafe { report(&reason, err, err_cap, err_len) };
+    unsafe { write_error(&reason, err, err_cap, err_len) };
     status
 }
 
