@@ -26,51 +26,31 @@ impl<R: Read + Seek> Source for BufReader<R> {
     }
 }
 
-/// A whole message already in memory: its bytes are handed out from the
-/// buffer they were read into, with no further system call. The buffer is
-/// given back with [`Memory::into_buffer`] and reused for the next message.
-#[derive(Debug, Default)]
-pub struct Memory {
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
+/// A whole message already in memory, `buf[start..end]`: its bytes are handed out from the
+/// buffer they were read into, with no further system call (std's cursor, limited to the
+/// message: the buffer is reused, so it may be longer). [`into_buffer`] gives the buffer
+/// back for the next message.
+pub type Memory = io::Take<io::Cursor<Vec<u8>>>;
+
+/// The content `buf[start..end]` of a reused buffer.
+pub fn memory(buf: Vec<u8>, start: usize, end: usize) -> Memory {
+    let end = end.min(buf.len());
+    let start = start.min(end);
+    let mut cursor = io::Cursor::new(buf);
+    cursor.set_position(start as u64);
+    cursor.take((end - start) as u64)
 }
 
-impl Memory {
-    /// The content `buf[start..end]` (`buf` may be longer: a reused buffer).
-    pub fn new(buf: Vec<u8>, start: usize, end: usize) -> Memory {
-        let end = end.min(buf.len());
-        Memory { buf, pos: start.min(end), end }
-    }
-
-    /// The buffer, for the next message.
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-impl Read for Memory {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-impl BufRead for Memory {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        Ok(&self.buf[self.pos..self.end])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.end);
-    }
+/// The buffer of a [`Memory`], whole, for the next message.
+pub fn into_buffer(memory: Memory) -> Vec<u8> {
+    memory.into_inner().into_inner()
 }
 
 impl Source for Memory {
     fn skip(&mut self, n: u64) -> io::Result<()> {
-        self.consume(usize::try_from(n).unwrap_or(usize::MAX));
+        // All the rest is in the one buffer: a single consume passes over it.
+        let available = self.fill_buf()?.len();
+        self.consume(usize::try_from(n).unwrap_or(usize::MAX).min(available));
         Ok(())
     }
 }
@@ -428,7 +408,7 @@ mod tests {
                 unstuffer: Unstuffer::default(),
             };
             let memory = Body::Bsmtp {
-                reader: Memory::new(reused.clone(), data_start, file.len()),
+                reader: memory(reused.clone(), data_start, file.len()),
                 unstuffer: Unstuffer::default(),
             };
             let want = read_to_end(streamed, bufsize).unwrap();
@@ -439,12 +419,12 @@ mod tests {
         let mut reused = headers.to_vec();
         reused.extend_from_slice(b"tail of an earlier message");
         let body =
-            Body::Headers { reader: Memory::new(reused, 0, headers.len()), pos: 0, skip: vec![0..5, 10..15] };
+            Body::Headers { reader: memory(reused, 0, headers.len()), pos: 0, skip: vec![0..5, 10..15] };
         assert_eq!(read_to_end(body, 2).unwrap(), b"BBBB\n\nbody\n");
         // The buffer comes back whole, for the next message.
-        let body = Body::Headers { reader: Memory::new(vec![7; 64], 0, 10), pos: 0, skip: vec![] };
+        let body = Body::Headers { reader: memory(vec![7; 64], 0, 10), pos: 0, skip: vec![] };
         let Body::Headers { reader, .. } = body else { unreachable!() };
-        assert_eq!(reader.into_buffer().len(), 64);
+        assert_eq!(into_buffer(reader).len(), 64);
     }
 
     #[test]

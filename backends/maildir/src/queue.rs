@@ -8,7 +8,7 @@
 //! Does not: parse file formats (`envelope`), stream bodies (`body`) or make
 //! system calls itself (`spool`).
 
-use crate::body::{self, Body, Content, Memory, Unstuffer};
+use crate::body::{self, Body, Content, Unstuffer};
 use crate::claim::{self, Claim};
 use crate::config::Config;
 use crate::deferred;
@@ -781,7 +781,7 @@ fn body_of(loaded: &Loaded, buffer: &mut Vec<u8>) -> io::Result<Body<Content>> {
     let reader = match loaded.whole {
         Some(len) => {
             let start = usize::try_from(start).map_err(io::Error::other)?;
-            Content::Memory(Memory::new(std::mem::take(buffer), start, len))
+            Content::Memory(body::memory(std::mem::take(buffer), start, len))
         }
         None => {
             let mut handle = loaded.file.try_clone()?;
@@ -801,7 +801,7 @@ impl Cursor for MaildirCursor {
         // were read from is taken back for the next.
         for older in &mut self.open {
             if let Some(Content::Memory(memory)) = older.body.take().map(Body::into_source) {
-                self.buffer = memory.into_buffer();
+                self.buffer = body::into_buffer(memory);
             }
         }
         // A committed message is done with; one awaiting its commit stays
@@ -944,7 +944,7 @@ impl MaildirCursor {
                 }
                 // Read no further from a file that is no longer queued.
                 if let Some(Content::Memory(memory)) = current.body.take().map(Body::into_source) {
-                    self.buffer = memory.into_buffer();
+                    self.buffer = body::into_buffer(memory);
                 }
                 let msg = format!(
                     "domain={domain} file={id} moved to {dir}/{moved}: {e} (two messages run together?); \
