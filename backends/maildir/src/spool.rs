@@ -355,13 +355,14 @@ pub fn quarantine(maildir: &Path, path: &Path, name: &str) -> io::Result<String>
     let dir = maildir.join(QUARANTINE_DIR);
     let mode = fs::metadata(maildir.join("new")).map_or(0o700, |m| m.permissions().mode() & 0o777);
     match fs::DirBuilder::new().mode(mode).create(&dir) {
+        // A new directory is durable once its parent is synced.
+        Ok(()) => sync_dir(maildir)?,
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
+        Err(_) => {}
     }
     if !fs::symlink_metadata(&dir)?.is_dir() {
         return Err(io::Error::other(format!("{} is not a directory", dir.display())));
     }
-    sync_dir(maildir)?;
     let mut target = name.to_owned();
     for suffix in 1.. {
         match fs::hard_link(path, dir.join(&target)) {
