@@ -253,10 +253,22 @@ struct Row {
     higher_is_better: bool,
 }
 
-fn fetchmail_run(binary: &Path, host: &str, messages: usize) -> Figures {
+/// A configuration and spool in a fresh directory, with `messages` queued messages of 4.3 KB
+/// (the workloads' and the floors' common start).
+fn queued(messages: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
     queue(dir.path(), messages, 4300);
+    dir
+}
+
+/// The maildir `new/` of DOMAIN in `dir`'s spool.
+fn new_dir(dir: &Path) -> PathBuf {
+    dir.join("spool").join(DOMAIN).join("new")
+}
+
+fn fetchmail_run(binary: &Path, host: &str, messages: usize) -> Figures {
+    let dir = queued(messages);
     let daemon = Daemon::start_on(binary, dir.path(), host);
     let sink = Sink::start();
     let capture = Capture::start(dir.path(), &[daemon.port, sink.port]);
@@ -355,9 +367,7 @@ fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
 }
 
 fn rtt_run(binary: &Path, messages: usize, rtt: Duration) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    queue(dir.path(), messages, 4300);
+    let dir = queued(messages);
     let daemon = Daemon::start(binary, dir.path());
     let port = delay_relay(daemon.port, rtt / 2);
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -382,9 +392,7 @@ fn rtt_run(binary: &Path, messages: usize, rtt: Duration) -> Figures {
 /// `messages` messages, against the durable floor measured on the same spool contents (read
 /// each file, unlink it, one directory fsync).
 fn direct_run(binary: &Path, messages: usize) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    queue(dir.path(), messages, 4300);
+    let dir = queued(messages);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let child = inetd(binary, dir.path(), theirs);
     let mut input = BufReader::with_capacity(256 * 1024, ours.try_clone().unwrap());
@@ -412,10 +420,8 @@ fn direct_run(binary: &Path, messages: usize) -> Figures {
 /// previous file on its 250; one directory fsync at the end. No process start, checks, log,
 /// envelope parsing or dot-stuffing (no line of these files begins with a dot).
 fn relay_floor(messages: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    queue(dir.path(), messages, 4300);
-    let new = dir.path().join("spool").join(DOMAIN).join("new");
+    let dir = queued(messages);
+    let new = new_dir(dir.path());
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let customer = std::thread::spawn(move || {
         let mut input = BufReader::with_capacity(256 * 1024, theirs.try_clone().unwrap());
@@ -475,10 +481,8 @@ fn relay_floor(messages: usize) -> f64 {
 
 /// Seconds to read, unlink and (once) fsync the directory of `messages` queued files.
 fn durable_floor(messages: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    queue(dir.path(), messages, 4300);
-    let new = dir.path().join("spool").join(DOMAIN).join("new");
+    let dir = queued(messages);
+    let new = new_dir(dir.path());
     let started = Instant::now();
     let mut buf = Vec::new();
     for entry in std::fs::read_dir(&new).unwrap() {
@@ -512,7 +516,7 @@ fn bsmtp_file(path: &Path, size: usize) {
 fn bsmtp_run(binary: &Path, source: &Path, size: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    std::fs::copy(source, dir.path().join("spool").join(DOMAIN).join("new").join("1.big")).unwrap();
+    std::fs::copy(source, new_dir(dir.path()).join("1.big")).unwrap();
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let child = inetd(binary, dir.path(), theirs);
     let pid = child.id().to_string();
